@@ -1,0 +1,51 @@
+// swift-tools-version: 6.0
+// QoQ for Swift: load, quantize (QoQ W4A8KV4), evaluate and serve Llama-family models.
+import PackageDescription
+
+// Kernel targets are compiled with explicit x86 ISA flags (see ../shared/specs/swift-perf.md §1): without them
+// SIMD16<Float> FMAs become libcalls and the intel intrinsics crash the compiler. "-O" makes the kernels fast
+// even in debug `swift test` builds. On other architectures the portable SIMD paths are used.
+#if arch(x86_64)
+let isa: [String] = ["-Xcc", "-mavx512f", "-Xcc", "-mavx512bw", "-Xcc", "-mavx512vl", "-Xcc", "-mavx512dq",
+                     "-Xcc", "-mavx512vnni", "-Xcc", "-mavx512bf16", "-Xcc", "-mavxvnni",
+                     "-Xcc", "-mfma", "-Xcc", "-mf16c", "-Xcc", "-mbmi2"]
+#else
+let isa: [String] = []
+#endif
+let fast: [SwiftSetting] = [.unsafeFlags(isa + ["-O"])]
+let isaOnly: [SwiftSetting] = [.unsafeFlags(isa)]
+
+let package = Package(
+  name: "QoQ",
+  platforms: [.macOS(.v14)],
+  products: [
+    .executable(name: "qoq", targets: ["qoq"]),
+    .library(name: "QoQModels", targets: ["QoQModels"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+  ],
+  targets: [
+    .target(name: "CShim"),
+    // Hot kernels: SGEMM, vector ops. Scalar twins live next to each fast kernel.
+    .target(name: "QoQKernels", dependencies: ["CShim"], swiftSettings: fast),
+    // Checkpoint formats: safetensors, GGUF (+ ggml block dequantization), config.json, JSON, atomic writes.
+    .target(name: "QoQIO", swiftSettings: fast),
+    // Tokenizers from tokenizer.json and GGUF metadata.
+    .target(name: "QoQTokenizers", dependencies: ["QoQIO"], swiftSettings: isaOnly),
+    // FP reference models (one file per family), KV cache, weight loading.
+    .target(name: "QoQModels", dependencies: ["QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
+    // Perplexity (GPTQ and llama.cpp protocols).
+    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
+    .executableTarget(name: "qoq", dependencies: [
+      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels",
+      .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    ], swiftSettings: isaOnly),
+    .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers"],
+                swiftSettings: isaOnly),
+    .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers"], swiftSettings: isaOnly),
+  ]
+)
