@@ -1,0 +1,228 @@
+// FP32 GEMM for linear layers and attention: C[m×n] (+)= A[m×k] · Wᵀ, with W given as [n×k] (a Linear weight,
+// out × in) and packed once into 32-column panels. 8×32 register tile: 16 zmm accumulators, 2 B loads and 8 A
+// broadcasts per k step (swift-perf.md §2c). Every output element is accumulated in the same order (k ascending,
+// one fused multiply-add per k) whatever m is, so a row's result does not depend on the batch it runs in.
+
+/// W (n×k) packed as panels of 32 output columns: [ceil(n/32)][k][32] floats, zero-padded past n.
+public final class PackedMatrix: @unchecked Sendable {
+  public let n: Int
+  public let k: Int
+  public let panels: Int
+  public let data: UnsafeMutablePointer<Float>
+
+  private init(n: Int, k: Int) {
+    precondition(n >= 0 && k >= 0)
+    self.n = n; self.k = k
+    panels = (n + 31) / 32
+    let cap = max(1, panels * k * 32)
+    data = .allocate(capacity: cap)
+    data.initialize(repeating: 0, count: cap)
+  }
+
+  /// Packs W given row-major as [n][ldw] (row j is output column j).
+  public convenience init(nk w: UnsafePointer<Float>, n: Int, k: Int, ldw: Int? = nil) {
+    self.init(n: n, k: k)
+    let ld = ldw ?? k
+    for p in 0..<panels {
+      let cols = min(32, n - p * 32)
+      let dst = data + p * k * 32
+      for j in 0..<cols {
+        let src = w + (p * 32 + j) * ld
+        for kk in 0..<k { dst[kk * 32 + j] = src[kk] }
+      }
+    }
+  }
+
+  /// Packs B given row-major as [k][ldb] (so C = A·B); used for P·V in attention.
+  public convenience init(kn b: UnsafePointer<Float>, k: Int, n: Int, ldb: Int? = nil) {
+    self.init(n: n, k: k)
+    let ld = ldb ?? n
+    for p in 0..<panels {
+      let cols = min(32, n - p * 32)
+      let dst = data + p * k * 32
+      for kk in 0..<k {
+        let src = b + kk * ld + p * 32
+        for j in 0..<cols { dst[kk * 32 + j] = src[j] }
+      }
+    }
+  }
+
+  public convenience init(nk w: [Float], n: Int, k: Int) {
+    precondition(w.count >= n * k)
+    self.init(nk: w.withUnsafeBufferPointer { $0.baseAddress! }, n: n, k: k)
+  }
+
+  deinit { data.deallocate() }
+
+  /// Element W[j][kk] (for tests and unpacking).
+  public func element(_ j: Int, _ kk: Int) -> Float { data[(j / 32) * k * 32 + kk * 32 + j % 32] }
+}
+
+typealias V16 = SIMD16<Float>
+
+let gemmKC = 256
+let gemmMC = 256
+
+/// C[m×n] = A[m×k]·Wᵀ (or += when `accumulate`). A row-major with leading dimension lda, C with ldc.
+public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
+                  c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
+  let n = b.n, k = b.k
+  if m <= 0 || n <= 0 { return }
+  if k == 0 {
+    if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+    return
+  }
+  if m == 1 {
+    gemvPanels(a: a, b: b, c: c, accumulate: accumulate)
+    return
+  }
+  let apack = UnsafeMutablePointer<Float>.allocate(capacity: gemmMC * gemmKC)
+  defer { apack.deallocate() }
+  var k0 = 0
+  while k0 < k {
+    let kc = min(gemmKC, k - k0)
+    let acc = accumulate || k0 > 0
+    var m0 = 0
+    while m0 < m {
+      let mc = min(gemmMC, m - m0)
+      let tiles = (mc + 7) / 8
+      // Pack A[m0..<m0+mc, k0..<k0+kc] as [tile][kc][8], zero rows past m.
+      for t in 0..<tiles {
+        let dst = apack + t * kc * 8
+        let rows = min(8, mc - t * 8)
+        for r in 0..<8 {
+          if r < rows {
+            let src = a + (m0 + t * 8 + r) * lda + k0
+            for kk in 0..<kc { dst[kk * 8 + r] = src[kk] }
+          } else {
+            for kk in 0..<kc { dst[kk * 8 + r] = 0 }
+          }
+        }
+      }
+      for p in 0..<b.panels {
+        let bp = b.data + p * k * 32 + k0 * 32
+        let cols = min(32, n - p * 32)
+        for t in 0..<tiles {
+          let rows = min(8, mc - t * 8)
+          kernel8x32(apack + t * kc * 8, bp, kc, c + (m0 + t * 8) * ldc + p * 32, ldc, rows, cols, acc)
+        }
+      }
+      m0 += mc
+    }
+    k0 += kc
+  }
+}
+
+@inline(__always)
+func loadV(_ p: UnsafePointer<Float>) -> V16 { UnsafeRawPointer(p).loadUnaligned(as: V16.self) }
+@inline(__always)
+func storeV(_ v: V16, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self) }
+
+/// One 8×32 tile over kc steps. `rows`/`cols` < 8/32 go through a scratch tile so nothing past C is touched.
+@inline(__always)
+func kernel8x32(_ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>, _ kc: Int,
+                _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ rows: Int, _ cols: Int, _ acc: Bool) {
+  let full = rows == 8 && cols == 32
+  var tmp = (V16(), V16(), V16(), V16(), V16(), V16(), V16(), V16(),
+             V16(), V16(), V16(), V16(), V16(), V16(), V16(), V16())
+  withUnsafeMutableBytes(of: &tmp) { raw in
+    let scratch = raw.baseAddress!.assumingMemoryBound(to: Float.self)
+    let cc = full ? c : scratch
+    let lc = full ? ldc : 32
+    if !full && acc {
+      for r in 0..<rows { for j in 0..<cols { scratch[r * 32 + j] = c[r * ldc + j] } }
+    }
+    var c00 = V16(), c01 = V16(), c10 = V16(), c11 = V16(), c20 = V16(), c21 = V16(), c30 = V16(), c31 = V16()
+    var c40 = V16(), c41 = V16(), c50 = V16(), c51 = V16(), c60 = V16(), c61 = V16(), c70 = V16(), c71 = V16()
+    if acc {
+      c00 = loadV(cc); c01 = loadV(cc + 16)
+      c10 = loadV(cc + lc); c11 = loadV(cc + lc + 16)
+      c20 = loadV(cc + 2 * lc); c21 = loadV(cc + 2 * lc + 16)
+      c30 = loadV(cc + 3 * lc); c31 = loadV(cc + 3 * lc + 16)
+      c40 = loadV(cc + 4 * lc); c41 = loadV(cc + 4 * lc + 16)
+      c50 = loadV(cc + 5 * lc); c51 = loadV(cc + 5 * lc + 16)
+      c60 = loadV(cc + 6 * lc); c61 = loadV(cc + 6 * lc + 16)
+      c70 = loadV(cc + 7 * lc); c71 = loadV(cc + 7 * lc + 16)
+    }
+    var pa = ap, pb = bp
+    for _ in 0..<kc {
+      let b0 = loadV(pb), b1 = loadV(pb + 16)
+      var x = V16(repeating: pa[0]); c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1)
+      x = V16(repeating: pa[1]); c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1)
+      x = V16(repeating: pa[2]); c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1)
+      x = V16(repeating: pa[3]); c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1)
+      x = V16(repeating: pa[4]); c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1)
+      x = V16(repeating: pa[5]); c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1)
+      x = V16(repeating: pa[6]); c60 = c60.addingProduct(x, b0); c61 = c61.addingProduct(x, b1)
+      x = V16(repeating: pa[7]); c70 = c70.addingProduct(x, b0); c71 = c71.addingProduct(x, b1)
+      pa += 8; pb += 32
+    }
+    storeV(c00, cc); storeV(c01, cc + 16)
+    storeV(c10, cc + lc); storeV(c11, cc + lc + 16)
+    storeV(c20, cc + 2 * lc); storeV(c21, cc + 2 * lc + 16)
+    storeV(c30, cc + 3 * lc); storeV(c31, cc + 3 * lc + 16)
+    storeV(c40, cc + 4 * lc); storeV(c41, cc + 4 * lc + 16)
+    storeV(c50, cc + 5 * lc); storeV(c51, cc + 5 * lc + 16)
+    storeV(c60, cc + 6 * lc); storeV(c61, cc + 6 * lc + 16)
+    storeV(c70, cc + 7 * lc); storeV(c71, cc + 7 * lc + 16)
+    if !full {
+      for r in 0..<rows { for j in 0..<cols { c[r * ldc + j] = scratch[r * 32 + j] } }
+    }
+  }
+}
+
+/// m = 1: four panels at a time (8 independent accumulators hide FMA latency), k ascending per element, the
+/// same arithmetic order as kernel8x32 (KC-blocked), so decode rows equal prefill rows bit for bit.
+func gemvPanels(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointer<Float>, accumulate: Bool) {
+  let k = b.k, n = b.n
+  var tmp = [Float](repeating: 0, count: 128)
+  tmp.withUnsafeMutableBufferPointer { tbuf in
+    let scratch = tbuf.baseAddress!
+    var p = 0
+    while p < b.panels {
+      let np = min(4, b.panels - p)
+      let cols = min(np * 32, n - p * 32)
+      if accumulate { for j in 0..<cols { scratch[j] = c[p * 32 + j] } } else { for j in 0..<128 { scratch[j] = 0 } }
+      var acc = (loadV(scratch), loadV(scratch + 16), loadV(scratch + 32), loadV(scratch + 48),
+                 loadV(scratch + 64), loadV(scratch + 80), loadV(scratch + 96), loadV(scratch + 112))
+      let b0 = b.data + p * k * 32
+      if np == 4 {
+        let b1 = b0 + k * 32, b2 = b1 + k * 32, b3 = b2 + k * 32
+        for kk in 0..<k {
+          let x = V16(repeating: a[kk]), o = kk * 32
+          acc.0 = acc.0.addingProduct(x, loadV(b0 + o)); acc.1 = acc.1.addingProduct(x, loadV(b0 + o + 16))
+          acc.2 = acc.2.addingProduct(x, loadV(b1 + o)); acc.3 = acc.3.addingProduct(x, loadV(b1 + o + 16))
+          acc.4 = acc.4.addingProduct(x, loadV(b2 + o)); acc.5 = acc.5.addingProduct(x, loadV(b2 + o + 16))
+          acc.6 = acc.6.addingProduct(x, loadV(b3 + o)); acc.7 = acc.7.addingProduct(x, loadV(b3 + o + 16))
+        }
+      } else {
+        for q in 0..<np {
+          let bq = b0 + q * k * 32
+          var lo = q == 0 ? acc.0 : q == 1 ? acc.2 : acc.4
+          var hi = q == 0 ? acc.1 : q == 1 ? acc.3 : acc.5
+          for kk in 0..<k {
+            let x = V16(repeating: a[kk])
+            lo = lo.addingProduct(x, loadV(bq + kk * 32)); hi = hi.addingProduct(x, loadV(bq + kk * 32 + 16))
+          }
+          if q == 0 { acc.0 = lo; acc.1 = hi } else if q == 1 { acc.2 = lo; acc.3 = hi } else { acc.4 = lo; acc.5 = hi }
+        }
+      }
+      storeV(acc.0, scratch); storeV(acc.1, scratch + 16); storeV(acc.2, scratch + 32); storeV(acc.3, scratch + 48)
+      storeV(acc.4, scratch + 64); storeV(acc.5, scratch + 80); storeV(acc.6, scratch + 96); storeV(acc.7, scratch + 112)
+      for j in 0..<cols { c[p * 32 + j] = scratch[j] }
+      p += np
+    }
+  }
+}
+
+/// Scalar twin of `sgemm`: C[i][j] (+)= Σ_k A[i][k]·W[j][k], with W row-major [n][k]. Double accumulation.
+public func sgemmReference(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, w: UnsafePointer<Float>, ldw: Int,
+                           c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
+  for i in 0..<m {
+    for j in 0..<n {
+      var s = 0.0
+      for kk in 0..<k { s += Double(a[i * lda + kk]) * Double(w[j * ldw + kk]) }
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + Float(s) : Float(s)
+    }
+  }
+}

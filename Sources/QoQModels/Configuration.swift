@@ -1,0 +1,211 @@
+// config.json of Llama-family checkpoints, with Hugging Face field names, defaults and validation.
+// Reference: transformers LlamaConfig / MistralConfig / Qwen2Config; mlx-swift-lm Llama.swift (init(from:)).
+import Foundation
+import QoQIO
+
+/// `rope_scaling` of Llama 3.x (`rope_type: "llama3"`); `type` is accepted as the key too.
+public struct RopeScaling: Codable, Sendable, Equatable {
+  public var ropeType: String
+  public var factor: Double
+  public var lowFreqFactor: Double
+  public var highFreqFactor: Double
+  public var originalMaxPositionEmbeddings: Int
+
+  enum CodingKeys: String, CodingKey {
+    case ropeType = "rope_type", type, factor, lowFreqFactor = "low_freq_factor", highFreqFactor = "high_freq_factor"
+    case originalMaxPositionEmbeddings = "original_max_position_embeddings"
+  }
+
+  public init(ropeType: String = "llama3", factor: Double, lowFreqFactor: Double, highFreqFactor: Double,
+              originalMaxPositionEmbeddings: Int) {
+    self.ropeType = ropeType; self.factor = factor; self.lowFreqFactor = lowFreqFactor
+    self.highFreqFactor = highFreqFactor; self.originalMaxPositionEmbeddings = originalMaxPositionEmbeddings
+  }
+
+  public init(from decoder: Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    guard let t = try c.decodeIfPresent(String.self, forKey: .ropeType) ?? c.decodeIfPresent(String.self, forKey: .type) else {
+      throw QoQError("config.json: rope_scaling has no rope_type/type")
+    }
+    ropeType = t
+    factor = try c.decodeIfPresent(Double.self, forKey: .factor) ?? 1
+    lowFreqFactor = try c.decodeIfPresent(Double.self, forKey: .lowFreqFactor) ?? 1
+    highFreqFactor = try c.decodeIfPresent(Double.self, forKey: .highFreqFactor) ?? 4
+    originalMaxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings) ?? 8192
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(ropeType, forKey: .ropeType)
+    try c.encode(factor, forKey: .factor)
+    try c.encode(lowFreqFactor, forKey: .lowFreqFactor)
+    try c.encode(highFreqFactor, forKey: .highFreqFactor)
+    try c.encode(originalMaxPositionEmbeddings, forKey: .originalMaxPositionEmbeddings)
+  }
+}
+
+/// The configuration shared by the Llama, Mistral and Qwen2 families.
+public struct LlamaConfiguration: Codable, Sendable, Equatable {
+  public var modelType: String
+  public var hiddenSize: Int
+  public var intermediateSize: Int
+  public var numHiddenLayers: Int
+  public var numAttentionHeads: Int
+  public var numKeyValueHeads: Int
+  public var headDim: Int
+  public var rmsNormEps: Double
+  public var ropeTheta: Double
+  public var ropeScaling: RopeScaling?
+  public var maxPositionEmbeddings: Int
+  public var vocabSize: Int
+  public var tieWordEmbeddings: Bool
+  /// q/k/v (and o for Llama's `attention_bias`) carry biases. Qwen2 always has q/k/v biases.
+  public var attentionBias: Bool
+  public var mlpBias: Bool
+  public var bosTokenId: Int?
+  public var eosTokenIds: [Int]
+  public var slidingWindow: Int?
+
+  enum CodingKeys: String, CodingKey {
+    case modelType = "model_type", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
+    case numHiddenLayers = "num_hidden_layers", numAttentionHeads = "num_attention_heads"
+    case numKeyValueHeads = "num_key_value_heads", headDim = "head_dim", rmsNormEps = "rms_norm_eps"
+    case ropeTheta = "rope_theta", ropeScaling = "rope_scaling", maxPositionEmbeddings = "max_position_embeddings"
+    case vocabSize = "vocab_size", tieWordEmbeddings = "tie_word_embeddings", attentionBias = "attention_bias"
+    case mlpBias = "mlp_bias", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
+    case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window", architectures
+    case torchDtype = "torch_dtype"
+  }
+
+  public init(modelType: String = "llama", hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int,
+              numAttentionHeads: Int, numKeyValueHeads: Int? = nil, headDim: Int? = nil, rmsNormEps: Double = 1e-6,
+              ropeTheta: Double = 10000, ropeScaling: RopeScaling? = nil, maxPositionEmbeddings: Int = 2048,
+              vocabSize: Int, tieWordEmbeddings: Bool = false, attentionBias: Bool? = nil, mlpBias: Bool = false,
+              bosTokenId: Int? = 1, eosTokenIds: [Int] = [2], slidingWindow: Int? = nil) throws {
+    self.modelType = modelType
+    self.hiddenSize = hiddenSize; self.intermediateSize = intermediateSize
+    self.numHiddenLayers = numHiddenLayers; self.numAttentionHeads = numAttentionHeads
+    self.numKeyValueHeads = numKeyValueHeads ?? numAttentionHeads
+    self.headDim = headDim ?? (numAttentionHeads > 0 ? hiddenSize / numAttentionHeads : 0)
+    self.rmsNormEps = rmsNormEps; self.ropeTheta = ropeTheta; self.ropeScaling = ropeScaling
+    self.maxPositionEmbeddings = maxPositionEmbeddings; self.vocabSize = vocabSize
+    self.tieWordEmbeddings = tieWordEmbeddings
+    self.attentionBias = attentionBias ?? (modelType == "qwen2")
+    self.mlpBias = mlpBias; self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds
+    self.slidingWindow = slidingWindow
+    try validate(headDimGiven: headDim != nil)
+  }
+
+  public init(from decoder: Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    modelType = try c.decode(String.self, forKey: .modelType)
+    guard ModelRegistry.families[modelType] != nil else {
+      throw QoQError("config.json: unsupported model_type \"\(modelType)\" (supported: \(ModelRegistry.supported.joined(separator: ", ")))")
+    }
+    hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+    intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+    numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
+    numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+    numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
+    let hd = try c.decodeIfPresent(Int.self, forKey: .headDim)
+    headDim = hd ?? (numAttentionHeads > 0 ? hiddenSize / numAttentionHeads : 0)
+    rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
+    ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000
+    ropeScaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling)
+    maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+    vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+    tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+    attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? (modelType == "qwen2")
+    if modelType == "qwen2" { attentionBias = true }
+    mlpBias = try c.decodeIfPresent(Bool.self, forKey: .mlpBias) ?? false
+    bosTokenId = try c.decodeIfPresent(Int.self, forKey: .bosTokenId)
+    if let one = try? c.decodeIfPresent(Int.self, forKey: .eosTokenId) {
+      eosTokenIds = [one]
+    } else {
+      eosTokenIds = try c.decodeIfPresent([Int].self, forKey: .eosTokenId) ?? []
+    }
+    let useSW = try c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow) ?? (modelType == "mistral")
+    slidingWindow = useSW ? try c.decodeIfPresent(Int.self, forKey: .slidingWindow) : nil
+    if let t = ropeScaling?.ropeType, t != "llama3", t != "default" {
+      throw QoQError("config.json: rope_scaling type \"\(t)\" is not supported (supported: llama3, default)")
+    }
+    try validate(headDimGiven: hd != nil)
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode([ModelRegistry.families[modelType]?.architecture ?? "LlamaForCausalLM"], forKey: .architectures)
+    try c.encode(modelType, forKey: .modelType)
+    try c.encode(hiddenSize, forKey: .hiddenSize)
+    try c.encode(intermediateSize, forKey: .intermediateSize)
+    try c.encode(numHiddenLayers, forKey: .numHiddenLayers)
+    try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
+    try c.encode(numKeyValueHeads, forKey: .numKeyValueHeads)
+    try c.encode(headDim, forKey: .headDim)
+    try c.encode(rmsNormEps, forKey: .rmsNormEps)
+    try c.encode(ropeTheta, forKey: .ropeTheta)
+    try c.encodeIfPresent(ropeScaling, forKey: .ropeScaling)
+    try c.encode(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
+    try c.encode(vocabSize, forKey: .vocabSize)
+    try c.encode(tieWordEmbeddings, forKey: .tieWordEmbeddings)
+    if modelType != "qwen2" { try c.encode(attentionBias, forKey: .attentionBias) }
+    try c.encode(mlpBias, forKey: .mlpBias)
+    try c.encodeIfPresent(bosTokenId, forKey: .bosTokenId)
+    if eosTokenIds.count == 1 { try c.encode(eosTokenIds[0], forKey: .eosTokenId) }
+    else if !eosTokenIds.isEmpty { try c.encode(eosTokenIds, forKey: .eosTokenId) }
+    if let sw = slidingWindow { try c.encode(sw, forKey: .slidingWindow) }
+    try c.encode("float32", forKey: .torchDtype)
+  }
+
+  func validate(headDimGiven: Bool) throws {
+    func bad(_ m: String) -> QoQError { QoQError("config.json: \(m)") }
+    for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                      ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
+                      ("num_key_value_heads", numKeyValueHeads), ("vocab_size", vocabSize),
+                      ("head_dim", headDim), ("max_position_embeddings", maxPositionEmbeddings)] {
+      guard v > 0 else { throw bad("\(name) must be positive (got \(v))") }
+      guard v <= 1 << 24 else { throw bad("\(name) = \(v) is implausibly large") }
+    }
+    if !headDimGiven && hiddenSize % numAttentionHeads != 0 {
+      throw bad("hidden_size \(hiddenSize) is not divisible by num_attention_heads \(numAttentionHeads)")
+    }
+    guard numAttentionHeads % numKeyValueHeads == 0 else {
+      throw bad("num_attention_heads \(numAttentionHeads) is not a multiple of num_key_value_heads \(numKeyValueHeads)")
+    }
+    guard headDim % 2 == 0 else { throw bad("head_dim \(headDim) must be even for RoPE") }
+    guard rmsNormEps > 0, rmsNormEps.isFinite else { throw bad("rms_norm_eps must be positive") }
+    guard ropeTheta > 0, ropeTheta.isFinite else { throw bad("rope_theta must be positive") }
+    _ = try checkedMul(numAttentionHeads, headDim, "config.json: num_attention_heads × head_dim")
+    _ = try checkedMul(vocabSize, hiddenSize, "config.json: vocab_size × hidden_size")
+    _ = try checkedMul(intermediateSize, hiddenSize, "config.json: intermediate_size × hidden_size")
+  }
+
+  public var qDim: Int { numAttentionHeads * headDim }
+  public var kvDim: Int { numKeyValueHeads * headDim }
+
+  public static func load(path: String) throws -> LlamaConfiguration {
+    let data: Data
+    do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+      throw QoQError("\(path): cannot read config (\(error.localizedDescription))")
+    }
+    do {
+      return try JSONDecoder().decode(LlamaConfiguration.self, from: data)
+    } catch let e as QoQError {
+      throw QoQError("\(path): \(e.message.replacingOccurrences(of: "config.json: ", with: ""))")
+    } catch let DecodingError.keyNotFound(k, _) {
+      throw QoQError("\(path): missing field \"\(k.stringValue)\"")
+    } catch let DecodingError.typeMismatch(_, ctx) {
+      throw QoQError("\(path): wrong type for \"\(ctx.codingPath.map(\.stringValue).joined(separator: "."))\"")
+    } catch let DecodingError.valueNotFound(_, ctx) {
+      throw QoQError("\(path): null value for \"\(ctx.codingPath.map(\.stringValue).joined(separator: "."))\"")
+    } catch {
+      throw QoQError("\(path): not valid JSON (\(error))")
+    }
+  }
+
+  public func jsonData() throws -> Data {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    return try enc.encode(self)
+  }
+}

@@ -1,0 +1,129 @@
+// A GGUF file seen as a Hugging Face checkpoint: config.json fields from `{arch}.*` metadata, tensors renamed to
+// HF names and dequantized to fp32, with llama.cpp's Q/K row permutation undone for the llama architecture.
+import QoQIO
+
+public final class GGUFWeights: WeightSource {
+  public let gguf: GGUFFile
+  public let config: LlamaConfiguration
+  public let family: ModelFamily
+  /// HF name → GGUF tensor name.
+  let hfToGGUF: [String: String]
+  public let tensorNames: [String]
+
+  public init(_ gguf: GGUFFile) throws {
+    self.gguf = gguf
+    guard let arch = gguf.string("general.architecture") else {
+      throw QoQError("\(gguf.path): no general.architecture in metadata")
+    }
+    family = try ModelRegistry.family(ggufArchitecture: arch)
+    config = try ggufConfiguration(gguf, arch: arch, family: family)
+    var map: [String: String] = [:]
+    var unknown: [String] = []
+    for t in gguf.tensors {
+      if let hf = hfName(ggufName: t.name) { map[hf] = t.name } else { unknown.append(t.name) }
+    }
+    if !unknown.isEmpty {
+      throw QoQError("\(gguf.path): unexpected tensor(s) \(unknown.prefix(5).joined(separator: ", "))")
+    }
+    hfToGGUF = map
+    tensorNames = map.keys.sorted()
+  }
+
+  public convenience init(path: String) throws { try self.init(GGUFFile(path: path)) }
+
+  public func shape(_ name: String) throws -> [Int] {
+    guard let g = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
+    return try gguf.tensor(g).shape
+  }
+
+  public func floats(_ name: String) throws -> [Float] {
+    guard let g = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
+    let w = try gguf.floats(g)
+    if family.ggufPermutesQK && g.hasSuffix(".weight") {
+      if g.hasSuffix("attn_q.weight") { return unpermuteRows(w, heads: config.numAttentionHeads, cols: config.hiddenSize) }
+      if g.hasSuffix("attn_k.weight") { return unpermuteRows(w, heads: config.numKeyValueHeads, cols: config.hiddenSize) }
+    }
+    if family.ggufPermutesQK && g.hasSuffix(".bias") {
+      if g.hasSuffix("attn_q.bias") { return unpermuteRows(w, heads: config.numAttentionHeads, cols: 1) }
+      if g.hasSuffix("attn_k.bias") { return unpermuteRows(w, heads: config.numKeyValueHeads, cols: 1) }
+    }
+    return w
+  }
+}
+
+/// Undoes llama.cpp's `permute`: GGUF row (h, i, j) holds HF row (h, j, i), i < d/2, j < 2, so that rotary
+/// pairs (i, i + d/2) of HF's rotate_half become adjacent. Equivalent to numpy
+/// `w.reshape(heads, d/2, 2, cols).swapaxes(1, 2).reshape(out, cols)`.
+public func unpermuteRows(_ w: [Float], heads: Int, cols: Int) -> [Float] {
+  let rows = w.count / cols
+  let d = rows / heads, half = d / 2
+  var out = [Float](repeating: 0, count: w.count)
+  for h in 0..<heads {
+    for i in 0..<half {
+      for j in 0..<2 {
+        let src = (h * d + i * 2 + j) * cols, dst = (h * d + j * half + i) * cols
+        for c in 0..<cols { out[dst + c] = w[src + c] }
+      }
+    }
+  }
+  return out
+}
+
+/// llama.cpp tensor name → HF name (nil when unknown).
+func hfName(ggufName n: String) -> String? {
+  switch n {
+  case "token_embd.weight": return "model.embed_tokens.weight"
+  case "output_norm.weight": return "model.norm.weight"
+  case "output.weight": return "lm_head.weight"
+  case "rope_freqs.weight": return "model.rotary_emb.inv_freq"
+  default: break
+  }
+  let parts = n.split(separator: ".", maxSplits: 2).map(String.init)
+  guard parts.count == 3, parts[0] == "blk", let i = Int(parts[1]) else { return nil }
+  let table: [String: String] = [
+    "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias", "attn_output.bias": "self_attn.o_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+  ]
+  guard let rest = table[parts[2]] else { return nil }
+  return "model.layers.\(i).\(rest)"
+}
+
+func ggufConfiguration(_ g: GGUFFile, arch: String, family: ModelFamily) throws -> LlamaConfiguration {
+  func req(_ key: String) throws -> Int {
+    guard let v = g.int("\(arch).\(key)") else { throw QoQError("\(g.path): missing metadata \(arch).\(key)") }
+    return v
+  }
+  let heads = try req("attention.head_count")
+  let hidden = try req("embedding_length")
+  let tokens = g.metadata["tokenizer.ggml.tokens"]?.array?.count
+  guard let vocab = g.int("\(arch).vocab_size") ?? tokens ?? (try? g.tensor("token_embd.weight").shape[0]) else {
+    throw QoQError("\(g.path): cannot determine the vocabulary size")
+  }
+  let hasOutput = g.tensorIndex["output.weight"] != nil
+  let attnBias = g.tensorIndex["blk.0.attn_q.bias"] != nil
+  var scaling: RopeScaling? = nil
+  if g.string("\(arch).rope.scaling.type") == "llama3" || g.tensorIndex["rope_freqs.weight"] != nil {
+    throw QoQError("\(g.path): llama3 rope scaling stored as rope_freqs is not supported yet; convert from the HF checkpoint instead")
+  }
+  if let t = g.string("\(arch).rope.scaling.type"), t != "none" {
+    throw QoQError("\(g.path): rope scaling type \(t) is not supported")
+  }
+  scaling = nil
+  var eos: [Int] = []
+  if let e = g.int("tokenizer.ggml.eos_token_id") { eos.append(e) }
+  let hd = g.int("\(arch).attention.key_length") ?? g.int("\(arch).rope.dimension_count") ?? (hidden / max(heads, 1))
+  return try LlamaConfiguration(
+    modelType: family.modelType, hiddenSize: hidden, intermediateSize: try req("feed_forward_length"),
+    numHiddenLayers: try req("block_count"), numAttentionHeads: heads,
+    numKeyValueHeads: g.int("\(arch).attention.head_count_kv") ?? heads, headDim: hd,
+    rmsNormEps: g.double("\(arch).attention.layer_norm_rms_epsilon") ?? 1e-6,
+    ropeTheta: g.double("\(arch).rope.freq_base") ?? 10000, ropeScaling: scaling,
+    maxPositionEmbeddings: g.int("\(arch).context_length") ?? 2048, vocabSize: vocab,
+    tieWordEmbeddings: !hasOutput, attentionBias: family.qkvBias || attnBias,
+    bosTokenId: g.int("tokenizer.ggml.bos_token_id"), eosTokenIds: eos)
+}

@@ -1,0 +1,45 @@
+// Linear layers behind one small protocol: model code calls `forward` and never tests the weight format
+// (anchors.md §1.9.4). The FP path packs weights once at load into SGEMM panels.
+import QoQKernels
+
+public protocol LinearLayer: AnyObject, Sendable {
+  var inFeatures: Int { get }
+  var outFeatures: Int { get }
+  /// y[rows × out] = x[rows × in] · Wᵀ (+ bias). Row-major, contiguous.
+  func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>)
+}
+
+/// FP32 weights [out × in] packed for `sgemm`, optional bias.
+public final class DenseLinear: LinearLayer, @unchecked Sendable {
+  public let inFeatures: Int
+  public let outFeatures: Int
+  let packed: PackedMatrix
+  let bias: [Float]?
+
+  public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+    precondition(weight.count == outFeatures * inFeatures)
+    precondition(bias == nil || bias!.count == outFeatures)
+    self.inFeatures = inFeatures
+    self.outFeatures = outFeatures
+    packed = PackedMatrix(nk: weight, n: outFeatures, k: inFeatures)
+    self.bias = bias
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    if let b = bias {
+      b.withUnsafeBufferPointer { bp in
+        for r in 0..<rows { (y + r * outFeatures).update(from: bp.baseAddress!, count: outFeatures) }
+      }
+      sgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures, accumulate: true)
+    } else {
+      sgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures)
+    }
+  }
+
+  /// Unpacked weight [out × in] (for conversion and tests).
+  public func weight() -> [Float] {
+    var w = [Float](repeating: 0, count: outFeatures * inFeatures)
+    for j in 0..<outFeatures { for k in 0..<inFeatures { w[j * inFeatures + k] = packed.element(j, k) } }
+    return w
+  }
+}

@@ -1,0 +1,200 @@
+// Llama-family decoder (Llama 1/2/3/3.1, Mistral, Qwen2 via ModelFamily), FP32 reference forward with a KV cache
+// and batched prefill. Ported from transformers' modeling_llama.py (LlamaForCausalLM) and mlx-lm models/llama.py.
+// Shapes: N = total new tokens in the batch, H = hidden_size, Q = heads·head_dim, KV = kv_heads·head_dim.
+import QoQIO
+import QoQKernels
+
+enum LlamaFamily {
+  static let family = ModelFamily(modelType: "llama", architecture: "LlamaForCausalLM", ggufArchitecture: "llama",
+                                  ggufPermutesQK: true, qkvBias: false)
+}
+
+/// One decoder layer's parameters; names follow `model.layers.{i}.*`.
+public final class DecoderLayer: @unchecked Sendable {
+  public let inputLayernorm: [Float]          // (H)
+  public let postAttentionLayernorm: [Float]  // (H)
+  public let qProj: LinearLayer, kProj: LinearLayer, vProj: LinearLayer, oProj: LinearLayer
+  public let gateProj: LinearLayer, upProj: LinearLayer, downProj: LinearLayer
+
+  public init(inputLayernorm: [Float], postAttentionLayernorm: [Float], qProj: LinearLayer, kProj: LinearLayer,
+              vProj: LinearLayer, oProj: LinearLayer, gateProj: LinearLayer, upProj: LinearLayer, downProj: LinearLayer) {
+    self.inputLayernorm = inputLayernorm; self.postAttentionLayernorm = postAttentionLayernorm
+    self.qProj = qProj; self.kProj = kProj; self.vProj = vProj; self.oProj = oProj
+    self.gateProj = gateProj; self.upProj = upProj; self.downProj = downProj
+  }
+}
+
+public final class LlamaModel: @unchecked Sendable {
+  public let config: LlamaConfiguration
+  public let family: ModelFamily
+  public let embedTokens: [Float]  // (vocab, H)
+  public let layers: [DecoderLayer]
+  public let norm: [Float]         // (H)
+  public let lmHead: LinearLayer   // (vocab × H); the embedding itself when tied
+  let rope: RotaryEmbedding
+
+  public init(config: LlamaConfiguration, embedTokens: [Float], layers: [DecoderLayer], norm: [Float],
+              lmHead: LinearLayer) throws {
+    self.config = config
+    family = try ModelRegistry.family(config.modelType)
+    self.embedTokens = embedTokens
+    self.layers = layers
+    self.norm = norm
+    self.lmHead = lmHead
+    rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
+  }
+
+  /// Loads FP weights by their HF names; fails on missing or unexpected tensors and wrong shapes.
+  public convenience init(config c: LlamaConfiguration, weights src: WeightSource) throws {
+    try verifyTensors(src, c)
+    func linear(_ p: String, out: Int, inp: Int, bias: Bool) throws -> LinearLayer {
+      DenseLinear(weight: try src.floats(p + ".weight"), outFeatures: out, inFeatures: inp,
+                  bias: bias ? try src.floats(p + ".bias") : nil)
+    }
+    var layers: [DecoderLayer] = []
+    for i in 0..<c.numHiddenLayers {
+      let p = "model.layers.\(i)."
+      let ab = c.attentionBias
+      layers.append(DecoderLayer(
+        inputLayernorm: try src.floats(p + "input_layernorm.weight"),
+        postAttentionLayernorm: try src.floats(p + "post_attention_layernorm.weight"),
+        qProj: try linear(p + "self_attn.q_proj", out: c.qDim, inp: c.hiddenSize, bias: ab),
+        kProj: try linear(p + "self_attn.k_proj", out: c.kvDim, inp: c.hiddenSize, bias: ab),
+        vProj: try linear(p + "self_attn.v_proj", out: c.kvDim, inp: c.hiddenSize, bias: ab),
+        oProj: try linear(p + "self_attn.o_proj", out: c.hiddenSize, inp: c.qDim, bias: ab && c.modelType == "llama"),
+        gateProj: try linear(p + "mlp.gate_proj", out: c.intermediateSize, inp: c.hiddenSize, bias: c.mlpBias),
+        upProj: try linear(p + "mlp.up_proj", out: c.intermediateSize, inp: c.hiddenSize, bias: c.mlpBias),
+        downProj: try linear(p + "mlp.down_proj", out: c.hiddenSize, inp: c.intermediateSize, bias: c.mlpBias)))
+    }
+    let embed = try src.floats("model.embed_tokens.weight")
+    let head = c.tieWordEmbeddings ? embed : try src.floats("lm_head.weight")
+    try self.init(config: c, embedTokens: embed, layers: layers, norm: try src.floats("model.norm.weight"),
+                  lmHead: DenseLinear(weight: head, outFeatures: c.vocabSize, inFeatures: c.hiddenSize))
+  }
+
+  /// The longest context this model accepts (Mistral's sliding window is not implemented, so it caps the context).
+  public var maxContext: Int { config.slidingWindow ?? Int.max }
+
+  /// Runs new tokens of several sequences through the model, appending to each sequence's cache.
+  /// Returns the final-norm hidden states, (N, H), rows in batch order.
+  public func forward(_ batch: [[Int32]], caches: [KVCache]) throws -> [Float] {
+    precondition(batch.count == caches.count)
+    let c = config
+    let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, hd = c.headDim, I = c.intermediateSize
+    let n = batch.reduce(0) { $0 + $1.count }
+    for (s, toks) in batch.enumerated() {
+      for t in toks where t < 0 || Int(t) >= c.vocabSize {
+        throw QoQError("token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
+      }
+      let need = caches[s].length + toks.count
+      if need > maxContext { throw QoQError("sequence of \(need) tokens exceeds the model's context of \(maxContext)") }
+    }
+    if n == 0 { return [] }
+    var x = [Float](repeating: 0, count: n * H)  // residual stream (N, H)
+    embedTokens.withUnsafeBufferPointer { e in
+      var r = 0
+      for toks in batch { for t in toks { x.withUnsafeMutableBufferPointer { ($0.baseAddress! + r * H).update(from: e.baseAddress! + Int(t) * H, count: H) }; r += 1 } }
+    }
+    let h = UnsafeMutablePointer<Float>.allocate(capacity: n * max(H, Q)); defer { h.deallocate() }
+    let q = UnsafeMutablePointer<Float>.allocate(capacity: n * Q); defer { q.deallocate() }
+    let k = UnsafeMutablePointer<Float>.allocate(capacity: n * KV); defer { k.deallocate() }
+    let v = UnsafeMutablePointer<Float>.allocate(capacity: n * KV); defer { v.deallocate() }
+    let attn = UnsafeMutablePointer<Float>.allocate(capacity: n * Q); defer { attn.deallocate() }
+    let g = UnsafeMutablePointer<Float>.allocate(capacity: n * I); defer { g.deallocate() }
+    let u = UnsafeMutablePointer<Float>.allocate(capacity: n * I); defer { u.deallocate() }
+    let maxLen = zip(batch, caches).map { $0.count + $1.length }.max() ?? 0
+    rope.ensure(maxLen)
+    for (s, toks) in batch.enumerated() { caches[s].reserve(caches[s].length + toks.count) }
+    let eps = Float(c.rmsNormEps)
+    let scale = 1 / Float(hd).squareRoot()
+
+    try x.withUnsafeMutableBufferPointer { xb in
+      let xp = xb.baseAddress!
+      for (li, layer) in layers.enumerated() {
+        // Attention block.
+        layer.inputLayernorm.withUnsafeBufferPointer { w in
+          for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
+        }
+        layer.qProj.forward(h, rows: n, q)
+        layer.kProj.forward(h, rows: n, k)
+        layer.vProj.forward(h, rows: n, v)
+        var r0 = 0
+        for (s, toks) in batch.enumerated() {
+          let cache = caches[s], past = cache.length, t = toks.count
+          for i in 0..<t {
+            rope.apply(q + (r0 + i) * Q, heads: c.numAttentionHeads, pos: past + i)
+            rope.apply(k + (r0 + i) * KV, heads: c.numKeyValueHeads, pos: past + i)
+          }
+          (cache.keys[li] + past * KV).update(from: k + r0 * KV, count: t * KV)
+          (cache.values[li] + past * KV).update(from: v + r0 * KV, count: t * KV)
+          try attention(q: q + r0 * Q, t: t, past: past, keys: cache.keys[li], values: cache.values[li],
+                        out: attn + r0 * Q, scale: scale)
+          r0 += t
+        }
+        layer.oProj.forward(attn, rows: n, h)
+        addInPlace(xp, h, n * H)
+        // MLP block.
+        layer.postAttentionLayernorm.withUnsafeBufferPointer { w in
+          for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
+        }
+        layer.gateProj.forward(h, rows: n, g)
+        layer.upProj.forward(h, rows: n, u)
+        siluMul(g, u, g, n * I)
+        layer.downProj.forward(g, rows: n, h)
+        addInPlace(xp, h, n * H)
+      }
+      norm.withUnsafeBufferPointer { w in
+        for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, xp + r * H) }
+      }
+    }
+    for (s, toks) in batch.enumerated() { caches[s].length += toks.count }
+    return x
+  }
+
+  /// Causal attention of t new queries against past + t cached positions, per head, GQA-aware.
+  /// q: (t, Q) with row stride Q; keys/values: (past+t, KV); out: (t, Q) with row stride Q.
+  func attention(q: UnsafeMutablePointer<Float>, t: Int, past: Int, keys: UnsafePointer<Float>,
+                 values: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, scale: Float) throws {
+    let c = config, hd = c.headDim, Q = c.qDim, KV = c.kvDim
+    let len = past + t
+    let group = c.numAttentionHeads / c.numKeyValueHeads
+    let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * len); defer { scores.deallocate() }
+    for kvh in 0..<c.numKeyValueHeads {
+      let kp = PackedMatrix(nk: keys + kvh * hd, n: len, k: hd, ldw: KV)
+      let vp = PackedMatrix(kn: values + kvh * hd, k: len, n: hd, ldb: KV)
+      for head in (kvh * group)..<((kvh + 1) * group) {
+        sgemm(m: t, a: q + head * hd, lda: Q, b: kp, c: scores, ldc: len)
+        for i in 0..<t {
+          let row = scores + i * len, valid = past + i + 1
+          for j in 0..<valid { row[j] *= scale }
+          softmaxInPlace(row, valid)
+          for j in valid..<len { row[j] = 0 }
+        }
+        sgemm(m: t, a: scores, lda: len, b: vp, c: out + head * hd, ldc: Q)
+      }
+    }
+  }
+
+  /// Logits (rows, vocab) for final hidden states (rows, H).
+  public func logits(_ hidden: UnsafePointer<Float>, rows: Int) -> [Float] {
+    var out = [Float](repeating: 0, count: rows * config.vocabSize)
+    out.withUnsafeMutableBufferPointer { lmHead.forward(hidden, rows: rows, $0.baseAddress!) }
+    return out
+  }
+
+  /// Convenience: logits of the last position of each sequence.
+  public func lastLogits(_ batch: [[Int32]], caches: [KVCache]) throws -> [[Float]] {
+    let hidden = try forward(batch, caches: caches)
+    let H = config.hiddenSize
+    var out: [[Float]] = []
+    var r = 0
+    try hidden.withUnsafeBufferPointer { hb in
+      for toks in batch {
+        r += toks.count
+        guard !toks.isEmpty else { throw QoQError("empty sequence in batch") }
+        out.append(logits(hb.baseAddress! + (r - 1) * H, rows: 1))
+      }
+    }
+    return out
+  }
+}

@@ -1,0 +1,86 @@
+import Testing
+@testable import QoQKernels
+
+/// Deterministic pseudo-random floats in [-1, 1) (SplitMix64), so tests need no global RNG state.
+func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
+  var s = seed
+  return (0..<n).map { _ in
+    s &+= 0x9E37_79B9_7F4A_7C15
+    var z = s
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    z ^= z >> 31
+    return Float(z >> 40) / Float(1 << 23) - 1
+  }
+}
+
+func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
+  var num: Float = 0, den: Float = 0
+  for i in 0..<x.count { num = max(num, abs(x[i] - y[i])); den = max(den, abs(y[i])) }
+  return num / max(den, 1e-30)
+}
+
+@Suite struct SGEMMTests {
+  static let sizes: [(Int, Int, Int)] = [
+    (1, 1, 1), (3, 17, 5), (17, 33, 129), (8, 32, 256), (129, 65, 257), (1, 129, 1023), (7, 100, 3),
+    (33, 31, 513), (2, 127, 64), (300, 40, 17),
+  ]
+
+  @Test(arguments: sizes)
+  func matchesScalarTwin(_ s: (Int, Int, Int)) {
+    let (m, n, k) = s
+    let a = randomFloats(m * k, seed: 1), w = randomFloats(n * k, seed: 2)
+    var ref = [Float](repeating: 0, count: m * n), out = [Float](repeating: 7, count: m * n)
+    let packed = PackedMatrix(nk: w, n: n, k: k)
+    a.withUnsafeBufferPointer { ap in
+      w.withUnsafeBufferPointer { wp in
+        ref.withUnsafeMutableBufferPointer { rp in
+          sgemmReference(m: m, n: n, k: k, a: ap.baseAddress!, lda: k, w: wp.baseAddress!, ldw: k, c: rp.baseAddress!, ldc: n)
+        }
+        out.withUnsafeMutableBufferPointer { op in sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: op.baseAddress!, ldc: n) }
+      }
+    }
+    #expect(maxRelError(out, ref) < 1e-5, "m=\(m) n=\(n) k=\(k)")
+  }
+
+  @Test func accumulateAndStrides() {
+    // C has a wider leading dimension than n; the untouched padding columns must stay as they were.
+    let m = 19, n = 45, k = 300, ldc = 50, lda = 310
+    let a = randomFloats(m * lda, seed: 3), w = randomFloats(n * k, seed: 4)
+    var c = randomFloats(m * ldc, seed: 5)
+    var ref = c
+    let packed = PackedMatrix(nk: w, n: n, k: k)
+    a.withUnsafeBufferPointer { ap in
+      w.withUnsafeBufferPointer { wp in
+        ref.withUnsafeMutableBufferPointer { rp in
+          sgemmReference(m: m, n: n, k: k, a: ap.baseAddress!, lda: lda, w: wp.baseAddress!, ldw: k, c: rp.baseAddress!, ldc: ldc, accumulate: true)
+        }
+        c.withUnsafeMutableBufferPointer { cp in sgemm(m: m, a: ap.baseAddress!, lda: lda, b: packed, c: cp.baseAddress!, ldc: ldc, accumulate: true) }
+      }
+    }
+    #expect(maxRelError(c, ref) < 1e-5)
+  }
+
+  @Test func rowsAreBatchInvariant() {
+    // Row i computed inside a batch of 37 rows equals the same row computed alone (m = 1), bit for bit.
+    let m = 37, n = 70, k = 600
+    let a = randomFloats(m * k, seed: 6), w = randomFloats(n * k, seed: 7)
+    let packed = PackedMatrix(nk: w, n: n, k: k)
+    var all = [Float](repeating: 0, count: m * n)
+    a.withUnsafeBufferPointer { ap in
+      all.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+      for i in [0, 5, 17, 36] {
+        var one = [Float](repeating: 0, count: n)
+        one.withUnsafeMutableBufferPointer { sgemm(m: 1, a: ap.baseAddress! + i * k, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+        #expect(one == Array(all[(i * n)..<(i * n + n)]))
+      }
+    }
+  }
+
+  @Test func packFromKNLayout() {
+    let k = 37, n = 70
+    let b = randomFloats(k * n, seed: 8)
+    let p = PackedMatrix(kn: b, k: k, n: n)
+    for j in [0, 31, 32, 69] { for kk in [0, 36] { #expect(p.element(j, kk) == b[kk * n + j]) } }
+  }
+}

@@ -1,0 +1,41 @@
+import Foundation
+import Testing
+@testable import QoQKernels
+
+@Suite struct VectorOpsTests {
+  @Test(arguments: [1, 3, 17, 64, 129, 1023])
+  func dotAndNorm(_ n: Int) {
+    let x = randomFloats(n, seed: 11), w = randomFloats(n, seed: 12)
+    var ref = 0.0
+    for i in 0..<n { ref += Double(x[i]) * Double(w[i]) }
+    #expect(abs(Double(dot(x, w, n)) - ref) < 1e-4 * Double(n).squareRoot())
+    var out = [Float](repeating: 0, count: n)
+    rmsNorm(x, w, eps: 1e-5, n: n, &out)
+    let ms = x.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(n)
+    for i in 0..<n {
+      let r = Double(w[i]) * Double(x[i]) / (ms + 1e-5).squareRoot()
+      #expect(abs(Double(out[i]) - r) < 1e-5 * max(1, abs(r)))
+    }
+  }
+
+  @Test func softmaxAndLogSumExp() {
+    var x: [Float] = [1, 2, 3, -1000]
+    let lse = logSumExp(x, 4)
+    #expect(abs(lse - log(exp(1.0) + exp(2.0) + exp(3.0))) < 1e-9)
+    softmaxInPlace(&x, 4)
+    let z = exp(1.0) + exp(2.0) + exp(3.0)
+    #expect(abs(Double(x[2]) - exp(3.0) / z) < 1e-6)
+    #expect(x[3] == 0)
+    #expect(argmax([1, 5, 5, 2], 4) == 1)
+  }
+
+  @Test func siluMulMatchesFormula() {
+    let g: [Float] = [-3, 0, 0.5, 4], u: [Float] = [2, 3, -1, 0.25]
+    var o = [Float](repeating: 0, count: 4)
+    siluMul(g, u, &o, 4)
+    for i in 0..<4 {
+      let s = Double(g[i]) / (1 + exp(-Double(g[i]))) * Double(u[i])
+      #expect(abs(Double(o[i]) - s) < 1e-6)
+    }
+  }
+}
