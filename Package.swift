@@ -32,11 +32,11 @@ let package = Package(
     // Checkpoint formats: safetensors, GGUF (+ ggml block dequantization), config.json, JSON, atomic writes.
     .target(name: "QoQIO", swiftSettings: fast),
     // Tokenizers from tokenizer.json and GGUF metadata.
-    .target(name: "QoQTokenizers", dependencies: ["QoQIO"], swiftSettings: isaOnly),
+    .target(name: "QoQTokenizers", dependencies: ["QoQIO"], swiftSettings: fast),
     // FP reference models (one file per family), KV cache, weight loading.
     .target(name: "QoQModels", dependencies: ["QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
-    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
+    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
       "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -65,6 +65,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
   public var bosTokenId: Int?
   public var eosTokenIds: [Int]
   public var slidingWindow: Int?
+  /// Storage dtype of the weights (informational; computation is fp32).
+  public var torchDtype: String = "float32"
 
   enum CodingKeys: String, CodingKey {
     case modelType = "model_type", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
@@ -129,6 +131,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     if let t = ropeScaling?.ropeType, t != "llama3", t != "default" {
       throw QoQError("config.json: rope_scaling type \"\(t)\" is not supported (supported: llama3, default)")
     }
+    torchDtype = (try? c.decodeIfPresent(String.self, forKey: .torchDtype)) ?? "float32"
     try validate(headDimGiven: hd != nil)
   }
 
@@ -154,7 +157,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     if eosTokenIds.count == 1 { try c.encode(eosTokenIds[0], forKey: .eosTokenId) }
     else if !eosTokenIds.isEmpty { try c.encode(eosTokenIds, forKey: .eosTokenId) }
     if let sw = slidingWindow { try c.encode(sw, forKey: .slidingWindow) }
-    try c.encode("float32", forKey: .torchDtype)
+    try c.encode(torchDtype, forKey: .torchDtype)
   }
 
   func validate(headDimGiven: Bool) throws {

@@ -53,3 +53,31 @@ func ids(_ v: JSONValue?) -> [Int32] { (v?.array ?? []).map { Int32($0.int!) } }
     }
   }
 }
+
+@Suite struct GGUFTokenizerTests {
+  /// Tokenizers built from GGUF metadata (scripts/fixtures/make_gguf_tokenizer_fixtures.py) must produce the ids
+  /// of the reference `tokenizers` library: smollm2 (gpt2 BPE + merges), spm (SentencePiece scores → merges).
+  @Test(arguments: ["smollm2", "spm"])
+  func ggufMetadataTokenizerMatchesReference(_ name: String) throws {
+    let fx = try TokenizerFixture(name)
+    let tok = try Tokenizer.load(gguf: GGUFFile(path: "\(fixturesRoot)/tokenizers/\(name)/tokenizer.gguf"))
+    var failures: [String] = []
+    for (i, s) in fx.strings.enumerated() {
+      let c = fx.cases[i]
+      let got = try tok.encode(s, addSpecialTokens: true)
+      if got != ids(c["ids_with_special"]) { failures.append("#\(i) \(s.debugDescription): \(got) vs \(ids(c["ids_with_special"]))"); continue }
+      if try tok.decode(ids(c["ids"])) != c["decoded"]!.string! { failures.append("#\(i) decode") }
+    }
+    #expect(failures.isEmpty, "\(name): \(failures.count) failed; first: \(failures.prefix(5).joined(separator: "\n"))")
+    #expect(try tok.encode(fx.longText) == fx.longIds)
+  }
+
+  @Test func exportedTokenizerJSONRoundTrips() throws {
+    // The tokenizer.json that `qoq convert` writes from GGUF metadata loads back to the same behaviour.
+    let g = try GGUFFile(path: "\(fixturesRoot)/tokenizers/smollm2/tokenizer.gguf")
+    let text = JSON.serialize(try tokenizerJSON(gguf: g))
+    let tok = try Tokenizer.load(tokenizerJSON: JSON.parse(text, what: "exported"), config: nil, what: "exported")
+    let fx = try TokenizerFixture("smollm2")
+    for (i, s) in fx.strings.enumerated().prefix(200) { #expect(try tok.encode(s) == ids(fx.cases[i]["ids"])) }
+  }
+}

@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import QoQIO
+import QoQKernels
+import QoQModels
+
+struct BenchCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "bench", abstract: "Benchmarks: SGEMM GFLOPS on large shapes, FP prefill and decode on a model.")
+
+  @Option(name: [.customShort("m"), .long], help: "Model folder or .gguf (omit to run kernel benchmarks only).")
+  var modelPath: String?
+  @Option(help: "Repetitions (median is reported).") var repeats: Int = 5
+  @Option(name: .customLong("pp"), help: "Prompt length for the prefill test.") var promptTokens: Int = 512
+  @Option(name: .customLong("tg"), help: "Tokens for the decode test.") var genTokens: Int = 32
+  @Flag(help: "JSON output.") var json = false
+
+  func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
+
+  func run() throws {
+    try runReportingErrors {
+      var rows: [(String, Double, String)] = []
+      for (m, n, k) in [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 1536, 576), (2048, 576, 1536)] {
+        var a = [Float](repeating: 0, count: m * k), c = [Float](repeating: 0, count: m * n)
+        for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 - 0.3 }
+        let w = (0..<(n * k)).map { Float($0 % 5) * 0.1 - 0.2 }
+        let p = PackedMatrix(nk: w, n: n, k: k)
+        var times: [Double] = []
+        for _ in 0..<(repeats + 1) {
+          let t = Date()
+          a.withUnsafeBufferPointer { ap in c.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: p, c: $0.baseAddress!, ldc: n) } }
+          times.append(Date().timeIntervalSince(t))
+        }
+        let gf = 2.0 * Double(m * n * k) / median(Array(times.dropFirst())) / 1e9
+        rows.append(("sgemm \(m)x\(n)x\(k)", gf, "GFLOPS"))
+      }
+      if let path = modelPath {
+        let loaded = try ModelLoader.load(path: path)
+        let model = loaded.model
+        let V = model.config.vocabSize
+        let prompt = (0..<promptTokens).map { Int32(($0 * 7919 + 13) % V) }
+        var pp: [Double] = []
+        for _ in 0..<max(1, repeats / 2) {
+          let cache = KVCache(config: model.config, capacity: promptTokens + genTokens)
+          let t = Date()
+          _ = try model.lastLogits([prompt], caches: [cache])
+          pp.append(Double(promptTokens) / Date().timeIntervalSince(t))
+        }
+        rows.append(("prefill pp\(promptTokens)", median(pp), "tokens/s"))
+        let cache = KVCache(config: model.config, capacity: promptTokens + genTokens)
+        _ = try model.lastLogits([Array(prompt.prefix(16))], caches: [cache])
+        let t = Date()
+        for i in 0..<genTokens { _ = try model.lastLogits([[Int32((i * 31) % V)]], caches: [cache]) }
+        rows.append(("decode tg\(genTokens)", Double(genTokens) / Date().timeIntervalSince(t), "tokens/s"))
+      }
+      if json {
+        print(JSON.serialize(.array(rows.map { .object(JSONObject([("test", .string($0.0)), ("value", .double($0.1)), ("unit", .string($0.2))])) }), pretty: true))
+      } else {
+        print("| test | value | unit |\n|---|---|---|")
+        for r in rows { print("| \(r.0) | \(String(format: "%.1f", r.1)) | \(r.2) |") }
+      }
+    }
+  }
+}

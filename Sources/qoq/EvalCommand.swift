@@ -1,0 +1,53 @@
+import ArgumentParser
+import Foundation
+import QoQEval
+import QoQIO
+import QoQModels
+
+struct EvalCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "eval",
+    abstract: "WikiText-2 perplexity (GPTQ protocol by default, as the QoQ/AWQ/GPTQ papers report it).")
+
+  @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
+  @Option(help: "WikiText-2 raw test file (wiki.test.raw).") var dataset: String = "../shared/data/wikitext-2-raw/wiki.test.raw"
+  @Option(help: "Window length in tokens.") var seqLen: Int = 2048
+  @Option(help: "Score only the first N windows.") var maxWindows: Int?
+  @Option(name: .customLong("protocol"), help: "gptq (HF rows joined by \\n\\n, full windows) or llamacpp (second half of each chunk).")
+  var proto: String = "gptq"
+  @Flag(help: "Print the result as JSON.") var json = false
+
+  func validate() throws {
+    guard PerplexityProtocol(rawValue: proto) != nil else { throw ValidationError("--protocol must be gptq or llamacpp") }
+    guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2") }
+    if let m = maxWindows, m <= 0 { throw ValidationError("--max-windows must be positive") }
+  }
+
+  func run() throws {
+    try runReportingErrors {
+      let p = PerplexityProtocol(rawValue: proto)!
+      guard let raw = try? String(contentsOfFile: dataset, encoding: .utf8) else {
+        throw QoQError("\(dataset): cannot read the dataset (pass --dataset PATH to wiki.test.raw)")
+      }
+      let loaded = try ModelLoader.load(path: modelPath)
+      let tokens = try perplexityTokens(raw: raw, tokenizer: loaded.tokenizer, proto: p)
+      note("evaluating wikitext-2 (\(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
+      let r = try PerplexityEvaluator(model: loaded.model).evaluate(
+        tokens: tokens, seqLen: seqLen, maxWindows: maxWindows, proto: p, bos: loaded.tokenizer.bosTokenId) { w, n, ppl in
+        Progress.update("\(Progress.bar(w, n)) window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
+      }
+      Progress.done()
+      if json {
+        let o = JSONObject([
+          ("model", .string(modelPath)), ("protocol", .string(p.rawValue)), ("seq_len", .int(seqLen)),
+          ("windows", .int(r.windows)), ("windows_available", .int(r.windowsAvailable)), ("tokens", .int(r.totalTokens)),
+          ("perplexity", .double(r.perplexity)), ("standard_error", .double(r.standardError)),
+          ("mean_ce", .array(r.meanCE.map { .double($0) })), ("seconds", .double(r.seconds)),
+        ])
+        print(JSON.serialize(.object(o), pretty: true))
+      } else {
+        print("wikitext-2 \(p.rawValue) seq_len=\(seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity)) ± \(String(format: "%.4f", r.standardError))  (\(String(format: "%.1f", r.seconds)) s, \(String(format: "%.2f", r.seconds / Double(r.windows))) s/window)")
+      }
+    }
+  }
+}

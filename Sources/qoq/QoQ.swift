@@ -1,0 +1,37 @@
+// `qoq`: one binary, subcommands (anchors.md §1.9.9). Results go to stdout, progress to stderr.
+import ArgumentParser
+import Foundation
+import QoQIO
+
+@main
+struct QoQ: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "qoq",
+    abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",
+    subcommands: [ConvertCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self,
+                  BenchCommand.self])
+}
+
+/// Runs a body and turns QoQError into a clean exit with the message (no stack trace, no crash).
+func runReportingErrors(_ body: () throws -> Void) throws {
+  do { try body() } catch let e as QoQError {
+    FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+    throw ExitCode(1)
+  }
+}
+
+/// Progress lines on stderr, only when stderr is a terminal (or QOQ_PROGRESS=1).
+struct Progress {
+  static let enabled = isatty(2) != 0 || ProcessInfo.processInfo.environment["QOQ_PROGRESS"] == "1"
+  static func update(_ s: String) {
+    guard enabled else { return }
+    FileHandle.standardError.write(Data("\r\u{1B}[K\(s)".utf8))
+  }
+  static func done() { if enabled { FileHandle.standardError.write(Data("\n".utf8)) } }
+  static func bar(_ done: Int, _ total: Int, width: Int = 30) -> String {
+    let f = total > 0 ? min(width, done * width / total) : 0
+    return "[" + String(repeating: "#", count: f) + String(repeating: ".", count: width - f) + "]"
+  }
+}
+
+func note(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }

@@ -1,0 +1,23 @@
+import ArgumentParser
+import Foundation
+import QoQIO
+import QoQModels
+import QoQTokenizers
+
+struct TokenizeCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "tokenize", abstract: "Print token ids of a prompt.")
+  @Option(name: [.customShort("m"), .long], help: "Model folder (tokenizer.json) or .gguf file.") var modelPath: String
+  @Option(name: [.short, .long], help: "Text to tokenize.") var prompt: String
+  @Flag(help: "Apply the tokenizer's post-processor (BOS/EOS).") var addSpecial = false
+  @Flag(help: "Do not parse special tokens written in the text.") var noParseSpecial = false
+
+  func run() throws {
+    try runReportingErrors {
+      let tok: Tokenizer
+      if modelPath.hasSuffix(".gguf") { tok = try Tokenizer.load(gguf: GGUFFile(path: modelPath)) }
+      else { tok = try Tokenizer.load(folder: modelPath) }
+      let ids = try tok.encode(prompt, addSpecialTokens: addSpecial, parseSpecial: !noParseSpecial)
+      print(ids.map(String.init).joined(separator: " "))
+    }
+  }
+}
