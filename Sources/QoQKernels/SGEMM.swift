@@ -22,7 +22,10 @@ public final class PackedMatrix: @unchecked Sendable {
   /// Packs W given row-major as [n][ldw] (row j is output column j).
   public convenience init(nk w: UnsafePointer<Float>, n: Int, k: Int, ldw: Int? = nil) {
     self.init(n: n, k: k)
-    let ld = ldw ?? k
+    pack(nk: w, ldw: ldw ?? k)
+  }
+
+  private func pack(nk w: UnsafePointer<Float>, ldw ld: Int) {
     for p in 0..<panels {
       let cols = min(32, n - p * 32)
       let dst = data + p * k * 32
@@ -49,7 +52,8 @@ public final class PackedMatrix: @unchecked Sendable {
 
   public convenience init(nk w: [Float], n: Int, k: Int) {
     precondition(w.count >= n * k)
-    self.init(nk: w.withUnsafeBufferPointer { $0.baseAddress! }, n: n, k: k)
+    self.init(n: n, k: k)
+    if n > 0 && k > 0 { w.withUnsafeBufferPointer { pack(nk: $0.baseAddress!, ldw: k) } }
   }
 
   deinit { data.deallocate() }
@@ -61,9 +65,11 @@ public final class PackedMatrix: @unchecked Sendable {
 typealias V16 = SIMD16<Float>
 
 let gemmKC = 256
-let gemmMC = 256
+let gemmMC = 64
 
 /// C[m×n] = A[m×k]·Wᵀ (or += when `accumulate`). A row-major with leading dimension lda, C with ldc.
+/// Each MC×KC block of A is packed as [tile][kc][8] so the 8 broadcasts of a k step read one 32-byte line
+/// (rows of A read in place alias in L1 when lda is a multiple of 4 KiB, as in attention).
 public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
                   c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
   let n = b.n, k = b.k
@@ -76,6 +82,8 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
     gemvPanels(a: a, b: b, c: c, accumulate: accumulate)
     return
   }
+  let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 8 * 32)
+  defer { scratch.deallocate() }
   let apack = UnsafeMutablePointer<Float>.allocate(capacity: gemmMC * gemmKC)
   defer { apack.deallocate() }
   var k0 = 0
@@ -85,26 +93,15 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
     var m0 = 0
     while m0 < m {
       let mc = min(gemmMC, m - m0)
-      let tiles = (mc + 7) / 8
-      // Pack A[m0..<m0+mc, k0..<k0+kc] as [tile][kc][8], zero rows past m.
-      for t in 0..<tiles {
-        let dst = apack + t * kc * 8
-        let rows = min(8, mc - t * 8)
-        for r in 0..<8 {
-          if r < rows {
-            let src = a + (m0 + t * 8 + r) * lda + k0
-            for kk in 0..<kc { dst[kk * 8 + r] = src[kk] }
-          } else {
-            for kk in 0..<kc { dst[kk * 8 + r] = 0 }
-          }
-        }
-      }
+      packA(a + m0 * lda + k0, lda, mc, kc, apack)
       for p in 0..<b.panels {
         let bp = b.data + p * k * 32 + k0 * 32
         let cols = min(32, n - p * 32)
-        for t in 0..<tiles {
-          let rows = min(8, mc - t * 8)
-          kernel8x32(apack + t * kc * 8, bp, kc, c + (m0 + t * 8) * ldc + p * 32, ldc, rows, cols, acc)
+        var t = 0
+        while t < mc {
+          let rows = min(8, mc - t)
+          kernel8x32(apack + t * kc, rows, bp, kc, c + (m0 + t) * ldc + p * 32, ldc, cols, acc, scratch)
+          t += 8
         }
       }
       m0 += mc
@@ -118,56 +115,74 @@ func loadV(_ p: UnsafePointer<Float>) -> V16 { UnsafeRawPointer(p).loadUnaligned
 @inline(__always)
 func storeV(_ v: V16, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self) }
 
-/// One 8×32 tile over kc steps. `rows`/`cols` < 8/32 go through a scratch tile so nothing past C is touched.
+/// Packs rows×kc of A as [tile of 8 rows][kc][8]; rows past the end of the last tile repeat its last row.
 @inline(__always)
-func kernel8x32(_ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>, _ kc: Int,
-                _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ rows: Int, _ cols: Int, _ acc: Bool) {
+func packA(_ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int, _ kc: Int, _ dst: UnsafeMutablePointer<Float>) {
+  var t = 0
+  while t < rows {
+    let valid = min(8, rows - t)
+    let d = dst + t * kc
+    var src = [UnsafePointer<Float>](repeating: a, count: 8)
+    for r in 0..<8 { src[r] = a + (t + min(r, valid - 1)) * lda }
+    src.withUnsafeBufferPointer { sp in
+      let s0 = sp[0], s1 = sp[1], s2 = sp[2], s3 = sp[3], s4 = sp[4], s5 = sp[5], s6 = sp[6], s7 = sp[7]
+      for kk in 0..<kc {
+        let o = d + kk * 8
+        o[0] = s0[kk]; o[1] = s1[kk]; o[2] = s2[kk]; o[3] = s3[kk]
+        o[4] = s4[kk]; o[5] = s5[kk]; o[6] = s6[kk]; o[7] = s7[kk]
+      }
+    }
+    t += 8
+  }
+}
+
+/// One 8×32 tile over kc steps, A packed [kc][8]. A partial tile goes through `scratch` so nothing outside C is
+/// read or written.
+@inline(__always)
+func kernel8x32(_ ap: UnsafePointer<Float>, _ rows: Int, _ bp: UnsafePointer<Float>, _ kc: Int,
+                _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int, _ acc: Bool,
+                _ scratch: UnsafeMutablePointer<Float>) {
   let full = rows == 8 && cols == 32
-  var tmp = (V16(), V16(), V16(), V16(), V16(), V16(), V16(), V16(),
-             V16(), V16(), V16(), V16(), V16(), V16(), V16(), V16())
-  withUnsafeMutableBytes(of: &tmp) { raw in
-    let scratch = raw.baseAddress!.assumingMemoryBound(to: Float.self)
-    let cc = full ? c : scratch
-    let lc = full ? ldc : 32
-    if !full && acc {
-      for r in 0..<rows { for j in 0..<cols { scratch[r * 32 + j] = c[r * ldc + j] } }
-    }
-    var c00 = V16(), c01 = V16(), c10 = V16(), c11 = V16(), c20 = V16(), c21 = V16(), c30 = V16(), c31 = V16()
-    var c40 = V16(), c41 = V16(), c50 = V16(), c51 = V16(), c60 = V16(), c61 = V16(), c70 = V16(), c71 = V16()
-    if acc {
-      c00 = loadV(cc); c01 = loadV(cc + 16)
-      c10 = loadV(cc + lc); c11 = loadV(cc + lc + 16)
-      c20 = loadV(cc + 2 * lc); c21 = loadV(cc + 2 * lc + 16)
-      c30 = loadV(cc + 3 * lc); c31 = loadV(cc + 3 * lc + 16)
-      c40 = loadV(cc + 4 * lc); c41 = loadV(cc + 4 * lc + 16)
-      c50 = loadV(cc + 5 * lc); c51 = loadV(cc + 5 * lc + 16)
-      c60 = loadV(cc + 6 * lc); c61 = loadV(cc + 6 * lc + 16)
-      c70 = loadV(cc + 7 * lc); c71 = loadV(cc + 7 * lc + 16)
-    }
-    var pa = ap, pb = bp
-    for _ in 0..<kc {
-      let b0 = loadV(pb), b1 = loadV(pb + 16)
-      var x = V16(repeating: pa[0]); c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1)
-      x = V16(repeating: pa[1]); c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1)
-      x = V16(repeating: pa[2]); c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1)
-      x = V16(repeating: pa[3]); c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1)
-      x = V16(repeating: pa[4]); c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1)
-      x = V16(repeating: pa[5]); c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1)
-      x = V16(repeating: pa[6]); c60 = c60.addingProduct(x, b0); c61 = c61.addingProduct(x, b1)
-      x = V16(repeating: pa[7]); c70 = c70.addingProduct(x, b0); c71 = c71.addingProduct(x, b1)
-      pa += 8; pb += 32
-    }
-    storeV(c00, cc); storeV(c01, cc + 16)
-    storeV(c10, cc + lc); storeV(c11, cc + lc + 16)
-    storeV(c20, cc + 2 * lc); storeV(c21, cc + 2 * lc + 16)
-    storeV(c30, cc + 3 * lc); storeV(c31, cc + 3 * lc + 16)
-    storeV(c40, cc + 4 * lc); storeV(c41, cc + 4 * lc + 16)
-    storeV(c50, cc + 5 * lc); storeV(c51, cc + 5 * lc + 16)
-    storeV(c60, cc + 6 * lc); storeV(c61, cc + 6 * lc + 16)
-    storeV(c70, cc + 7 * lc); storeV(c71, cc + 7 * lc + 16)
-    if !full {
-      for r in 0..<rows { for j in 0..<cols { c[r * ldc + j] = scratch[r * 32 + j] } }
-    }
+  let cc = full ? c : scratch
+  let lc = full ? ldc : 32
+  if !full && acc {
+    for r in 0..<rows { for j in 0..<cols { scratch[r * 32 + j] = c[r * ldc + j] } }
+  }
+  var c00 = V16(), c01 = V16(), c10 = V16(), c11 = V16(), c20 = V16(), c21 = V16(), c30 = V16(), c31 = V16()
+  var c40 = V16(), c41 = V16(), c50 = V16(), c51 = V16(), c60 = V16(), c61 = V16(), c70 = V16(), c71 = V16()
+  if acc {
+    c00 = loadV(cc); c01 = loadV(cc + 16)
+    if rows > 1 { c10 = loadV(cc + lc); c11 = loadV(cc + lc + 16) }
+    if rows > 2 { c20 = loadV(cc + 2 * lc); c21 = loadV(cc + 2 * lc + 16) }
+    if rows > 3 { c30 = loadV(cc + 3 * lc); c31 = loadV(cc + 3 * lc + 16) }
+    if rows > 4 { c40 = loadV(cc + 4 * lc); c41 = loadV(cc + 4 * lc + 16) }
+    if rows > 5 { c50 = loadV(cc + 5 * lc); c51 = loadV(cc + 5 * lc + 16) }
+    if rows > 6 { c60 = loadV(cc + 6 * lc); c61 = loadV(cc + 6 * lc + 16) }
+    if rows > 7 { c70 = loadV(cc + 7 * lc); c71 = loadV(cc + 7 * lc + 16) }
+  }
+  var pa = ap, pb = bp
+  for _ in 0..<kc {
+    let b0 = loadV(pb), b1 = loadV(pb + 16)
+    var x = V16(repeating: pa[0]); c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1)
+    x = V16(repeating: pa[1]); c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1)
+    x = V16(repeating: pa[2]); c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1)
+    x = V16(repeating: pa[3]); c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1)
+    x = V16(repeating: pa[4]); c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1)
+    x = V16(repeating: pa[5]); c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1)
+    x = V16(repeating: pa[6]); c60 = c60.addingProduct(x, b0); c61 = c61.addingProduct(x, b1)
+    x = V16(repeating: pa[7]); c70 = c70.addingProduct(x, b0); c71 = c71.addingProduct(x, b1)
+    pa += 8; pb += 32
+  }
+  storeV(c00, cc); storeV(c01, cc + 16)
+  if rows > 1 { storeV(c10, cc + lc); storeV(c11, cc + lc + 16) }
+  if rows > 2 { storeV(c20, cc + 2 * lc); storeV(c21, cc + 2 * lc + 16) }
+  if rows > 3 { storeV(c30, cc + 3 * lc); storeV(c31, cc + 3 * lc + 16) }
+  if rows > 4 { storeV(c40, cc + 4 * lc); storeV(c41, cc + 4 * lc + 16) }
+  if rows > 5 { storeV(c50, cc + 5 * lc); storeV(c51, cc + 5 * lc + 16) }
+  if rows > 6 { storeV(c60, cc + 6 * lc); storeV(c61, cc + 6 * lc + 16) }
+  if rows > 7 { storeV(c70, cc + 7 * lc); storeV(c71, cc + 7 * lc + 16) }
+  if !full {
+    for r in 0..<rows { for j in 0..<cols { c[r * ldc + j] = scratch[r * 32 + j] } }
   }
 }
 

@@ -39,3 +39,30 @@ import Testing
     }
   }
 }
+
+@Suite struct ExpTests {
+  @Test func vectorExpMatchesExpf() {
+    let xs: [Float] = (0..<2000).map { Float($0) * 0.0875 - 87.0 } + [0, -0.0, 1e-8, -1e-8, 88.5, -87.2]
+    var out = [Float](repeating: 0, count: xs.count)
+    expVector(xs, &out, xs.count)
+    for (i, x) in xs.enumerated() {
+      let r = Double(x).exp()
+      #expect(abs(Double(out[i]) - r) <= 4e-7 * r, "x=\(x)")
+    }
+  }
+
+  @Test(arguments: [1, 3, 17, 129, 1023])
+  func softmaxMatchesScalarTwin(_ n: Int) {
+    var x = randomFloats(n, seed: UInt64(n)).map { $0 * 20 }
+    let ref = softmaxReference(x)
+    softmaxInPlace(&x, n)
+    for i in 0..<n { #expect(abs(x[i] - ref[i]) <= 1e-6 * max(ref[i], 1e-3)) }
+    let y = randomFloats(n, seed: 99).map { $0 * 30 }
+    let lse = logSumExp(y, n)
+    let m = Double(y.max()!)
+    let refL = m + log(y.reduce(0.0) { $0 + exp(Double($1) - m) })
+    #expect(abs(lse - refL) < 1e-6)
+  }
+}
+
+extension Double { func exp() -> Double { Foundation.exp(self) } }
