@@ -60,10 +60,10 @@ public func rmsNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, e
 }
 
 /// e^x for 16 lanes: Cephes expf (range reduction by ln 2, degree-6 polynomial), max relative error ≈ 2e-7
-/// against `expf` (tested). Inputs are clamped to [-87.3, 88.7].
+/// against `expf` (tested). Inputs are clamped to [-87.3, 88.37] (2^n must stay finite).
 @inline(__always)
 func expV(_ x0: V16) -> V16 {
-  let x = vmin(vmax(x0, V16(repeating: -87.3)), V16(repeating: 88.7))
+  let x = vmin(vmax(x0, V16(repeating: -87.3)), V16(repeating: 88.37))
   // Round-to-nearest-even via the 1.5·2^23 trick: t's low mantissa bits hold the integer n.
   let magic = V16(repeating: 12_582_912)
   let t = x * 1.44269504088896341 + magic

@@ -42,7 +42,7 @@ import Testing
 
 @Suite struct ExpTests {
   @Test func vectorExpMatchesExpf() {
-    let xs: [Float] = (0..<2000).map { Float($0) * 0.0875 - 87.0 } + [0, -0.0, 1e-8, -1e-8, 88.5, -87.2]
+    let xs: [Float] = (0..<2000).map { Float($0) * 0.0875 - 87.0 } + [0, -0.0, 1e-8, -1e-8, 88.3, -87.2]
     var out = [Float](repeating: 0, count: xs.count)
     expVector(xs, &out, xs.count)
     for (i, x) in xs.enumerated() {
