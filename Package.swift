@@ -44,8 +44,12 @@ let package = Package(
     .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels"], swiftSettings: isaOnly),
     .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
-    .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers"],
+    // Tiny in-memory models of every family and a plain Double-precision reference forward, shared by tests.
+    .target(name: "QoQTestSupport", dependencies: ["QoQModels", "QoQIO"], path: "Tests/QoQTestSupport",
+            swiftSettings: isaOnly),
+    .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
                 swiftSettings: isaOnly),
-    .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
+                swiftSettings: isaOnly),
   ]
 )

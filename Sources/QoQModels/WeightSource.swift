@@ -55,12 +55,13 @@ public func verifyTensors(_ src: WeightSource, _ c: LlamaConfiguration) throws {
   }
   for name in expected {
     let s = try src.shape(name)
-    let want = expectedShape(name, c)
+    let want = tensorShape(name, c)
     guard s == want else { throw QoQError("tensor \(name) has shape \(s), expected \(want)") }
   }
 }
 
-func expectedShape(_ name: String, _ c: LlamaConfiguration) -> [Int] {
+/// The shape a tensor of this configuration must have (HF layout).
+public func tensorShape(_ name: String, _ c: LlamaConfiguration) -> [Int] {
   let h = c.hiddenSize
   if name == "model.embed_tokens.weight" || name == "lm_head.weight" { return [c.vocabSize, h] }
   if name.hasSuffix("layernorm.weight") || name == "model.norm.weight" { return [h] }
