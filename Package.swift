@@ -41,6 +41,8 @@ let package = Package(
       "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
+    // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
+    .executableTarget(name: "qoq-fuzz", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers"], swiftSettings: isaOnly),
     .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels"], swiftSettings: isaOnly),
     .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
