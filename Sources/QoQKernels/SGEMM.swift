@@ -70,6 +70,8 @@ let gemmMC = 64
 /// C[m×n] = A[m×k]·Wᵀ (or += when `accumulate`). A row-major with leading dimension lda, C with ldc.
 /// Each MC×KC block of A is packed as [tile][kc][8] so the 8 broadcasts of a k step read one 32-byte line
 /// (rows of A read in place alias in L1 when lda is a multiple of 4 KiB, as in attention).
+/// Large products are split over two threads by output panels (or by rows when there is one panel); the
+/// arithmetic per element is the same either way.
 public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
                   c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
   let n = b.n, k = b.k
@@ -78,10 +80,45 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
     if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
     return
   }
+  let pool = ThreadPool.shared
+  let big = Double(m) * Double(n) * Double(k) >= 4e6
   if m == 1 {
-    gemvPanels(a: a, b: b, c: c, accumulate: accumulate)
+    if big && pool.threads > 1 && b.panels >= 8 {
+      let half = (b.panels / 4 + 1) / 2 * 4  // a multiple of 4 panels for the first thread
+      pool.run2 { t in
+        let p0 = t == 0 ? 0 : half, p1 = t == 0 ? half : b.panels
+        gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1)
+      }
+    } else {
+      gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: 0..<b.panels)
+    }
     return
   }
+  if big && pool.threads > 1 {
+    if b.panels >= 2 {
+      let half = b.panels / 2
+      pool.run2 { t in
+        sgemmBlock(m: m, a: a, lda: lda, b: b, panels: t == 0 ? 0..<half : half..<b.panels, c: c, ldc: ldc, accumulate: accumulate)
+      }
+    } else {
+      let half = (m / 2 + 7) / 8 * 8
+      pool.run2 { t in
+        let r0 = t == 0 ? 0 : half, r1 = t == 0 ? half : m
+        if r1 > r0 {
+          sgemmBlock(m: r1 - r0, a: a + r0 * lda, lda: lda, b: b, panels: 0..<b.panels, c: c + r0 * ldc, ldc: ldc,
+                     accumulate: accumulate)
+        }
+      }
+    }
+    return
+  }
+  sgemmBlock(m: m, a: a, lda: lda, b: b, panels: 0..<b.panels, c: c, ldc: ldc, accumulate: accumulate)
+}
+
+/// The single-threaded blocked GEMM over a range of output panels.
+func sgemmBlock(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix, panels: Range<Int>,
+                c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+  let n = b.n, k = b.k
   let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 8 * 32)
   defer { scratch.deallocate() }
   let apack = UnsafeMutablePointer<Float>.allocate(capacity: gemmMC * gemmKC)
@@ -94,7 +131,7 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
     while m0 < m {
       let mc = min(gemmMC, m - m0)
       packA(a + m0 * lda + k0, lda, mc, kc, apack)
-      for p in 0..<b.panels {
+      for p in panels {
         let bp = b.data + p * k * 32 + k0 * 32
         let cols = min(32, n - p * 32)
         var t = 0
@@ -188,14 +225,15 @@ func kernel8x32(_ ap: UnsafePointer<Float>, _ rows: Int, _ bp: UnsafePointer<Flo
 
 /// m = 1: four panels at a time (8 independent accumulators hide FMA latency), k ascending per element, the
 /// same arithmetic order as kernel8x32 (KC-blocked), so decode rows equal prefill rows bit for bit.
-func gemvPanels(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointer<Float>, accumulate: Bool) {
+func gemvPanels(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointer<Float>, accumulate: Bool,
+                panels: Range<Int>) {
   let k = b.k, n = b.n
   var tmp = [Float](repeating: 0, count: 128)
   tmp.withUnsafeMutableBufferPointer { tbuf in
     let scratch = tbuf.baseAddress!
-    var p = 0
-    while p < b.panels {
-      let np = min(4, b.panels - p)
+    var p = panels.lowerBound
+    while p < panels.upperBound {
+      let np = min(4, panels.upperBound - p)
       let cols = min(np * 32, n - p * 32)
       if accumulate { for j in 0..<cols { scratch[j] = c[p * 32 + j] } } else { for j in 0..<128 { scratch[j] = 0 } }
       var acc = (loadV(scratch), loadV(scratch + 16), loadV(scratch + 32), loadV(scratch + 48),

@@ -61,8 +61,12 @@ import Testing
       let v = try g.floats(name)
       let first = t["first64"]!.array!.map { Float($0.double!) }
       #expect(Array(v.prefix(64)) == first, "\(name) first values")
-      let sum = v.reduce(0.0) { $0 + Double($1) }
-      #expect(abs(sum - t["sum"]!.double!) <= 1e-6 * max(1, abs(t["sum"]!.double!)) + 1e-3, "\(name) sum")
+      #expect(Array(v.suffix(64)) == t["last64"]!.array!.map { Float($0.double!) }, "\(name) last values")
+      let sum = v.reduce(0.0) { $0 + Double($1) }, sumsq = v.reduce(0.0) { $0 + Double($1) * Double($1) }
+      let rs = t["sum_f64"]!.double!, rq = t["sumsq_f64"]!.double!
+      #expect(abs(sum - rs) <= 1e-9 * max(1, abs(rs)) * Double(v.count).squareRoot(), "\(name) sum \(sum) vs \(rs)")
+      #expect(abs(sumsq - rq) <= 1e-9 * rq, "\(name) sum of squares")
+      #expect(sha256Hex(g.raw(info)) == t["raw_sha256"]!.string!, "\(name) raw bytes")
     }
   }
 

@@ -1,0 +1,88 @@
+// A persistent two-way parallel-for. Dispatch and TaskGroup cost 14–50 µs per hand-off on this VM (a parked vCPU
+// must be woken by the hypervisor), so the worker spins for a while after each job and only then parks
+// (swift-perf.md §3). Used for large GEMMs only; everything else is single-threaded.
+import CShim
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public final class ThreadPool: @unchecked Sendable {
+  /// Threads taking part (1 = caller only). From QOQ_THREADS, else the number of online CPUs, capped at 2.
+  public private(set) var threads: Int
+  private let generation = Atomic<Int>(0)
+  private let finished = Atomic<Int>(0)
+  private var job: ((Int) -> Void)?
+  private var mutex = pthread_mutex_t()
+  private var cond = pthread_cond_t()
+  private var started = false
+  private let spinLimit = 200_000
+
+  public static let shared: ThreadPool = {
+    let env = ProcessInfo.processInfo.environment["QOQ_THREADS"].flatMap(Int.init)
+    return ThreadPool(threads: env ?? min(2, ProcessInfo.processInfo.activeProcessorCount))
+  }()
+
+  init(threads: Int) {
+    self.threads = max(1, min(2, threads))
+    pthread_mutex_init(&mutex, nil)
+    pthread_cond_init(&cond, nil)
+  }
+
+  /// Changes the thread count (1 or 2) for later calls.
+  public func setThreads(_ n: Int) { threads = max(1, min(2, n)) }
+
+  private func startWorker() {
+    started = true
+    var tid = pthread_t()
+    let me = Unmanaged.passRetained(self).toOpaque()
+    pthread_create(&tid, nil, { arg in
+      let pool = Unmanaged<ThreadPool>.fromOpaque(arg!).takeRetainedValue()
+      pool.workerLoop()
+      return nil
+    }, me)
+    pthread_detach(tid)
+  }
+
+  private func workerLoop() {
+    var seen = 0
+    while true {
+      var spins = 0
+      var g = generation.load(ordering: .acquiring)
+      while g == seen {
+        if spins < spinLimit {
+          shim_pause()
+          spins += 1
+        } else {
+          pthread_mutex_lock(&mutex)
+          while generation.load(ordering: .acquiring) == seen { pthread_cond_wait(&cond, &mutex) }
+          pthread_mutex_unlock(&mutex)
+        }
+        g = generation.load(ordering: .acquiring)
+      }
+      seen = g
+      job?(1)
+      finished.store(g, ordering: .releasing)
+    }
+  }
+
+  /// Runs body(0) on the caller and body(1) on the worker (or both on the caller when single-threaded).
+  /// Not reentrant: call it from one thread at a time.
+  public func run2(_ body: (Int) -> Void) {
+    if threads < 2 { body(0); body(1); return }
+    if !started { startWorker() }
+    withoutActuallyEscaping(body) { b in
+      job = b
+      let g = generation.add(1, ordering: .acquiringAndReleasing).newValue
+      pthread_mutex_lock(&mutex)
+      pthread_cond_signal(&cond)
+      pthread_mutex_unlock(&mutex)
+      b(0)
+      while finished.load(ordering: .acquiring) != g { shim_pause() }
+      job = nil
+    }
+  }
+}
