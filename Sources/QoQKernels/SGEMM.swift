@@ -72,10 +72,14 @@ let gemmMC = 64
 /// (rows of A read in place alias in L1 when lda is a multiple of 4 KiB, as in attention).
 /// Large products are split over two threads by output panels (or by rows when there is one panel); the
 /// arithmetic per element is the same either way.
+/// `columns` limits the product to the first columns of W (rows of the packed matrix) and `depth` to the first
+/// k values of each row — causal attention uses both to skip the masked triangle.
 public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
-                  c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
-  let n = b.n, k = b.k
+                  c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false,
+                  columns: Int? = nil, depth: Int? = nil) {
+  let n = min(b.n, columns ?? b.n), k = min(b.k, depth ?? b.k)
   if m <= 0 || n <= 0 { return }
+  let panelCount = (n + 31) / 32
   if k == 0 {
     if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
     return
@@ -83,42 +87,42 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
   let pool = ThreadPool.shared
   let big = Double(m) * Double(n) * Double(k) >= 4e6
   if m == 1 {
-    if big && pool.threads > 1 && b.panels >= 8 {
-      let half = (b.panels / 4 + 1) / 2 * 4  // a multiple of 4 panels for the first thread
+    if big && pool.threads > 1 && panelCount >= 8 {
+      let half = (panelCount / 4 + 1) / 2 * 4  // a multiple of 4 panels for the first thread
       pool.run2 { t in
-        let p0 = t == 0 ? 0 : half, p1 = t == 0 ? half : b.panels
-        gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1)
+        let p0 = t == 0 ? 0 : half, p1 = t == 0 ? half : panelCount
+        gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1, n: n, k: k)
       }
     } else {
-      gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: 0..<b.panels)
+      gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: 0..<panelCount, n: n, k: k)
     }
     return
   }
   if big && pool.threads > 1 {
-    if b.panels >= 2 {
-      let half = b.panels / 2
+    if panelCount >= 2 {
+      let half = panelCount / 2
       pool.run2 { t in
-        sgemmBlock(m: m, a: a, lda: lda, b: b, panels: t == 0 ? 0..<half : half..<b.panels, c: c, ldc: ldc, accumulate: accumulate)
+        sgemmBlock(m: m, a: a, lda: lda, b: b, panels: t == 0 ? 0..<half : half..<panelCount, n: n, k: k, c: c,
+                   ldc: ldc, accumulate: accumulate)
       }
     } else {
       let half = (m / 2 + 7) / 8 * 8
       pool.run2 { t in
         let r0 = t == 0 ? 0 : half, r1 = t == 0 ? half : m
         if r1 > r0 {
-          sgemmBlock(m: r1 - r0, a: a + r0 * lda, lda: lda, b: b, panels: 0..<b.panels, c: c + r0 * ldc, ldc: ldc,
-                     accumulate: accumulate)
+          sgemmBlock(m: r1 - r0, a: a + r0 * lda, lda: lda, b: b, panels: 0..<panelCount, n: n, k: k, c: c + r0 * ldc,
+                     ldc: ldc, accumulate: accumulate)
         }
       }
     }
     return
   }
-  sgemmBlock(m: m, a: a, lda: lda, b: b, panels: 0..<b.panels, c: c, ldc: ldc, accumulate: accumulate)
+  sgemmBlock(m: m, a: a, lda: lda, b: b, panels: 0..<panelCount, n: n, k: k, c: c, ldc: ldc, accumulate: accumulate)
 }
 
 /// The single-threaded blocked GEMM over a range of output panels.
-func sgemmBlock(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix, panels: Range<Int>,
+func sgemmBlock(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix, panels: Range<Int>, n: Int, k: Int,
                 c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-  let n = b.n, k = b.k
   let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 8 * 32)
   defer { scratch.deallocate() }
   let apack = UnsafeMutablePointer<Float>.allocate(capacity: gemmMC * gemmKC)
@@ -132,7 +136,7 @@ func sgemmBlock(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix, pane
       let mc = min(gemmMC, m - m0)
       packA(a + m0 * lda + k0, lda, mc, kc, apack)
       for p in panels {
-        let bp = b.data + p * k * 32 + k0 * 32
+        let bp = b.data + p * b.k * 32 + k0 * 32
         let cols = min(32, n - p * 32)
         var t = 0
         while t < mc {
@@ -226,8 +230,8 @@ func kernel8x32(_ ap: UnsafePointer<Float>, _ rows: Int, _ bp: UnsafePointer<Flo
 /// m = 1: four panels at a time (8 independent accumulators hide FMA latency), k ascending per element, the
 /// same arithmetic order as kernel8x32 (KC-blocked), so decode rows equal prefill rows bit for bit.
 func gemvPanels(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointer<Float>, accumulate: Bool,
-                panels: Range<Int>) {
-  let k = b.k, n = b.n
+                panels: Range<Int>, n: Int, k: Int) {
+  let stride = b.k * 32
   var tmp = [Float](repeating: 0, count: 128)
   tmp.withUnsafeMutableBufferPointer { tbuf in
     let scratch = tbuf.baseAddress!
@@ -238,9 +242,9 @@ func gemvPanels(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointe
       if accumulate { for j in 0..<cols { scratch[j] = c[p * 32 + j] } } else { for j in 0..<128 { scratch[j] = 0 } }
       var acc = (loadV(scratch), loadV(scratch + 16), loadV(scratch + 32), loadV(scratch + 48),
                  loadV(scratch + 64), loadV(scratch + 80), loadV(scratch + 96), loadV(scratch + 112))
-      let b0 = b.data + p * k * 32
+      let b0 = b.data + p * stride
       if np == 4 {
-        let b1 = b0 + k * 32, b2 = b1 + k * 32, b3 = b2 + k * 32
+        let b1 = b0 + stride, b2 = b1 + stride, b3 = b2 + stride
         for kk in 0..<k {
           let x = V16(repeating: a[kk]), o = kk * 32
           acc.0 = acc.0.addingProduct(x, loadV(b0 + o)); acc.1 = acc.1.addingProduct(x, loadV(b0 + o + 16))
@@ -250,7 +254,7 @@ func gemvPanels(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointe
         }
       } else {
         for q in 0..<np {
-          let bq = b0 + q * k * 32
+          let bq = b0 + q * stride
           var lo = q == 0 ? acc.0 : q == 1 ? acc.2 : acc.4
           var hi = q == 0 ? acc.1 : q == 1 ? acc.3 : acc.5
           for kk in 0..<k {

@@ -15,6 +15,8 @@ public final class ThreadPool: @unchecked Sendable {
   public private(set) var threads: Int
   private let generation = Atomic<Int>(0)
   private let finished = Atomic<Int>(0)
+  /// Held by the caller currently using the worker; a second concurrent caller runs both halves itself.
+  private let busy = Atomic<Bool>(false)
   private var job: ((Int) -> Void)?
   private var mutex = pthread_mutex_t()
   private var cond = pthread_cond_t()
@@ -69,10 +71,13 @@ public final class ThreadPool: @unchecked Sendable {
     }
   }
 
-  /// Runs body(0) on the caller and body(1) on the worker (or both on the caller when single-threaded).
-  /// Not reentrant: call it from one thread at a time.
+  /// Runs body(0) on the caller and body(1) on the worker (or both on the caller when single-threaded or when
+  /// another thread is using the worker). Safe to call from several threads at once.
   public func run2(_ body: (Int) -> Void) {
-    if threads < 2 { body(0); body(1); return }
+    if threads < 2 || !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
+      body(0); body(1); return
+    }
+    defer { busy.store(false, ordering: .releasing) }
     if !started { startWorker() }
     withoutActuallyEscaping(body) { b in
       job = b

@@ -173,3 +173,20 @@ public func argmax(_ x: UnsafePointer<Float>, _ n: Int) -> Int {
   for i in 0..<n where x[i] > bv { bv = x[i]; best = i }
   return best
 }
+
+/// Synthetic FP32 FMA peak of one thread (GFLOPS): 12 independent zmm FMA chains, a = a·x + y. The honest
+/// denominator for SGEMM efficiency on the machine at hand (Zen 4 runs 512-bit FMAs at half Zen 5's rate).
+public func measureFMAPeak(iterations: Int = 20_000_000) -> Double {
+  let x = V16(repeating: 0.999_999), y = V16(repeating: 1e-7)
+  var a0 = V16(repeating: 1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0
+  var a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0
+  let t = Date()
+  for _ in 0..<iterations {
+    a0 = y.addingProduct(a0, x); a1 = y.addingProduct(a1, x); a2 = y.addingProduct(a2, x); a3 = y.addingProduct(a3, x)
+    a4 = y.addingProduct(a4, x); a5 = y.addingProduct(a5, x); a6 = y.addingProduct(a6, x); a7 = y.addingProduct(a7, x)
+    a8 = y.addingProduct(a8, x); a9 = y.addingProduct(a9, x); a10 = y.addingProduct(a10, x); a11 = y.addingProduct(a11, x)
+  }
+  let dt = Date().timeIntervalSince(t)
+  let sink = (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11).sum()
+  return sink.isNaN ? 0 : Double(iterations) * 12 * 32 / dt / 1e9
+}

@@ -153,24 +153,32 @@ public final class LlamaModel: @unchecked Sendable {
 
   /// Causal attention of t new queries against past + t cached positions, per head, GQA-aware.
   /// q: (t, Q) with row stride Q; keys/values: (past+t, KV); out: (t, Q) with row stride Q.
+  /// Queries go in blocks of 128 rows; a block only computes the columns up to its last row's position, so the
+  /// masked upper triangle costs nothing.
   func attention(q: UnsafeMutablePointer<Float>, t: Int, past: Int, keys: UnsafePointer<Float>,
                  values: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, scale: Float) throws {
     let c = config, hd = c.headDim, Q = c.qDim, KV = c.kvDim
     let len = past + t
     let group = c.numAttentionHeads / c.numKeyValueHeads
-    let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * len); defer { scores.deallocate() }
+    let block = 128
+    let scores = UnsafeMutablePointer<Float>.allocate(capacity: min(t, block) * len); defer { scores.deallocate() }
     for kvh in 0..<c.numKeyValueHeads {
       let kp = PackedMatrix(nk: keys + kvh * hd, n: len, k: hd, ldw: KV)
       let vp = PackedMatrix(kn: values + kvh * hd, k: len, n: hd, ldb: KV)
       for head in (kvh * group)..<((kvh + 1) * group) {
-        sgemm(m: t, a: q + head * hd, lda: Q, b: kp, c: scores, ldc: len)
-        for i in 0..<t {
-          let row = scores + i * len, valid = past + i + 1
-          for j in 0..<valid { row[j] *= scale }
-          softmaxInPlace(row, valid)
-          for j in valid..<len { row[j] = 0 }
+        var i0 = 0
+        while i0 < t {
+          let rows = min(block, t - i0), width = past + i0 + rows  // keys visible to the block's last row
+          sgemm(m: rows, a: q + i0 * Q + head * hd, lda: Q, b: kp, c: scores, ldc: width, columns: width)
+          for r in 0..<rows {
+            let row = scores + r * width, valid = past + i0 + r + 1
+            for j in 0..<valid { row[j] *= scale }
+            softmaxInPlace(row, valid)
+            for j in valid..<width { row[j] = 0 }
+          }
+          sgemm(m: rows, a: scores, lda: width, b: vp, c: out + i0 * Q + head * hd, ldc: Q, depth: width)
+          i0 += rows
         }
-        sgemm(m: t, a: scores, lda: len, b: vp, c: out + head * hd, ldc: Q)
       }
     }
   }

@@ -14,12 +14,15 @@ struct BenchCommand: ParsableCommand {
   @Option(name: .customLong("pp"), help: "Prompt length for the prefill test.") var promptTokens: Int = 512
   @Option(name: .customLong("tg"), help: "Tokens for the decode test.") var genTokens: Int = 32
   @Flag(help: "JSON output.") var json = false
+  @Flag(help: "Also measure this machine's synthetic FP32 FMA peak (one thread).") var peak = false
 
   func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
 
   func run() throws {
     try runReportingErrors {
       var rows: [(String, Double, String)] = []
+      rows.append(("threads", Double(ThreadPool.shared.threads), "count"))
+      if peak { rows.append(("fp32 fma peak (1 thread)", [measureFMAPeak(), measureFMAPeak(), measureFMAPeak()].sorted()[1], "GFLOPS")) }
       for (m, n, k) in [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 1536, 576), (2048, 576, 1536)] {
         var a = [Float](repeating: 0, count: m * k), c = [Float](repeating: 0, count: m * n)
         for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 - 0.3 }

@@ -84,3 +84,44 @@ func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
     for j in [0, 31, 32, 69] { for kk in [0, 36] { #expect(p.element(j, kk) == b[kk * n + j]) } }
   }
 }
+
+@Suite struct SGEMMLimitTests {
+  /// `columns` and `depth` restrict the product to a leading block of W, as causal attention uses them.
+  @Test(arguments: [(5, 70, 90, 33, 17), (40, 64, 300, 64, 257), (1, 200, 129, 129, 1), (9, 31, 20, 1, 20)])
+  func leadingBlockMatchesScalarTwin(_ s: (Int, Int, Int, Int, Int)) {
+    let (m, n, k, cols, depth) = s
+    let a = randomFloats(m * k, seed: 21), w = randomFloats(n * k, seed: 22)
+    let packed = PackedMatrix(nk: w, n: n, k: k)
+    var ref = [Float](repeating: 0, count: m * cols), out = [Float](repeating: 0, count: m * cols)
+    a.withUnsafeBufferPointer { ap in
+      w.withUnsafeBufferPointer { wp in
+        ref.withUnsafeMutableBufferPointer { rp in
+          sgemmReference(m: m, n: cols, k: depth, a: ap.baseAddress!, lda: k, w: wp.baseAddress!, ldw: k, c: rp.baseAddress!, ldc: cols)
+        }
+      }
+      out.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: cols, columns: cols, depth: depth) }
+    }
+    #expect(maxRelError(out, ref) < 1e-5)
+  }
+
+  @Test func twoThreadSplitEqualsOneThread() {
+    // Big enough to take the two-thread path; the result is bit-identical to single-threaded.
+    let m = 70, n = 300, k = 400
+    let a = randomFloats(m * k, seed: 31), w = randomFloats(n * k, seed: 32)
+    let packed = PackedMatrix(nk: w, n: n, k: k)
+    var one = [Float](repeating: 0, count: m * n), two = one, gv1 = [Float](repeating: 0, count: n), gv2 = gv1
+    let pool = ThreadPool.shared, saved = pool.threads
+    a.withUnsafeBufferPointer { ap in
+      pool.setThreads(1)
+      one.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+      gv1.withUnsafeMutableBufferPointer { sgemm(m: 1, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+      pool.setThreads(2)
+      two.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+      gv2.withUnsafeMutableBufferPointer { sgemm(m: 1, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+    }
+    pool.setThreads(saved)
+    #expect(one == two)
+    #expect(gv1 == gv2)
+    #expect(Array(one.prefix(n)) == gv1)
+  }
+}
