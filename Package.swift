@@ -35,6 +35,8 @@ let package = Package(
     .target(name: "QoQTokenizers", dependencies: ["QoQIO"], swiftSettings: fast),
     // FP reference models (one file per family), KV cache, weight loading.
     .target(name: "QoQModels", dependencies: ["QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
+    // The offline quantizer (deepcompressor's QoQ and baselines): formats, GPTQ, rotation, smoothing, calibration.
+    .target(name: "QoQQuant", dependencies: ["QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
@@ -50,6 +52,8 @@ let package = Package(
     .target(name: "QoQTestSupport", dependencies: ["QoQModels", "QoQIO"], path: "Tests/QoQTestSupport",
             swiftSettings: isaOnly),
     .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
+                swiftSettings: isaOnly),
+    .testTarget(name: "QoQQuantTests", dependencies: ["QoQQuant", "QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

@@ -32,6 +32,8 @@ public final class LlamaModel: @unchecked Sendable {
   public let norm: [Float]         // (H)
   public let lmHead: LinearLayer   // (vocab × H); the embedding itself when tied
   let rope: RotaryEmbedding
+  /// Fake quantization of post-RoPE K and of V before they enter the cache (KV4/KV8 simulation); nil = FP.
+  public var kvQuantizer: KVTransform?
 
   public init(config: LlamaConfiguration, embedTokens: [Float], layers: [DecoderLayer], norm: [Float],
               lmHead: LinearLayer) throws {
@@ -78,10 +80,19 @@ public final class LlamaModel: @unchecked Sendable {
   /// Runs new tokens of several sequences through the model, appending to each sequence's cache.
   /// Returns the final-norm hidden states, (N, H), rows in batch order.
   public func forward(_ batch: [[Int32]], caches: [KVCache]) throws -> [Float] {
+    var x = try embed(batch, caches: caches)
+    if x.isEmpty { return [] }
+    let lengths = batch.map(\.count)
+    for li in 0..<layers.count { try runLayer(li, x: &x, lengths: lengths, caches: caches) }
+    finalNorm(&x)
+    for (s, n) in lengths.enumerated() { caches[s].length += n }
+    return x
+  }
+
+  /// Checks token ids and context lengths, and returns the embeddings (N, H) of the new tokens.
+  public func embed(_ batch: [[Int32]], caches: [KVCache]) throws -> [Float] {
     precondition(batch.count == caches.count)
-    let c = config
-    let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, hd = c.headDim, I = c.intermediateSize
-    let n = batch.reduce(0) { $0 + $1.count }
+    let c = config, H = c.hiddenSize
     for (s, toks) in batch.enumerated() {
       for t in toks where t < 0 || Int(t) >= c.vocabSize {
         throw QoQError("token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
@@ -89,12 +100,35 @@ public final class LlamaModel: @unchecked Sendable {
       let need = caches[s].length + toks.count
       if need > maxContext { throw QoQError("sequence of \(need) tokens exceeds the model's context of \(maxContext)") }
     }
-    if n == 0 { return [] }
+    let n = batch.reduce(0) { $0 + $1.count }
     var x = [Float](repeating: 0, count: n * H)  // residual stream (N, H)
-    embedTokens.withUnsafeBufferPointer { e in
-      var r = 0
-      for toks in batch { for t in toks { x.withUnsafeMutableBufferPointer { ($0.baseAddress! + r * H).update(from: e.baseAddress! + Int(t) * H, count: H) }; r += 1 } }
+    x.withUnsafeMutableBufferPointer { xb in
+      embedTokens.withUnsafeBufferPointer { e in
+        var r = 0
+        for toks in batch { for t in toks { (xb.baseAddress! + r * H).update(from: e.baseAddress! + Int(t) * H, count: H); r += 1 } }
+      }
     }
+    return x
+  }
+
+  /// The final RMSNorm, in place on (N, H) rows.
+  public func finalNorm(_ x: inout [Float]) {
+    let H = config.hiddenSize, n = x.count / H, eps = Float(config.rmsNormEps)
+    x.withUnsafeMutableBufferPointer { xb in
+      norm.withUnsafeBufferPointer { w in
+        for r in 0..<n { rmsNorm(xb.baseAddress! + r * H, w.baseAddress!, eps: eps, n: H, xb.baseAddress! + r * H) }
+      }
+    }
+  }
+
+  /// Runs decoder layer `li` on the residual stream x (N, H) of sequences with `lengths` new tokens each, whose
+  /// caches hold their past (cache lengths are advanced by the caller after the last layer). `capture`, when given,
+  /// receives the layer's module inputs and post-RoPE Q/K and V (calibration).
+  public func runLayer(_ li: Int, x: inout [Float], lengths: [Int], caches: [KVCache], capture: LayerCapture? = nil) throws {
+    let c = config, layer = layers[li]
+    let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, hd = c.headDim, I = c.intermediateSize
+    let n = lengths.reduce(0, +)
+    if n == 0 { return }
     let h = UnsafeMutablePointer<Float>.allocate(capacity: n * max(H, Q)); defer { h.deallocate() }
     let q = UnsafeMutablePointer<Float>.allocate(capacity: n * Q); defer { q.deallocate() }
     let k = UnsafeMutablePointer<Float>.allocate(capacity: n * KV); defer { k.deallocate() }
@@ -102,53 +136,59 @@ public final class LlamaModel: @unchecked Sendable {
     let attn = UnsafeMutablePointer<Float>.allocate(capacity: n * Q); defer { attn.deallocate() }
     let g = UnsafeMutablePointer<Float>.allocate(capacity: n * I); defer { g.deallocate() }
     let u = UnsafeMutablePointer<Float>.allocate(capacity: n * I); defer { u.deallocate() }
-    let maxLen = zip(batch, caches).map { $0.count + $1.length }.max() ?? 0
+    let maxLen = zip(lengths, caches).map { $0 + $1.length }.max() ?? 0
     rope.ensure(maxLen)
-    for (s, toks) in batch.enumerated() { caches[s].reserve(caches[s].length + toks.count) }
+    for (s, t) in lengths.enumerated() { caches[s].reserve(caches[s].length + t) }
     let eps = Float(c.rmsNormEps)
     let scale = 1 / Float(hd).squareRoot()
-
     try x.withUnsafeMutableBufferPointer { xb in
       let xp = xb.baseAddress!
-      for (li, layer) in layers.enumerated() {
-        // Attention block.
-        layer.inputLayernorm.withUnsafeBufferPointer { w in
-          for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
-        }
-        layer.qProj.forward(h, rows: n, q)
-        layer.kProj.forward(h, rows: n, k)
-        layer.vProj.forward(h, rows: n, v)
-        var r0 = 0
-        for (s, toks) in batch.enumerated() {
-          let cache = caches[s], past = cache.length, t = toks.count
-          for i in 0..<t {
-            rope.apply(q + (r0 + i) * Q, heads: c.numAttentionHeads, pos: past + i)
-            rope.apply(k + (r0 + i) * KV, heads: c.numKeyValueHeads, pos: past + i)
-          }
-          (cache.keys[li] + past * KV).update(from: k + r0 * KV, count: t * KV)
-          (cache.values[li] + past * KV).update(from: v + r0 * KV, count: t * KV)
-          try attention(q: q + r0 * Q, t: t, past: past, keys: cache.keys[li], values: cache.values[li],
-                        out: attn + r0 * Q, scale: scale)
-          r0 += t
-        }
-        layer.oProj.forward(attn, rows: n, h)
-        addInPlace(xp, h, n * H)
-        // MLP block.
-        layer.postAttentionLayernorm.withUnsafeBufferPointer { w in
-          for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
-        }
-        layer.gateProj.forward(h, rows: n, g)
-        layer.upProj.forward(h, rows: n, u)
-        siluMul(g, u, g, n * I)
-        layer.downProj.forward(g, rows: n, h)
-        addInPlace(xp, h, n * H)
+      // Attention block.
+      layer.inputLayernorm.withUnsafeBufferPointer { w in
+        for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
       }
-      norm.withUnsafeBufferPointer { w in
-        for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, xp + r * H) }
+      capture?.record(.attnInput, h, n * H)
+      layer.qProj.forward(h, rows: n, q)
+      layer.kProj.forward(h, rows: n, k)
+      layer.vProj.forward(h, rows: n, v)
+      var r0 = 0
+      for (s, t) in lengths.enumerated() {
+        let cache = caches[s], past = cache.length
+        for i in 0..<t {
+          rope.apply(q + (r0 + i) * Q, heads: c.numAttentionHeads, pos: past + i)
+          rope.apply(k + (r0 + i) * KV, heads: c.numKeyValueHeads, pos: past + i)
+        }
+        r0 += t
       }
+      capture?.record(.qRope, q, n * Q)
+      capture?.record(.kRope, k, n * KV)
+      capture?.record(.vOutput, v, n * KV)
+      if let kvq = kvQuantizer { kvq.apply(k, rows: n, width: KV); kvq.apply(v, rows: n, width: KV) }
+      r0 = 0
+      for (s, t) in lengths.enumerated() {
+        let cache = caches[s], past = cache.length
+        (cache.keys[li] + past * KV).update(from: k + r0 * KV, count: t * KV)
+        (cache.values[li] + past * KV).update(from: v + r0 * KV, count: t * KV)
+        try attention(q: q + r0 * Q, t: t, past: past, keys: cache.keys[li], values: cache.values[li],
+                      out: attn + r0 * Q, scale: scale)
+        r0 += t
+      }
+      capture?.record(.oProjInput, attn, n * Q)
+      layer.oProj.forward(attn, rows: n, h)
+      capture?.record(.attnOutput, h, n * H)
+      addInPlace(xp, h, n * H)
+      // MLP block.
+      layer.postAttentionLayernorm.withUnsafeBufferPointer { w in
+        for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
+      }
+      capture?.record(.mlpInput, h, n * H)
+      layer.gateProj.forward(h, rows: n, g)
+      layer.upProj.forward(h, rows: n, u)
+      siluMul(g, u, g, n * I)
+      capture?.record(.downInput, g, n * I)
+      layer.downProj.forward(g, rows: n, h)
+      addInPlace(xp, h, n * H)
     }
-    for (s, toks) in batch.enumerated() { caches[s].length += toks.count }
-    return x
   }
 
   /// Causal attention of t new queries against past + t cached positions, per head, GQA-aware.
