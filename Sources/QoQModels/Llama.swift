@@ -46,12 +46,16 @@ public final class LlamaModel: @unchecked Sendable {
     rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
   }
 
+  /// Builds a linear layer from its HF module name (`model.layers.3.mlp.down_proj`), weight (out × in) and bias.
+  public typealias LinearFactory = (_ name: String, _ weight: [Float], _ out: Int, _ inp: Int, _ bias: [Float]?) throws -> LinearLayer
+
   /// Loads FP weights by their HF names; fails on missing or unexpected tensors and wrong shapes.
-  public convenience init(config c: LlamaConfiguration, weights src: WeightSource) throws {
+  /// `linearFactory` decides how each decoder linear is built (default: dense FP32); lm_head is always dense.
+  public convenience init(config c: LlamaConfiguration, weights src: WeightSource, linearFactory: LinearFactory? = nil) throws {
     try verifyTensors(src, c)
+    let make: LinearFactory = linearFactory ?? { _, w, out, inp, b in DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
     func linear(_ p: String, out: Int, inp: Int, bias: Bool) throws -> LinearLayer {
-      DenseLinear(weight: try src.floats(p + ".weight"), outFeatures: out, inFeatures: inp,
-                  bias: bias ? try src.floats(p + ".bias") : nil)
+      try make(p, try src.floats(p + ".weight"), out, inp, bias ? try src.floats(p + ".bias") : nil)
     }
     var layers: [DecoderLayer] = []
     for i in 0..<c.numHiddenLayers {

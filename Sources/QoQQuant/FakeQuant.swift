@@ -1,0 +1,37 @@
+// Runtime pieces of fake quantization: linears whose inputs are quantized per token (INT8/INT4 activations) and
+// the KV-cache quantizer. The model code stays unaware of them (it sees LinearLayer and KVTransform).
+import QoQKernels
+import QoQModels
+
+/// Quantizes its input per token (symmetric, ±(2^(b−1)−1)) and then applies the wrapped linear.
+public final class ActQuantLinear: LinearLayer, @unchecked Sendable {
+  public let inner: LinearLayer
+  public let bits: Int
+  public var inFeatures: Int { inner.inFeatures }
+  public var outFeatures: Int { inner.outFeatures }
+
+  public init(_ inner: LinearLayer, bits: Int) { self.inner = inner; self.bits = bits }
+
+  public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    let n = rows * inFeatures
+    let q = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n)); defer { q.deallocate() }
+    q.update(from: x, count: n)
+    fakeQuantizePerToken(q, rows: rows, width: inFeatures, bits: bits)
+    inner.forward(q, rows: rows, y)
+  }
+}
+
+/// KV cache fake quantization: per token, groups of `group` channels, asymmetric uint-b (KV4) or symmetric
+/// int-b (KV8 for SmoothQuant recipes).
+public final class KVFakeQuant: KVTransform, @unchecked Sendable {
+  public let bits: Int
+  public let group: Int
+  public let asymmetric: Bool
+
+  public init(bits: Int, group: Int, asymmetric: Bool = true) { self.bits = bits; self.group = group; self.asymmetric = asymmetric }
+
+  public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
+    if asymmetric { fakeQuantizeAsymGroups(x, rows: rows, width: width, group: group, bits: bits) }
+    else { fakeQuantizeSymGroups(x, rows: rows, width: width, group: group, bits: bits) }
+  }
+}
