@@ -1,0 +1,143 @@
+// Calibration data (deepcompressor.md §2.1) and the layer-by-layer pass (§2.3).
+// Data: documents from a text file (one per non-empty line) or JSONL ({"text": …} per line), shuffled with seed 42,
+// tokenized with the tokenizer's default special tokens, long ones cut to a random window, then concatenated and
+// split into `numSamples` chunks of `seqLength`. (deepcompressor shuffles with HF datasets' permutation, which we
+// cannot reproduce bit for bit; the procedure is otherwise the same.)
+// Pass: each layer runs on the cached outputs of the previous layer *before* that layer was modified in the same
+// pass, so transforms see FP-propagated inputs; statistics are reduced chunk by chunk, so memory stays bounded.
+import Foundation
+import QoQIO
+import QoQModels
+import QoQTokenizers
+
+public struct CalibrationOptions: Sendable, Equatable {
+  public var path: String = ""
+  public var numSamples = 128
+  public var seqLength = 1024
+  public var minSeqLength = 0
+  public var maxSeqLength = 0
+  public init() {}
+}
+
+/// A seeded generator (SplitMix64) for shuffles and windows.
+struct SeededRNG: RandomNumberGenerator {
+  var state: UInt64
+  init(_ seed: UInt64) { state = seed }
+  mutating func next() -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+  }
+}
+
+public enum CalibrationData {
+  /// Reads documents from a .txt (one per non-empty line) or .jsonl ({"text": …}) file.
+  public static func documents(path: String) throws -> [String] {
+    guard FileManager.default.fileExists(atPath: path) else { throw QoQError("calibration file \(path) does not exist") }
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw QoQError("\(path): not UTF-8 text") }
+    var docs: [String] = []
+    let isJSONL = path.hasSuffix(".jsonl") || path.hasSuffix(".json")
+    for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
+      let l = line.trimmingCharacters(in: .whitespacesAndNewlines)
+      if l.isEmpty { continue }
+      if isJSONL {
+        guard let v = try? JSON.parse(String(l), what: "\(path):\(i + 1)"), let t = v["text"]?.string else {
+          throw QoQError("\(path):\(i + 1): expected a JSON object with a \"text\" string")
+        }
+        docs.append(t)
+      } else {
+        docs.append(l)
+      }
+    }
+    guard !docs.isEmpty else { throw QoQError("\(path): no documents") }
+    return docs
+  }
+
+  /// `numSamples` sequences of `seqLength` tokens.
+  public static func samples(_ o: CalibrationOptions, tokenizer: Tokenizer) throws -> [[Int32]] {
+    guard o.numSamples > 0, o.seqLength > 1 else { throw QoQError("calibration needs num_samples > 0 and seq_length > 1") }
+    var docs = try documents(path: o.path)
+    var shuffle = SeededRNG(42)
+    docs.shuffle(using: &shuffle)
+    var rng = SeededRNG(42 &+ 1)
+    var pieces: [[Int32]] = []
+    var total = 0
+    let need = o.numSamples * o.seqLength
+    for d in docs {
+      var ids = try tokenizer.encode(d.trimmingCharacters(in: .whitespacesAndNewlines), addSpecialTokens: true, parseSpecial: false)
+      if ids.isEmpty { continue }
+      if o.minSeqLength > 0 && ids.count < o.minSeqLength { continue }
+      if o.maxSeqLength > 0 && ids.count > o.maxSeqLength { continue }
+      if ids.count > o.seqLength {
+        let start = Int(rng.next() % UInt64(ids.count - o.seqLength + 1))
+        ids = Array(ids[start..<(start + o.seqLength)])
+      }
+      pieces.append(ids)
+      total += ids.count
+      if pieces.count >= o.numSamples && total >= need { break }
+    }
+    let all = pieces.flatMap { $0 }
+    guard all.count >= need else {
+      throw QoQError("\(o.path): only \(all.count) calibration tokens, \(need) needed (\(o.numSamples) × \(o.seqLength))")
+    }
+    return (0..<o.numSamples).map { Array(all[($0 * o.seqLength)..<(($0 + 1) * o.seqLength)]) }
+  }
+}
+
+/// Runs calibration samples through a model one decoder layer at a time.
+public final class LayerwisePass {
+  public let samples: [[Int32]]
+  /// Samples run through a layer together (bounds the capture and activation memory).
+  public var chunk = 4
+
+  public init(samples: [[Int32]]) { self.samples = samples }
+
+  /// For every layer: runs all samples through it (capturing `points`), calls `observe` per chunk, then `finish`
+  /// once, which may modify the layer in the weight store. The next layer sees this layer's outputs from before
+  /// `finish`. `progress(layer, layers)` is called after each layer.
+  public func run(model: LlamaModel, points: Set<LayerCapture.Point>,
+                  observe: (_ layer: Int, _ capture: LayerCapture) throws -> Void,
+                  finish: (_ layer: Int) throws -> Void,
+                  progress: ((Int, Int) -> Void)? = nil) throws {
+    let c = model.config
+    var hidden: [[Float]] = []
+    for s in samples { hidden.append(try model.embed([s], caches: [KVCache(config: c, capacity: 1)])) }
+    let lengths = samples.map(\.count)
+    for l in 0..<c.numHiddenLayers {
+      var i = 0
+      while i < samples.count {
+        let j = min(samples.count, i + chunk)
+        var x = Array(hidden[i..<j].joined())
+        let caches = (i..<j).map { _ in KVCache(config: c, capacity: lengths[i]) }
+        let cap = LayerCapture(points)
+        try model.runLayer(l, x: &x, lengths: Array(lengths[i..<j]), caches: caches, capture: cap)
+        try observe(l, cap)
+        var off = 0
+        for s in i..<j {
+          let n = lengths[s] * c.hiddenSize
+          hidden[s] = Array(x[off..<(off + n)])
+          off += n
+        }
+        i = j
+      }
+      try finish(l)
+      progress?(l + 1, c.numHiddenLayers)
+    }
+  }
+}
+
+/// Per-channel max |x| over rows (streaming).
+public struct AbsMaxAccumulator: Sendable {
+  public private(set) var values: [Float]
+  public init(width: Int) { values = [Float](repeating: 0, count: width) }
+  public mutating func add(_ x: [Float]) {
+    let w = values.count
+    values.withUnsafeMutableBufferPointer { v in
+      x.withUnsafeBufferPointer { xb in
+        for r in 0..<(xb.count / w) { for i in 0..<w { v[i] = max(v[i], abs(xb[r * w + i])) } }
+      }
+    }
+  }
+}

@@ -1,0 +1,94 @@
+// Channel reordering of down_proj inputs and smoothing (deepcompressor.md §1.2 steps 2–4). All are exact
+// transforms of the FP model; they move activation outliers into weights (smoothing) or sort channels so each
+// weight group holds channels of similar magnitude (reordering).
+import Foundation
+import QoQIO
+import QoQModels
+
+/// λ = a^α / b^β elementwise; α = 0 → b^(−β); zeros → 1; any NaN/Inf → all ones (deepcompressor's rule).
+func smoothScale(_ a: [Float], _ b: [Float], alpha: Double, beta: Double) -> [Float] {
+  var lam = [Float](repeating: 1, count: a.count)
+  for i in 0..<a.count {
+    let num = alpha == 0 ? 1.0 : pow(Double(a[i]), alpha)
+    let den = beta == 0 ? 1.0 : pow(Double(b[i]), beta)
+    var v = Float(num / den)
+    if v == 0 { v = 1 }
+    lam[i] = v
+  }
+  if lam.contains(where: { !$0.isFinite }) { return [Float](repeating: 1, count: a.count) }
+  return lam
+}
+
+public enum ReorderStage {
+  /// Ascending argsort of the down_proj input absmax; permutes down_proj columns and gate/up rows (and biases).
+  @discardableResult
+  public static func apply(_ s: WeightStore, layer l: Int, downInputAbsMax m: [Float]) -> [Int] {
+    let perm = (0..<m.count).sorted { m[$0] != m[$1] ? m[$0] < m[$1] : $0 < $1 }
+    let p = "model.layers.\(l).mlp."
+    let I = s.config.intermediateSize, H = s.config.hiddenSize
+    var down = s[p + "down_proj.weight"]
+    let old = down
+    for r in 0..<H { for i in 0..<I { down[r * I + i] = old[r * I + perm[i]] } }
+    s[p + "down_proj.weight"] = down
+    for m in ["gate_proj", "up_proj"] {
+      let w = s[p + m + ".weight"]
+      var nw = w
+      for i in 0..<I { for c in 0..<H { nw[i * H + c] = w[perm[i] * H + c] } }
+      s[p + m + ".weight"] = nw
+      if let b = s.tensors[p + m + ".bias"] { s[p + m + ".bias"] = perm.map { b[$0] } }
+    }
+    return perm
+  }
+}
+
+public enum SmoothStage {
+  /// SmoothAttention: Q·diag(λ), K·diag(λ)⁻¹ with λ = kspan^α / qspan^β on post-RoPE spans; rotary pairs
+  /// (i, i + d/2) share a span; GQA reduces query spans over each KV group. Scales q/k weights and (unlike
+  /// deepcompressor, which leaves them, breaking exactness for Qwen2) q/k biases. Returns λ per query channel.
+  @discardableResult
+  public static func attention(_ s: WeightStore, layer l: Int, qAbsMax q: [Float], kAbsMax k: [Float],
+                               alpha: Double, beta: Double) -> [Float] {
+    let c = s.config, hd = c.headDim, half = hd / 2, group = c.numAttentionHeads / c.numKeyValueHeads
+    // Pair spans within each head.
+    func paired(_ x: [Float], heads: Int) -> [Float] {
+      var y = x
+      for h in 0..<heads { for i in 0..<half { let m = max(x[h * hd + i], x[h * hd + i + half]); y[h * hd + i] = m; y[h * hd + i + half] = m } }
+      return y
+    }
+    let qp = paired(q, heads: c.numAttentionHeads), kp = paired(k, heads: c.numKeyValueHeads)
+    // Per KV head: query span = max over its query heads.
+    var qg = [Float](repeating: 0, count: c.kvDim)
+    for h in 0..<c.numAttentionHeads { let g = h / group; for d in 0..<hd { qg[g * hd + d] = max(qg[g * hd + d], qp[h * hd + d]) } }
+    let lamKV = smoothScale(kp, qg, alpha: alpha, beta: beta)  // (kv_heads · hd)
+    var lamQ = [Float](repeating: 1, count: c.qDim)
+    for h in 0..<c.numAttentionHeads { for d in 0..<hd { lamQ[h * hd + d] = lamKV[(h / group) * hd + d] } }
+    let p = "model.layers.\(l).self_attn."
+    let H = c.hiddenSize
+    var wq = s[p + "q_proj.weight"], wk = s[p + "k_proj.weight"]
+    for r in 0..<c.qDim { for j in 0..<H { wq[r * H + j] *= lamQ[r] } }
+    for r in 0..<c.kvDim { for j in 0..<H { wk[r * H + j] /= lamKV[r] } }
+    s[p + "q_proj.weight"] = wq; s[p + "k_proj.weight"] = wk
+    if let b = s.tensors[p + "q_proj.bias"] { s[p + "q_proj.bias"] = (0..<c.qDim).map { b[$0] * lamQ[$0] } }
+    if let b = s.tensors[p + "k_proj.bias"] { s[p + "k_proj.bias"] = (0..<c.kvDim).map { b[$0] / lamKV[$0] } }
+    return lamQ
+  }
+
+  /// SmoothLinear on down_proj: λ = xspan^α / wspan^β (x = down input absmax, w = column absmax of W_down);
+  /// W_down[:, j] ×= λ_j, W_up[j, :] ÷= λ_j (and up's bias). Returns λ.
+  @discardableResult
+  public static func down(_ s: WeightStore, layer l: Int, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
+    let c = s.config, I = c.intermediateSize, H = c.hiddenSize
+    let p = "model.layers.\(l).mlp."
+    var wd = s[p + "down_proj.weight"]
+    var ws = [Float](repeating: 0, count: I)
+    for r in 0..<H { for j in 0..<I { ws[j] = max(ws[j], abs(wd[r * I + j])) } }
+    let lam = smoothScale(x, ws, alpha: alpha, beta: beta)
+    for r in 0..<H { for j in 0..<I { wd[r * I + j] *= lam[j] } }
+    s[p + "down_proj.weight"] = wd
+    var wu = s[p + "up_proj.weight"]
+    for j in 0..<I { for cc in 0..<H { wu[j * H + cc] /= lam[j] } }
+    s[p + "up_proj.weight"] = wu
+    if let b = s.tensors[p + "up_proj.bias"] { s[p + "up_proj.bias"] = (0..<I).map { b[$0] / lam[$0] } }
+    return lam
+  }
+}
