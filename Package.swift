@@ -24,6 +24,7 @@ let package = Package(
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
   ],
   targets: [
     .target(name: "CShim"),
@@ -36,7 +37,8 @@ let package = Package(
     // FP reference models (one file per family), KV cache, weight loading.
     .target(name: "QoQModels", dependencies: ["QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
     // The offline quantizer (deepcompressor's QoQ and baselines): formats, GPTQ, rotation, smoothing, calibration.
-    .target(name: "QoQQuant", dependencies: ["QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
+    .target(name: "QoQQuant", dependencies: ["QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers", "QoQEval",
+                                         .product(name: "Yams", package: "Yams")], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [

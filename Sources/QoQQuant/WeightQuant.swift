@@ -140,9 +140,10 @@ public struct WeightQuantizer: Sendable {
   var groupSize: Int { format.groupSize(inFeatures) }
   var groups: Int { (inFeatures + groupSize - 1) / groupSize }
 
-  /// The value GPTQ works on for column i (progressive works in the s1-scaled domain) and back.
+  /// The value GPTQ works on (progressive works on u = w/s1, unclamped: deepcompressor's GPTQ clamps a column to
+  /// ±P only to quantize it and takes the error against the unclamped value).
   @inline(__always) public func toDomain(_ x: Float, row o: Int) -> Float {
-    if case .progressive(_, let p) = format { return min(max(x / rowScale[o], -Float(p)), Float(p)) }
+    if case .progressive = format { return x / rowScale[o] }
     return x
   }
   @inline(__always) public func fromDomain(_ x: Float, row o: Int) -> Float {
@@ -154,9 +155,13 @@ public struct WeightQuantizer: Sendable {
   @inline(__always) public func quantize(_ x: Float, row o: Int, column i: Int) -> (code: UInt8, value: Float) {
     let g = o * groups + i / groupSize
     switch format {
-    case .asym, .progressive:
+    case .asym:
       let s = scale[g], z = zero[g]
       let q = min(max(rne((x + z) / s), 0), qmax)
+      return (UInt8(q), q * s - z)
+    case .progressive(_, let p):
+      let s = scale[g], z = zero[g], xc = min(max(x, -Float(p)), Float(p))
+      let q = min(max(rne((xc + z) / s), 0), qmax)
       return (UInt8(q), q * s - z)
     case .sym(let b):
       let s = scale[g]

@@ -1,0 +1,107 @@
+// The default recipe (recipes/__default__.yaml, which a test keeps identical). Every other recipe and every flag is
+// checked against its fields: an unknown field is an error, never silently ignored.
+let defaultRecipeYAML = #"""
+# deepcompressor's examples/llm/configs/__default__.yaml, the fields qoq understands (deepcompressor.md §1.6).
+# Every field is also a flag: quant.wgts.calib_range.num_grids → --wgts-calib-range-num-grids (the `quant` scope
+# has no prefix); booleans take --name / --no-name.
+seed: 12345
+save_model: ""
+skip_eval: false
+model:
+  name: ""
+  path: ""
+  root: ""
+eval:
+  tasks: [wikitext]
+  evaluators: [gptq]
+  max_seq_length: 2048
+  max_windows: 0
+  dataset: ../shared/data/wikitext-2-raw/wiki.test.raw
+quant:
+  develop_dtype: torch.float32
+  calib:
+    data: text
+    path: ../shared/data/calibration/wikitext-2-valid.tokens.txt
+    num_samples: 128
+    seq_length: 1024
+    min_seq_length: 0
+    max_seq_length: 0
+  wgts:
+    dtype: null
+    zero_point: null
+    group_shapes: [[1, -1]]
+    scale_dtypes: [null]
+    intermediate_dtypes: []
+    intermediate_levels: []
+    needs_dequant_saturation: false
+    skips: []
+    enable_kernel_gptq: false
+    kernel_gptq:
+      damp_percentage: 0.01
+      block_size: 128
+      num_inv_tries: 250
+      hessian_block_size: 512
+    enable_calib_range: true
+    calib_range:
+      objective: OutputsError
+      strategy: Manual
+      granularity: Group
+      degree: 2
+      element_batch_size: 64
+      sample_batch_size: -1
+      element_size: 512
+      sample_size: -1
+      pre_reshape: true
+      outputs_device: cpu
+      ratio: 1.0
+      max_shrink: 0.2
+      max_expand: 1.0
+      num_grids: 80
+      skips: []
+  ipts:
+    static: false
+    dtype: null
+    zero_point: null
+    group_shapes: [[1, -1]]
+    scale_dtypes: [null]
+    skips: []
+  opts:
+    static: false
+    dtype: null
+    zero_point: null
+    group_shapes: [[1, -1]]
+    scale_dtypes: [null]
+    skips: []
+  enable_rotation: false
+  rotation:
+    random: false
+    transforms: []
+  enable_reorder: false
+  reorder:
+    strategy: Manual
+    channel_metric: InputsAbsMax
+    channel_index: Sequential
+    dynamic: false
+    skips: [residual]
+  enable_smooth: false
+  smooth:
+    enable_proj: false
+    proj:
+      objective: OutputsError
+      strategy: GridSearch
+      granularity: Layer
+      degree: 2
+      spans: [[AbsMax, AbsMax]]
+      alpha: -3
+      beta: -3
+      num_grids: 20
+      skips: []
+    enable_attn: false
+    attn:
+      strategy: Manual
+      degree: 2
+      spans: [[AbsMax, AbsMax]]
+      alpha: 0.5
+      beta: 0
+      num_grids: 20
+"""#

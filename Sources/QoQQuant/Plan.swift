@@ -1,0 +1,204 @@
+// What a resolved recipe asks for, checked for what this implementation supports. Everything unsupported is
+// refused here, before calibration or any other work starts.
+import QoQIO
+import QoQModels
+
+public struct QuantPlan: Sendable {
+  public enum Strategy: String, Sendable { case manual = "Manual", gridSearch = "GridSearch" }
+
+  public var weightFormat: WeightFormat?
+  /// Module keys left unquantized: qkv_proj, out_proj, up_proj, down_proj.
+  public var weightSkips: Set<String> = []
+  public var gptq: GPTQOptions?
+  public var clipStrategy: Strategy = .manual
+  public var clipRatio: Double = 1
+  public var clipMaxShrink: Double = 0.2
+  public var clipNumGrids = 80
+  public var clipSkips: Set<String> = []
+  public var actBits: Int?
+  public var actSkips: Set<String> = []
+  public var kvBits: Int?
+  public var kvGroup: Int?
+  public var kvAsymmetric = true
+  public var rotation: RotationOptions?
+  public var reorder = false
+  public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
+  public var smoothProj: (alpha: Double, beta: Double)?
+  public var calib = CalibrationOptions()
+  public var seed: UInt64 = 12345
+  public var evalSeqLen = 2048
+  public var evalWindows = 0
+  public var evalDataset = ""
+
+  static let moduleKeys: Set<String> = ["qkv_proj", "out_proj", "up_proj", "down_proj"]
+
+  public init(_ r: Recipe) throws {
+    func bad(_ m: String) -> QoQError { QoQError("recipe: \(m)") }
+    func bits(_ dtype: String, field: String) throws -> (signed: Bool, bits: Int) {
+      let d = dtype.lowercased()
+      for (p, signed) in [("uint", false), ("sint", true), ("int", true)] where d.hasPrefix(p) {
+        if let b = Int(d.dropFirst(p.count)), b >= 2 && b <= 8 { return (signed, b) }
+      }
+      throw bad("\(field) \"\(dtype)\" is not supported (uint2…uint8, sint2…sint8)")
+    }
+    func dtypeName(_ s: String?) -> String? { s.map { $0.replacingOccurrences(of: "torch.", with: "") } }
+    seed = UInt64(max(0, try r.int("seed")))
+    // Weights.
+    if let wd = try r.string("quant.wgts.dtype") {
+      let (signed, b) = try bits(wd, field: "quant.wgts.dtype")
+      let shapes = try r.groupShapes("quant.wgts.group_shapes")
+      let scales = try r.strings("quant.wgts.scale_dtypes").map { dtypeName($0) ?? "null" }
+      let zp = try r.string("quant.wgts.zero_point")
+      let inter = try r.strings("quant.wgts.intermediate_dtypes")
+      for s in shapes where s[0] != 1 { throw bad("quant.wgts.group_shapes \(shapes): rows must be 1 (per output channel)") }
+      if shapes.count == 1 {
+        guard inter.isEmpty else { throw bad("quant.wgts.intermediate_dtypes needs two group levels") }
+        let g = shapes[0][1]
+        guard g == -1 || g > 0 else { throw bad("quant.wgts.group_shapes: bad group size \(g)") }
+        guard ["float16", "null", "float32"].contains(scales.first ?? "null") else {
+          throw bad("quant.wgts.scale_dtypes \(scales) is not supported for one level (use torch.float16)")
+        }
+        if signed {
+          guard zp == nil, g == -1 else { throw bad("signed weights are supported symmetric and per channel (SmoothQuant W8)") }
+          weightFormat = .sym(bits: b)
+        } else {
+          guard zp == "PostScale" else { throw bad("quant.wgts.zero_point \(zp ?? "null") is not supported for unsigned weights (PostScale)") }
+          weightFormat = .asym(bits: b, group: g == -1 ? nil : g)
+        }
+      } else if shapes.count == 2 {
+        guard !signed, b == 4, shapes[0][1] == -1, shapes[1][1] > 0, zp == "PostScale",
+              scales.count == 2, scales[0] == "float16", scales[1] == "sint8", inter == ["sint8"],
+              (try r.strings("quant.wgts.intermediate_levels").isEmpty || true) else {
+          throw bad("two-level weights are supported as QoQ progressive only: uint4, PostScale, group_shapes [[1,-1],[1,G]], scale_dtypes [torch.float16, sint8], intermediate_dtypes [sint8]")
+        }
+        if try r.bool("quant.wgts.needs_dequant_saturation") { throw bad("needs_dequant_saturation true is not supported") }
+        weightFormat = .progressive(group: shapes[1][1], protective: protectiveRange(postScale: true))
+      } else {
+        throw bad("quant.wgts.group_shapes must have one or two levels")
+      }
+      weightSkips = Set(try r.strings("quant.wgts.skips"))
+      for k in weightSkips where !Self.moduleKeys.contains(k) { throw bad("quant.wgts.skips: unknown module key \(k) (\(Self.moduleKeys.sorted().joined(separator: ", ")))") }
+      if try r.bool("quant.wgts.enable_kernel_gptq") {
+        var o = GPTQOptions()
+        o.dampPercentage = try r.double("quant.wgts.kernel_gptq.damp_percentage")
+        o.blockSize = try r.int("quant.wgts.kernel_gptq.block_size")
+        o.numInvTries = try r.int("quant.wgts.kernel_gptq.num_inv_tries")
+        guard o.dampPercentage >= 0, o.blockSize > 0, o.numInvTries > 0 else { throw bad("quant.wgts.kernel_gptq values must be positive") }
+        gptq = o
+      }
+      if try r.bool("quant.wgts.enable_calib_range") {
+        guard let st = Strategy(rawValue: try r.string("quant.wgts.calib_range.strategy") ?? "") else {
+          throw bad("quant.wgts.calib_range.strategy must be Manual or GridSearch")
+        }
+        clipStrategy = st
+        clipRatio = try r.double("quant.wgts.calib_range.ratio")
+        clipMaxShrink = try r.double("quant.wgts.calib_range.max_shrink")
+        clipNumGrids = try r.int("quant.wgts.calib_range.num_grids")
+        clipSkips = Set(try r.strings("quant.wgts.calib_range.skips"))
+        guard clipRatio > 0, clipRatio <= 1 else { throw bad("quant.wgts.calib_range.ratio must be in (0, 1]") }
+        guard clipMaxShrink > 0, clipMaxShrink < 1, clipNumGrids > 0 else { throw bad("quant.wgts.calib_range: max_shrink in (0,1) and num_grids > 0") }
+        if try r.double("quant.wgts.calib_range.max_expand") != 1 { throw bad("quant.wgts.calib_range.max_expand other than 1.0 is not supported") }
+      }
+    }
+    // Activations.
+    if let ad = try r.string("quant.ipts.dtype") {
+      let (signed, b) = try bits(ad, field: "quant.ipts.dtype")
+      guard signed, try r.string("quant.ipts.zero_point") == nil else { throw bad("quant.ipts: activations are quantized symmetric (sint8/sint4)") }
+      guard try r.groupShapes("quant.ipts.group_shapes") == [[1, -1]] else { throw bad("quant.ipts.group_shapes must be [[1, -1]] (per token)") }
+      if try r.bool("quant.ipts.static") { throw bad("quant.ipts.static (calibrated activation ranges) is not supported yet; QoQ uses dynamic per-token scales") }
+      actBits = b
+      actSkips = Set(try r.strings("quant.ipts.skips"))
+      for k in actSkips where !Self.moduleKeys.contains(k) { throw bad("quant.ipts.skips: unknown module key \(k)") }
+    }
+    // KV cache.
+    if let od = try r.string("quant.opts.dtype") {
+      let (signed, b) = try bits(od, field: "quant.opts.dtype")
+      let shapes = try r.groupShapes("quant.opts.group_shapes")
+      guard shapes.count == 1, shapes[0][0] == 1 else { throw bad("quant.opts.group_shapes must be one level [[1, G]] (per token)") }
+      if try r.bool("quant.opts.static") { throw bad("quant.opts.static (calibrated KV ranges) is not supported yet") }
+      let skips = Set(try r.strings("quant.opts.skips"))
+      guard skips.isSubset(of: ["attn_q"]) else { throw bad("quant.opts.skips: only attn_q may be listed (K and V are always quantized together)") }
+      guard skips.contains("attn_q") else { throw bad("quant.opts.skips must contain attn_q: Q is never quantized") }
+      kvBits = b
+      kvGroup = shapes[0][1] == -1 ? nil : shapes[0][1]
+      kvAsymmetric = !signed
+      if !signed { guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") } }
+    }
+    // Transforms.
+    if try r.bool("quant.enable_rotation") {
+      var o = RotationOptions()
+      o.random = try r.bool("quant.rotation.random")
+      o.transforms = try r.strings("quant.rotation.transforms")
+      o.seed = seed
+      for t in o.transforms where t != "out_proj" {
+        throw bad("quant.rotation.transforms \(t) is not supported (QoQ uses [out_proj]; down_proj needs an online Hadamard)")
+      }
+      rotation = o
+    }
+    if try r.bool("quant.enable_reorder") {
+      guard try r.string("quant.reorder.channel_metric") == "InputsAbsMax", try r.string("quant.reorder.channel_index") == "Sequential",
+            try r.string("quant.reorder.strategy") == "Manual", try !r.bool("quant.reorder.dynamic") else {
+        throw bad("quant.reorder: supported is Manual / InputsAbsMax / Sequential, static (down_proj inputs)")
+      }
+      reorder = true
+    }
+    if try r.bool("quant.enable_smooth") {
+      if try r.bool("quant.smooth.enable_attn") {
+        guard let st = Strategy(rawValue: try r.string("quant.smooth.attn.strategy") ?? "") else {
+          throw bad("quant.smooth.attn.strategy must be Manual or GridSearch")
+        }
+        smoothAttn = (st, try r.double("quant.smooth.attn.alpha"), try r.double("quant.smooth.attn.beta"), try r.int("quant.smooth.attn.num_grids"))
+        if st == .gridSearch {
+          throw bad("quant.smooth.attn.strategy GridSearch is not supported yet; use --smooth-attn-strategy Manual --smooth-attn-beta 0")
+        }
+      }
+      if try r.bool("quant.smooth.enable_proj") {
+        let skips = Set(try r.strings("quant.smooth.proj.skips"))
+        guard skips == ["qkv_proj", "up_proj", "out_proj"] else {
+          throw bad("quant.smooth.proj: only down_proj smoothing is supported (skips [qkv_proj, up_proj, out_proj]), as in QoQ")
+        }
+        guard try r.string("quant.smooth.proj.strategy") == "Manual" else {
+          throw bad("quant.smooth.proj.strategy GridSearch is not supported yet; QoQ uses Manual with --smooth-proj-alpha/--smooth-proj-beta")
+        }
+        smoothProj = (try r.double("quant.smooth.proj.alpha"), try r.double("quant.smooth.proj.beta"))
+      }
+    }
+    if clipStrategy == .gridSearch {
+      throw bad("quant.wgts.calib_range.strategy GridSearch is not supported yet; use --wgts-calib-range-strategy Manual")
+    }
+    // Calibration and evaluation.
+    calib.path = try r.string("quant.calib.path") ?? ""
+    calib.numSamples = try r.int("quant.calib.num_samples")
+    calib.seqLength = try r.int("quant.calib.seq_length")
+    calib.minSeqLength = try r.int("quant.calib.min_seq_length")
+    calib.maxSeqLength = try r.int("quant.calib.max_seq_length")
+    guard calib.numSamples > 0, calib.seqLength > 1 else { throw bad("quant.calib.num_samples and seq_length must be positive") }
+    if try r.string("quant.develop_dtype") != "torch.float32" { throw bad("quant.develop_dtype must be torch.float32") }
+    evalSeqLen = try r.int("eval.max_seq_length")
+    evalWindows = try r.int("eval.max_windows")
+    evalDataset = try r.string("eval.dataset") ?? ""
+    guard evalSeqLen > 1, evalWindows >= 0 else { throw bad("eval.max_seq_length must be > 1 and eval.max_windows ≥ 0") }
+  }
+
+  /// Whether any stage needs calibration data.
+  public var needsCalibration: Bool {
+    reorder || smoothAttn != nil || smoothProj != nil || gptq != nil || clipStrategy == .gridSearch
+  }
+
+  /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).
+  public func check(_ c: LlamaConfiguration) throws {
+    if let f = weightFormat {
+      let g = f.groupSize(c.hiddenSize)
+      for (name, width) in [("hidden_size", c.hiddenSize), ("intermediate_size", c.intermediateSize), ("heads·head_dim", c.qDim)] where width % g != 0 {
+        throw QoQError("recipe: weight group size \(g) does not divide \(name) = \(width) of this model (try a group of 64: recipes/qoq-g64.yaml)")
+      }
+    }
+    if let kg = kvGroup, c.kvDim % kg != 0 || (kg > c.headDim && kg % c.headDim != 0) {
+      throw QoQError("recipe: KV group size \(kg) does not fit kv_heads·head_dim = \(c.kvDim) (head_dim \(c.headDim))")
+    }
+    if rotation != nil && !(rotation!.random) {
+      _ = try HadamardRotation(size: c.hiddenSize)
+      _ = try HadamardRotation(size: c.headDim)
+    }
+  }
+}
