@@ -36,13 +36,16 @@ let package = Package(
     .target(name: "QoQTokenizers", dependencies: ["QoQIO"], swiftSettings: fast),
     // FP reference models (one file per family), KV cache, weight loading.
     .target(name: "QoQModels", dependencies: ["QoQKernels", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
-    // The offline quantizer (deepcompressor's QoQ and baselines): formats, GPTQ, rotation, smoothing, calibration.
-    .target(name: "QoQQuant", dependencies: ["QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers", "QoQEval",
+    // The on-disk quantized format shared by the quantizer and the engine: number formats, quantized weights,
+    // checkpoint reader/writer, fake-quantization runtime (activation and KV quantizers).
+    .target(name: "QoQFormat", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers"], swiftSettings: fast),
+    // The offline quantizer (deepcompressor's QoQ and baselines): GPTQ, rotation, smoothing, calibration, recipes.
+    .target(name: "QoQQuant", dependencies: ["QoQFormat", "QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers", "QoQEval",
                                          .product(name: "Yams", package: "Yams")], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
-    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO"], swiftSettings: fast),
+    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
-      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels",
+      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
@@ -55,7 +58,7 @@ let package = Package(
             swiftSettings: isaOnly),
     .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
                 swiftSettings: isaOnly),
-    .testTarget(name: "QoQQuantTests", dependencies: ["QoQQuant", "QoQModels", "QoQIO", "QoQTestSupport"],
+    .testTarget(name: "QoQQuantTests", dependencies: ["QoQQuant", "QoQFormat", "QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

@@ -7,6 +7,7 @@ public struct LoadedModel: @unchecked Sendable {
   public let model: LlamaModel
   public let tokenizer: Tokenizer
   public let path: String
+  public init(model: LlamaModel, tokenizer: Tokenizer, path: String) { self.model = model; self.tokenizer = tokenizer; self.path = path }
 }
 
 public enum ModelLoader {

@@ -7,6 +7,10 @@ let defaultRecipeYAML = #"""
 seed: 12345
 save_model: ""
 skip_eval: false
+cache:
+  root: ""   # stage cache; "" = $QOQ_CACHE/quant-cache (~/.cache/qoq/quant-cache), "none" = off
+output:
+  root: runs
 model:
   name: ""
   path: ""

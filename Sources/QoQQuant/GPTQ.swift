@@ -2,6 +2,7 @@
 // number of sequences; dead columns; act-order by descending diag(H); damping 1% of mean(diag) with retries;
 // U = upper Cholesky factor of H⁻¹; columns in blocks with lazy updates; static scales and zeros (fixed before GPTQ).
 import Foundation
+import QoQFormat
 import QoQIO
 import QoQKernels
 

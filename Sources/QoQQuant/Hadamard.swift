@@ -2,6 +2,7 @@
 // 40, 20, 12] dividing n with a power-of-two quotient (else k = 1); R = kron(H_kᵀ, Sylvester(2^m)) / √n.
 // H_k is built by construction (no tables are shipped) and equals deepcompressor's table entry for entry: Paley I
 // for k = 12, 20, 60, 108, 140; Paley II for 28, 36; doubling of 20 for 40. k = 52, 156, 172 are not available.
+import QoQFormat
 import QoQIO
 
 public enum Hadamard {

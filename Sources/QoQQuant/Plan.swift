@@ -1,5 +1,6 @@
 // What a resolved recipe asks for, checked for what this implementation supports. Everything unsupported is
 // refused here, before calibration or any other work starts.
+import QoQFormat
 import QoQIO
 import QoQModels
 

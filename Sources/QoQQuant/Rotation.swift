@@ -1,6 +1,7 @@
 // Rotation stage (deepcompressor.md §1.2): fold RMSNorm weights into the linears that consume them, rotate the
 // residual stream by an orthonormal Hadamard R (embedding and consumers W·R, producers Rᵀ·W), and rotate V/O per
 // head. Computed in Double on fp32 weights; exact up to rounding, so FP logits are unchanged.
+import QoQFormat
 import QoQIO
 import QoQModels
 

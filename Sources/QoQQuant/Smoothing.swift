@@ -2,6 +2,7 @@
 // transforms of the FP model; they move activation outliers into weights (smoothing) or sort channels so each
 // weight group holds channels of similar magnitude (reordering).
 import Foundation
+import QoQFormat
 import QoQIO
 import QoQModels
 

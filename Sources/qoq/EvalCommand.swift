@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import QoQEval
+import QoQFormat
 import QoQIO
 import QoQModels
 
@@ -29,7 +30,10 @@ struct EvalCommand: ParsableCommand {
       guard let raw = try? String(contentsOfFile: dataset, encoding: .utf8) else {
         throw QoQError("\(dataset): cannot read the dataset (pass --dataset PATH to wiki.test.raw)")
       }
-      let loaded = try ModelLoader.load(path: modelPath)
+      let (loaded, quant) = try AnyModelLoader.load(path: modelPath)
+      if let q = quant {
+        note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
+      }
       let tokens = try perplexityTokens(raw: raw, tokenizer: loaded.tokenizer, proto: p)
       note("evaluating wikitext-2 (\(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
       let r = try PerplexityEvaluator(model: loaded.model).evaluate(

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import QoQIO
 @testable import QoQQuant
+@testable import QoQFormat
 import QoQTestSupport
 
 @Suite struct QuantizerTests {

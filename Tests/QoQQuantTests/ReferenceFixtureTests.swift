@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import QoQIO
 @testable import QoQQuant
+@testable import QoQFormat
 
 /// Checks against Tests/Fixtures/quant (scripts/fixtures/make_quant_fixtures.py: an independent numpy
 /// implementation, itself cross-checked against deepcompressor's source).

@@ -3,6 +3,7 @@ import Testing
 @testable import QoQIO
 @testable import QoQModels
 @testable import QoQQuant
+@testable import QoQFormat
 import QoQTestSupport
 
 let fixturesRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -6,7 +6,8 @@ import QoQIO
 /// fp32 → fp16 → fp32 (the value an fp16-typed scale or zero actually holds).
 @inline(__always) public func fp16Round(_ x: Float) -> Float { f16ToF32(f32ToF16(x)) }
 
-@inline(__always) func rne(_ x: Float) -> Float { x.rounded(.toNearestOrEven) }
+/// Round half to even (torch.round).
+@inline(__always) public func rne(_ x: Float) -> Float { x.rounded(.toNearestOrEven) }
 
 /// The protective range of progressive quantization: the largest P such that every integer interval inside
 /// [−P, P] survives the uint4 round trip (s2 = round((vmax−vmin)/15), z = round(−vmin), q = clamp(round((u+z)/s2)))

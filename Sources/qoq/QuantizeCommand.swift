@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import QoQEval
+import QoQFormat
+import QoQIO
+import QoQModels
+import QoQQuant
+
+struct QuantizeCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "quantize",
+    abstract: "Quantize with a deepcompressor-style recipe (QoQ W4A8KV4 by default in recipes/), evaluate, save.",
+    discussion: """
+    qoq quantize CONFIG.yaml... --model-path PATH [--save-model DIR] [--skip-eval] [--eval-max-windows N] [FLAGS]
+    Configs load in order on top of recipes/__default__.yaml; every recipe field is also a flag
+    (quant.smooth.proj.alpha → --smooth-proj-alpha 0.05, booleans --enable-rotation / --no-enable-rotation).
+    Stage results are cached (--cache-root, default ~/.cache/qoq/quant-cache) so a rerun skips finished stages.
+    """)
+
+  @Argument(parsing: .allUnrecognized, help: "Recipe files, then recipe flags.")
+  var args: [String] = []
+
+  func run() throws {
+    try runReportingErrors {
+      var files: [String] = []
+      var i = 0
+      while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
+      let recipe = try Recipe.load(files: files, flags: Array(args[i...]))
+      let modelPath = try ModelName.resolve(path: try recipe.string("model.path"), name: try recipe.string("model.name"),
+                                            root: try recipe.string("model.root"))
+      guard FileManager.default.fileExists(atPath: modelPath) else { throw QoQError("model \(modelPath) does not exist") }
+      let save = try recipe.string("save_model") ?? ""
+      if save == "true" || save == "default" { throw QoQError("--save-model takes a folder path") }
+      let skipEval = try recipe.bool("skip_eval")
+      let cacheSetting = try recipe.string("cache.root") ?? ""
+      let env = ProcessInfo.processInfo.environment
+      let cacheRoot: String? = cacheSetting == "none" ? nil
+        : cacheSetting.isEmpty ? (env["QOQ_CACHE"] ?? (env["HOME"] ?? ".") + "/.cache/qoq") + "/quant-cache" : cacheSetting
+      let pipeline = try QuantizationPipeline(modelPath: modelPath, recipe: recipe, cacheRoot: cacheRoot)
+      let plan = pipeline.plan
+      // Refuse bad inputs before any work: calibration file, eval dataset.
+      if plan.needsCalibration && !FileManager.default.fileExists(atPath: plan.calib.path) {
+        throw QoQError("calibration file \(plan.calib.path) does not exist (--calib-path)")
+      }
+      if !skipEval && !FileManager.default.fileExists(atPath: plan.evalDataset) {
+        throw QoQError("evaluation dataset \(plan.evalDataset) does not exist (--eval-dataset, or --skip-eval)")
+      }
+      pipeline.log = { note($0) }
+      pipeline.progress = { stage, done, total in Progress.update("\(Progress.bar(done, total)) \(stage) layer \(done)/\(total)"); if done == total { Progress.done() } }
+      let t0 = Date()
+      let out = try pipeline.run()
+      let wall = Date().timeIntervalSince(t0)
+      note(String(format: "quantized in %.1f s (peak RSS %.2f GB)", wall, peakRSSGB()))
+      var results = JSONObject([("model", .string(modelPath)), ("quantize_seconds", .double(wall)),
+                                ("peak_rss_gb", .double(peakRSSGB())),
+                                ("stages", .object(JSONObject(pipeline.timings.map { ($0.0, .double($0.1)) })))])
+      if !skipEval {
+        let model = try QuantizationPipeline.fakeQuantModel(out)
+        guard let raw = try? String(contentsOfFile: plan.evalDataset, encoding: .utf8) else { throw QoQError("\(plan.evalDataset): cannot read") }
+        let tokens = try perplexityTokens(raw: raw, tokenizer: out.tokenizer, proto: .gptq)
+        let r = try PerplexityEvaluator(model: model).evaluate(tokens: tokens, seqLen: plan.evalSeqLen,
+                                                               maxWindows: plan.evalWindows > 0 ? plan.evalWindows : nil) { w, n, ppl in
+          Progress.update("\(Progress.bar(w, n)) evaluating window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
+        }
+        Progress.done()
+        print("wikitext-2 gptq seq_len=\(r.seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity))")
+        results["wikitext2_ppl"] = .double(r.perplexity)
+        results["eval_windows"] = .int(r.windows)
+        results["eval_seq_len"] = .int(r.seqLen)
+      }
+      let yaml = try recipe.yaml()
+      if !save.isEmpty {
+        var fp: [String: [Float]] = [:], biases: [String: [Float]] = [:]
+        for (n, v) in out.store.tensors {
+          let module = n.hasSuffix(".weight") ? String(n.dropLast(7)) : n.hasSuffix(".bias") ? String(n.dropLast(5)) : n
+          if out.quantized[module] != nil {
+            if n.hasSuffix(".bias") { biases[module] = v }
+          } else { fp[n] = v }
+        }
+        try QuantizedCheckpoint.write(to: save, config: out.store.config, quantization: out.quantization, fp: fp,
+                                      quantized: out.quantized, biases: biases, recipeYAML: yaml,
+                                      tokenizerFrom: modelPath, overwrite: true)
+        try atomicWrite(save + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8))
+        note("saved \(save) (recipe.yaml and results.json beside the weights)")
+      } else {
+        let dir = (try recipe.string("output.root") ?? "runs") + "/quantize-" + ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try atomicWrite(dir + "/recipe.yaml", data: Data(yaml.utf8))
+        try atomicWrite(dir + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8))
+        note("resolved recipe and results in \(dir)")
+      }
+      print(JSON.serialize(.object(results)))
+    }
+  }
+}
+
+/// Peak resident memory of this process (VmHWM), in GB; 0 where /proc is unavailable.
+func peakRSSGB() -> Double {
+  guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+  for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+    let kb = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+    return kb / 1_048_576
+  }
+  return 0
+}
