@@ -153,11 +153,22 @@ public func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
 
 /// out[i] = silu(gate[i]) · up[i], silu(g) = g / (1 + e^-g). `out` may alias either input.
 public func siluMul(_ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
-  for i in 0..<n {
+  var i = 0
+  let one = V16(repeating: 1)
+  while i + 16 <= n {
+    let g = loadV(gate + i)
+    storeV(g / (one + expV(-g)) * loadV(up + i), out + i)
+    i += 16
+  }
+  while i < n {
     let g = gate[i]
     out[i] = g / (1 + expf(-g)) * up[i]
+    i += 1
   }
 }
+
+/// Scalar twin of `siluMul`.
+public func siluMulReference(_ g: Float, _ u: Float) -> Float { g / (1 + expf(-g)) * u }
 
 /// y[i] += x[i].
 public func addInPlace(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {

@@ -14,23 +14,42 @@ public final class HessianAccumulator: @unchecked Sendable {
 
   public init(size: Int) { self.size = size; h = [Float](repeating: 0, count: size * size) }
 
-  /// Adds rows x (rows, size).
+  /// Adds rows x (rows, size). Only the lower triangle is accumulated (column blocks of 128, rows from the block
+  /// down), half the work of a full XᵀX; `hessian` mirrors it.
   public func add(_ x: UnsafePointer<Float>, rows: Int) {
-    let chunk = 512
+    let chunk = 512, block = 128
     var r0 = 0
     let xt = UnsafeMutablePointer<Float>.allocate(capacity: size * chunk); defer { xt.deallocate() }
     while r0 < rows {
       let n = min(chunk, rows - r0)
       for r in 0..<n { for i in 0..<size { xt[i * n + r] = x[(r0 + r) * size + i] } }  // (size, n)
-      let packed = PackedMatrix(nk: xt, n: size, k: n)
-      h.withUnsafeMutableBufferPointer { sgemm(m: size, a: xt, lda: n, b: packed, c: $0.baseAddress!, ldc: size, accumulate: true) }
+      var j0 = 0
+      while j0 < size {
+        let w = min(block, size - j0)
+        let packed = PackedMatrix(nk: xt + j0 * n, n: w, k: n)
+        h.withUnsafeMutableBufferPointer {
+          sgemm(m: size - j0, a: xt + j0 * n, lda: n, b: packed, c: $0.baseAddress! + j0 * size + j0, ldc: size, accumulate: true)
+        }
+        j0 += w
+      }
       r0 += n
     }
     tokens += rows
   }
 
-  /// H scaled by 2/N for N calibration sequences, in Double.
-  public func hessian(sequences: Int) -> [Double] { h.map { Double($0) * 2 / Double(max(1, sequences)) } }
+  /// H scaled by 2/N for N calibration sequences, in Double (upper triangle mirrored from the lower).
+  public func hessian(sequences: Int) -> [Double] {
+    let f = 2 / Double(max(1, sequences))
+    var out = [Double](repeating: 0, count: size * size)
+    for i in 0..<size {
+      for j in 0...i {
+        // Within a diagonal block both triangles were computed; the lower one is canonical.
+        let v = Double(h[i * size + j]) * f
+        out[i * size + j] = v; out[j * size + i] = v
+      }
+    }
+    return out
+  }
 }
 
 public struct GPTQOptions: Sendable, Equatable {
@@ -46,124 +65,185 @@ public struct GPTQResult: Sendable {
   public var damping: Double
 }
 
-/// In-place Cholesky of a symmetric positive-definite n×n matrix (lower factor L, A = L·Lᵀ); false if not PD.
-func choleskyLower(_ a: inout [Double], _ n: Int) -> Bool {
-  for j in 0..<n {
-    var d = a[j * n + j]
-    for k in 0..<j { d -= a[j * n + k] * a[j * n + k] }
-    if !(d > 0) || !d.isFinite { return false }
-    let ljj = d.squareRoot()
-    a[j * n + j] = ljj
-    for i in (j + 1)..<max(j + 1, n) {
-      var s = a[i * n + j]
-      for k in 0..<j { s -= a[i * n + k] * a[j * n + k] }
-      a[i * n + j] = s / ljj
-    }
-    for i in 0..<j { a[i * n + j] = 0 }
+typealias D8 = SIMD8<Double>
+
+/// y[0..<n] += a · x[0..<n] (Double, 8 lanes).
+@inline(__always)
+func axpyD(_ a: Double, _ x: UnsafePointer<Double>, _ y: UnsafeMutablePointer<Double>, _ n: Int) {
+  var i = 0
+  let va = D8(repeating: a)
+  while i + 8 <= n {
+    let r = UnsafeMutableRawPointer(y + i)
+    r.storeBytes(of: r.loadUnaligned(as: D8.self).addingProduct(va, UnsafeRawPointer(x + i).loadUnaligned(as: D8.self)), as: D8.self)
+    i += 8
   }
-  return true
+  while i < n { y[i] += a * x[i]; i += 1 }
 }
 
-/// H⁻¹ from its lower Cholesky factor L (torch.cholesky_inverse).
-func choleskyInverse(_ l: [Double], _ n: Int) -> [Double] {
-  // Invert L (lower triangular), then H⁻¹ = L⁻ᵀ L⁻¹.
-  var li = [Double](repeating: 0, count: n * n)
-  for j in 0..<n {
-    li[j * n + j] = 1 / l[j * n + j]
-    for i in (j + 1)..<max(j + 1, n) {
-      var s = 0.0
-      for k in j..<i { s -= l[i * n + k] * li[k * n + j] }
-      li[i * n + j] = s / l[i * n + i]
-    }
+/// Σ x[i]·y[i] (Double, 8 lanes).
+@inline(__always)
+func dotD(_ x: UnsafePointer<Double>, _ y: UnsafePointer<Double>, _ n: Int) -> Double {
+  var acc = D8()
+  var i = 0
+  while i + 8 <= n {
+    acc = acc.addingProduct(UnsafeRawPointer(x + i).loadUnaligned(as: D8.self), UnsafeRawPointer(y + i).loadUnaligned(as: D8.self))
+    i += 8
   }
+  var s = acc.sum()
+  while i < n { s += x[i] * y[i]; i += 1 }
+  return s
+}
+
+/// In-place Cholesky of a symmetric positive-definite n×n matrix (lower factor L, A = L·Lᵀ; the strict upper
+/// triangle is zeroed); false if not positive definite.
+func choleskyLower(_ a: inout [Double], _ n: Int) -> Bool {
+  a.withUnsafeMutableBufferPointer { ab in
+    let p = ab.baseAddress!
+    for j in 0..<n {
+      let rj = p + j * n
+      let d = rj[j] - dotD(rj, rj, j)
+      if !(d > 0) || !d.isFinite { return false }
+      let ljj = d.squareRoot()
+      rj[j] = ljj
+      for i in (j + 1)..<max(j + 1, n) {
+        let ri = p + i * n
+        ri[j] = (ri[j] - dotD(ri, rj, j)) / ljj
+      }
+    }
+    for i in 0..<n { for j in (i + 1)..<max(i + 1, n) { p[i * n + j] = 0 } }
+    return true
+  }
+}
+
+/// H⁻¹ from its lower Cholesky factor L (torch.cholesky_inverse): L⁻¹ by rows, then H⁻¹ = L⁻ᵀ·L⁻¹ as a sum of
+/// rank-one updates of L⁻¹'s rows (both loops vectorize).
+func choleskyInverse(_ l: [Double], _ n: Int) -> [Double] {
+  var li = [Double](repeating: 0, count: n * n)
   var inv = [Double](repeating: 0, count: n * n)
-  for i in 0..<n {
-    for j in 0...i {
-      var s = 0.0
-      for k in i..<n { s += li[k * n + i] * li[k * n + j] }
-      inv[i * n + j] = s; inv[j * n + i] = s
+  l.withUnsafeBufferPointer { lb in
+    li.withUnsafeMutableBufferPointer { lib in
+      let L = lb.baseAddress!, X = lib.baseAddress!
+      // Row i of L⁻¹: (e_i − Σ_{k<i} L[i][k]·X[k, :]) / L[i][i], nonzero on 0...i.
+      for i in 0..<n {
+        let xi = X + i * n
+        xi[i] = 1
+        for k in 0..<i where L[i * n + k] != 0 { axpyD(-L[i * n + k], X + k * n, xi, k + 1) }
+        let d = 1 / L[i * n + i]
+        for j in 0...i { xi[j] *= d }
+      }
+      inv.withUnsafeMutableBufferPointer { ib in
+        let Y = ib.baseAddress!
+        for k in 0..<n {
+          let xk = X + k * n
+          for i in 0...k where xk[i] != 0 { axpyD(xk[i], xk, Y + i * n, i + 1) }
+        }
+        for i in 0..<n { for j in 0..<i { Y[j * n + i] = Y[i * n + j] } }
+      }
     }
   }
   return inv
 }
 
+/// U, the upper Cholesky factor of H⁻¹ (H⁻¹ = Uᵀ·U), after damping H (1% of mean(diag) plus 0.1% per retry).
+/// Row-major n×n. Computed once per distinct Hessian and shared by the linears that read the same input.
+public struct GPTQInverse: Sendable {
+  public let n: Int
+  public let u: [Double]
+  public let permutation: [Int]
+  public let damping: Double
+  public let dead: [Int]
+
+  public init(hessian h0: [Double], size n: Int, options: GPTQOptions = GPTQOptions()) throws {
+    self.n = n
+    var h = h0
+    var deadCols: [Int] = []
+    for i in 0..<n where h[i * n + i] == 0 { h[i * n + i] = 1; deadCols.append(i) }
+    dead = deadCols
+    let perm = (0..<n).sorted { a, b in
+      let da = h[a * n + a], db = h[b * n + b]
+      return da != db ? da > db : a < b
+    }
+    permutation = perm
+    var hp = [Double](repeating: 0, count: n * n)
+    for i in 0..<n { for j in 0..<n { hp[i * n + j] = h[perm[i] * n + perm[j]] } }
+    var meanDiag = 0.0
+    for i in 0..<n { meanDiag += hp[i * n + i] }
+    meanDiag /= Double(n)
+    var damp = options.dampPercentage * meanDiag
+    var result: [Double]? = nil
+    for _ in 0..<max(1, options.numInvTries) {
+      var a = hp
+      for i in 0..<n { a[i * n + i] += damp }
+      if choleskyLower(&a, n) {
+        var hinv = choleskyInverse(a, n)
+        if choleskyLower(&hinv, n) {
+          var u = [Double](repeating: 0, count: n * n)
+          for i in 0..<n { for j in i..<n { u[i * n + j] = hinv[j * n + i] } }
+          result = u
+          break
+        }
+      }
+      damp += 0.001 * meanDiag
+    }
+    guard let u = result else {
+      throw QoQError("GPTQ: the Hessian is not positive definite after \(options.numInvTries) damping tries")
+    }
+    self.u = u
+    damping = damp
+  }
+}
+
 /// Runs GPTQ on weight w (out, in) with Hessian h (in, in, already 2/N-scaled) and static quantizer parameters.
 public func gptq(weight w0: [Float], hessian h0: [Double], quantizer qz: WeightQuantizer,
                  options: GPTQOptions = GPTQOptions()) throws -> GPTQResult {
-  let out = qz.outFeatures, n = qz.inFeatures
-  var h = h0
-  // Work in the quantizer's domain (progressive: u = clamp(w/s1, ±P)), in Double.
-  var w = [Double](repeating: 0, count: out * n)
-  for o in 0..<out { for i in 0..<n { w[o * n + i] = Double(qz.toDomain(w0[o * n + i], row: o)) } }
-  // Dead inputs: H_ii = 0 → H_ii = 1 and the column is zeroed.
-  for i in 0..<n where h[i * n + i] == 0 {
-    h[i * n + i] = 1
-    for o in 0..<out { w[o * n + i] = 0 }
-  }
-  // Act-order: columns by descending diag(H) (stable for ties).
-  let perm = (0..<n).sorted { a, b in
-    let da = h[a * n + a], db = h[b * n + b]
-    return da != db ? da > db : a < b
-  }
-  var hp = [Double](repeating: 0, count: n * n)
-  for i in 0..<n { for j in 0..<n { hp[i * n + j] = h[perm[i] * n + perm[j]] } }
-  var wp = [Double](repeating: 0, count: out * n)
-  for o in 0..<out { for i in 0..<n { wp[o * n + i] = w[o * n + perm[i]] } }
-  // Damping with retries.
-  var meanDiag = 0.0
-  for i in 0..<n { meanDiag += hp[i * n + i] }
-  meanDiag /= Double(n)
-  var damp = options.dampPercentage * meanDiag
-  var l: [Double] = []
-  var ok = false
-  for _ in 0..<max(1, options.numInvTries) {
-    var a = hp
-    for i in 0..<n { a[i * n + i] += damp }
-    if choleskyLower(&a, n) { l = a; ok = true; break }
-    damp += 0.001 * meanDiag
-  }
-  guard ok else { throw QoQError("GPTQ: the Hessian is not positive definite after \(options.numInvTries) damping tries") }
-  // U = upper Cholesky factor of H⁻¹ (H⁻¹ = Uᵀ U).
-  var hinv = choleskyInverse(l, n)
-  guard choleskyLower(&hinv, n) else { throw QoQError("GPTQ: H⁻¹ is not positive definite") }
-  var u = [Double](repeating: 0, count: n * n)  // upper: U[i][j] = Lᵀ
-  for i in 0..<n { for j in i..<n { u[i * n + j] = hinv[j * n + i] } }
+  try gptq(weight: w0, inverse: GPTQInverse(hessian: h0, size: qz.inFeatures, options: options), quantizer: qz, options: options)
+}
 
+/// GPTQ with a precomputed inverse factor (shared by q/k/v and by gate/up).
+public func gptq(weight w0: [Float], inverse inv: GPTQInverse, quantizer qz: WeightQuantizer,
+                 options: GPTQOptions = GPTQOptions()) throws -> GPTQResult {
+  let out = qz.outFeatures, n = qz.inFeatures
+  precondition(inv.n == n)
+  let perm = inv.permutation
+  // Work in the quantizer's domain (progressive: u = w/s1), permuted, in Double; dead columns zeroed.
+  var wp = [Double](repeating: 0, count: out * n)
+  let deadSet = Set(inv.dead)
+  for o in 0..<out {
+    for i in 0..<n {
+      let src = perm[i]
+      wp[o * n + i] = deadSet.contains(src) ? 0 : Double(qz.toDomain(w0[o * n + src], row: o))
+    }
+  }
   var codes = [UInt8](repeating: 0, count: out * n)
   let bs = max(1, options.blockSize)
   var err = [Double](repeating: 0, count: out * bs)
-  var i1 = 0
-  while i1 < n {
-    let i2 = min(i1 + bs, n), cnt = i2 - i1
-    for i in 0..<cnt {
-      let col = i1 + i, orig = perm[col]
-      let d = u[col * n + col]
-      for o in 0..<out {
-        let x = wp[o * n + col]
-        let (code, value) = qz.quantize(Float(x), row: o, column: orig)
-        codes[o * n + orig] = code
-        let e = (x - Double(value)) / d
-        err[o * bs + i] = e
-        // Update the rest of the block.
-        if col + 1 < i2 {
-          for j in (col + 1)..<i2 { wp[o * n + j] -= e * u[col * n + j] }
+  inv.u.withUnsafeBufferPointer { ub in
+    wp.withUnsafeMutableBufferPointer { wb in
+      err.withUnsafeMutableBufferPointer { eb in
+        let U = ub.baseAddress!, W = wb.baseAddress!, E = eb.baseAddress!
+        var i1 = 0
+        while i1 < n {
+          let i2 = min(i1 + bs, n), cnt = i2 - i1
+          for o in 0..<out {
+            let row = W + o * n
+            for i in 0..<cnt {
+              let col = i1 + i, orig = perm[col]
+              let x = row[col]
+              let (code, value) = qz.quantize(Float(x), row: o, column: orig)
+              codes[o * n + orig] = code
+              let e = (x - Double(value)) / U[col * n + col]
+              E[o * bs + i] = e
+              if col + 1 < i2 { axpyD(-e, U + col * n + col + 1, row + col + 1, i2 - col - 1) }
+            }
+            // Lazy update of the columns right of the block: W[o, i2:] −= Σ_i E[o, i]·U[i1+i, i2:].
+            if i2 < n { for i in 0..<cnt where E[o * bs + i] != 0 { axpyD(-E[o * bs + i], U + (i1 + i) * n + i2, row + i2, n - i2) } }
+          }
+          i1 = i2
         }
       }
     }
-    // Lazy update of the columns right of the block: W[:, i2:] -= Err · U[i1:i2, i2:].
-    if i2 < n {
-      for o in 0..<out {
-        for i in 0..<cnt {
-          let e = err[o * bs + i]
-          if e == 0 { continue }
-          let urow = (i1 + i) * n
-          for j in i2..<n { wp[o * n + j] -= e * u[urow + j] }
-        }
-      }
-    }
-    i1 = i2
   }
   let q = QuantizedWeight(format: qz.format, outFeatures: out, inFeatures: n, codes: codes, scale: qz.scale,
                           zero: qz.zero, rowScale: qz.rowScale)
-  return GPTQResult(weight: q, permutation: perm, damping: damp)
+  return GPTQResult(weight: q, permutation: perm, damping: inv.damping)
 }

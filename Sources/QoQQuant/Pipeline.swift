@@ -156,6 +156,7 @@ public final class QuantizationPipeline {
       return "down_proj"
     }
     func quantizeLayer(_ l: Int, hessians: [String: HessianAccumulator]?) throws {
+      var inverses: [String: GPTQInverse] = [:]  // one per distinct input: q/k/v share, gate/up share
       for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) {
         let (o, i) = store.linearShape(m)
         let w = store[m + ".weight"]
@@ -164,7 +165,10 @@ public final class QuantizationPipeline {
         let q: QuantizedWeight
         if let hs = hessians, let gopts = plan.gptq {
           let hk = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
-          q = try gptq(weight: w, hessian: hs[hk]!.hessian(sequences: samples?.count ?? 1), quantizer: qz, options: gopts).weight
+          if inverses[hk] == nil {
+            inverses[hk] = try GPTQInverse(hessian: hs[hk]!.hessian(sequences: samples?.count ?? 1), size: i, options: gopts)
+          }
+          q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
         } else {
           q = qz.rtn(w)
         }

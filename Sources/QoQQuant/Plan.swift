@@ -69,7 +69,7 @@ public struct QuantPlan: Sendable {
       } else if shapes.count == 2 {
         guard !signed, b == 4, shapes[0][1] == -1, shapes[1][1] > 0, zp == "PostScale",
               scales.count == 2, scales[0] == "float16", scales[1] == "sint8", inter == ["sint8"],
-              (try r.strings("quant.wgts.intermediate_levels").isEmpty || true) else {
+              (recipeInts(r, "quant.wgts.intermediate_levels") == [0]) else {
           throw bad("two-level weights are supported as QoQ progressive only: uint4, PostScale, group_shapes [[1,-1],[1,G]], scale_dtypes [torch.float16, sint8], intermediate_dtypes [sint8]")
         }
         if try r.bool("quant.wgts.needs_dequant_saturation") { throw bad("needs_dequant_saturation true is not supported") }
@@ -202,4 +202,11 @@ public struct QuantPlan: Sendable {
       _ = try HadamardRotation(size: c.headDim)
     }
   }
+}
+
+/// An integer list field (e.g. intermediate_levels), nil when it is not one.
+func recipeInts(_ r: Recipe, _ path: String) -> [Int]? {
+  var v: JSONValue? = r.tree
+  for k in path.split(separator: ".") { v = v?[String(k)] }
+  return v?.array?.compactMap(\.int)
 }

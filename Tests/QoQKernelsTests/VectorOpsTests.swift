@@ -29,6 +29,14 @@ import Testing
     #expect(argmax([1, 5, 5, 2], 4) == 1)
   }
 
+  @Test(arguments: [1, 3, 17, 129])
+  func siluMulMatchesScalarTwin(_ n: Int) {
+    let g = randomFloats(n, seed: 41).map { $0 * 12 }, u = randomFloats(n, seed: 42)
+    var o = [Float](repeating: 0, count: n)
+    siluMul(g, u, &o, n)
+    for i in 0..<n { #expect(abs(o[i] - siluMulReference(g[i], u[i])) <= 1e-6 * max(1, abs(o[i]))) }
+  }
+
   @Test func siluMulMatchesFormula() {
     let g: [Float] = [-3, 0, 0.5, 4], u: [Float] = [2, 3, -1, 0.25]
     var o = [Float](repeating: 0, count: 4)
