@@ -195,6 +195,49 @@ public final class LlamaModel: @unchecked Sendable {
     }
   }
 
+  /// The attention sublayer alone (q/k/v projections, RoPE, optional KV transform, causal attention, o_proj) of
+  /// `layer` on already-normalized inputs h (N, H) of fresh sequences with the given lengths. Returns (N, H).
+  /// Used by calibration searches that try candidate q/k weights.
+  public func attentionOutput(_ layer: DecoderLayer, h: [Float], lengths: [Int], kvTransform: KVTransform? = nil,
+                              keysOnly: Bool = false) throws -> [Float] {
+    let c = config, H = c.hiddenSize, Q = c.qDim, KV = c.kvDim
+    let n = lengths.reduce(0, +)
+    precondition(h.count == n * H)
+    var q = [Float](repeating: 0, count: n * Q), k = [Float](repeating: 0, count: n * KV), v = [Float](repeating: 0, count: n * KV)
+    var attn = [Float](repeating: 0, count: n * Q), out = [Float](repeating: 0, count: n * H)
+    rope.ensure(lengths.max() ?? 0)
+    try h.withUnsafeBufferPointer { hb in
+      try q.withUnsafeMutableBufferPointer { qb in
+        try k.withUnsafeMutableBufferPointer { kb in
+          try v.withUnsafeMutableBufferPointer { vb in
+            try attn.withUnsafeMutableBufferPointer { ab in
+              layer.qProj.forward(hb.baseAddress!, rows: n, qb.baseAddress!)
+              layer.kProj.forward(hb.baseAddress!, rows: n, kb.baseAddress!)
+              layer.vProj.forward(hb.baseAddress!, rows: n, vb.baseAddress!)
+              var r0 = 0
+              for t in lengths {
+                for i in 0..<t {
+                  rope.apply(qb.baseAddress! + (r0 + i) * Q, heads: c.numAttentionHeads, pos: i)
+                  rope.apply(kb.baseAddress! + (r0 + i) * KV, heads: c.numKeyValueHeads, pos: i)
+                }
+                r0 += t
+              }
+              if let kv = kvTransform { kv.apply(kb.baseAddress!, rows: n, width: KV); if !keysOnly { kv.apply(vb.baseAddress!, rows: n, width: KV) } }
+              r0 = 0
+              for t in lengths {
+                try attention(q: qb.baseAddress! + r0 * Q, t: t, past: 0, keys: kb.baseAddress! + r0 * KV,
+                              values: vb.baseAddress! + r0 * KV, out: ab.baseAddress! + r0 * Q, scale: 1 / Float(c.headDim).squareRoot())
+                r0 += t
+              }
+            }
+          }
+        }
+      }
+    }
+    attn.withUnsafeBufferPointer { ab in out.withUnsafeMutableBufferPointer { layer.oProj.forward(ab.baseAddress!, rows: n, $0.baseAddress!) } }
+    return out
+  }
+
   /// Causal attention of t new queries against past + t cached positions, per head, GQA-aware.
   /// q: (t, Q) with row stride Q; keys/values: (past+t, KV); out: (t, Q) with row stride Q.
   /// Queries go in blocks of 128 rows; a block only computes the columns up to its last row's position, so the

@@ -54,7 +54,7 @@ quant:
       element_batch_size: 64
       sample_batch_size: -1
       element_size: 512
-      sample_size: -1
+      sample_size: -1   # sequences for q/k OutputsError searches; -1 = 4 on CPU (deepcompressor: all)
       pre_reshape: true
       outputs_device: cpu
       ratio: 1.0
@@ -104,6 +104,7 @@ quant:
     attn:
       strategy: Manual
       degree: 2
+      sample_size: -1   # sequences for the GridSearch objective; -1 = 4 on CPU (deepcompressor: all)
       spans: [[AbsMax, AbsMax]]
       alpha: 0.5
       beta: 0

@@ -6,7 +6,7 @@ import QoQIO
 public enum ModelName {
   public static func family(_ name: String) throws -> String {
     let lower = name.lowercased()
-    guard let re = try? NSRegularExpression(pattern: #"(\d+x)?\d+[mb](?![a-z0-9])"#),
+    guard let re = try? NSRegularExpression(pattern: #"(?<![\d.])(\d+x)?\d+[mb](?![a-z0-9])"#),
           let m = re.firstMatch(in: lower, range: NSRange(lower.startIndex..., in: lower)),
           let r = Range(m.range, in: lower) else {
       throw QoQError("--model-name \(name) has no size token like 7b, 135m or 8x7b (note: 1.1b must be written 1100m)")

@@ -17,6 +17,8 @@ public final class QuantizationPipeline {
   public let cacheRoot: String?
   public var log: (String) -> Void = { _ in }
   public var progress: (String, Int, Int) -> Void = { _, _, _ in }
+  /// Stops with an error right after this stage has been cached (simulates a run killed midway; tests).
+  public var stopAfter: String?
   /// Seconds per stage, for reports.
   public private(set) var timings: [(String, Double)] = []
 
@@ -94,6 +96,7 @@ public final class QuantizationPipeline {
       timings.append((name, dt))
       log(String(format: "%@: done in %.1f s", name, dt))
       try cache?.save(key: key, stage: name, store: store, quantized: quantized)
+      if stopAfter == name { throw QoQError("stopped after stage \(name)") }
     }
 
     if let ro = plan.rotation {
@@ -109,7 +112,7 @@ public final class QuantizationPipeline {
     }
     if plan.weightFormat != nil {
       try stage("weights", deps: section("quant.wgts")) {
-        quantized = try weightPass(store, samples: plan.gptq != nil ? try calibration() : nil)
+        quantized = try weightPass(store, samples: plan.gptq != nil || plan.clipStrategy == .gridSearch ? try calibration() : nil)
       }
     }
     var qc = QuantizationConfig(method: plan.rotation != nil || plan.smoothProj != nil ? "qoq" : (plan.gptq != nil ? "gptq" : "rtn"),
@@ -120,13 +123,23 @@ public final class QuantizationPipeline {
     return Output(store: store, quantized: quantized, tokenizer: tokenizer, quantization: qc)
   }
 
-  /// One calibration pass: down_proj input, post-RoPE Q/K absmax per layer → reorder, SmoothAttention, SmoothLinear.
+  /// One calibration pass: down_proj input, post-RoPE Q/K absmax per layer → reorder, SmoothAttention (Manual, or
+  /// GridSearch over deepcompressor's (α, β) candidates minimising the attention output error with K quantized),
+  /// SmoothLinear.
   func transformPass(_ store: WeightStore, samples: [[Int32]]) throws {
     let model = try store.model()
     let c = store.config
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
-    try LayerwisePass(samples: samples).run(model: model, points: [.downInput, .qRope, .kRope]) { _, cap in
+    let grid = plan.smoothAttn?.strategy == .gridSearch
+    let searchSeqs = min(samples.count, plan.smoothAttnSamples)
+    var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
+    let pass = LayerwisePass(samples: samples)
+    try pass.run(model: model, points: grid ? [.downInput, .qRope, .kRope, .attnInput] : [.downInput, .qRope, .kRope]) { _, cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      if grid && searchInput.count < searchSeqs * samples[0].count * c.hiddenSize {
+        let need = searchSeqs * samples[0].count * c.hiddenSize - searchInput.count
+        searchInput += cap[.attnInput].prefix(need)
+      }
     } finish: { l in
       var dmax = down.values
       if plan.reorder {
@@ -134,13 +147,46 @@ public final class QuantizationPipeline {
         dmax = perm.map { dmax[$0] }
       }
       if let sa = plan.smoothAttn {
-        SmoothStage.attention(store, layer: l, qAbsMax: q.values, kAbsMax: k.values, alpha: sa.alpha, beta: sa.beta)
+        var (alpha, beta) = (sa.alpha, sa.beta)
+        if sa.strategy == .gridSearch {
+          (alpha, beta) = try searchSmoothAttention(store, model: model, layer: l, qAbsMax: q.values, kAbsMax: k.values,
+                                                    h: searchInput, lengths: Array(samples.prefix(searchSeqs).map(\.count)))
+          log("layer \(l): SmoothAttention α = \(alpha), β = \(beta)")
+        }
+        if alpha != 0 || beta != 0 {
+          SmoothStage.attention(store, layer: l, qAbsMax: q.values, kAbsMax: k.values, alpha: alpha, beta: beta)
+        }
       }
       if let sp = plan.smoothProj {
         SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
       }
       down = AbsMaxAccumulator(width: c.intermediateSize); q = AbsMaxAccumulator(width: c.qDim); k = AbsMaxAccumulator(width: c.kvDim)
+      searchInput = []
     } progress: { l, n in self.progress("reorder+smooth", l, n) }
+  }
+
+  /// The (α, β) whose SmoothAttention gives the smallest attention-output error with K fake-quantized.
+  func searchSmoothAttention(_ store: WeightStore, model: LlamaModel, layer l: Int, qAbsMax: [Float], kAbsMax: [Float],
+                             h: [Float], lengths: [Int]) throws -> (Double, Double) {
+    guard let sa = plan.smoothAttn, let kb = plan.kvBits else { return (0, 0) }
+    let c = store.config, base = model.layers[l]
+    let kq = KVFakeQuant(bits: kb, group: plan.kvGroup ?? c.kvDim, asymmetric: plan.kvAsymmetric)
+    let reference = try model.attentionOutput(base, h: h, lengths: lengths)
+    var best = (0.0, 0.0), bestErr = Double.infinity
+    for (a, b) in SmoothStage.alphaBetaCandidates(alpha: sa.alpha, beta: sa.beta, grids: sa.grids) {
+      let (lq, lk) = (a == 0 && b == 0) ? ([Float](repeating: 1, count: c.qDim), [Float](repeating: 1, count: c.kvDim))
+        : SmoothStage.attentionScales(c, qAbsMax: qAbsMax, kAbsMax: kAbsMax, alpha: a, beta: b)
+      let t = SmoothStage.scaledQK(store, layer: l, lamQ: lq, lamKV: lk)
+      let layer = DecoderLayer(inputLayernorm: base.inputLayernorm, postAttentionLayernorm: base.postAttentionLayernorm,
+                               qProj: DenseLinear(weight: t.wq, outFeatures: c.qDim, inFeatures: c.hiddenSize, bias: t.bq),
+                               kProj: DenseLinear(weight: t.wk, outFeatures: c.kvDim, inFeatures: c.hiddenSize, bias: t.bk),
+                               vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
+      let y = try model.attentionOutput(layer, h: h, lengths: lengths, kvTransform: kq, keysOnly: true)
+      var e = 0.0
+      for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }
+      if e < bestErr { bestErr = e; best = (a, b) }
+    }
+    return best
   }
 
   /// Weight quantization of every decoder linear: static parameters from the (clipped) range, then GPTQ (with
@@ -155,12 +201,12 @@ public final class QuantizationPipeline {
       if module.hasSuffix("gate_proj") || module.hasSuffix("up_proj") { return "up_proj" }
       return "down_proj"
     }
-    func quantizeLayer(_ l: Int, hessians: [String: HessianAccumulator]?) throws {
+    func quantizeLayer(_ l: Int, hessians: [String: HessianAccumulator]?, searched: [String: [Float]] = [:]) throws {
       var inverses: [String: GPTQInverse] = [:]  // one per distinct input: q/k/v share, gate/up share
       for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) {
         let (o, i) = store.linearShape(m)
         let w = store[m + ".weight"]
-        let ratios: [Float]? = plan.clipRatio < 1 && !plan.clipSkips.contains(key(m)) ? [Float(plan.clipRatio)] : nil
+        let ratios: [Float]? = searched[m] ?? (plan.clipRatio < 1 && !plan.clipSkips.contains(key(m)) ? [Float(plan.clipRatio)] : nil)
         let qz = WeightQuantizer(weight: w, out: o, inp: i, format: format, ratios: ratios)
         let q: QuantizedWeight
         if let hs = hessians, let gopts = plan.gptq {
@@ -176,23 +222,60 @@ public final class QuantizationPipeline {
         out[m] = q
       }
     }
-    if let s = samples, plan.gptq != nil {
+    let grid = plan.clipStrategy == .gridSearch
+    if let s = samples, plan.gptq != nil || grid {
       let model = try store.model()
       var hs: [String: HessianAccumulator] = [:]
+      // Grid search inputs: the 512-token subsample of each module input, and whole attention inputs of the first
+      // sequences for the q/k attention-output objective.
+      let totalRows = s.reduce(0) { $0 + $1.count }
+      let wanted = Set(RangeSearch.subsampleRows(total: totalRows))
+      let qkSeqs = min(s.count, plan.clipSamples)
+      var sub: [String: [Float]] = [:], qkInput: [Float] = []
+      var rowBase = 0
       func reset() {
-        hs = ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
-              "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)]
+        hs = plan.gptq == nil ? [:] : ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
+                                       "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)]
+        sub = [:]; qkInput = []; rowBase = 0
       }
       reset()
+      let points: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
       try LayerwisePass(samples: s).run(model: model, points: [.attnInput, .oProjInput, .mlpInput, .downInput]) { _, cap in
-        for (k, p) in [("attn", LayerCapture.Point.attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)] {
+        var rows = 0
+        for (k, p) in points {
           let x = cap[p]
-          x.withUnsafeBufferPointer { hs[k]!.add($0.baseAddress!, rows: x.count / hs[k]!.size) }
+          let width = k == "o" ? c.qDim : k == "down" ? c.intermediateSize : c.hiddenSize
+          rows = x.count / width
+          if let acc = hs[k] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: rows) } }
+          if grid {
+            for r in 0..<rows where wanted.contains(rowBase + r) { sub[k, default: []] += x[(r * width)..<((r + 1) * width)] }
+            if k == "attn" && qkInput.count < qkSeqs * s[0].count * width {
+              qkInput += x.prefix(qkSeqs * s[0].count * width - qkInput.count)
+            }
+          }
         }
+        rowBase += rows
       } finish: { l in
-        try quantizeLayer(l, hessians: hs)
+        var searched: [String: [Float]] = [:]
+        if grid {
+          let cands = RangeSearch.ratios(maxShrink: plan.clipMaxShrink, numGrids: plan.clipNumGrids)
+          let lengths = Array(s.prefix(qkSeqs).map(\.count))
+          let reference = try model.attentionOutput(model.layers[l], h: qkInput, lengths: lengths)
+          for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) && !plan.clipSkips.contains(key(m)) {
+            let (o, i) = store.linearShape(m)
+            if m.hasSuffix("q_proj") || m.hasSuffix("k_proj") {
+              searched[m] = [try RangeSearch.attentionOutputs(model: model, layer: l, store: store, module: m, format: format,
+                                                              h: qkInput, lengths: lengths, reference: reference, candidates: cands)]
+            } else {
+              let k = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : m.hasSuffix("v_proj") ? "attn" : "mlp"
+              searched[m] = RangeSearch.productsError(weight: store[m + ".weight"], out: o, inp: i, format: format,
+                                                      inputs: sub[k] ?? [], candidates: cands)
+            }
+          }
+        }
+        try quantizeLayer(l, hessians: plan.gptq == nil ? nil : hs, searched: searched)
         reset()
-      } progress: { l, n in self.progress("weights (GPTQ)", l, n) }
+      } progress: { l, n in self.progress(self.plan.gptq != nil ? "weights (GPTQ)" : "weights (range search)", l, n) }
     } else {
       for l in 0..<c.numHiddenLayers {
         try quantizeLayer(l, hessians: nil)

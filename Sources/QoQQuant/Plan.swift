@@ -16,6 +16,9 @@ public struct QuantPlan: Sendable {
   public var clipMaxShrink: Double = 0.2
   public var clipNumGrids = 80
   public var clipSkips: Set<String> = []
+  /// Sequences used by OutputsError objectives (q/k clipping, SmoothAttention grid search).
+  public var clipSamples = 4
+  public var smoothAttnSamples = 4
   public var actBits: Int?
   public var actSkips: Set<String> = []
   public var kvBits: Int?
@@ -99,6 +102,13 @@ public struct QuantPlan: Sendable {
         guard clipRatio > 0, clipRatio <= 1 else { throw bad("quant.wgts.calib_range.ratio must be in (0, 1]") }
         guard clipMaxShrink > 0, clipMaxShrink < 1, clipNumGrids > 0 else { throw bad("quant.wgts.calib_range: max_shrink in (0,1) and num_grids > 0") }
         if try r.double("quant.wgts.calib_range.max_expand") != 1 { throw bad("quant.wgts.calib_range.max_expand other than 1.0 is not supported") }
+        let ss = try r.int("quant.wgts.calib_range.sample_size")
+        clipSamples = ss > 0 ? ss : 4
+        if st == .gridSearch {
+          guard try r.string("quant.wgts.calib_range.objective") == "OutputsError", try r.string("quant.wgts.calib_range.granularity") == "Group" else {
+            throw bad("quant.wgts.calib_range GridSearch is supported as QoQ's: objective OutputsError, granularity Group (ProductsError per group for o/v/up/down, attention OutputsError for q/k)")
+          }
+        }
       }
     }
     // Activations.
@@ -150,8 +160,11 @@ public struct QuantPlan: Sendable {
         }
         smoothAttn = (st, try r.double("quant.smooth.attn.alpha"), try r.double("quant.smooth.attn.beta"), try r.int("quant.smooth.attn.num_grids"))
         if st == .gridSearch {
-          throw bad("quant.smooth.attn.strategy GridSearch is not supported yet; use --smooth-attn-strategy Manual --smooth-attn-beta 0")
+          guard smoothAttn!.grids >= 2 else { throw bad("quant.smooth.attn.num_grids must be at least 2") }
+          guard kvBits != nil else { throw bad("SmoothAttention GridSearch needs a KV quantizer (quant.opts) for its objective") }
         }
+        let ss = try r.int("quant.smooth.attn.sample_size")
+        smoothAttnSamples = ss > 0 ? ss : 4
       }
       if try r.bool("quant.smooth.enable_proj") {
         let skips = Set(try r.strings("quant.smooth.proj.skips"))
@@ -163,9 +176,6 @@ public struct QuantPlan: Sendable {
         }
         smoothProj = (try r.double("quant.smooth.proj.alpha"), try r.double("quant.smooth.proj.beta"))
       }
-    }
-    if clipStrategy == .gridSearch {
-      throw bad("quant.wgts.calib_range.strategy GridSearch is not supported yet; use --wgts-calib-range-strategy Manual")
     }
     // Calibration and evaluation.
     calib.path = try r.string("quant.calib.path") ?? ""
@@ -188,7 +198,7 @@ public struct QuantPlan: Sendable {
 
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).
   public func check(_ c: LlamaConfiguration) throws {
-    if let f = weightFormat {
+    if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width
       let g = f.groupSize(c.hiddenSize)
       for (name, width) in [("hidden_size", c.hiddenSize), ("intermediate_size", c.intermediateSize), ("heads·head_dim", c.qDim)] where width % g != 0 {
         throw QoQError("recipe: weight group size \(g) does not divide \(name) = \(width) of this model (try a group of 64: recipes/qoq-g64.yaml)")

@@ -133,7 +133,8 @@ public struct Recipe: Sendable {
     switch old {
     case .int:
       if let i = Int(t) { return .int(i) }
-      throw QoQError("\(flag) takes an integer (got \"\(s)\")")
+      if let d = Double(t), d.isFinite { return .double(d) }
+      throw QoQError("\(flag) takes a number (got \"\(s)\")")
     case .double:
       if let d = Double(t), d.isFinite { return .double(d) }
       throw QoQError("\(flag) takes a number (got \"\(s)\")")

@@ -43,35 +43,62 @@ public enum ReorderStage {
 }
 
 public enum SmoothStage {
-  /// SmoothAttention: Q·diag(λ), K·diag(λ)⁻¹ with λ = kspan^α / qspan^β on post-RoPE spans; rotary pairs
-  /// (i, i + d/2) share a span; GQA reduces query spans over each KV group. Scales q/k weights and (unlike
-  /// deepcompressor, which leaves them, breaking exactness for Qwen2) q/k biases. Returns λ per query channel.
-  @discardableResult
-  public static func attention(_ s: WeightStore, layer l: Int, qAbsMax q: [Float], kAbsMax k: [Float],
-                               alpha: Double, beta: Double) -> [Float] {
-    let c = s.config, hd = c.headDim, half = hd / 2, group = c.numAttentionHeads / c.numKeyValueHeads
-    // Pair spans within each head.
+  /// SmoothAttention scales: λ = kspan^α / qspan^β on post-RoPE spans; rotary pairs (i, i + d/2) share a span; GQA
+  /// reduces query spans over each KV group. Returns (λ per query channel, λ per key channel).
+  public static func attentionScales(_ c: LlamaConfiguration, qAbsMax q: [Float], kAbsMax k: [Float],
+                                     alpha: Double, beta: Double) -> (q: [Float], kv: [Float]) {
+    let hd = c.headDim, half = hd / 2, group = c.numAttentionHeads / c.numKeyValueHeads
     func paired(_ x: [Float], heads: Int) -> [Float] {
       var y = x
       for h in 0..<heads { for i in 0..<half { let m = max(x[h * hd + i], x[h * hd + i + half]); y[h * hd + i] = m; y[h * hd + i + half] = m } }
       return y
     }
     let qp = paired(q, heads: c.numAttentionHeads), kp = paired(k, heads: c.numKeyValueHeads)
-    // Per KV head: query span = max over its query heads.
     var qg = [Float](repeating: 0, count: c.kvDim)
     for h in 0..<c.numAttentionHeads { let g = h / group; for d in 0..<hd { qg[g * hd + d] = max(qg[g * hd + d], qp[h * hd + d]) } }
-    let lamKV = smoothScale(kp, qg, alpha: alpha, beta: beta)  // (kv_heads · hd)
+    let lamKV = smoothScale(kp, qg, alpha: alpha, beta: beta)
     var lamQ = [Float](repeating: 1, count: c.qDim)
     for h in 0..<c.numAttentionHeads { for d in 0..<hd { lamQ[h * hd + d] = lamKV[(h / group) * hd + d] } }
-    let p = "model.layers.\(l).self_attn."
-    let H = c.hiddenSize
+    return (lamQ, lamKV)
+  }
+
+  /// Scaled q/k weights and biases: W_q rows ×= λ_q, W_k rows ÷= λ_kv (biases too; deepcompressor leaves the biases,
+  /// which breaks exactness for Qwen2).
+  static func scaledQK(_ s: WeightStore, layer l: Int, lamQ: [Float], lamKV: [Float])
+    -> (wq: [Float], bq: [Float]?, wk: [Float], bk: [Float]?) {
+    let c = s.config, H = c.hiddenSize, p = "model.layers.\(l).self_attn."
     var wq = s[p + "q_proj.weight"], wk = s[p + "k_proj.weight"]
     for r in 0..<c.qDim { for j in 0..<H { wq[r * H + j] *= lamQ[r] } }
     for r in 0..<c.kvDim { for j in 0..<H { wk[r * H + j] /= lamKV[r] } }
-    s[p + "q_proj.weight"] = wq; s[p + "k_proj.weight"] = wk
-    if let b = s.tensors[p + "q_proj.bias"] { s[p + "q_proj.bias"] = (0..<c.qDim).map { b[$0] * lamQ[$0] } }
-    if let b = s.tensors[p + "k_proj.bias"] { s[p + "k_proj.bias"] = (0..<c.kvDim).map { b[$0] / lamKV[$0] } }
+    let bq = s.tensors[p + "q_proj.bias"].map { b in (0..<c.qDim).map { b[$0] * lamQ[$0] } }
+    let bk = s.tensors[p + "k_proj.bias"].map { b in (0..<c.kvDim).map { b[$0] / lamKV[$0] } }
+    return (wq, bq, wk, bk)
+  }
+
+  /// SmoothAttention: Q·diag(λ), K·diag(λ)⁻¹ fused into q/k. Returns λ per query channel.
+  @discardableResult
+  public static func attention(_ s: WeightStore, layer l: Int, qAbsMax q: [Float], kAbsMax k: [Float],
+                               alpha: Double, beta: Double) -> [Float] {
+    let (lamQ, lamKV) = attentionScales(s.config, qAbsMax: q, kAbsMax: k, alpha: alpha, beta: beta)
+    let t = scaledQK(s, layer: l, lamQ: lamQ, lamKV: lamKV)
+    let p = "model.layers.\(l).self_attn."
+    s[p + "q_proj.weight"] = t.wq; s[p + "k_proj.weight"] = t.wk
+    if let b = t.bq { s[p + "q_proj.bias"] = b }
+    if let b = t.bk { s[p + "k_proj.bias"] = b }
     return lamQ
+  }
+
+  /// deepcompressor's (α, β) candidates for SmoothAttention/SmoothLinear grid searches
+  /// (calib/config/smooth.py get_alpha_beta_pairs), a ∈ {1/G, …, (G−1)/G}; (0, 0) means λ ≡ 1.
+  public static func alphaBetaCandidates(alpha: Double, beta: Double, grids g: Int) -> [(Double, Double)] {
+    let a = (1..<g).map { Double($0) / Double(g) }
+    var c: [(Double, Double)] = [(0, 0)]
+    if alpha > 0 && beta == 0 { c += a.map { ($0, 0) } }
+    else if alpha > 0 && beta == -1 { c += a.map { ($0, 1 - $0) } }
+    else if alpha > 0 && beta == -2 { c += a.map { ($0, 0) } + a.map { ($0, 1 - $0) } }
+    else if alpha > 0 && beta > 0 { c += a.map { ($0, $0) } }
+    else { c += a.map { (0, $0) } + a.map { ($0, 0) } + a.flatMap { x in a.map { (x, $0) } } }
+    return c
   }
 
   /// SmoothLinear on down_proj: λ = xspan^α / wspan^β (x = down input absmax, w = column absmax of W_down);

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QoQFormat
 import QoQIO
 import QoQKernels
 import QoQModels
@@ -7,7 +8,7 @@ import QoQTokenizers
 
 struct GenerateCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "generate", abstract: "Generate text from a prompt with the FP reference model (streams to stdout).")
+    commandName: "generate", abstract: "Generate text from a prompt (FP or fake-quantized checkpoint; streams to stdout).")
 
   @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(name: [.short, .long], help: "Prompt text.") var prompt: String
@@ -28,7 +29,7 @@ struct GenerateCommand: ParsableCommand {
 
   func run() throws {
     try runReportingErrors {
-      let loaded = try ModelLoader.load(path: modelPath)
+      let (loaded, _) = try AnyModelLoader.load(path: modelPath)
       let model = loaded.model, tok = loaded.tokenizer
       let text = chat ? "<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n" : prompt
       var ids = try tok.encode(text, addSpecialTokens: true, parseSpecial: chat)

@@ -1,0 +1,81 @@
+// Weight range (clipping) search, deepcompressor's `calib_range` with strategy GridSearch (deepcompressor.md §1.2
+// step 5): ratio 1.0 first, then r = 1 − g/N·(1 − max_shrink) for g = 1…N; each candidate quantizes the weight by
+// RTN from the range [r·min, r·max].
+// - o_proj, v_proj, gate/up, down: ProductsError per group — for each output channel and input group,
+//   Σ_t (x_t,g · (ŵ_g − w_g))² over 512 evenly spaced calibration tokens; the best ratio is kept per group.
+// - q_proj, k_proj: OutputsError of the whole attention block with only that weight quantized, one ratio per weight.
+//   deepcompressor sums over every calibration sample on a GPU; here the first `attentionSamples` sequences are
+//   used (a documented deviation that keeps the search within CPU budgets).
+import QoQFormat
+import QoQKernels
+import QoQModels
+
+public enum RangeSearch {
+  /// Candidate ratios in deepcompressor's order.
+  public static func ratios(maxShrink: Double, numGrids: Int) -> [Float] {
+    [1] + (1...numGrids).map { Float(1 - Double($0) / Double(numGrids) * (1 - maxShrink)) }
+  }
+
+  /// Rows of the 512-token subsample: batches of 64 rows; if there are more than 8 batches, every k-th is kept.
+  public static func subsampleRows(total: Int, batch: Int = 64, size: Int = 512) -> [Int] {
+    let nb = total / batch
+    guard nb * batch > size else { return Array(0..<total) }
+    let k = nb / (size / batch)
+    var rows: [Int] = []
+    for b in 0..<(size / batch) { rows += ((b * k * batch)..<(b * k * batch + batch)) }
+    return rows
+  }
+
+  /// ProductsError search. w (out, in); x (t, in) the sampled FP inputs. Returns ratios (out × groups).
+  public static func productsError(weight w: [Float], out: Int, inp: Int, format: WeightFormat, inputs x: [Float],
+                                   candidates: [Float]) -> [Float] {
+    let gs = format.groupSize(inp), ng = (inp + gs - 1) / gs, t = x.count / inp
+    var best = [Float](repeating: 1, count: out * ng), bestErr = [Double](repeating: .infinity, count: out * ng)
+    var p = [Float](repeating: 0, count: t * out)
+    for r in candidates {
+      let qz = WeightQuantizer(weight: w, out: out, inp: inp, format: format, ratios: [r])
+      let wq = qz.rtn(w).dequantized()
+      var d = [Float](repeating: 0, count: out * inp)
+      for i in 0..<d.count { d[i] = wq[i] - w[i] }
+      for g in 0..<ng {
+        let lo = g * gs, n = min(gs, inp - lo)
+        d.withUnsafeBufferPointer { db in
+          let packed = PackedMatrix(nk: db.baseAddress! + lo, n: out, k: n, ldw: inp)
+          x.withUnsafeBufferPointer { xb in
+            p.withUnsafeMutableBufferPointer { sgemm(m: t, a: xb.baseAddress! + lo, lda: inp, b: packed, c: $0.baseAddress!, ldc: out) }
+          }
+        }
+        for o in 0..<out {
+          var e = 0.0
+          for s in 0..<t { let v = Double(p[s * out + o]); e += v * v }
+          if e < bestErr[o * ng + g] { bestErr[o * ng + g] = e; best[o * ng + g] = r }
+        }
+      }
+    }
+    return best
+  }
+
+  /// OutputsError search of q_proj or k_proj on the attention block: one ratio for the weight.
+  /// h: normalized attention inputs (N, H) of sequences with `lengths`; `reference` the FP block output.
+  public static func attentionOutputs(model: LlamaModel, layer l: Int, store: WeightStore, module: String, format: WeightFormat,
+                                      h: [Float], lengths: [Int], reference: [Float], candidates: [Float]) throws -> Float {
+    let (out, inp) = store.linearShape(module)
+    let w = store[module + ".weight"]
+    let bias = store.tensors[module + ".bias"]
+    let base = model.layers[l]
+    var best: Float = 1, bestErr = Double.infinity
+    for r in candidates {
+      let wq = WeightQuantizer(weight: w, out: out, inp: inp, format: format, ratios: [r]).rtn(w).dequantized()
+      let lin = DenseLinear(weight: wq, outFeatures: out, inFeatures: inp, bias: bias)
+      let isQ = module.hasSuffix("q_proj")
+      let layer = DecoderLayer(inputLayernorm: base.inputLayernorm, postAttentionLayernorm: base.postAttentionLayernorm,
+                               qProj: isQ ? lin : base.qProj, kProj: isQ ? base.kProj : lin, vProj: base.vProj, oProj: base.oProj,
+                               gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
+      let y = try model.attentionOutput(layer, h: h, lengths: lengths)
+      var e = 0.0
+      for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }
+      if e < bestErr { bestErr = e; best = r }
+    }
+    return best
+  }
+}
