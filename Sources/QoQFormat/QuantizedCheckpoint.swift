@@ -88,14 +88,7 @@ public enum QuantizedCheckpoint {
   public static func write(to output: String, config: LlamaConfiguration, quantization: QuantizationConfig,
                            fp: [String: [Float]], quantized: [String: QuantizedWeight], biases: [String: [Float]],
                            recipeYAML: String, tokenizerFrom source: String?, overwrite: Bool) throws {
-    let fm = FileManager.default
-    if fm.fileExists(atPath: output) && !overwrite { throw QoQError("\(output) already exists (pass --force / overwrite)") }
-    let parent = URL(fileURLWithPath: output).deletingLastPathComponent().path
-    try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
-    let tmp = output + ".tmp-\(getpid())"
-    try? fm.removeItem(atPath: tmp)
-    try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-    do {
+    try atomicWriteFolder(output, overwrite: overwrite) { tmp in
       var blobs: [TensorBlob] = []
       for (name, v) in fp { blobs.append(TensorBlob(name: name, shape: tensorShape(name, config), floats: v)) }
       for (module, q) in quantized {
@@ -109,11 +102,6 @@ public enum QuantizedCheckpoint {
       try atomicWrite(tmp + "/config.json", data: Data(JSON.serialize(cfg, pretty: true).utf8))
       try atomicWrite(tmp + "/recipe.yaml", data: Data(recipeYAML.utf8))
       try copyTokenizer(from: source, to: tmp)
-      if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
-      try fm.moveItem(atPath: tmp, toPath: output)
-    } catch {
-      try? fm.removeItem(atPath: tmp)
-      throw error
     }
   }
 

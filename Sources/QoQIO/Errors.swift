@@ -32,3 +32,39 @@ public func checkedCount(_ shape: [Int], _ what: @autoclosure () -> String) thro
   }
   return n
 }
+
+/// SplitMix64: the small seeded generator used wherever the project needs reproducible randomness (calibration
+/// shuffles, random rotation signs, sampling, fuzzing, test data).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+  public var state: UInt64
+  public init(seed: UInt64) { state = seed }
+  public mutating func next() -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+  }
+  /// Uniform in [0, n).
+  public mutating func int(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
+}
+
+/// Builds a folder atomically: `body` fills a temporary sibling folder, which is then renamed to `output`
+/// (replacing it when `overwrite`). On failure the temporary folder is removed and `output` is untouched.
+public func atomicWriteFolder(_ output: String, overwrite: Bool, _ body: (String) throws -> Void) throws {
+  let fm = FileManager.default
+  if fm.fileExists(atPath: output) && !overwrite { throw QoQError("\(output) already exists (pass --force to replace it)") }
+  let parent = URL(fileURLWithPath: output).deletingLastPathComponent().path
+  try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+  let tmp = output + ".tmp-\(getpid())"
+  try? fm.removeItem(atPath: tmp)
+  try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+  do {
+    try body(tmp)
+    if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
+    try fm.moveItem(atPath: tmp, toPath: output)
+  } catch {
+    try? fm.removeItem(atPath: tmp)
+    throw error
+  }
+}

@@ -9,8 +9,7 @@ public enum ConvertDType: String, Sendable, CaseIterable { case f32, f16, bf16 }
 
 public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDType = .f32, overwrite: Bool = false,
                             progress: ((Int, Int, String) -> Void)? = nil) throws {
-  let fm = FileManager.default
-  if fm.fileExists(atPath: output) && !overwrite {
+  if FileManager.default.fileExists(atPath: output) && !overwrite {
     throw QoQError("\(output) already exists (pass --force to replace it)")
   }
   let g = try GGUFFile(path: path)
@@ -20,12 +19,7 @@ public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDTy
   let tokJSON = try tokenizerJSON(gguf: g)
   _ = try Tokenizer.load(tokenizerJSON: tokJSON, config: nil, what: path)  // must load before we write anything
 
-  let parent = URL(fileURLWithPath: output).deletingLastPathComponent().path
-  try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
-  let tmp = output + ".tmp-\(getpid())"
-  try? fm.removeItem(atPath: tmp)
-  try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-  do {
+  try atomicWriteFolder(output, overwrite: overwrite) { tmp in
     var blobs: [TensorBlob] = []
     let names = src.tensorNames.filter { !isIgnorable($0, config) }
     for (i, name) in names.enumerated() {
@@ -54,11 +48,6 @@ public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDTy
     if let b = config.bosTokenId { gen["bos_token_id"] = .int(b) }
     if let e = config.eosTokenIds.first { gen["eos_token_id"] = .int(e) }
     try atomicWrite(tmp + "/generation_config.json", data: Data(JSON.serialize(.object(gen), pretty: true).utf8))
-    if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
-    try fm.moveItem(atPath: tmp, toPath: output)
-  } catch {
-    try? fm.removeItem(atPath: tmp)
-    throw error
   }
 }
 

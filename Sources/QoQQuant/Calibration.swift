@@ -19,19 +19,6 @@ public struct CalibrationOptions: Sendable, Equatable {
   public init() {}
 }
 
-/// A seeded generator (SplitMix64) for shuffles and windows.
-struct SeededRNG: RandomNumberGenerator {
-  var state: UInt64
-  init(_ seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-}
-
 public enum CalibrationData {
   /// Reads documents from a .txt (one per non-empty line) or .jsonl ({"text": …}) file.
   public static func documents(path: String) throws -> [String] {
@@ -59,9 +46,9 @@ public enum CalibrationData {
   public static func samples(_ o: CalibrationOptions, tokenizer: Tokenizer) throws -> [[Int32]] {
     guard o.numSamples > 0, o.seqLength > 1 else { throw QoQError("calibration needs num_samples > 0 and seq_length > 1") }
     var docs = try documents(path: o.path)
-    var shuffle = SeededRNG(42)
+    var shuffle = SplitMix64(seed: 42)
     docs.shuffle(using: &shuffle)
-    var rng = SeededRNG(42 &+ 1)
+    var rng = SplitMix64(seed: 43)
     var pieces: [[Int32]] = []
     var total = 0
     let need = o.numSamples * o.seqLength

@@ -70,12 +70,8 @@ public enum RotationStage {
     let rot = try HadamardRotation(size: H)
     var signs: [Double]? = nil
     if options.random {
-      var st = options.seed
-      signs = (0..<H).map { _ in
-        st &+= 0x9E37_79B9_7F4A_7C15
-        var z = st; z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9; z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return (z ^ (z >> 31)) & 1 == 0 ? 1 : -1
-      }
+      var rng = SplitMix64(seed: options.seed)
+      signs = (0..<H).map { _ in rng.next() & 1 == 0 ? 1 : -1 }
     }
     // x·R' with R' = D·R (random signs D, a diagonal ±1) or R.
     let applyR: (UnsafeMutablePointer<Double>) -> Void = { x in

@@ -21,17 +21,7 @@ while let a = args.popFirst() {
   }
 }
 
-struct Rng {
-  var s: UInt64
-  mutating func next() -> UInt64 {
-    s &+= 0x9E37_79B9_7F4A_7C15
-    var z = s
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-  mutating func int(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
-}
+typealias Rng = SplitMix64
 
 func mutate(_ input: [UInt8], _ r: inout Rng) -> [UInt8] {
   var b = input
@@ -76,7 +66,7 @@ func seedSafetensors() throws -> [UInt8] {
 
 func file(_ rel: String, in dir: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/" + rel))) }
 
-var rng = Rng(s: seed)
+var rng = Rng(seed: seed)
 var runs: [String: Int] = [:]
 let smallConfig = Array(#"{"model_type":"llama","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"rope_scaling":{"type":"llama3","factor":8.0}}"#.utf8)
 // A small tokenizer.json: the spm fixture's pipeline is exercised through its GGUF seed; JSON fuzzing uses a

@@ -65,18 +65,6 @@ struct GenerateCommand: ParsableCommand {
   }
 }
 
-struct SplitMix64: RandomNumberGenerator {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-}
-
 /// Greedy when temp == 0; otherwise softmax(logits / temp) restricted to top-k and top-p.
 func sample(_ logits: [Float], temp: Float, topK: Int, topP: Float, rng: inout SplitMix64) -> Int32 {
   if temp == 0 { return Int32(logits.withUnsafeBufferPointer { argmax($0.baseAddress!, logits.count) }) }

@@ -1,18 +1,6 @@
 import Testing
 @testable import QoQKernels
-
-/// Deterministic pseudo-random floats in [-1, 1) (SplitMix64), so tests need no global RNG state.
-func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
-  var s = seed
-  return (0..<n).map { _ in
-    s &+= 0x9E37_79B9_7F4A_7C15
-    var z = s
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    z ^= z >> 31
-    return Float(z >> 40) / Float(1 << 23) - 1
-  }
-}
+import QoQTestSupport
 
 func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
   var num: Float = 0, den: Float = 0

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import QoQKernels
+import QoQTestSupport
 
 @Suite struct VectorOpsTests {
   @Test(arguments: [1, 3, 17, 64, 129, 1023])

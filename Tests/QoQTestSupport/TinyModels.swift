@@ -4,15 +4,8 @@ import QoQModels
 
 /// Deterministic pseudo-random floats (SplitMix64), in [-scale, scale).
 public func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
-  var s = seed
-  return (0..<n).map { _ in
-    s &+= 0x9E37_79B9_7F4A_7C15
-    var z = s
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    z ^= z >> 31
-    return (Float(z >> 40) / Float(1 << 23) - 1) * scale
-  }
+  var rng = SplitMix64(seed: seed)
+  return (0..<n).map { _ in (Float(rng.next() >> 40) / Float(1 << 23) - 1) * scale }
 }
 
 /// An in-memory checkpoint keyed by HF tensor names.
