@@ -14,7 +14,7 @@ CALIB=../shared/data/calibration/wikitext-2-valid.tokens.txt
 W="${QOQ_WINDOWS:-8}"; NS="${QOQ_CALIB_SAMPLES:-128}"; SL="${QOQ_CALIB_LEN:-1024}"
 OUT="${QOQ_BENCH_OUT:-$CACHE/bench-quant}"
 mkdir -p "$OUT"
-echo "{\"name\": \"FP (dequantized Q4_1)\", \"eval\": $("$QOQ" eval -m "$MODEL" --dataset "$DATA" --max-windows "$W" --json 2>/dev/null)}"
+[ -z "${QOQ_BENCH_ONLY:-}" ] && echo "{\"name\": \"FP (dequantized Q4_1)\", \"eval\": $("$QOQ" eval -m "$MODEL" --dataset "$DATA" --max-windows "$W" --json 2>/dev/null)}"
 run() {  # name, recipe files..., -- extra flags
   local name="$1"; shift
   local files=(); while [ "$1" != "--" ]; do files+=("$1"); shift; done; shift
@@ -24,7 +24,13 @@ run() {  # name, recipe files..., -- extra flags
         --save-model "$OUT/$name" "$@" 2>"$OUT/$name.log" | tail -1)
   echo "{\"name\": \"$name\", \"recipe\": \"${files[*]} $*\", \"result\": $res}"
 }
-run rtn-w4a8kv4-gchn recipes/rtn-w4a8kv4-gchn.yaml -- --opts-group-shapes 1,64
-run rtn-w4a8kv4-g64 recipes/rtn-w4a8kv4-g64.yaml --
-run qoq-g64 recipes/qoq-g64.yaml --
-run qoq-gchn recipes/qoq-gchn.yaml -- --opts-group-shapes 1,64 --wgts-calib-range-strategy Manual --smooth-attn-strategy Manual --smooth-attn-beta 0
+# SmolLM2's head_dim is 64, so KV groups are 64 wide (one head) in every recipe.
+ONLY="${QOQ_BENCH_ONLY:-rtn-w4a8kv4-gchn rtn-w4a8kv4-g64 qoq-g64 qoq-gchn}"
+for n in $ONLY; do
+  case "$n" in
+    rtn-w4a8kv4-gchn) run rtn-w4a8kv4-gchn recipes/rtn-w4a8kv4-gchn.yaml -- --opts-group-shapes 1,64 ;;
+    rtn-w4a8kv4-g64) run rtn-w4a8kv4-g64 recipes/rtn-w4a8kv4-g64.yaml -- ;;
+    qoq-g64) run qoq-g64 recipes/qoq-g64.yaml -- ;;
+    qoq-gchn) run qoq-gchn recipes/qoq-gchn.yaml -- --opts-group-shapes 1,64 ;;
+  esac
+done

@@ -1,6 +1,10 @@
 """Formats bench_quant.sh's JSON lines as the quantization section of BENCHMARKS.md."""
 import json, sys
 
+def fmt_time(s):
+    return f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min"
+
+
 rows, fp = [], None
 for line in open(sys.argv[1]).read().replace("}}\n", "}}\n\x00").split("\x00"):
     line = line.strip()
@@ -25,7 +29,7 @@ for r in rows:
     gaps[r["name"]] = ppl - fp
     prec = "W4A8KV4"
     print(f"| {r['name']} | {prec} | `{r['recipe'].strip()}` | {ppl:.4f} | {ppl - fp:+.4f} | "
-          f"{res['quantize_seconds'] / 60:.1f} min | {res['peak_rss_gb']:.2f} GB |")
+          f"{fmt_time(res['quantize_seconds'])} | {res['peak_rss_gb']:.2f} GB |")
 print()
 for q, base in [("qoq-g64", "rtn-w4a8kv4-g64"), ("qoq-gchn", "rtn-w4a8kv4-gchn")]:
     if q in gaps and base in gaps:
