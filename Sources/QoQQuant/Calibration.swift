@@ -92,12 +92,15 @@ public final class LayerwisePass {
     var hidden: [[Float]] = []
     for s in samples { hidden.append(try model.embed([s], caches: [KVCache(config: c, capacity: 1)])) }
     let lengths = samples.map(\.count)
+    // One set of caches for the whole pass: runLayer writes layer l's K/V at position 0 (cache lengths stay 0),
+    // so reusing them avoids allocating (and faulting in) a full-depth cache per chunk and layer.
+    let pool = (0..<chunk).map { _ in KVCache(config: c, capacity: lengths.max() ?? 1) }
     for l in 0..<c.numHiddenLayers {
       var i = 0
       while i < samples.count {
         let j = min(samples.count, i + chunk)
         var x = Array(hidden[i..<j].joined())
-        let caches = (i..<j).map { _ in KVCache(config: c, capacity: lengths[i]) }
+        let caches = Array(pool.prefix(j - i))
         let cap = LayerCapture(points)
         try model.runLayer(l, x: &x, lengths: Array(lengths[i..<j]), caches: caches, capture: cap)
         try observe(l, cap)
