@@ -130,6 +130,7 @@ public struct Recipe: Sendable {
 
   static func parseFlagValue(_ s: String, scalarLike old: JSONValue, flag: String) throws -> JSONValue {
     let t = s.trimmingCharacters(in: .whitespaces)
+    if case .string = old, t == "null" || t == "none" { return .null }  // e.g. --wgts-dtype null turns weights off
     switch old {
     case .int:
       if let i = Int(t) { return .int(i) }

@@ -52,6 +52,8 @@ func writeTemp(_ text: String, _ name: String) -> String {
     #expect(try r.groupShapes("quant.wgts.group_shapes") == [[1, -1], [1, 32]])
     #expect(try r.string("model.path") == "/m")
     #expect(try r.double("quant.wgts.kernel_gptq.damp_percentage") == 0.02)
+    let off = try QuantPlan(try Recipe.load(files: [recipesDir + "/qoq-g64.yaml"], flags: ["--wgts-dtype", "null", "--opts-dtype", "none"]))
+    #expect(off.weightFormat == nil && off.kvBits == nil && off.actBits == 8)
     // The resolved recipe round-trips through YAML.
     #expect(try Recipe.parseYAML(r.yaml(), what: "resolved") == r.tree)
   }
