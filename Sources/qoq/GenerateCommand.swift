@@ -12,7 +12,7 @@ struct GenerateCommand: ParsableCommand {
 
   @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(name: [.short, .long], help: "Prompt text.") var prompt: String
-  @Option(name: [.short, .customLong("max-tokens")], help: "Tokens to generate.") var maxTokens: Int = 64
+  @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Tokens to generate.") var maxTokens: Int = 64
   @Option(help: "Sampling temperature (0 = greedy).") var temp: Double = 0
   @Option(help: "Top-k (0 = off).") var topK: Int = 0
   @Option(help: "Top-p nucleus (1 = off).") var topP: Double = 1
@@ -57,7 +57,7 @@ struct GenerateCommand: ParsableCommand {
         }
         logits = try model.lastLogits([[next]], caches: [cache])[0]
       }
-      print("")
+      FileHandle.standardOutput.write(Data("\n".utf8))
       let tGen = Date().timeIntervalSince(t1)
       note(String(format: "prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.1f tokens/s",
                   promptCount, Double(promptCount) / tPrompt, generated, Double(generated) / max(tGen, 1e-9)))
