@@ -43,3 +43,29 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     return w
   }
 }
+
+/// Weights stored as bf16 panels, products in bf16 with fp32 accumulation (`bgemm`): twice the FP32 rate, for
+/// calibration passes that choose `model.dtype: torch.bfloat16` (deepcompressor runs them in the model dtype).
+public final class BF16Linear: LinearLayer, @unchecked Sendable {
+  public let inFeatures: Int
+  public let outFeatures: Int
+  let packed: PackedMatrixBF16
+  let bias: [Float]?
+
+  public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+    precondition(weight.count == outFeatures * inFeatures)
+    self.inFeatures = inFeatures
+    self.outFeatures = outFeatures
+    packed = weight.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: outFeatures, k: inFeatures) }
+    self.bias = bias
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    if let b = bias {
+      b.withUnsafeBufferPointer { bp in for r in 0..<rows { (y + r * outFeatures).update(from: bp.baseAddress!, count: outFeatures) } }
+      bgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures, accumulate: true)
+    } else {
+      bgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures)
+    }
+  }
+}

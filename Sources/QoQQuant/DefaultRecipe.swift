@@ -15,6 +15,7 @@ model:
   name: ""
   path: ""
   root: ""
+  dtype: torch.float32   # calibration passes: torch.float32 (exact) or torch.bfloat16 (2× faster GEMMs)
 eval:
   tasks: [wikitext]
   evaluators: [gptq]

@@ -126,8 +126,14 @@ public final class QuantizationPipeline {
   /// One calibration pass: down_proj input, post-RoPE Q/K absmax per layer → reorder, SmoothAttention (Manual, or
   /// GridSearch over deepcompressor's (α, β) candidates minimising the attention output error with K quantized),
   /// SmoothLinear.
+  /// The model the calibration passes run: fp32, or bf16 linears when model.dtype is torch.bfloat16.
+  func calibrationModel(_ store: WeightStore) throws -> LlamaModel {
+    guard plan.calibBF16 else { return try store.model() }
+    return try store.model { _, w, out, inp, b in BF16Linear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
+  }
+
   func transformPass(_ store: WeightStore, samples: [[Int32]]) throws {
-    let model = try store.model()
+    let model = try calibrationModel(store)
     let c = store.config
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
     let grid = plan.smoothAttn?.strategy == .gridSearch
@@ -224,7 +230,7 @@ public final class QuantizationPipeline {
     }
     let grid = plan.clipStrategy == .gridSearch
     if let s = samples, plan.gptq != nil || grid {
-      let model = try store.model()
+      let model = try calibrationModel(store)
       var hs: [String: HessianAccumulator] = [:]
       // Grid search inputs: the 512-token subsample of each module input, and whole attention inputs of the first
       // sequences for the q/k attention-output objective.

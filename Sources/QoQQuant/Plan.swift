@@ -29,6 +29,8 @@ public struct QuantPlan: Sendable {
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
   public var smoothProj: (alpha: Double, beta: Double)?
   public var calib = CalibrationOptions()
+  /// Calibration passes run their linears in bf16 (model.dtype torch.bfloat16) instead of fp32.
+  public var calibBF16 = false
   public var seed: UInt64 = 12345
   public var evalSeqLen = 2048
   public var evalWindows = 0
@@ -185,6 +187,11 @@ public struct QuantPlan: Sendable {
     calib.maxSeqLength = try r.int("quant.calib.max_seq_length")
     guard calib.numSamples > 0, calib.seqLength > 1 else { throw bad("quant.calib.num_samples and seq_length must be positive") }
     if try r.string("quant.develop_dtype") != "torch.float32" { throw bad("quant.develop_dtype must be torch.float32") }
+    switch try r.string("model.dtype") ?? "torch.float32" {
+    case "torch.float32", "float32": calibBF16 = false
+    case "torch.bfloat16", "bfloat16": calibBF16 = true
+    case let d: throw bad("model.dtype \(d) is not supported (torch.float32, torch.bfloat16)")
+    }
     evalSeqLen = try r.int("eval.max_seq_length")
     evalWindows = try r.int("eval.max_windows")
     evalDataset = try r.string("eval.dataset") ?? ""

@@ -36,6 +36,14 @@ struct BenchCommand: ParsableCommand {
         }
         let gf = 2.0 * Double(m * n * k) / median(Array(times.dropFirst())) / 1e9
         rows.append(("sgemm \(m)x\(n)x\(k)", gf, "GFLOPS"))
+        let pb = w.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: n, k: k) }
+        var tb: [Double] = []
+        for _ in 0..<(repeats + 1) {
+          let t = Date()
+          a.withUnsafeBufferPointer { ap in c.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: pb, c: $0.baseAddress!, ldc: n) } }
+          tb.append(Date().timeIntervalSince(t))
+        }
+        rows.append(("bf16 gemm \(m)x\(n)x\(k)", 2.0 * Double(m * n * k) / median(Array(tb.dropFirst())) / 1e9, "GFLOPS"))
       }
       if let path = modelPath {
         let loaded = try ModelLoader.load(path: path)

@@ -113,3 +113,18 @@ func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
     #expect(Array(one.prefix(n)) == gv1)
   }
 }
+
+@Suite struct BF16GEMMTests {
+  @Test(arguments: [(1, 1, 1), (3, 17, 5), (17, 33, 129), (70, 300, 400), (9, 64, 2)])
+  func matchesScalarTwin(_ s: (Int, Int, Int)) {
+    let (m, n, k) = s
+    let a = randomFloats(m * k, seed: 51), w = randomFloats(n * k, seed: 52)
+    var ref = [Float](repeating: 0, count: m * n), out = [Float](repeating: 9, count: m * n)
+    let packed = w.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: n, k: k) }
+    a.withUnsafeBufferPointer { ap in
+      w.withUnsafeBufferPointer { wp in ref.withUnsafeMutableBufferPointer { bgemmReference(m: m, n: n, k: k, a: ap.baseAddress!, lda: k, w: wp.baseAddress!, c: $0.baseAddress!, ldc: n) } }
+      out.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+    }
+    #expect(maxRelError(out, ref) < 1e-5, "m=\(m) n=\(n) k=\(k)")
+  }
+}

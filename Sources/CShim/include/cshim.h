@@ -1,8 +1,12 @@
 #pragma once
-// Tiny header-only shims for things Swift cannot import directly (see swift-perf.md §1).
+// Tiny header-only shims for things Swift cannot import directly (see swift-perf.md §1): pause, prefetch, and the
+// AVX512-BF16 dot product, whose __m512bh type does not import into Swift.
 #if defined(__x86_64__)
 #include <immintrin.h>
 static inline __attribute__((always_inline)) void shim_pause(void) { __builtin_ia32_pause(); }
+/// acc[i] += a.bf16[2i]·b.bf16[2i] + a.bf16[2i+1]·b.bf16[2i+1] for 16 fp32 lanes (vdpbf16ps).
+static inline __attribute__((always_inline, target("avx512bf16,avx512f,avx512bw,avx512vl,evex512")))
+__m512 shim_dpbf16_ps(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
 #else
 static inline __attribute__((always_inline)) void shim_pause(void) { }
 #endif

@@ -1,0 +1,144 @@
+// BF16 GEMM for calibration passes: C[m×n] (+)= bf16(A)·bf16(W)ᵀ with fp32 accumulation (vdpbf16ps: two products
+// per lane per instruction, twice the FP32 FMA rate on Zen 4). Same blocking as `sgemm`; A is rounded to bf16 when
+// packed, W once at load. Not used by the FP reference path, whose numbers must match transformers' fp32.
+import CShim
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
+@inline(__always) func bf16Bits(_ f: Float) -> UInt16 {
+  let u = f.bitPattern
+  if f.isNaN { return UInt16(truncatingIfNeeded: (u >> 16) | 0x40) }
+  return UInt16(truncatingIfNeeded: (u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
+}
+@inline(__always) func bf16Value(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }
+
+/// W (n×k) as bf16 panels of 32 output columns with k in pairs: [panel][k/2][32][2], zero-padded.
+public final class PackedMatrixBF16: @unchecked Sendable {
+  public let n: Int, k: Int, panels: Int, kPairs: Int
+  let data: UnsafeMutablePointer<UInt16>
+
+  public init(nk w: UnsafePointer<Float>, n: Int, k: Int) {
+    self.n = n; self.k = k
+    panels = (n + 31) / 32; kPairs = (k + 1) / 2
+    let cap = max(1, panels * kPairs * 64)
+    data = .allocate(capacity: cap)
+    data.initialize(repeating: 0, count: cap)
+    for p in 0..<panels {
+      for j in 0..<min(32, n - p * 32) {
+        let src = w + (p * 32 + j) * k
+        for kk in 0..<k { data[p * kPairs * 64 + (kk / 2) * 64 + j * 2 + kk % 2] = bf16Bits(src[kk]) }
+      }
+    }
+  }
+  deinit { data.deallocate() }
+}
+
+/// C = bf16(A)·bf16(W)ᵀ (or += when accumulate), fp32 accumulation. Two threads split the output panels.
+public func bgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrixBF16, c: UnsafeMutablePointer<Float>, ldc: Int,
+                  accumulate: Bool = false) {
+  if m <= 0 || b.n <= 0 { return }
+  let pool = ThreadPool.shared
+  if pool.threads > 1 && b.panels >= 2 && Double(m) * Double(b.n) * Double(b.k) >= 4e6 {
+    let half = b.panels / 2
+    pool.run2 { t in bgemmBlock(m: m, a: a, lda: lda, b: b, panels: t == 0 ? 0..<half : half..<b.panels, c: c, ldc: ldc, accumulate: accumulate) }
+  } else {
+    bgemmBlock(m: m, a: a, lda: lda, b: b, panels: 0..<b.panels, c: c, ldc: ldc, accumulate: accumulate)
+  }
+}
+
+func bgemmBlock(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrixBF16, panels: Range<Int>,
+                c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+  let kp = b.kPairs
+  let mc = 64
+  // A tile packed as [tile][k/2][8][2] bf16 (rows past m repeat the last row).
+  let apack = UnsafeMutablePointer<UInt16>.allocate(capacity: mc * kp * 2); defer { apack.deallocate() }
+  let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 8 * 32); defer { scratch.deallocate() }
+  var m0 = 0
+  while m0 < m {
+    let rows = min(mc, m - m0)
+    var t = 0
+    while t < rows {
+      let valid = min(8, rows - t)
+      for r in 0..<8 {
+        let src = a + (m0 + t + min(r, valid - 1)) * lda
+        let dst = apack + t * kp * 2
+        for kk in 0..<(kp * 2) { dst[(kk / 2) * 16 + r * 2 + kk % 2] = kk < b.k ? bf16Bits(src[kk]) : 0 }
+      }
+      t += 8
+    }
+    for p in panels {
+      let cols = min(32, b.n - p * 32)
+      var t2 = 0
+      while t2 < rows {
+        let rr = min(8, rows - t2)
+        bf16Kernel8x32(apack + t2 * kp * 2, b.data + p * kp * 64, kp, c + (m0 + t2) * ldc + p * 32, ldc, rr, cols, accumulate, scratch)
+        t2 += 8
+      }
+    }
+    m0 += rows
+  }
+}
+
+@inline(__always)
+func bf16Kernel8x32(_ ap: UnsafePointer<UInt16>, _ bp: UnsafePointer<UInt16>, _ kp: Int, _ c: UnsafeMutablePointer<Float>,
+                    _ ldc: Int, _ rows: Int, _ cols: Int, _ acc: Bool, _ scratch: UnsafeMutablePointer<Float>) {
+  let full = rows == 8 && cols == 32
+  let cc = full ? c : scratch
+  let lc = full ? ldc : 32
+  if !full {
+    for i in 0..<256 { scratch[i] = 0 }
+    if acc { for r in 0..<rows { for j in 0..<cols { scratch[r * 32 + j] = c[r * ldc + j] } } }
+  }
+  #if arch(x86_64)
+  var c00 = V16(), c01 = V16(), c10 = V16(), c11 = V16(), c20 = V16(), c21 = V16(), c30 = V16(), c31 = V16()
+  var c40 = V16(), c41 = V16(), c50 = V16(), c51 = V16(), c60 = V16(), c61 = V16(), c70 = V16(), c71 = V16()
+  if acc || !full {
+    c00 = loadV(cc); c01 = loadV(cc + 16); c10 = loadV(cc + lc); c11 = loadV(cc + lc + 16)
+    c20 = loadV(cc + 2 * lc); c21 = loadV(cc + 2 * lc + 16); c30 = loadV(cc + 3 * lc); c31 = loadV(cc + 3 * lc + 16)
+    c40 = loadV(cc + 4 * lc); c41 = loadV(cc + 4 * lc + 16); c50 = loadV(cc + 5 * lc); c51 = loadV(cc + 5 * lc + 16)
+    c60 = loadV(cc + 6 * lc); c61 = loadV(cc + 6 * lc + 16); c70 = loadV(cc + 7 * lc); c71 = loadV(cc + 7 * lc + 16)
+  }
+  var pa = UnsafeRawPointer(ap), pb = UnsafeRawPointer(bp)
+  for _ in 0..<kp {
+    let b0 = _mm512_loadu_si512(pb), b1 = _mm512_loadu_si512(pb + 64)
+    var x = _mm512_set1_epi32(pa.loadUnaligned(as: Int32.self))
+    c00 = shim_dpbf16_ps(c00, x, b0); c01 = shim_dpbf16_ps(c01, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 4, as: Int32.self)); c10 = shim_dpbf16_ps(c10, x, b0); c11 = shim_dpbf16_ps(c11, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 8, as: Int32.self)); c20 = shim_dpbf16_ps(c20, x, b0); c21 = shim_dpbf16_ps(c21, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 12, as: Int32.self)); c30 = shim_dpbf16_ps(c30, x, b0); c31 = shim_dpbf16_ps(c31, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 16, as: Int32.self)); c40 = shim_dpbf16_ps(c40, x, b0); c41 = shim_dpbf16_ps(c41, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 20, as: Int32.self)); c50 = shim_dpbf16_ps(c50, x, b0); c51 = shim_dpbf16_ps(c51, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 24, as: Int32.self)); c60 = shim_dpbf16_ps(c60, x, b0); c61 = shim_dpbf16_ps(c61, x, b1)
+    x = _mm512_set1_epi32(pa.loadUnaligned(fromByteOffset: 28, as: Int32.self)); c70 = shim_dpbf16_ps(c70, x, b0); c71 = shim_dpbf16_ps(c71, x, b1)
+    pa += 32; pb += 128
+  }
+  storeV(c00, cc); storeV(c01, cc + 16); storeV(c10, cc + lc); storeV(c11, cc + lc + 16)
+  storeV(c20, cc + 2 * lc); storeV(c21, cc + 2 * lc + 16); storeV(c30, cc + 3 * lc); storeV(c31, cc + 3 * lc + 16)
+  storeV(c40, cc + 4 * lc); storeV(c41, cc + 4 * lc + 16); storeV(c50, cc + 5 * lc); storeV(c51, cc + 5 * lc + 16)
+  storeV(c60, cc + 6 * lc); storeV(c61, cc + 6 * lc + 16); storeV(c70, cc + 7 * lc); storeV(c71, cc + 7 * lc + 16)
+  #else
+  for r in 0..<8 {
+    for j in 0..<32 {
+      var s: Float = (acc || !full) ? cc[r * lc + j] : 0
+      for q in 0..<kp {
+        s += bf16Value(ap[q * 16 + r * 2]) * bf16Value(bp[q * 64 + j * 2]) + bf16Value(ap[q * 16 + r * 2 + 1]) * bf16Value(bp[q * 64 + j * 2 + 1])
+      }
+      cc[r * lc + j] = s
+    }
+  }
+  #endif
+  if !full { for r in 0..<rows { for j in 0..<cols { c[r * ldc + j] = scratch[r * 32 + j] } } }
+}
+
+/// Scalar twin: Σ_k bf16(A[i][k])·bf16(W[j][k]) in Double.
+public func bgemmReference(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, w: UnsafePointer<Float>,
+                           c: UnsafeMutablePointer<Float>, ldc: Int) {
+  for i in 0..<m {
+    for j in 0..<n {
+      var s = 0.0
+      for kk in 0..<k { s += Double(bf16Value(bf16Bits(a[i * lda + kk]))) * Double(bf16Value(bf16Bits(w[j * k + kk]))) }
+      c[i * ldc + j] = Float(s)
+    }
+  }
+}
