@@ -82,6 +82,21 @@ public struct QuantizationConfig: Sendable, Equatable {
   }
 }
 
+extension QuantizationConfig {
+  /// The fake-quantized runtime model: dense linears over (already dequantized) weights, inputs quantized per token
+  /// when activations are, and the KV quantizer. Shared by checkpoint loading and the quantizer's evaluation.
+  public func fakeQuantModel(config: LlamaConfiguration, weights: WeightSource) throws -> LlamaModel {
+    let actBits = self.actBits
+    let model = try LlamaModel(config: config, weights: weights) { _, w, out, inp, b in
+      let dense = DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b)
+      if let ab = actBits { return ActQuantLinear(dense, bits: ab) }
+      return dense
+    }
+    if let kb = kvBits { model.kvQuantizer = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric) }
+    return model
+  }
+}
+
 public enum QuantizedCheckpoint {
   /// Writes a quantized checkpoint folder atomically (temporary folder, then rename).
   /// `fp` holds every non-quantized tensor by HF name; `quantized` maps module names to their weights.
@@ -203,14 +218,7 @@ public enum AnyModelLoader {
     let config = try LlamaConfiguration.load(path: cfgPath)
     let st = try CheckpointWeights(folder: path)
     let source = QuantizedSource(st: st, config: config, quant: quant)
-    let model = try LlamaModel(config: config, weights: source) { name, w, out, inp, b in
-      let dense = DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b)
-      if let ab = quant.actBits { return ActQuantLinear(dense, bits: ab) }
-      return dense
-    }
-    if let kb = quant.kvBits {
-      model.kvQuantizer = KVFakeQuant(bits: kb, group: quant.kvGroup ?? config.kvDim, asymmetric: quant.kvAsymmetric)
-    }
+    let model = try quant.fakeQuantModel(config: config, weights: source)
     return (LoadedModel(model: model, tokenizer: try Tokenizer.load(folder: path), path: path), quant)
   }
 }

@@ -26,21 +26,8 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
   }
 
   public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
-    if let b = bias {
-      b.withUnsafeBufferPointer { bp in
-        for r in 0..<rows { (y + r * outFeatures).update(from: bp.baseAddress!, count: outFeatures) }
-      }
-      sgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures, accumulate: true)
-    } else {
-      sgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures)
-    }
-  }
-
-  /// Unpacked weight [out × in] (for conversion and tests).
-  public func weight() -> [Float] {
-    var w = [Float](repeating: 0, count: outFeatures * inFeatures)
-    for j in 0..<outFeatures { for k in 0..<inFeatures { w[j * inFeatures + k] = packed.element(j, k) } }
-    return w
+    let accumulate = prefillBias(bias, rows: rows, outFeatures, y)
+    sgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures, accumulate: accumulate)
   }
 }
 
@@ -54,6 +41,7 @@ public final class BF16Linear: LinearLayer, @unchecked Sendable {
 
   public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
     precondition(weight.count == outFeatures * inFeatures)
+    precondition(bias == nil || bias!.count == outFeatures)
     self.inFeatures = inFeatures
     self.outFeatures = outFeatures
     packed = weight.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: outFeatures, k: inFeatures) }
@@ -61,11 +49,15 @@ public final class BF16Linear: LinearLayer, @unchecked Sendable {
   }
 
   public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
-    if let b = bias {
-      b.withUnsafeBufferPointer { bp in for r in 0..<rows { (y + r * outFeatures).update(from: bp.baseAddress!, count: outFeatures) } }
-      bgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures, accumulate: true)
-    } else {
-      bgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures)
-    }
+    let accumulate = prefillBias(bias, rows: rows, outFeatures, y)
+    bgemm(m: rows, a: x, lda: inFeatures, b: packed, c: y, ldc: outFeatures, accumulate: accumulate)
   }
+}
+
+/// Copies the bias into every output row so the GEMM can accumulate onto it; returns whether it did.
+@inline(__always)
+func prefillBias(_ bias: [Float]?, rows: Int, _ out: Int, _ y: UnsafeMutablePointer<Float>) -> Bool {
+  guard let b = bias else { return false }
+  b.withUnsafeBufferPointer { bp in for r in 0..<rows { (y + r * out).update(from: bp.baseAddress!, count: out) } }
+  return true
 }

@@ -37,15 +37,15 @@ public final class QuantizationPipeline {
   }
 
   /// Loads the FP model as a weight store plus its tokenizer (HF folder or GGUF).
-  func loadSource() throws -> (WeightStore, Tokenizer, String) {
+  func loadSource() throws -> (WeightStore, Tokenizer) {
     if modelPath.hasSuffix(".gguf") {
       let g = try GGUFFile(path: modelPath)
       let src = try GGUFWeights(g)
-      return (try WeightStore(config: src.config, source: src), try Tokenizer.load(gguf: g), modelPath)
+      return (try WeightStore(config: src.config, source: src), try Tokenizer.load(gguf: g))
     }
     let config = try LlamaConfiguration.load(path: modelPath + "/config.json")
     let w = try CheckpointWeights(folder: modelPath)
-    return (try WeightStore(config: config, source: w), try Tokenizer.load(folder: modelPath), modelPath)
+    return (try WeightStore(config: config, source: w), try Tokenizer.load(folder: modelPath))
   }
 
   /// Identity of the input model for cache keys: path, file sizes and modification times.
@@ -68,7 +68,7 @@ public final class QuantizationPipeline {
   }
 
   public func run() throws -> Output {
-    let (store, tokenizer, source) = try loadSource()
+    let (store, tokenizer) = try loadSource()
     try plan.check(store.config)
     var samples: [[Int32]]? = nil
     func calibration() throws -> [[Int32]] {
@@ -119,7 +119,6 @@ public final class QuantizationPipeline {
                                 weight: plan.weightFormat, actBits: plan.actBits, kvBits: plan.kvBits, kvGroup: plan.kvGroup,
                                 kvAsymmetric: plan.kvAsymmetric)
     qc.notQuantized = Array(plan.weightSkips).sorted()
-    _ = source
     return Output(store: store, quantized: quantized, tokenizer: tokenizer, quantization: qc)
   }
 
@@ -293,14 +292,7 @@ public final class QuantizationPipeline {
 
   /// The fake-quantized model of a finished run (weights already dequantized in the store).
   public static func fakeQuantModel(_ o: Output) throws -> LlamaModel {
-    let q = o.quantization
-    let model = try o.store.model { _, w, out, inp, b in
-      let dense = DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b)
-      if let ab = q.actBits { return ActQuantLinear(dense, bits: ab) }
-      return dense
-    }
-    if let kb = q.kvBits { model.kvQuantizer = KVFakeQuant(bits: kb, group: q.kvGroup ?? o.store.config.kvDim, asymmetric: q.kvAsymmetric) }
-    return model
+    try o.quantization.fakeQuantModel(config: o.store.config, weights: o.store)
   }
 }
 
