@@ -50,7 +50,7 @@ let package = Package(
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
     .executableTarget(name: "qoq-fuzz", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers"], swiftSettings: isaOnly),
-    .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels", "QoQIO", "QoQTestSupport"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels", "QoQIO", "QoQFormat", "QoQTestSupport"], swiftSettings: isaOnly),
     .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
     // Tiny in-memory models of every family and a plain Double-precision reference forward, shared by tests.

@@ -1,98 +1,230 @@
-// W4A8 GEMV for QoQ's progressive weights (qserve.md §2.3, §8.1): uint4 codes q, per-group integer scale s2 and
-// zero z, per-row fp scale s1; int8 activations x with one fp scale. Per output row the integer accumulator is
-//   acc = Σ_g (s2_g · Σ_{i∈g} q_i·x_i − z_g · Σ_{i∈g} x_i)  =  Σ_i (q_i·s2 − z)·x_i,
-// exact in int32 because q·s2 − z lies in int8 (protective range) and K·127·128 < 2^31 for K ≤ 130k; then
-// y = s_x · s1 · acc. The u4 codes are the unsigned operand of vpdpbusd, x the signed one.
+// W4A8 GEMM/GEMV (qserve.md §2.3, §8.1, §8.3): uint4 weight codes are the unsigned operand of vpdpbusd, int8
+// activations the signed one. Two group epilogues:
+//  - integer (QoQ progressive): per group g, acc += s2_g·P_g − z_g·Σ_g x, exact in int32 (q·s2 − z stays in int8
+//    thanks to the protective range, so |acc| ≤ 127·127·K); y = s_x·α·acc with α = s1 (per output row).
+//  - float (asymmetric uint4 with fp16 scale s_g and post-scale zero z_g, per group or one group per row):
+//    y = s_x·Σ_g (s_g·P_g − z_g·Σ_g x).
+// Layout streams (§8.3): blocks of 16 output rows × 8 inputs in 64 bytes, byte 4r+j = w[r][k+j] (low nibble) |
+// w[r][k+4+j] (high nibble); blocks ordered [N/16][K/8], so a thread walks one contiguous run of memory per 16 rows,
+// every 32-bit lane of a zmm is one output row and activations enter as 4-byte broadcasts: no horizontal sums.
 #if arch(x86_64)
 import _Builtin_intrinsics.intel
 #endif
 
-/// Weights packed for the kernel: each 128-element chunk of a row is 64 bytes, byte j holding q[j] (low nibble)
-/// and q[j + 64] (high nibble). Groups are 64 or 128 wide; K must be a multiple of 128.
-public final class W4A8Packed: @unchecked Sendable {
-  public let rows: Int
-  public let k: Int
-  public let group: Int
-  public let data: [UInt8]      // (rows, k/2)
-  public let s2: [Int32]        // (rows, k/group)
-  public let z: [Int32]         // (rows, k/group)
-  public let s1: [Float]        // (rows)
+/// The kernels behind one small protocol: the engine's linear layers call `forward` and never look at the format.
+public protocol IntLinearKernel: AnyObject, Sendable {
+  var n: Int { get }
+  var k: Int { get }
+  /// y (a.m, ldy) ← product for rows 0..<a.m, columns 0..<n (bias included).
+  func forward(_ a: QuantizedRows, _ y: UnsafeMutablePointer<Float>, ldy: Int)
+}
 
-  /// codes (rows, k) in 0…15; s2, z (rows, k/group); s1 (rows).
-  public init(codes: [UInt8], s2: [Int8], z: [Int8], s1: [Float], rows: Int, k: Int, group: Int) {
-    precondition(k % 128 == 0 && (group == 64 || group == 128) && codes.count == rows * k)
-    self.rows = rows; self.k = k; self.group = group
-    var d = [UInt8](repeating: 0, count: rows * k / 2)
-    for r in 0..<rows {
-      for c in 0..<(k / 128) {
-        for j in 0..<64 {
-          let lo = codes[r * k + c * 128 + j] & 0xF, hi = codes[r * k + c * 128 + 64 + j] & 0xF
-          d[r * k / 2 + c * 64 + j] = lo | hi << 4
+public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
+  public let n: Int, k: Int, group: Int
+  public var groups: Int { k / group }
+  public let integerGroups: Bool
+  let blocks: Int                        // ceil(n/16)
+  let data: UnsafeMutablePointer<UInt8>  // [blocks][k/8][64]
+  let gi: UnsafeMutablePointer<Int32>    // integer mode: [blocks][groups][2][16] (s2, z)
+  let gf: UnsafeMutablePointer<Float>    // float mode:   [blocks][groups][2][16] (s, z)
+  let alpha: UnsafeMutablePointer<Float> // [blocks·16]: s1 (integer mode) or 1
+  let bias: UnsafeMutablePointer<Float>? // [blocks·16]
+
+  /// Progressive QoQ weights: codes (n, k) 0…15, s2 and z (n, k/group) integers, s1 (n).
+  public convenience init(progressiveCodes codes: [UInt8], s2: [Float], z: [Float], s1: [Float], n: Int, k: Int,
+                          group: Int, bias: [Float]? = nil) {
+    self.init(codes: codes, n: n, k: k, group: group, integer: true, scale: s2, zero: z, alpha: s1, bias: bias)
+  }
+
+  /// Asymmetric uint4: ŵ = q·s − z with fp scale and zero per (row, group); group = k for per-channel.
+  public convenience init(asymCodes codes: [UInt8], scale: [Float], zero: [Float], n: Int, k: Int, group: Int,
+                          bias: [Float]? = nil) {
+    self.init(codes: codes, n: n, k: k, group: group, integer: false, scale: scale, zero: zero, alpha: nil, bias: bias)
+  }
+
+  init(codes: [UInt8], n: Int, k: Int, group: Int, integer: Bool, scale: [Float], zero: [Float], alpha a: [Float]?,
+       bias b: [Float]?) {
+    precondition(k % 32 == 0 && group % 32 == 0 && k % group == 0 && codes.count == n * k)
+    precondition(scale.count == n * (k / group) && zero.count == scale.count)
+    self.n = n; self.k = k; self.group = group; integerGroups = integer
+    blocks = (n + 15) / 16
+    let ng = k / group, np = blocks * 16
+    data = .allocate(capacity: blocks * k * 8); data.initialize(repeating: 0, count: blocks * k * 8)
+    gi = .allocate(capacity: blocks * ng * 32); gi.initialize(repeating: 0, count: blocks * ng * 32)
+    gf = .allocate(capacity: blocks * ng * 32); gf.initialize(repeating: 0, count: blocks * ng * 32)
+    alpha = .allocate(capacity: np); alpha.initialize(repeating: 0, count: np)
+    bias = b == nil ? nil : .allocate(capacity: np)
+    bias?.initialize(repeating: 0, count: np)
+    for row in 0..<n {
+      let rb = row / 16, r = row % 16
+      for c in 0..<(k / 8) {
+        for j in 0..<4 {
+          let lo = codes[row * k + 8 * c + j] & 0xF, hi = codes[row * k + 8 * c + 4 + j] & 0xF
+          data[(rb * (k / 8) + c) * 64 + 4 * r + j] = lo | hi << 4
         }
       }
+      for g in 0..<ng {
+        let o = (rb * ng + g) * 32 + r
+        if integer { gi[o] = Int32(scale[row * ng + g]); gi[o + 16] = Int32(zero[row * ng + g]) }
+        else { gf[o] = scale[row * ng + g]; gf[o + 16] = zero[row * ng + g] }
+      }
+      alpha[row] = a?[row] ?? 1
+      if let b { bias![row] = b[row] }
     }
-    data = d
-    self.s2 = s2.map(Int32.init); self.z = z.map(Int32.init); self.s1 = s1
   }
-}
+  deinit { data.deallocate(); gi.deallocate(); gf.deallocate(); alpha.deallocate(); bias?.deallocate() }
 
-/// Per-group sums of x (k/group values), needed for the zero-point term.
-public func groupSums(_ x: UnsafePointer<Int8>, k: Int, group: Int) -> [Int32] {
-  (0..<(k / group)).map { g in var s: Int32 = 0; for i in 0..<group { s &+= Int32(x[g * group + i]) }; return s }
-}
+  public func forward(_ a: QuantizedRows, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
+    precondition(a.k == k)
+    let m = a.m
+    if m == 0 { return }
+    let parts = ThreadPool.shared.threads
+    ThreadPool.shared.run2 { t in
+      let b0 = self.blocks * t / parts, b1 = self.blocks * (t + 1) / parts
+      guard b0 < b1, t < parts else { return }
+      #if arch(x86_64)
+      // One token: the GEMV streams weights once. More: four token rows per weight decode (padding rows of
+      // QuantizedRows are readable, their results are not stored).
+      if m == 1 { self.kernel1(a, 0, b0, b1, y, ldy) } else {
+        for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, b0, b1, y, ldy, rows: min(4, m - r)) }
+      }
+      #else
+      self.reference(a, rows: 0..<m, blocks: b0..<b1, y, ldy)
+      #endif
+    }
+  }
 
-/// Integer accumulators acc[r] for one int8 activation vector (the fast kernel).
-public func w4a8Gemv(_ w: W4A8Packed, x: UnsafePointer<Int8>, xsum: [Int32], acc: UnsafeMutablePointer<Int32>) {
+  /// Stores 16 outputs of row block rb for token row r (clipped at n).
+  @inline(__always) func store(_ vals: UnsafePointer<Float>, _ rb: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ r: Int) {
+    let base = rb * 16, cnt = min(16, n - base)
+    for i in 0..<cnt { y[r * ldy + base + i] = vals[i] + (bias?[base + i] ?? 0) }
+  }
+
   #if arch(x86_64)
-  let k = w.k, ng = k / w.group, chunks = k / 128
-  let mask = _mm512_set1_epi8(0x0F)
-  w.data.withUnsafeBufferPointer { db in
-    w.s2.withUnsafeBufferPointer { s2b in
-      w.z.withUnsafeBufferPointer { zb in
-        let xr = UnsafeRawPointer(x)
-        for r in 0..<w.rows {
-          let row = UnsafeRawPointer(db.baseAddress! + r * k / 2)
-          var total = _mm512_setzero_si512()
-          for c in 0..<chunks {
-            let v = _mm512_loadu_si512(row + c * 64)
-            let lo = _mm512_and_si512(v, mask)
-            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask)
-            let xl = _mm512_loadu_si512(xr + c * 128), xh = _mm512_loadu_si512(xr + c * 128 + 64)
-            let pl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl)
-            let ph = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xh)
-            if w.group == 64 {
-              // Low half is group 2c, high half group 2c+1.
-              total = _mm512_add_epi32(total, _mm512_mullo_epi32(pl, _mm512_set1_epi32(s2b[r * ng + 2 * c])))
-              total = _mm512_add_epi32(total, _mm512_mullo_epi32(ph, _mm512_set1_epi32(s2b[r * ng + 2 * c + 1])))
-            } else {
-              total = _mm512_add_epi32(total, _mm512_mullo_epi32(_mm512_add_epi32(pl, ph), _mm512_set1_epi32(s2b[r * ng + c])))
-            }
-          }
-          var corr: Int32 = 0
-          for g in 0..<ng { corr &+= zb[r * ng + g] &* xsum[g] }
-          acc[r] = _mm512_reduce_add_epi32(total) &- corr
+  /// y[r][16·rb …] = v·α·s_x (+ bias), masked at n.
+  @inline(__always) func emit(_ v: __m512, _ a: QuantizedRows, _ rb: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ r: Int) {
+    var o = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_loadu_ps(alpha + rb * 16)), _mm512_set1_ps(a.scale[r]))
+    if let b = bias { o = _mm512_add_ps(o, _mm512_loadu_ps(b + rb * 16)) }
+    let cnt = min(16, n - rb * 16)
+    _mm512_mask_storeu_ps(y + r * ldy + rb * 16, __mmask16(truncatingIfNeeded: (1 << cnt) - 1), o)
+  }
+
+  /// Four token rows r0..<r0+4 (rows beyond `rows` are padding and not stored) over row blocks b0..<b1.
+  func kernel4(_ a: QuantizedRows, _ r0: Int, _ b0: Int, _ b1: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int, rows: Int) {
+    let k = self.k, ng = groups, cpg = group / 8
+    let mask = _mm512_set1_epi8(0x0F)
+    let x0 = UnsafeRawPointer(a.codes + r0 * k), x1 = x0 + k, x2 = x1 + k, x3 = x2 + k
+    for rb in b0..<b1 {
+      var w = UnsafeRawPointer(data + rb * (k / 8) * 64)
+      var ti0 = _mm512_setzero_si512(), ti1 = ti0, ti2 = ti0, ti3 = ti0
+      var tf0 = _mm512_setzero_ps(), tf1 = tf0, tf2 = tf0, tf3 = tf0
+      for g in 0..<ng {
+        var p0 = _mm512_setzero_si512(), p1 = p0, p2 = p0, p3 = p0
+        var xo = g * group
+        for _ in 0..<cpg {
+          let v = _mm512_loadu_si512(w)
+          let lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask)
+          p0 = _mm512_dpbusd_epi32(p0, lo, _mm512_set1_epi32(x0.loadUnaligned(fromByteOffset: xo, as: Int32.self)))
+          p0 = _mm512_dpbusd_epi32(p0, hi, _mm512_set1_epi32(x0.loadUnaligned(fromByteOffset: xo + 4, as: Int32.self)))
+          p1 = _mm512_dpbusd_epi32(p1, lo, _mm512_set1_epi32(x1.loadUnaligned(fromByteOffset: xo, as: Int32.self)))
+          p1 = _mm512_dpbusd_epi32(p1, hi, _mm512_set1_epi32(x1.loadUnaligned(fromByteOffset: xo + 4, as: Int32.self)))
+          p2 = _mm512_dpbusd_epi32(p2, lo, _mm512_set1_epi32(x2.loadUnaligned(fromByteOffset: xo, as: Int32.self)))
+          p2 = _mm512_dpbusd_epi32(p2, hi, _mm512_set1_epi32(x2.loadUnaligned(fromByteOffset: xo + 4, as: Int32.self)))
+          p3 = _mm512_dpbusd_epi32(p3, lo, _mm512_set1_epi32(x3.loadUnaligned(fromByteOffset: xo, as: Int32.self)))
+          p3 = _mm512_dpbusd_epi32(p3, hi, _mm512_set1_epi32(x3.loadUnaligned(fromByteOffset: xo + 4, as: Int32.self)))
+          w += 64; xo += 8
         }
+        let s0 = a.sum(r0, g * group, group), s1 = a.sum(r0 + 1, g * group, group)
+        let s2 = a.sum(r0 + 2, g * group, group), s3 = a.sum(r0 + 3, g * group, group)
+        let gp = (rb * ng + g) * 32
+        if integerGroups {
+          let sv = _mm512_loadu_si512(gi + gp), zv = _mm512_loadu_si512(gi + gp + 16)
+          ti0 = _mm512_add_epi32(ti0, _mm512_sub_epi32(_mm512_mullo_epi32(p0, sv), _mm512_mullo_epi32(zv, _mm512_set1_epi32(s0))))
+          ti1 = _mm512_add_epi32(ti1, _mm512_sub_epi32(_mm512_mullo_epi32(p1, sv), _mm512_mullo_epi32(zv, _mm512_set1_epi32(s1))))
+          ti2 = _mm512_add_epi32(ti2, _mm512_sub_epi32(_mm512_mullo_epi32(p2, sv), _mm512_mullo_epi32(zv, _mm512_set1_epi32(s2))))
+          ti3 = _mm512_add_epi32(ti3, _mm512_sub_epi32(_mm512_mullo_epi32(p3, sv), _mm512_mullo_epi32(zv, _mm512_set1_epi32(s3))))
+        } else {
+          let sv = _mm512_loadu_ps(gf + gp), zv = _mm512_loadu_ps(gf + gp + 16)
+          tf0 = _mm512_fnmadd_ps(zv, _mm512_set1_ps(Float(s0)), _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), sv, tf0))
+          tf1 = _mm512_fnmadd_ps(zv, _mm512_set1_ps(Float(s1)), _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), sv, tf1))
+          tf2 = _mm512_fnmadd_ps(zv, _mm512_set1_ps(Float(s2)), _mm512_fmadd_ps(_mm512_cvtepi32_ps(p2), sv, tf2))
+          tf3 = _mm512_fnmadd_ps(zv, _mm512_set1_ps(Float(s3)), _mm512_fmadd_ps(_mm512_cvtepi32_ps(p3), sv, tf3))
+        }
+      }
+      if integerGroups {
+        tf0 = _mm512_cvtepi32_ps(ti0); tf1 = _mm512_cvtepi32_ps(ti1); tf2 = _mm512_cvtepi32_ps(ti2); tf3 = _mm512_cvtepi32_ps(ti3)
+      }
+      emit(tf0, a, rb, y, ldy, r0)
+      if rows > 1 { emit(tf1, a, rb, y, ldy, r0 + 1) }
+      if rows > 2 { emit(tf2, a, rb, y, ldy, r0 + 2) }
+      if rows > 3 { emit(tf3, a, rb, y, ldy, r0 + 3) }
+    }
+  }
+
+  /// One token row (decode GEMV): weights stream once, two independent accumulators per chunk pair.
+  func kernel1(_ a: QuantizedRows, _ r0: Int, _ b0: Int, _ b1: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int) {
+    let k = self.k, ng = groups, cpg = group / 8
+    let mask = _mm512_set1_epi8(0x0F)
+    let x0 = UnsafeRawPointer(a.codes + r0 * k)
+    for rb in b0..<b1 {
+      var w = UnsafeRawPointer(data + rb * (k / 8) * 64)
+      var ti = _mm512_setzero_si512(), tf = _mm512_setzero_ps()
+      for g in 0..<ng {
+        var pa = _mm512_setzero_si512(), pb = pa
+        var xo = g * group
+        for _ in 0..<cpg {
+          let v = _mm512_loadu_si512(w)
+          let lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask)
+          pa = _mm512_dpbusd_epi32(pa, lo, _mm512_set1_epi32(x0.loadUnaligned(fromByteOffset: xo, as: Int32.self)))
+          pb = _mm512_dpbusd_epi32(pb, hi, _mm512_set1_epi32(x0.loadUnaligned(fromByteOffset: xo + 4, as: Int32.self)))
+          w += 64; xo += 8
+        }
+        let p = _mm512_add_epi32(pa, pb), s = a.sum(r0, g * group, group)
+        let gp = (rb * ng + g) * 32
+        if integerGroups {
+          ti = _mm512_add_epi32(ti, _mm512_sub_epi32(_mm512_mullo_epi32(p, _mm512_loadu_si512(gi + gp)),
+                                                     _mm512_mullo_epi32(_mm512_loadu_si512(gi + gp + 16), _mm512_set1_epi32(s))))
+        } else {
+          tf = _mm512_fnmadd_ps(_mm512_loadu_ps(gf + gp + 16), _mm512_set1_ps(Float(s)),
+                                _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_loadu_ps(gf + gp), tf))
+        }
+      }
+      if integerGroups { tf = _mm512_cvtepi32_ps(ti) }
+      emit(tf, a, rb, y, ldy, r0)
+    }
+  }
+  #endif
+
+  /// Scalar twin: the same result one element at a time from the packed bytes (integer mode: exact accumulators).
+  public func reference(_ a: QuantizedRows, rows: Range<Int>, blocks bl: Range<Int>, _ y: UnsafeMutablePointer<Float>, _ ldy: Int) {
+    var out = [Float](repeating: 0, count: 16)
+    for r in rows {
+      for rb in bl {
+        for i in 0..<16 {
+          let acc = referenceAccumulator(a, row: r, outRow: rb * 16 + i)
+          out[i] = integerGroups ? Float(acc.int) * alpha[rb * 16 + i] * a.scale[r] : acc.float * a.scale[r]
+        }
+        out.withUnsafeBufferPointer { store($0.baseAddress!, rb, y, ldy, r) }
       }
     }
   }
-  #else
-  w4a8GemvReference(w, x: x, xsum: xsum, acc: acc)
-  #endif
-}
 
-/// Scalar twin: the same accumulators from unpacked codes, one element at a time.
-public func w4a8GemvReference(_ w: W4A8Packed, x: UnsafePointer<Int8>, xsum: [Int32], acc: UnsafeMutablePointer<Int32>) {
-  let k = w.k, ng = k / w.group
-  for r in 0..<w.rows {
-    var s: Int32 = 0
-    for i in 0..<k {
-      let c = i / 128, j = i % 128
-      let byte = w.data[r * k / 2 + c * 64 + j % 64]
-      let q = Int32(j < 64 ? byte & 0xF : byte >> 4)
-      let g = i / w.group
-      s &+= (q &* w.s2[r * ng + g] &- w.z[r * ng + g]) &* Int32(x[i])
+  /// The accumulator of one (token row, output row): integer (progressive) or fp (asymmetric) before s_x.
+  public func referenceAccumulator(_ a: QuantizedRows, row r: Int, outRow o: Int) -> (int: Int32, float: Float) {
+    let rb = o / 16, ri = o % 16, ng = groups
+    var ti: Int32 = 0, tf: Float = 0
+    for g in 0..<ng {
+      var p: Int32 = 0
+      for i in (g * group)..<((g + 1) * group) {
+        let c = i / 8, j = i % 8
+        let byte = data[(rb * (k / 8) + c) * 64 + 4 * ri + j % 4]
+        let q = Int32(j < 4 ? byte & 0xF : byte >> 4)
+        p &+= q &* Int32(a.codes[r * k + i])
+      }
+      let s = a.sum(r, g * group, group), gp = (rb * ng + g) * 32 + ri
+      if integerGroups { ti &+= gi[gp] &* p &- gi[gp + 16] &* s }
+      else { tf = tf + Float(p) * gf[gp] - gf[gp + 16] * Float(s) }
     }
-    acc[r] = s
+    return (ti, tf)
   }
-  _ = xsum
 }
