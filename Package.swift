@@ -42,10 +42,15 @@ let package = Package(
     // The offline quantizer (deepcompressor's QoQ and baselines): GPTQ, rotation, smoothing, calibration, recipes.
     .target(name: "QoQQuant", dependencies: ["QoQFormat", "QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers", "QoQEval",
                                          .product(name: "Yams", package: "Yams")], swiftSettings: fast),
+    // In-flight batching scheduler, block manager and sampler: pure logic, no tensors, no I/O.
+    .target(name: "QoQScheduler", dependencies: ["QoQIO"], swiftSettings: fast),
+    // The inference engine: checkpoints repacked for the integer kernels, paged KV cache, batched steps.
+    .target(name: "QoQEngine", dependencies: ["QoQKernels", "QoQModels", "QoQFormat", "QoQIO", "QoQTokenizers", "QoQScheduler", "QoQEval"],
+            swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
-      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant",
+      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
@@ -59,6 +64,9 @@ let package = Package(
     .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQQuantTests", dependencies: ["QoQQuant", "QoQFormat", "QoQModels", "QoQIO", "QoQTestSupport"],
+                swiftSettings: isaOnly),
+    .testTarget(name: "QoQSchedulerTests", dependencies: ["QoQScheduler", "QoQIO"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQEngineTests", dependencies: ["QoQEngine", "QoQScheduler", "QoQFormat", "QoQQuant", "QoQModels", "QoQKernels", "QoQIO", "QoQEval", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

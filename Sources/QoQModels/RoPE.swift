@@ -2,7 +2,7 @@
 // rotate_half pairing (i, i + d/2). Llama 3 frequency scaling (rope_type "llama3") adjusts inv_freq.
 import Foundation
 
-final class RotaryEmbedding: @unchecked Sendable {
+public final class RotaryEmbedding: @unchecked Sendable {
   let half: Int
   let invFreq: [Float]
   /// cos/sin tables, (positions, d/2), grown on demand.
@@ -10,7 +10,7 @@ final class RotaryEmbedding: @unchecked Sendable {
   private(set) var sinTable: [Float] = []
   private(set) var positions = 0
 
-  init(headDim d: Int, theta: Double, scaling: RopeScaling?) {
+  public init(headDim d: Int, theta: Double, scaling: RopeScaling?) {
     half = d / 2
     var inv = (0..<half).map { i -> Float in
       1 / powf(Float(theta), Float(2 * i) / Float(d))
@@ -30,7 +30,7 @@ final class RotaryEmbedding: @unchecked Sendable {
     invFreq = inv
   }
 
-  func ensure(_ n: Int) {
+  public func ensure(_ n: Int) {
     guard n > positions else { return }
     let newN = max(n, positions * 2, 64)
     cosTable.reserveCapacity(newN * half)
@@ -46,7 +46,7 @@ final class RotaryEmbedding: @unchecked Sendable {
   }
 
   /// Rotates `heads` vectors of size 2·half at `x` (stride 2·half) for position `pos`.
-  func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, pos: Int) {
+  public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, pos: Int) {
     cosTable.withUnsafeBufferPointer { cb in
       sinTable.withUnsafeBufferPointer { sb in
         let c = cb.baseAddress! + pos * half, s = sb.baseAddress! + pos * half

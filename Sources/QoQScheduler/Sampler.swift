@@ -40,7 +40,7 @@ public struct SamplingParams: Sendable, Equatable {
 }
 
 /// Draws tokens for one request with its own generator, so outputs do not depend on what else is in the batch.
-public struct Sampler {
+public struct Sampler: Sendable {
   public let params: SamplingParams
   var rng: SplitMix64
 

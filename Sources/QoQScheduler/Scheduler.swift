@@ -302,7 +302,9 @@ public final class Scheduler {
       }
       held += s.blockTable.count
     }
-    if held + blocks.numFree != blocks.numBlocks { return "\(held) held + \(blocks.numFree) free != \(blocks.numBlocks)" }
+    if held + blocks.numFree != blocks.numBlocks {
+      return "\(held) held + \(blocks.numFree) free != \(blocks.numBlocks) pages"
+    }
     if running.count > runCap { return "\(running.count) running > cap \(runCap)" }
     let arrivals = running.map { seqs[$0]!.arrival }
     if arrivals != arrivals.sorted() { return "running not in arrival order" }

@@ -1,0 +1,194 @@
+// The engine's model: the checkpoint that `qoq quantize --save-model` writes, repacked once at load for the integer
+// kernels (qserve.md §8.3 item 1), or an FP model. q/k/v and gate/up are fused along the output dimension (one
+// activation quantization, one weight stream). Parameter names stay the checkpoint's (`model.layers.i.*`).
+import Foundation
+import QoQFormat
+import QoQIO
+import QoQKernels
+import QoQModels
+import QoQTokenizers
+
+/// A linear layer of the engine: integer kernels read quantized rows, FP layers read floats.
+public enum EngineLinear: @unchecked Sendable {
+  case int(IntLinearKernel)
+  case fp(LinearLayer)
+  var n: Int { switch self { case .int(let k): k.n; case .fp(let l): l.outFeatures } }
+  var quantizedInput: Bool { if case .int = self { return true } else { return false } }
+}
+
+public final class EngineLayer: @unchecked Sendable {
+  public let inputLayernorm: [Float]          // (H)
+  public let postAttentionLayernorm: [Float]  // (H)
+  public let qkvProj: EngineLinear            // (Q + 2·KV) × H: q_proj, k_proj, v_proj rows
+  public let oProj: EngineLinear              // H × Q
+  public let gateUpProj: EngineLinear         // 2·I × H: gate_proj then up_proj rows
+  public let downProj: EngineLinear           // H × I
+  init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear) {
+    inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d
+  }
+}
+
+/// How the LM head is stored: fp32 (exact), bf16 (half the bytes), int8 (W8A8 per output row, a quarter).
+public enum LMHeadPrecision: String, Sendable, CaseIterable { case fp32, bf16, int8 }
+
+public final class EngineModel: @unchecked Sendable {
+  public let config: LlamaConfiguration
+  public let embedTokens: [Float]     // (vocab, H)
+  public let layers: [EngineLayer]
+  public let norm: [Float]            // (H)
+  public let lmHead: EngineLinear     // vocab × H
+  public let kvFormat: KVPageFormat
+  public let description: String
+  let rope: RotaryEmbedding
+
+  init(config: LlamaConfiguration, embed: [Float], layers: [EngineLayer], norm: [Float], lmHead: EngineLinear,
+       kvMode: KVMode, pageSize: Int, description: String) throws {
+    guard config.headDim % 32 == 0 else {
+      throw QoQError("the engine needs head_dim to be a multiple of 32 (got \(config.headDim))")
+    }
+    guard config.numAttentionHeads % config.numKeyValueHeads == 0 else { throw QoQError("heads must be a multiple of kv heads") }
+    guard pageSize >= 16 && pageSize % 16 == 0 && pageSize <= 1024 else {
+      throw QoQError("--page-size must be a multiple of 16 between 16 and 1024 (got \(pageSize))")
+    }
+    self.config = config; embedTokens = embed; self.layers = layers; self.norm = norm; self.lmHead = lmHead
+    kvFormat = KVPageFormat(mode: kvMode, heads: config.numKeyValueHeads, headDim: config.headDim, pageSize: pageSize)
+    self.description = description
+    rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
+  }
+
+  /// The context limit: max_position_embeddings (Mistral's sliding window is not implemented, so it caps it).
+  public var maxContext: Int { min(config.maxPositionEmbeddings, config.slidingWindow ?? Int.max) }
+
+  /// An FP model (W16A16 path of §2.6, fp32 here): the reference model's linears, FP16 KV pages unless `kvMode`.
+  public convenience init(fp m: LlamaModel, kvMode: KVMode = .fp16, pageSize: Int = 64, lmHead: LMHeadPrecision = .fp32) throws {
+    let c = m.config
+    let layers = m.layers.map { l in
+      EngineLayer(l.inputLayernorm, l.postAttentionLayernorm,
+                  .fp(StackedLinear([l.qProj, l.kProj, l.vProj])), .fp(l.oProj), .fp(StackedLinear([l.gateProj, l.upProj])), .fp(l.downProj))
+    }
+    let head = c.tieWordEmbeddings ? m.embedTokens : nil
+    try self.init(config: c, embed: m.embedTokens, layers: layers, norm: m.norm,
+                  lmHead: try Self.makeHead(fp: head, layer: m.lmHead, c, lmHead), kvMode: kvMode, pageSize: pageSize,
+                  description: "fp32 weights, \(kvMode.rawValue) KV")
+  }
+
+  /// Loads a quantized checkpoint folder for the integer kernels. Formats: progressive uint4 (QoQ, integer group
+  /// rescale), asymmetric uint4 per group or per channel (fp group epilogue), symmetric int8 (W8A8); activations
+  /// must be 8-bit per-token; KV 4 or 8 bits asymmetric per (token, head), or unquantized (fp16 pages).
+  public static func load(quantized path: String, pageSize: Int = 64, lmHead: LMHeadPrecision = .int8,
+                          kvOverride: KVMode? = nil) throws -> EngineModel {
+    let cfgPath = path + "/config.json"
+    let root = try JSON.parseFile(cfgPath)
+    guard let qcJSON = root["quantization_config"], !qcJSON.isNull else {
+      throw QoQError("\(path) is not a quantized checkpoint (config.json has no quantization_config)")
+    }
+    let qc = try QuantizationConfig(json: qcJSON, what: cfgPath)
+    let c = try LlamaConfiguration.load(path: cfgPath)
+    _ = try ModelRegistry.family(c.modelType)
+    guard let wf = qc.weight else { throw QoQError("\(path): the checkpoint has no quantized weights; load it as an FP model") }
+    func unsupported(_ why: String) -> QoQError {
+      QoQError("\(path): \(why) is not supported by the engine kernels (supported: progressive or asymmetric uint4 " +
+               "and symmetric int8 weights with 8-bit per-token activations; 4/8-bit asymmetric per-head KV)")
+    }
+    switch wf {
+    case .progressive(let g, _): guard g % 32 == 0 else { throw unsupported("weight group size \(g)") }
+    case .asym(let b, let g): guard b == 4 else { throw unsupported("\(b)-bit asymmetric weights") }
+      if let g { guard g % 32 == 0 else { throw unsupported("weight group size \(g)") } }
+    case .sym(let b): guard b == 8 else { throw unsupported("\(b)-bit symmetric weights") }
+    }
+    guard qc.actBits == 8 else { throw unsupported(qc.actBits.map { "\($0)-bit activations" } ?? "weight-only quantization (W4A16)") }
+    var kv = KVMode.fp16
+    if let kb = qc.kvBits {
+      guard kb == 4 || kb == 8 else { throw unsupported("\(kb)-bit KV cache") }
+      guard qc.kvAsymmetric else { throw unsupported("symmetric KV quantization") }
+      guard qc.kvGroup == nil || qc.kvGroup == c.headDim else { throw unsupported("KV group \(qc.kvGroup!) ≠ head_dim \(c.headDim)") }
+      kv = kb == 4 ? .kv4 : .kv8
+    }
+    if let o = kvOverride { kv = o }
+    guard c.hiddenSize % 32 == 0 && c.intermediateSize % 32 == 0 && c.qDim % 32 == 0 else {
+      throw unsupported("hidden/intermediate sizes not divisible by 32")
+    }
+    let st = try CheckpointWeights(folder: path)
+    func fused(_ modules: [String], inp: Int) throws -> EngineLinear {
+      var codes: [UInt8] = [], scale: [Float] = [], zero: [Float] = [], s1: [Float] = [], bias: [Float] = []
+      var n = 0, hasBias = false
+      for m in modules {
+        guard st.contains(m + ".qweight") else { throw QoQError("\(path): \(m) is not quantized; mixed precision is not supported by the engine") }
+        let out = try st.info(m + ".qweight").shape.first ?? 0
+        let q = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
+        codes += q.codes; scale += q.scale; zero += q.zero; s1 += q.rowScale
+        if st.contains(m + ".bias") { hasBias = true; bias += try st.floats(m + ".bias") } else { bias += [Float](repeating: 0, count: out) }
+        n += out
+      }
+      let b = hasBias ? bias : nil
+      switch wf {
+      case .progressive(let g, _):
+        return .int(PackedW4A8(progressiveCodes: codes, s2: scale, z: zero, s1: s1, n: n, k: inp, group: g, bias: b))
+      case .asym(_, let g):
+        return .int(PackedW4A8(asymCodes: codes, scale: scale, zero: zero, n: n, k: inp, group: g ?? inp, bias: b))
+      case .sym:
+        return .int(PackedW8A8(codes: codes, scale: scale, n: n, k: inp, bias: b))
+      }
+    }
+    var layers: [EngineLayer] = []
+    for i in 0..<c.numHiddenLayers {
+      let p = "model.layers.\(i)."
+      layers.append(EngineLayer(
+        try st.floats(p + "input_layernorm.weight"), try st.floats(p + "post_attention_layernorm.weight"),
+        try fused([p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"], inp: c.hiddenSize),
+        try fused([p + "self_attn.o_proj"], inp: c.qDim),
+        try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
+        try fused([p + "mlp.down_proj"], inp: c.intermediateSize)))
+    }
+    let embed = try st.floats("model.embed_tokens.weight")
+    guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }
+    let headW = c.tieWordEmbeddings ? embed : try st.floats("lm_head.weight")
+    guard headW.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): lm_head.weight has the wrong size") }
+    return try EngineModel(config: c, embed: embed, layers: layers, norm: try st.floats("model.norm.weight"),
+                           lmHead: try makeHead(fp: headW, layer: nil, c, lmHead), kvMode: kv, pageSize: pageSize,
+                           description: "\(wf) weights, int8 activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head")
+  }
+
+  /// The LM head in the chosen precision; int8 quantizes each output row symmetrically (s = max|w|/127).
+  static func makeHead(fp w: [Float]?, layer: LinearLayer?, _ c: LlamaConfiguration, _ p: LMHeadPrecision) throws -> EngineLinear {
+    let V = c.vocabSize, H = c.hiddenSize
+    guard let w else {
+      guard p == .fp32, let layer else { throw QoQError("lm_head precision \(p.rawValue) needs the head weights") }
+      return .fp(layer)
+    }
+    switch p {
+    case .fp32: return .fp(DenseLinear(weight: w, outFeatures: V, inFeatures: H))
+    case .bf16: return .fp(BF16Linear(weight: w, outFeatures: V, inFeatures: H))
+    case .int8:
+      guard H % 32 == 0 else { throw QoQError("an int8 lm_head needs hidden_size divisible by 32") }
+      var codes = [UInt8](repeating: 128, count: V * H), scale = [Float](repeating: 1, count: V)
+      for o in 0..<V {
+        var m: Float = 0
+        for i in 0..<H { m = max(m, abs(w[o * H + i])) }
+        let s: Float = m == 0 ? 1 : m / 127
+        scale[o] = s
+        for i in 0..<H { codes[o * H + i] = UInt8(Int(min(max((w[o * H + i] / s).rounded(.toNearestOrEven), -127), 127)) + 128) }
+      }
+      return .int(PackedW8A8(codes: codes, scale: scale, n: V, k: H))
+    }
+  }
+}
+
+/// Several FP linears over the same input, their outputs side by side (fused q/k/v or gate/up for the FP path).
+final class StackedLinear: LinearLayer, @unchecked Sendable {
+  let parts: [LinearLayer]
+  let inFeatures: Int
+  let outFeatures: Int
+  init(_ parts: [LinearLayer]) {
+    self.parts = parts; inFeatures = parts[0].inFeatures; outFeatures = parts.reduce(0) { $0 + $1.outFeatures }
+  }
+  func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    let tmp = UnsafeMutablePointer<Float>.allocate(capacity: rows * parts.map(\.outFeatures).max()!); defer { tmp.deallocate() }
+    var off = 0
+    for p in parts {
+      p.forward(x, rows: rows, tmp)
+      for r in 0..<rows { (y + r * outFeatures + off).update(from: tmp + r * p.outFeatures, count: p.outFeatures) }
+      off += p.outFeatures
+    }
+  }
+}
