@@ -46,16 +46,22 @@ public func wikitextGPTQText(raw: String) -> String {
   return rows.joined(separator: "\n\n")
 }
 
-public struct PerplexityEvaluator {
+/// Scores windows: Σ −log p(tokens[j+1] | tokens[...j]) over positions j in first..<last of one window.
+public protocol WindowScorer {
+  var maxContext: Int { get }
+  func windowNLL(_ window: [Int32], from first: Int, to last: Int) throws -> Double
+}
+
+/// The reference model as a scorer: one forward over the window, logits in chunks of rows.
+public struct ModelScorer: WindowScorer {
   public let model: LlamaModel
   /// Rows of logits computed at once (bounds memory: rows × vocab floats).
   public var logitsChunk = 256
-
   public init(model: LlamaModel) { self.model = model }
+  public var maxContext: Int { model.maxContext }
 
-  /// Σ −log p(target) over the given positions of one window, in Double.
-  /// `hidden`: (L, H) final hidden states; position j predicts tokens[j+1].
-  func nll(hidden: [Float], tokens: ArraySlice<Int32>, from first: Int, to last: Int) -> Double {
+  public func windowNLL(_ window: [Int32], from first: Int, to last: Int) throws -> Double {
+    let hidden = try model.forward([window], caches: [KVCache(config: model.config, capacity: window.count)])
     let H = model.config.hiddenSize, V = model.config.vocabSize
     var total = 0.0
     var j = first
@@ -64,22 +70,25 @@ public struct PerplexityEvaluator {
         let rows = min(logitsChunk, last - j)
         let logits = model.logits(hb.baseAddress! + j * H, rows: rows)
         logits.withUnsafeBufferPointer { lb in
-          for r in 0..<rows {
-            let row = lb.baseAddress! + r * V
-            let target = Int(tokens[tokens.startIndex + j + r + 1])
-            total += logSumExp(row, V) - Double(row[target])
-          }
+          for r in 0..<rows { total += logSumExp(lb.baseAddress! + r * V, V) - Double(lb[r * V + Int(window[j + r + 1])]) }
         }
         j += rows
       }
     }
     return total
   }
+}
+
+public struct PerplexityEvaluator {
+  public let scorer: WindowScorer
+
+  public init(model: LlamaModel) { scorer = ModelScorer(model: model) }
+  public init(scorer: WindowScorer) { self.scorer = scorer }
 
   public func evaluate(tokens: [Int32], seqLen L: Int, maxWindows: Int? = nil, proto: PerplexityProtocol = .gptq,
                        bos: Int32? = nil, progress: ((Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
     guard L >= 2 else { throw QoQError("--seq-len must be at least 2 (got \(L))") }
-    guard L <= model.maxContext else { throw QoQError("--seq-len \(L) exceeds the model's context of \(model.maxContext)") }
+    guard L <= scorer.maxContext else { throw QoQError("--seq-len \(L) exceeds the model's context of \(scorer.maxContext)") }
     let available = tokens.count / L
     guard available > 0 else { throw QoQError("the dataset has \(tokens.count) tokens, fewer than one window of \(L)") }
     let n = min(available, maxWindows ?? available)
@@ -90,10 +99,8 @@ public struct PerplexityEvaluator {
     for w in 0..<n {
       var window = Array(tokens[(w * L)..<((w + 1) * L)])
       if proto == .llamacpp, let b = bos { window[0] = b }
-      let cache = KVCache(config: model.config, capacity: L)
-      let hidden = try model.forward([window], caches: [cache])
       let first = proto == .gptq ? 0 : L / 2
-      let s = nll(hidden: hidden, tokens: window[...], from: first, to: L - 1)
+      let s = try scorer.windowNLL(window, from: first, to: L - 1)
       let scored = L - 1 - first
       meanCE.append(s / Double(scored))
       switch proto {

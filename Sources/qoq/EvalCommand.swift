@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QoQEngine
 import QoQEval
 import QoQFormat
 import QoQIO
@@ -17,11 +18,16 @@ struct EvalCommand: ParsableCommand {
   @Option(name: .customLong("protocol"), help: "gptq (HF rows joined by \\n\\n, full windows) or llamacpp (second half of each chunk).")
   var proto: String = "gptq"
   @Flag(help: "Print the result as JSON.") var json = false
+  @Flag(help: "Run through the inference engine (integer W4A8 kernels, paged KV cache) instead of the fake-quantized model.")
+  var engine = false
+  @Option(help: "Engine: LM head precision (fp32, bf16, int8).") var lmHead: String = "fp32"
+  @Flag(help: "Engine: fp32 attention scores over the KV4 pages instead of integer (int8 query) scores.") var fpScores = false
 
   func validate() throws {
     guard PerplexityProtocol(rawValue: proto) != nil else { throw ValidationError("--protocol must be gptq or llamacpp") }
     guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2") }
     if let m = maxWindows, m <= 0 { throw ValidationError("--max-windows must be positive") }
+    guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16 or int8") }
   }
 
   func run() throws {
@@ -36,7 +42,17 @@ struct EvalCommand: ParsableCommand {
       }
       let tokens = try perplexityTokens(raw: raw, tokenizer: loaded.tokenizer, proto: p)
       note("evaluating wikitext-2 (\(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
-      let r = try PerplexityEvaluator(model: loaded.model).evaluate(
+      var evaluator = PerplexityEvaluator(model: loaded.model)
+      if engine {
+        let head = LMHeadPrecision(rawValue: lmHead)!
+        let m = quant == nil ? try EngineModel(fp: loaded.model, lmHead: head == .fp32 ? .fp32 : head)
+                             : try EngineModel.load(quantized: modelPath, lmHead: head)
+        let scorer = EngineScorer(model: m)
+        scorer.integerScores = !fpScores
+        note("engine: \(m.description)\(fpScores ? ", fp32 scores" : "")")
+        evaluator = PerplexityEvaluator(scorer: scorer)
+      }
+      let r = try evaluator.evaluate(
         tokens: tokens, seqLen: seqLen, maxWindows: maxWindows, proto: p, bos: loaded.tokenizer.bosTokenId) { w, n, ppl in
         Progress.update("\(Progress.bar(w, n)) window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
       }
