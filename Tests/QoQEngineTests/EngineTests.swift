@@ -60,7 +60,7 @@ import QoQTestSupport
     }
     let batched = try run(try Engine(model: m, tokenizer: nil, options: opts), Self.prompts, n)
     for i in Self.prompts.indices { #expect(batched[i] == want[i], "batched \(i)") }
-    var tight = opts; tight.numBlocks = 6; tight.maxBatchedTokens = 7
+    var tight = opts; tight.numBlocks = 4; tight.maxBatchedTokens = 7
     let e = try Engine(model: m, tokenizer: nil, options: tight)
     let ids = try Self.prompts.map { try e.add(prompt: $0, params: Self.greedy(n), ignoreEOS: true) }
     var out: [Int: [Int32]] = [:]
@@ -68,7 +68,7 @@ import QoQTestSupport
       for ev in try e.step() { if case .finished(let id, _, _, let toks) = ev { out[id] = toks } }
     }
     for (i, id) in ids.enumerated() { #expect(out[id] == want[i], "tight pool \(i)") }
-    #expect(e.scheduler.blocks.numFree == 6)
+    #expect(e.scheduler.blocks.numFree == 4)
     #expect(e.preemptions > 0, "the tight pool never preempted")
     // qserve-v0 policy gives the same outputs.
     var v0 = opts; v0.policy = .qserveV0
