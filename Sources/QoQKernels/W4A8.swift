@@ -74,6 +74,19 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
   }
   deinit { data.deallocate(); gi.deallocate(); gf.deallocate(); alpha.deallocate(); bias?.deallocate() }
 
+  private init(copying o: PackedW4A8) {
+    n = o.n; k = o.k; group = o.group; integerGroups = o.integerGroups; blocks = o.blocks
+    let ng = k / group
+    data = .allocate(capacity: blocks * k * 8); data.update(from: o.data, count: blocks * k * 8)
+    gi = .allocate(capacity: blocks * ng * 32); gi.update(from: o.gi, count: blocks * ng * 32)
+    gf = .allocate(capacity: blocks * ng * 32); gf.update(from: o.gf, count: blocks * ng * 32)
+    alpha = .allocate(capacity: blocks * 16); alpha.update(from: o.alpha, count: blocks * 16)
+    bias = o.bias.map { b in let p = UnsafeMutablePointer<Float>.allocate(capacity: o.blocks * 16); p.update(from: b, count: o.blocks * 16); return p }
+  }
+
+  /// An independent copy in fresh memory (benchmarks that must not hit the cache).
+  public func duplicate() -> PackedW4A8 { PackedW4A8(copying: self) }
+
   public func forward(_ a: QuantizedRows, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
     precondition(a.k == k)
     let m = a.m
@@ -85,8 +98,13 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
       #if arch(x86_64)
       // One token: the GEMV streams weights once. More: four token rows per weight decode (padding rows of
       // QuantizedRows are readable, their results are not stored).
+      // Row blocks go in runs of ~128 KB of weights that stay in L2 while every 4-row tile of tokens passes over
+      // them, so weights stream from memory once per call whatever M is.
       if m == 1 { self.kernel1(a, 0, b0, b1, y, ldy) } else {
-        for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, b0, b1, y, ldy, rows: min(4, m - r)) }
+        let run = max(1, (128 << 10) / (self.k * 8))
+        for c0 in stride(from: b0, to: b1, by: run) {
+          for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, c0, min(b1, c0 + run), y, ldy, rows: min(4, m - r)) }
+        }
       }
       #else
       self.reference(a, rows: 0..<m, blocks: b0..<b1, y, ldy)

@@ -39,7 +39,11 @@ public final class PackedW8A8: IntLinearKernel, @unchecked Sendable {
       let b0 = self.blocks * t / parts, b1 = self.blocks * (t + 1) / parts
       guard b0 < b1, t < parts else { return }
       #if arch(x86_64)
-      for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, b0, b1, y, ldy, rows: min(4, m - r)) }
+      // Runs of ~128 KB of weights stay in L2 while every 4-row tile of tokens passes over them.
+      let run = max(1, (128 << 10) / (self.k * 16))
+      for c0 in stride(from: b0, to: b1, by: run) {
+        for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, c0, min(b1, c0 + run), y, ldy, rows: min(4, m - r)) }
+      }
       #else
       for r in 0..<m { for rb in b0..<b1 { self.referenceBlock(a, r, rb, y, ldy) } }
       #endif

@@ -1,12 +1,14 @@
 import ArgumentParser
 import Foundation
+import QoQEngine
 import QoQIO
 import QoQKernels
 import QoQModels
 
 struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "bench", abstract: "Benchmarks: SGEMM GFLOPS on large shapes, FP prefill and decode on a model.")
+    commandName: "bench",
+    abstract: "Benchmarks: FP kernels and model (default), W4A8 kernels vs measured ceilings (--kernels), the engine (--engine).")
 
   @Option(name: [.customShort("m"), .long], help: "Model folder or .gguf (omit to run kernel benchmarks only).")
   var modelPath: String?
@@ -15,6 +17,14 @@ struct BenchCommand: ParsableCommand {
   @Option(name: .customLong("tg"), help: "Tokens for the decode test.") var genTokens: Int = 32
   @Flag(help: "JSON output.") var json = false
   @Flag(help: "Also measure this machine's synthetic FP32 FMA peak (one thread).") var peak = false
+  @Flag(help: "W4A8 kernels: GEMV against read bandwidth, GEMM against the VNNI peak (SmolLM2 and Llama-3-8B shapes).")
+  var kernels = false
+  @Flag(help: "Engine benchmarks on -m: pp/tg (llama-bench style) and QServe's throughput protocol over --batches.")
+  var engine = false
+  @Option(help: "QServe protocol: prompt tokens per request (random ids).") var inputLen: Int = 128
+  @Option(help: "QServe protocol: generated tokens per request.") var outputLen: Int = 64
+  @Option(help: "QServe protocol: batch sizes to sweep (comma-separated).") var batches: String = "1,2,4,8,16,32"
+  @OptionGroup var engineArgs: EngineArguments
 
   func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
 
@@ -22,6 +32,20 @@ struct BenchCommand: ParsableCommand {
     try runReportingErrors {
       var rows: [(String, Double, String)] = []
       rows.append(("threads", Double(ThreadPool.shared.threads), "count"))
+      if kernels || engine {
+        if kernels { rows += KernelBench.rows(repeats: repeats).map { ($0.test, $0.value, $0.unit) } }
+        if engine {
+          guard let path = modelPath else { throw QoQError("--engine needs -m MODEL") }
+          let bs = batches.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+          guard bs.allSatisfy({ $0 > 0 }), inputLen > 0, outputLen > 0 else { throw QoQError("--batches, --input-len and --output-len must be positive") }
+          let (m, _) = try engineArgs.loadModel(path)
+          note("engine: \(m.description)")
+          rows += try EngineBench.rows(m, engineArgs, pp: promptTokens, tg: genTokens, input: inputLen, output: outputLen,
+                                       batches: bs, repeats: repeats).map { ($0.test, $0.value, $0.unit) }
+        }
+        emit(rows)
+        return
+      }
       if peak { rows.append(("fp32 fma peak (1 thread)", [measureFMAPeak(), measureFMAPeak(), measureFMAPeak()].sorted()[1], "GFLOPS")) }
       for (m, n, k) in [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (2048, 1536, 576), (2048, 576, 1536)] {
         var a = [Float](repeating: 0, count: m * k), c = [Float](repeating: 0, count: m * n)
@@ -64,12 +88,16 @@ struct BenchCommand: ParsableCommand {
         for i in 0..<genTokens { _ = try model.lastLogits([[Int32((i * 31) % V)]], caches: [cache]) }
         rows.append(("decode tg\(genTokens)", Double(genTokens) / Date().timeIntervalSince(t), "tokens/s"))
       }
-      if json {
-        print(JSON.serialize(.array(rows.map { .object(JSONObject([("test", .string($0.0)), ("value", .double($0.1)), ("unit", .string($0.2))])) }), pretty: true))
-      } else {
-        print("| test | value | unit |\n|---|---|---|")
-        for r in rows { print("| \(r.0) | \(String(format: "%.1f", r.1)) | \(r.2) |") }
-      }
+      emit(rows)
+    }
+  }
+
+  func emit(_ rows: [(String, Double, String)]) {
+    if json {
+      print(JSON.serialize(.array(rows.map { .object(JSONObject([("test", .string($0.0)), ("value", .double($0.1)), ("unit", .string($0.2))])) }), pretty: true))
+    } else {
+      print("| test | value | unit |\n|---|---|---|")
+      for r in rows { print("| \(r.0) | \(String(format: "%.1f", r.1)) | \(r.2) |") }
     }
   }
 }

@@ -1,84 +1,103 @@
 import ArgumentParser
 import Foundation
-import QoQFormat
+import QoQEngine
 import QoQIO
-import QoQKernels
-import QoQModels
+import QoQScheduler
 import QoQTokenizers
 
 struct GenerateCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "generate", abstract: "Generate text from a prompt (FP or fake-quantized checkpoint; streams to stdout).")
+    commandName: "generate",
+    abstract: "Generate text with the engine (W4A8 kernels for quantized checkpoints), several prompts batched in flight.")
 
-  @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
-  @Option(name: [.short, .long], help: "Prompt text.") var prompt: String
-  @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Tokens to generate.") var maxTokens: Int = 64
-  @Option(help: "Sampling temperature (0 = greedy).") var temp: Double = 0
+  @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
+  @Option(name: [.short, .long], help: "Prompt text (repeat for several prompts).") var prompt: [String] = []
+  @Option(help: "File of prompts: one per line, or JSON lines with a \"prompt\" field (.jsonl).") var promptsFile: String?
+  @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Tokens to generate per prompt.") var maxTokens: Int = 64
+  @Option(help: "Sampling temperature (0 = greedy).") var temp: Float = 0
   @Option(help: "Top-k (0 = off).") var topK: Int = 0
-  @Option(help: "Top-p nucleus (1 = off).") var topP: Double = 1
-  @Option(name: [.short, .long], help: "Random seed.") var seed: UInt64 = 0
-  @Flag(help: "Wrap the prompt in the model's chat template (ChatML when the template is ChatML).") var chat = false
+  @Option(help: "Top-p nucleus (1 = off).") var topP: Float = 1
+  @Option(help: "Min-p (0 = off).") var minP: Float = 0
+  @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1
+  @Option(name: [.short, .long], help: "Random seed (request i uses seed + i).") var seed: UInt64 = 0
+  @Option(help: "Stop string (repeatable).") var stop: [String] = []
+  @Flag(help: "Wrap each prompt in the model's chat template (ChatML).") var chat = false
   @Flag(help: "Keep going past end-of-sequence tokens.") var ignoreEos = false
+  @Flag(help: "Print one JSON object per finished request instead of text.") var json = false
+  @OptionGroup var engine: EngineArguments
 
   func validate() throws {
     guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
-    guard temp >= 0, temp.isFinite else { throw ValidationError("--temp must be ≥ 0") }
-    guard topK >= 0 else { throw ValidationError("--top-k must be ≥ 0") }
-    guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+    guard !prompt.isEmpty || promptsFile != nil else { throw ValidationError("give --prompt or --prompts-file") }
+  }
+
+  func prompts() throws -> [String] {
+    var out = prompt
+    if let f = promptsFile {
+      guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw QoQError("\(f): cannot read the prompts file") }
+      for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
+        if f.hasSuffix(".jsonl") {
+          guard let p = try JSON.parse(Data(line.utf8), what: "\(f):\(i + 1)")["prompt"]?.string else {
+            throw QoQError("\(f):\(i + 1): a JSON line needs a \"prompt\" string")
+          }
+          out.append(p)
+        } else { out.append(String(line)) }
+      }
+    }
+    guard !out.isEmpty else { throw QoQError("no prompts") }
+    return out
   }
 
   func run() throws {
     try runReportingErrors {
-      let (loaded, _) = try AnyModelLoader.load(path: modelPath)
-      let model = loaded.model, tok = loaded.tokenizer
-      let text = chat ? "<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n" : prompt
-      var ids = try tok.encode(text, addSpecialTokens: true, parseSpecial: chat)
-      guard !ids.isEmpty else { throw QoQError("the prompt is empty after tokenization") }
-      let eos = Set(tok.eosTokenIds + model.config.eosTokenIds.map { Int32($0) })
-      let cache = KVCache(config: model.config, capacity: ids.count + maxTokens)
-      var rng = SplitMix64(seed: seed)
-      let promptCount = ids.count
-      var printed = ""
-      let t0 = Date()
-      var logits = try model.lastLogits([ids], caches: [cache])[0]
-      let tPrompt = Date().timeIntervalSince(t0)
-      let t1 = Date()
-      var generated = 0
-      for _ in 0..<maxTokens {
-        let next = sample(logits, temp: Float(temp), topK: topK, topP: Float(topP), rng: &rng)
-        ids.append(next)
-        generated += 1
-        if eos.contains(next) && !ignoreEos { break }
-        let textNow = try tok.decode(Array(ids[promptCount...]), skipSpecialTokens: true)
-        // Hold back an incomplete UTF-8 sequence (shown as U+FFFD at the end) until it completes.
-        if !textNow.hasSuffix("\u{FFFD}"), textNow.count >= printed.count, textNow.hasPrefix(printed) {
-          FileHandle.standardOutput.write(Data(String(textNow.dropFirst(printed.count)).utf8))
-          printed = textNow
+      let texts = try prompts()
+      let (model, tok) = try engine.loadModel(modelPath)
+      note("engine: \(model.description)")
+      let e = try Engine(model: model, tokenizer: tok, options: engine.options)
+      var ids: [Int: Int] = [:]  // request id → prompt index
+      var promptTokens = 0
+      for (i, t) in texts.enumerated() {
+        let text = chat ? "<|im_start|>user\n\(t)<|im_end|>\n<|im_start|>assistant\n" : t
+        var p = SamplingParams()
+        p.temperature = temp; p.topK = topK; p.topP = topP; p.minP = minP; p.repetitionPenalty = repeatPenalty
+        p.seed = seed &+ UInt64(i); p.maxTokens = maxTokens; p.stopStrings = stop
+        do {
+          let toks = try tok.encode(text, addSpecialTokens: true, parseSpecial: chat)
+          ids[try e.add(prompt: toks, params: p, ignoreEOS: ignoreEos)] = i
+          promptTokens += toks.count
+        } catch let err as QoQError {
+          // One bad prompt does not stop the others.
+          note("prompt \(i + 1): \(err.message)")
         }
-        logits = try model.lastLogits([[next]], caches: [cache])[0]
       }
-      FileHandle.standardOutput.write(Data("\n".utf8))
-      let tGen = Date().timeIntervalSince(t1)
-      note(String(format: "prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.1f tokens/s",
-                  promptCount, Double(promptCount) / tPrompt, generated, Double(generated) / max(tGen, 1e-9)))
+      let streaming = texts.count == 1 && !json
+      var generated = 0
+      let t0 = Date()
+      var firstToken: Double?
+      _ = try e.runToCompletion { ev in
+        switch ev {
+        case .token(_, _, let delta):
+          generated += 1
+          if firstToken == nil { firstToken = Date().timeIntervalSince(t0) }
+          if streaming { FileHandle.standardOutput.write(Data(delta.utf8)) }
+        case .finished(let id, let reason, let text, let toks):
+          let i = ids[id] ?? -1
+          if json {
+            let o = JSONObject([("index", .int(i)), ("prompt", .string(texts[i])), ("text", .string(text)),
+                                ("tokens", .int(toks.count)), ("finish_reason", .string(reason.rawValue))])
+            print(JSON.serialize(.object(o)))
+          } else if streaming {
+            FileHandle.standardOutput.write(Data("\n".utf8))
+          } else {
+            print("### [\(i + 1)] \(texts[i])\n\(text)\n(\(toks.count) tokens, \(reason.rawValue))\n")
+          }
+        case .rejected(let id, let reason):
+          note("prompt \((ids[id] ?? -1) + 1): rejected: \(reason)")
+        }
+      }
+      let dt = Date().timeIntervalSince(t0)
+      note(String(format: "%d requests, %d prompt tokens, %d generated in %.2f s (%.1f tokens/s overall; first token after %.2f s; %d steps, %d preemptions)",
+                  ids.count, promptTokens, generated, dt, Double(generated) / max(dt, 1e-9), firstToken ?? 0, e.stepsRun, e.preemptions))
     }
   }
-}
-
-/// Greedy when temp == 0; otherwise softmax(logits / temp) restricted to top-k and top-p.
-func sample(_ logits: [Float], temp: Float, topK: Int, topP: Float, rng: inout SplitMix64) -> Int32 {
-  if temp == 0 { return Int32(logits.withUnsafeBufferPointer { argmax($0.baseAddress!, logits.count) }) }
-  var idx = Array(0..<logits.count)
-  idx.sort { logits[$0] > logits[$1] }
-  if topK > 0 { idx = Array(idx.prefix(topK)) }
-  let m = logits[idx[0]]
-  var p = idx.map { expf((logits[$0] - m) / temp) }
-  let z = p.reduce(0, +)
-  p = p.map { $0 / z }
-  var cum: Float = 0, cut = p.count
-  for (i, x) in p.enumerated() { cum += x; if cum >= topP { cut = i + 1; break } }
-  let total = p.prefix(cut).reduce(0, +)
-  var r = Float(Double(rng.next() >> 11) / Double(1 << 53)) * total
-  for i in 0..<cut { r -= p[i]; if r <= 0 { return Int32(idx[i]) } }
-  return Int32(idx[cut - 1])
 }

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import QoQEngine
+import QoQFormat
+import QoQIO
+import QoQKernels
+import QoQModels
+import QoQScheduler
+import QoQTokenizers
+
+/// Engine flags shared by `generate` and `bench` (names follow QServe's / vLLM's engine CLI where one exists).
+struct EngineArguments: ParsableArguments {
+  @Option(help: "Tokens per step: prefill chunks plus one per decoding request.") var maxNumBatchedTokens: Int = 512
+  @Option(help: "Most requests running at once.") var maxNumSeqs: Int = 64
+  @Option(help: "KV pool size in bytes (pages = bytes / page bytes across layers).") var kvCacheBytes: Int = 1 << 30
+  @Option(help: "KV pool size in pages (overrides --kv-cache-bytes; QServe's NUM_GPU_PAGE_BLOCKS).") var numKvBlocks: Int?
+  @Option(help: "Tokens per KV page.") var pageSize: Int = 64
+  @Option(help: "Scheduler: chunked (decodes + prefill chunks each step) or qserve-v0 (prefill-only or decode-only steps).")
+  var policy: String = "chunked"
+  @Option(help: "LM head precision: fp32, bf16 or int8 (default: int8 for quantized checkpoints, fp32 for FP models).")
+  var lmHead: String?
+  @Option(help: "KV cache of FP models: fp16, kv8 or kv4 (quantized checkpoints use their own).") var kvCache: String = "fp16"
+  @Flag(help: "fp32 attention scores over KV4 pages instead of integer (int8 query) scores.") var fpScores = false
+
+  func validate() throws {
+    guard maxNumBatchedTokens > 0 else { throw ValidationError("--max-num-batched-tokens must be positive") }
+    guard maxNumSeqs > 0 else { throw ValidationError("--max-num-seqs must be positive") }
+    guard kvCacheBytes > 0 else { throw ValidationError("--kv-cache-bytes must be positive") }
+    if let n = numKvBlocks, n <= 0 { throw ValidationError("--num-kv-blocks must be positive") }
+    guard pageSize >= 16, pageSize % 16 == 0, pageSize <= 1024 else { throw ValidationError("--page-size must be a multiple of 16 in 16…1024") }
+    guard SchedulerPolicy(rawValue: policy) != nil else { throw ValidationError("--policy must be chunked or qserve-v0") }
+    if let h = lmHead, LMHeadPrecision(rawValue: h) == nil { throw ValidationError("--lm-head must be fp32, bf16 or int8") }
+    guard KVMode(rawValue: kvCache) != nil else { throw ValidationError("--kv-cache must be fp16, kv8 or kv4") }
+  }
+
+  /// Loads a quantized checkpoint for the integer kernels, or an FP model (HF folder or GGUF).
+  func loadModel(_ path: String) throws -> (EngineModel, Tokenizer) {
+    let cfg = path + "/config.json"
+    if FileManager.default.fileExists(atPath: cfg), let root = try? JSON.parseFile(cfg), let q = root["quantization_config"], !q.isNull {
+      let m = try EngineModel.load(quantized: path, pageSize: pageSize, lmHead: LMHeadPrecision(rawValue: lmHead ?? "int8")!)
+      return (m, try Tokenizer.load(folder: path))
+    }
+    let loaded = try ModelLoader.load(path: path)
+    let m = try EngineModel(fp: loaded.model, kvMode: KVMode(rawValue: kvCache)!, pageSize: pageSize,
+                            lmHead: LMHeadPrecision(rawValue: lmHead ?? "fp32")!)
+    return (m, loaded.tokenizer)
+  }
+
+  var options: EngineOptions {
+    var o = EngineOptions()
+    o.pageSize = pageSize; o.numBlocks = numKvBlocks; o.kvCacheBytes = kvCacheBytes; o.maxNumSeqs = maxNumSeqs
+    o.maxBatchedTokens = maxNumBatchedTokens; o.policy = SchedulerPolicy(rawValue: policy)!; o.integerScores = !fpScores
+    return o
+  }
+}
