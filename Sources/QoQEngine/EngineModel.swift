@@ -73,8 +73,9 @@ public final class EngineModel: @unchecked Sendable {
   }
 
   /// Loads a quantized checkpoint folder for the integer kernels. Formats: progressive uint4 (QoQ, integer group
-  /// rescale), asymmetric uint4 per group or per channel (fp group epilogue), symmetric int8 (W8A8); activations
-  /// must be 8-bit per-token; KV 4 or 8 bits asymmetric per (token, head), or unquantized (fp16 pages).
+  /// rescale), asymmetric uint4 per group or per channel (fp group epilogue), symmetric int8 (W8A8), all with 8-bit
+  /// per-token activations; or uint4 weights alone (W4A16, fp32 activations: AWQ/GPTQ checkpoints); KV 4 or 8 bits
+  /// asymmetric per (token, head), or unquantized (fp16 pages).
   public static func load(quantized path: String, pageSize: Int = 64, lmHead: LMHeadPrecision = .int8,
                           kvOverride: KVMode? = nil) throws -> EngineModel {
     let cfgPath = path + "/config.json"
@@ -96,7 +97,10 @@ public final class EngineModel: @unchecked Sendable {
       if let g { guard g % 32 == 0 else { throw unsupported("weight group size \(g)") } }
     case .sym(let b): guard b == 8 else { throw unsupported("\(b)-bit symmetric weights") }
     }
-    guard qc.actBits == 8 else { throw unsupported(qc.actBits.map { "\($0)-bit activations" } ?? "weight-only quantization (W4A16)") }
+    // 8-bit per-token activations → integer kernels; none → W4A16 (uint4 weights, fp32 activations).
+    let weightOnly = qc.actBits == nil
+    guard qc.actBits == 8 || weightOnly else { throw unsupported("\(qc.actBits!)-bit activations") }
+    if weightOnly, case .sym = wf { throw unsupported("weight-only int8 (W8A16)") }
     var kv = KVMode.fp16
     if let kb = qc.kvBits {
       guard kb == 4 || kb == 8 else { throw unsupported("\(kb)-bit KV cache") }
@@ -121,6 +125,19 @@ public final class EngineModel: @unchecked Sendable {
         n += out
       }
       let b = hasBias ? bias : nil
+      if weightOnly {
+        // W4A16 over PackedW4A8's float layout; progressive weights become s = s1·s2, z = s1·z per group.
+        var sc = scale, zr = zero, g = inp
+        switch wf {
+        case .progressive(let gg, _):
+          g = gg
+          let ng = inp / gg
+          for o in 0..<n { for j in 0..<ng { sc[o * ng + j] = s1[o] * scale[o * ng + j]; zr[o * ng + j] = s1[o] * zero[o * ng + j] } }
+        case .asym(_, let gg): g = gg ?? inp
+        case .sym: break
+        }
+        return .fp(W4A16Linear(PackedW4A8(asymCodes: codes, scale: sc, zero: zr, n: n, k: inp, group: g, bias: b)))
+      }
       switch wf {
       case .progressive(let g, _):
         return .int(PackedW4A8(progressiveCodes: codes, s2: scale, z: zero, s1: s1, n: n, k: inp, group: g, bias: b))
@@ -146,7 +163,7 @@ public final class EngineModel: @unchecked Sendable {
     guard headW.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): lm_head.weight has the wrong size") }
     return try EngineModel(config: c, embed: embed, layers: layers, norm: try st.floats("model.norm.weight"),
                            lmHead: try makeHead(fp: headW, layer: nil, c, lmHead), kvMode: kv, pageSize: pageSize,
-                           description: "\(wf) weights, int8 activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head")
+                           description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head")
   }
 
   /// The LM head in the chosen precision; int8 quantizes each output row symmetrically (s = max|w|/127).
@@ -172,6 +189,15 @@ public final class EngineModel: @unchecked Sendable {
       return .int(PackedW8A8(codes: codes, scale: scale, n: V, k: H))
     }
   }
+}
+
+/// W4A16 behind the FP linear protocol: uint4 weights in the streaming layout, fp32 activations.
+final class W4A16Linear: LinearLayer, @unchecked Sendable {
+  let w: PackedW4A8
+  var inFeatures: Int { w.k }
+  var outFeatures: Int { w.n }
+  init(_ w: PackedW4A8) { self.w = w }
+  func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) { w.forwardFP(x, rows: rows, y, ldy: w.n) }
 }
 
 /// Several FP linears over the same input, their outputs side by side (fused q/k/v or gate/up for the FP path).

@@ -103,6 +103,32 @@ final class EngineHarness {
     }
   }
 
+  /// W4A16 (uint4 weights, fp32 activations; AWQ/GPTQ-style checkpoints): no activation codes to flip, so with
+  /// fp16 KV pages the engine equals the fake-quantized model to fp32 rounding at every position (the kernel's
+  /// s·Σq·x − z·Σx form cancels more than a dot product of dequantized weights: ~1e-5, not 1e-7).
+  @Test(arguments: [WeightFormat.asym(bits: 4, group: 32), .asym(bits: 4, group: nil), .progressive(group: 32, protective: 120)])
+  func weightOnlyEngineMatchesFakeQuant(_ format: WeightFormat) throws {
+    let p = Self.prompt
+    for (name, c) in try engineConfigs() {
+      let path = try writeQuantizedTiny(c, format: format, actBits: nil, kvBits: nil, dir: engineTempDir(name))
+      let (fake, _) = try AnyModelLoader.load(path: path)
+      final class F16Round: KVTransform, @unchecked Sendable {
+        func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) { for i in 0..<(rows * width) { x[i] = Float(Float16(x[i])) } }
+      }
+      fake.model.kvQuantizer = F16Round()
+      let m = try EngineModel.load(quantized: path, lmHead: .fp32)
+      #expect(m.kvFormat.mode == .fp16 && m.description.contains("fp32 activations"))
+      let h = try EngineHarness(m)
+      let got = try m.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .all)], pool: h.pool, workspace: h.ws)
+      let V = c.vocabSize
+      for n in [1, 7, p.count] {
+        let want = try fake.model.lastLogits([Array(p[0..<n])], caches: [KVCache(config: c)])[0]
+        let d = relL2(Array(got[((n - 1) * V)..<(n * V)]), want)
+        #expect(d < 3e-4, "\(name) \(format) position \(n): \(d)")
+      }
+    }
+  }
+
   /// The FP engine equals the reference forward whose K/V are rounded to fp16 (what FP16 pages store).
   @Test func fpEngineMatchesReference() throws {
     final class F16Round: KVTransform, @unchecked Sendable {
@@ -154,7 +180,8 @@ final class EngineHarness {
     let (_, c) = try engineConfigs()[0]
     let cases: [(WeightFormat, Int?, Int?, String)] = [
       (.asym(bits: 3, group: 32), 8, 4, "3-bit asymmetric weights"),
-      (.asym(bits: 4, group: 32), nil, nil, "weight-only quantization (W4A16)"),
+      (.sym(bits: 8), nil, nil, "weight-only int8 (W8A16)"),
+      (.sym(bits: 4), 8, 4, "4-bit symmetric weights"),
       (.progressive(group: 32, protective: 120), 8, 2, "2-bit KV cache"),
     ]
     for (f, a, kv, msg) in cases {

@@ -81,6 +81,35 @@ struct IntProblem {
     }
   }
 
+  /// W4A16 over the same packed weights with fp32 activations: the fast path equals its scalar twin and a Double
+  /// product of the dequantized weights (independent of the packing), awkward sizes, bias included.
+  @Test(arguments: [(1, 64, 1, 64), (17, 576, 3, 576), (129, 128, 5, 32), (20, 1536, 2, 128), (3, 32, 7, 32)])
+  func w4a16MatchesDequantized(_ s: (Int, Int, Int, Int)) {
+    let p = IntProblem(n: s.0, k: s.1, m: s.2, group: s.3, seed: UInt64(s.1 * 3 + s.0))
+    let ng = p.k / p.group
+    let scale = randomFloats(p.n * ng, seed: 8).map { abs($0) * 0.01 + 1e-3 }, zero = randomFloats(p.n * ng, seed: 9).map { $0 * 0.05 }
+    let bias = randomFloats(p.n, seed: 10)
+    let w = PackedW4A8(asymCodes: p.codes, scale: scale, zero: zero, n: p.n, k: p.k, group: p.group, bias: bias)
+    let x = randomFloats(p.m * p.k, seed: 11)
+    var y = [Float](repeating: .nan, count: p.m * p.n), yr = y
+    x.withUnsafeBufferPointer { xb in
+      w.forwardFP(xb.baseAddress!, rows: p.m, &y, ldy: p.n)
+      w.forwardFPReference(xb.baseAddress!, rows: p.m, &yr, ldy: p.n)
+    }
+    for r in 0..<p.m {
+      for o in 0..<p.n {
+        var want = Double(bias[o]), mag = 0.0
+        for i in 0..<p.k {
+          let g = o * ng + i / p.group
+          let t = (Double(p.codes[o * p.k + i]) * Double(scale[g]) - Double(zero[g])) * Double(x[r * p.k + i])
+          want += t; mag += abs(t)
+        }
+        #expect(abs(Double(y[r * p.n + o]) - want) <= 1e-5 * (mag + 1), "row \(r) out \(o)")
+        #expect(abs(y[r * p.n + o] - yr[r * p.n + o]) <= 1e-5 * Float(mag + 1))
+      }
+    }
+  }
+
   /// W8A8: exact integer accumulators against the unpacked formula; outputs scaled by s_w·s_x.
   @Test(arguments: [(1, 32, 1), (3, 96, 2), (17, 576, 5), (129, 64, 3)])
   func w8a8Exact(_ s: (Int, Int, Int)) {
