@@ -18,5 +18,7 @@ echo "== FP model"
 echo "== QoQ W4A8KV4 (recipes/qoq-g64.yaml)"
 "$QOQ" quantize recipes/qoq-g64.yaml --model-path "$CACHE/smollm2/hf" --save-model "$CACHE/smollm2/qoq-w4a8kv4-g64" \
   --calib-num-samples "${QOQ_CALIB_SAMPLES:-128}" --eval-dataset "$DATA" --eval-max-windows "$W"
-echo "== generation with the quantized model"
+echo "== the saved checkpoint on the engine (integer W4A8 kernels, paged KV4 cache)"
+"$QOQ" eval -m "$CACHE/smollm2/qoq-w4a8kv4-g64" --engine --dataset "$DATA" --seq-len 2048 "${ARGS[@]}"
+echo "== generation with the quantized model (engine)"
 "$QOQ" generate -m "$CACHE/smollm2/qoq-w4a8kv4-g64" --chat -p "What is the capital of France?" -n 48

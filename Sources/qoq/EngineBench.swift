@@ -10,6 +10,8 @@ typealias BenchRow = (test: String, value: Double, unit: String)
 
 func medianOf(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
 
+/// Kernel rows and their ceilings are all best-of-N samples: this is a shared VM whose neighbours take cycles and
+/// bandwidth at random, and the best sample is the one least disturbed, for numerator and denominator alike.
 enum KernelBench {
   /// Random progressive W4A8 weights of shape n × k (group 128, or 64 where 128 does not divide).
   static func weights(_ n: Int, _ k: Int) -> PackedW4A8 {
@@ -26,11 +28,14 @@ enum KernelBench {
     let threads = ThreadPool.shared.threads
     let bw = measureReadBandwidth()
     rows.append(("read bandwidth (\(threads) threads, 1 GiB)", bw, "GB/s"))
-    let peak1 = medianOf([measureVNNIPeak(), measureVNNIPeak(), measureVNNIPeak()])
+    let peak1 = [measureVNNIPeak(), measureVNNIPeak(), measureVNNIPeak()].max()!
     let peaks = UnsafeMutablePointer<Double>.allocate(capacity: 2); defer { peaks.deallocate() }
     peaks.initialize(repeating: 0, count: 2)
-    ThreadPool.shared.run2 { t in if t < threads { peaks[t] = measureVNNIPeak() } }
-    let peakAll = peaks[0] + peaks[1]
+    var peakAll = 0.0
+    for _ in 0..<3 {
+      ThreadPool.shared.run2 { t in if t < threads { peaks[t] = measureVNNIPeak() } }
+      peakAll = max(peakAll, peaks[0] + peaks[1])
+    }
     rows.append(("vnni peak (1 thread)", peak1, "GOPS"))
     rows.append(("vnni peak (\(threads) threads)", peakAll, "GOPS"))
     // GEMV (decode, M = 1): bytes of codes + group parameters streamed per call.
@@ -56,7 +61,7 @@ enum KernelBench {
         for wi in ws { wi.forward(a, y, ldy: n) }
         ts.append(Date().timeIntervalSince(t) / Double(ws.count))
       }
-      let gbs = bytes / medianOf(Array(ts.dropFirst())) / 1e9
+      let gbs = bytes / Array(ts.dropFirst()).min()! / 1e9
       rows.append(("w4a8 gemv \(name) \(n)x\(k)", gbs, "GB/s (\(String(format: "%.0f", 100 * gbs / bw))% of read bw)"))
       for m in [32, 128] where k >= 1024 || m == 32 {
         a.m = m
@@ -67,7 +72,7 @@ enum KernelBench {
           for _ in 0..<calls { w.forward(a, y, ldy: n) }
           tg.append(Date().timeIntervalSince(t) / Double(calls))
         }
-        let gops = 2 * Double(m * n * k) / medianOf(Array(tg.dropFirst())) / 1e9
+        let gops = 2 * Double(m * n * k) / Array(tg.dropFirst()).min()! / 1e9
         rows.append(("w4a8 gemm M=\(m) \(name) \(n)x\(k)", gops, "GOPS (\(String(format: "%.0f", 100 * gops / peakAll))% of vnni peak)"))
       }
     }
