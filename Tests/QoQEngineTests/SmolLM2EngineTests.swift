@@ -1,0 +1,102 @@
+import Foundation
+import Testing
+@testable import QoQEngine
+import QoQEval
+import QoQFormat
+import QoQIO
+import QoQModels
+import QoQQuant
+import QoQTokenizers
+
+/// The real model (scripts/setup.sh puts it in ~/.cache/qoq/smollm2/hf; CI runs setup first).
+enum RealModel {
+  static var folder: String {
+    let env = ProcessInfo.processInfo.environment
+    return (env["QOQ_CACHE"] ?? (env["HOME"] ?? "/root") + "/.cache/qoq") + "/smollm2/hf"
+  }
+  static func require() -> Bool {
+    if FileManager.default.fileExists(atPath: folder + "/model.safetensors") { return true }
+    if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("SmolLM2 missing in CI: run scripts/setup.sh") }
+    return false
+  }
+}
+
+@Suite(.serialized) struct SmolLM2EngineTests {
+  static let shared = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/data").path
+
+  /// SmolLM2 quantized with rotation + RTN to W4A8KV4 (progressive g64, the calibration-free part of QoQ): the
+  /// engine's perplexity on a 512-token window equals the fake-quantized model's within 0.5%, and the FP engine
+  /// equals the reference forward within 0.1%. (Without rotation, SmolLM2's massive activations leave ~2 int8
+  /// levels for most channels and single rounding flips move perplexity by percents in either implementation,
+  /// so the unrotated RTN model is not a meaningful equality check.)
+  /// SmolLM2 quantized by the pipeline (RTN; W4A16 g64 + KV4, W8A8 + KV8, rotated W4A8 + KV4): the engine's
+  /// perplexity on a 512-token window against the fake-quantized model's. These RTN models are chaotic: scaling the
+  /// embeddings by (1 + 1e-6) moves the fake model's own perplexity by 0.7–4% (one rounding flip of an activation
+  /// or KV code changes a few predictions of one short window), so the bound is 3× that measured sensitivity
+  /// (at least 0.5%); a wrong scale, layout or mask moves it by far more. The stable, full-size check is the QoQ
+  /// checkpoint over 8 × 2048 tokens in BENCHMARKS.md (engine within 0.3%).
+  @Test(arguments: ["w4a16kv4", "w8a8kv8", "w4a8kv4rot"])
+  func engineMatchesFakeQuantOnSmolLM2(_ variant: String) throws {
+    guard RealModel.require() else { return }
+    var flags = ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-group-shapes", "1,64",
+                 "--wgts-scale-dtypes", "torch.float16",
+                 "--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,64", "--opts-skips", "attn_q",
+                 "--calib-path", Self.shared + "/calibration/wikitext-2-valid.tokens.txt"]
+    switch variant {
+    case "w8a8kv8": flags = ["--wgts-dtype", "sint8", "--wgts-scale-dtypes", "torch.float16", "--ipts-dtype", "sint8",
+                             "--opts-dtype", "uint8", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,64", "--opts-skips", "attn_q",
+                             "--calib-path", Self.shared + "/calibration/wikitext-2-valid.tokens.txt"]
+    case "w4a8kv4rot": flags += ["--ipts-dtype", "sint8", "--enable-rotation", "--rotation-transforms", "out_proj"]
+    default: break
+    }
+    let out = try QuantizationPipeline(modelPath: RealModel.folder, recipe: try Recipe.load(files: [], flags: flags), cacheRoot: nil).run()
+    var fp: [String: [Float]] = [:]
+    for (n, v) in out.store.tensors where out.quantized[String(n.dropLast(7))] == nil { fp[n] = v }
+    let dir = NSTemporaryDirectory() + "qoq-smol-engine-\(UInt64.random(in: 0..<UInt64.max))"
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try QuantizedCheckpoint.write(to: dir, config: out.store.config, quantization: out.quantization, fp: fp,
+                                  quantized: out.quantized, biases: [:], recipeYAML: "", tokenizerFrom: RealModel.folder, overwrite: true)
+    fp = [:]
+    let loaded = try ModelLoader.load(path: RealModel.folder)
+    let raw = try String(contentsOfFile: Self.shared + "/wikitext-2-raw/wiki.test.raw", encoding: .utf8)
+    let tokens = Array(try perplexityTokens(raw: String(raw.prefix(8000)), tokenizer: loaded.tokenizer, proto: .gptq).prefix(512))
+    func ppl(_ e: PerplexityEvaluator) throws -> Double { try e.evaluate(tokens: tokens, seqLen: 512).perplexity }
+    let (fake, _) = try AnyModelLoader.load(path: dir)
+    let wantQ = try ppl(PerplexityEvaluator(model: fake.model))
+    let (f2, _) = try QuantizedPerturbed(path: dir).load()
+    let pert = try ppl(PerplexityEvaluator(model: f2.model))
+    let em = try EngineModel.load(quantized: dir, lmHead: .fp32)
+    let fpScores = EngineScorer(model: em)
+    fpScores.integerScores = false
+    let bound = max(3 * abs(pert - wantQ) / wantQ, 0.005)
+    for (label, scorer) in [("integer scores", EngineScorer(model: em)), ("fp32 scores", fpScores)] {
+      let got = try ppl(PerplexityEvaluator(scorer: scorer))
+      #expect(abs(got - wantQ) / wantQ < bound, "\(variant), \(label): engine \(got), fake-quant \(wantQ), perturbed fake-quant \(pert)")
+    }
+  }
+}
+
+struct QuantizedPerturbed {
+  let path: String
+  func load() throws -> (LoadedModel, QuantizationConfig?) {
+    let (m, q) = try AnyModelLoader.load(path: path)
+    let e = m.model.embedTokens.map { $0 * (1 + 1e-6) }
+    let mm = try LlamaModel(config: m.model.config, embedTokens: e, layers: m.model.layers, norm: m.model.norm, lmHead: m.model.lmHead)
+    mm.kvQuantizer = m.model.kvQuantizer
+    return (LoadedModel(model: mm, tokenizer: m.tokenizer, path: path), q)
+  }
+}
+
+extension SmolLM2EngineTests {
+  /// The FP engine (fp32 linears, FP16 KV pages) on the real model equals the reference forward within 0.1%.
+  @Test func fpEngineMatchesReferenceOnSmolLM2() throws {
+    guard RealModel.require() else { return }
+    let loaded = try ModelLoader.load(path: RealModel.folder)
+    let raw = try String(contentsOfFile: Self.shared + "/wikitext-2-raw/wiki.test.raw", encoding: .utf8)
+    let tokens = Array(try perplexityTokens(raw: String(raw.prefix(8000)), tokenizer: loaded.tokenizer, proto: .gptq).prefix(512))
+    let want = try PerplexityEvaluator(model: loaded.model).evaluate(tokens: tokens, seqLen: 512).perplexity
+    let got = try PerplexityEvaluator(scorer: EngineScorer(model: try EngineModel(fp: loaded.model))).evaluate(tokens: tokens, seqLen: 512).perplexity
+    #expect(abs(got - want) / want < 0.001, "FP engine \(got) vs reference \(want)")
+  }
+}
