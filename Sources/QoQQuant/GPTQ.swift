@@ -48,8 +48,19 @@ public final class HessianAccumulator: @unchecked Sendable {
         out[i * size + j] = v; out[j * size + i] = v
       }
     }
-    return out
+    guard inputPermutation != nil || inputDivisor != nil else { return out }
+    // The inputs were captured before an exact transform of this layer's input channels (reorder, then SmoothLinear):
+    // x'_j = x_perm[j] / λ_j, so H'_ij = H_perm[i],perm[j] / (λ_i λ_j).
+    let perm = inputPermutation ?? Array(0..<size)
+    let lam = inputDivisor.map { $0.map(Double.init) } ?? [Double](repeating: 1, count: size)
+    var t = [Double](repeating: 0, count: size * size)
+    for i in 0..<size { for j in 0..<size { t[i * size + j] = out[perm[i] * size + perm[j]] / (lam[i] * lam[j]) } }
+    return t
   }
+
+  /// Set when the captured inputs precede a transform of the input channels (the fused transform+GPTQ pass).
+  public var inputPermutation: [Int]?
+  public var inputDivisor: [Float]?
 }
 
 public struct GPTQOptions: Sendable, Equatable {

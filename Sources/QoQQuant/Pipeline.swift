@@ -21,6 +21,8 @@ public final class QuantizationPipeline {
   public var stopAfter: String?
   /// Seconds per stage, for reports.
   public private(set) var timings: [(String, Double)] = []
+  /// One calibration pass for the transforms and GPTQ when the recipe allows it (see `run`); false = two passes.
+  public var fuseCalibrationPasses = true
 
   public init(modelPath: String, recipe: Recipe, cacheRoot: String?) throws {
     self.modelPath = modelPath
@@ -105,12 +107,47 @@ public final class QuantizationPipeline {
         log("rotation: \(d)")
       }
     }
-    if plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil {
-      try stage("reorder+smooth", deps: section("quant.enable_reorder") + section("quant.reorder") + section("quant.enable_smooth") + section("quant.smooth")) {
-        try transformPass(store, samples: try calibration())
+    let transforms = plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil
+    let transformDeps = section("quant.enable_reorder") + section("quant.reorder") + section("quant.enable_smooth") + section("quant.smooth")
+    // Fusion: with GPTQ and no weight range search, the transform statistics and the GPTQ Hessians come from one
+    // calibration pass instead of two. Both passes see the same layer inputs (the transforms are exact; the next
+    // layer always gets FP outputs), and the one input a layer's own transform changes — down_proj's, permuted and
+    // divided by λ — enters its Hessian as H' = P H Pᵀ / (λλᵀ). Both stages are still cached separately.
+    let fuse = fuseCalibrationPasses && transforms && plan.weightFormat != nil && plan.gptq != nil && plan.clipStrategy != .gridSearch
+    if fuse {
+      let k1 = sha256Hex(Array((key + "|reorder+smooth:" + transformDeps).utf8))
+      let k2 = sha256Hex(Array((k1 + "|weights:" + section("quant.wgts")).utf8))
+      if let c = cache, try c.load(key: k2, into: store, quantized: &quantized) {
+        log("reorder+smooth: cached (\(c.root)/\(k1.prefix(16)))")
+        log("weights: cached (\(c.root)/\(k2.prefix(16)))")
+        key = k2
+      } else if let c = cache, try c.load(key: k1, into: store, quantized: &quantized) {
+        log("reorder+smooth: cached (\(c.root)/\(k1.prefix(16)))")
+        key = k1
+        try stage("weights", deps: section("quant.wgts")) { quantized = try weightPass(store, samples: try calibration()) }
+      } else {
+        let t0 = Date()
+        let transformed = try transformPass(store, samples: try calibration(), fusedQuantization: &quantized)
+        let dt = Date().timeIntervalSince(t0)
+        timings.append(("reorder+smooth+weights", dt))
+        log(String(format: "reorder+smooth+weights (one calibration pass): done in %.1f s", dt))
+        // Snapshot 1: the transformed FP weights, as the separate transform stage would have left them.
+        var current: [String: [Float]] = [:]
+        for (n, v) in transformed { current[n] = store[n]; store[n] = v }
+        try cache?.save(key: k1, stage: "reorder+smooth", store: store, quantized: [:])
+        for (n, v) in current { store[n] = v }
+        if stopAfter == "reorder+smooth" { throw QoQError("stopped after stage reorder+smooth") }
+        try cache?.save(key: k2, stage: "weights", store: store, quantized: quantized)
+        key = k2
+        if stopAfter == "weights" { throw QoQError("stopped after stage weights") }
+      }
+    } else if transforms {
+      try stage("reorder+smooth", deps: transformDeps) {
+        var none: [String: QuantizedWeight] = [:]
+        _ = try transformPass(store, samples: try calibration(), fusedQuantization: &none, fused: false)
       }
     }
-    if plan.weightFormat != nil {
+    if plan.weightFormat != nil && !fuse {
       try stage("weights", deps: section("quant.wgts")) {
         quantized = try weightPass(store, samples: plan.gptq != nil || plan.clipStrategy == .gridSearch ? try calibration() : nil)
       }
@@ -131,16 +168,35 @@ public final class QuantizationPipeline {
     return try store.model { _, w, out, inp, b in BF16Linear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
   }
 
-  func transformPass(_ store: WeightStore, samples: [[Int32]]) throws {
+  /// `fused`: also accumulates the GPTQ Hessians and quantizes each layer right after its transforms (into
+  /// `fusedQuantization`); returns the transformed FP tensors of every layer (for the transform stage's snapshot).
+  @discardableResult
+  func transformPass(_ store: WeightStore, samples: [[Int32]], fusedQuantization: inout [String: QuantizedWeight],
+                     fused: Bool = true) throws -> [String: [Float]] {
     let model = try calibrationModel(store)
     let c = store.config
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
     let grid = plan.smoothAttn?.strategy == .gridSearch
     let searchSeqs = min(samples.count, plan.smoothAttnSamples)
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
+    var transformed: [String: [Float]] = [:]
+    func newHessians() -> [String: HessianAccumulator] {
+      fused ? ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
+               "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)] : [:]
+    }
+    var hs = newHessians()
+    let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
+    var points: Set<LayerCapture.Point> = [.downInput, .qRope, .kRope]
+    if grid || fused { points.insert(.attnInput) }
+    if fused { points.formUnion([.oProjInput, .mlpInput]) }
     let pass = LayerwisePass(samples: samples)
-    try pass.run(model: model, points: grid ? [.downInput, .qRope, .kRope, .attnInput] : [.downInput, .qRope, .kRope]) { _, cap in
+    try pass.run(model: model, points: points) { _, cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      for (name, p) in hessianPoints {
+        guard let acc = hs[name] else { continue }
+        let x = cap[p]
+        x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) }
+      }
       if grid && searchInput.count < searchSeqs * samples[0].count * c.hiddenSize {
         let need = searchSeqs * samples[0].count * c.hiddenSize - searchInput.count
         searchInput += cap[.attnInput].prefix(need)
@@ -150,6 +206,7 @@ public final class QuantizationPipeline {
       if plan.reorder {
         let perm = ReorderStage.apply(store, layer: l, downInputAbsMax: dmax)
         dmax = perm.map { dmax[$0] }
+        hs["down"]?.inputPermutation = perm
       }
       if let sa = plan.smoothAttn {
         var (alpha, beta) = (sa.alpha, sa.beta)
@@ -163,11 +220,20 @@ public final class QuantizationPipeline {
         }
       }
       if let sp = plan.smoothProj {
-        SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
+        // (Evaluated before the assignment: `hs["down"]?.x = f()` would skip f() when there is no Hessian.)
+        let lam = SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
+        hs["down"]?.inputDivisor = lam
       }
+      if fused, let format = plan.weightFormat {
+        let prefix = "model.layers.\(l)."
+        for n in store.tensorNames where n.hasPrefix(prefix) { transformed[n] = store[n] }
+        fusedQuantization.merge(try quantizeLayer(store, layer: l, format: format, hessians: hs, sequences: samples.count)) { $1 }
+      }
+      hs = newHessians()
       down = AbsMaxAccumulator(width: c.intermediateSize); q = AbsMaxAccumulator(width: c.qDim); k = AbsMaxAccumulator(width: c.kvDim)
       searchInput = []
-    } progress: { l, n in self.progress("reorder+smooth", l, n) }
+    } progress: { l, n in self.progress(fused ? "reorder+smooth+weights (GPTQ)" : "reorder+smooth", l, n) }
+    return transformed
   }
 
   /// The (α, β) whose SmoothAttention gives the smallest attention-output error with K fake-quantized.
@@ -200,32 +266,9 @@ public final class QuantizationPipeline {
     guard let format = plan.weightFormat else { return [:] }
     let c = store.config
     var out: [String: QuantizedWeight] = [:]
-    func key(_ module: String) -> String {
-      if module.hasSuffix("q_proj") || module.hasSuffix("k_proj") || module.hasSuffix("v_proj") { return "qkv_proj" }
-      if module.hasSuffix("o_proj") { return "out_proj" }
-      if module.hasSuffix("gate_proj") || module.hasSuffix("up_proj") { return "up_proj" }
-      return "down_proj"
-    }
     func quantizeLayer(_ l: Int, hessians: [String: HessianAccumulator]?, searched: [String: [Float]] = [:]) throws {
-      var inverses: [String: GPTQInverse] = [:]  // one per distinct input: q/k/v share, gate/up share
-      for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) {
-        let (o, i) = store.linearShape(m)
-        let w = store[m + ".weight"]
-        let ratios: [Float]? = searched[m] ?? (plan.clipRatio < 1 && !plan.clipSkips.contains(key(m)) ? [Float(plan.clipRatio)] : nil)
-        let qz = WeightQuantizer(weight: w, out: o, inp: i, format: format, ratios: ratios)
-        let q: QuantizedWeight
-        if let hs = hessians, let gopts = plan.gptq {
-          let hk = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
-          if inverses[hk] == nil {
-            inverses[hk] = try GPTQInverse(hessian: hs[hk]!.hessian(sequences: samples?.count ?? 1), size: i, options: gopts)
-          }
-          q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
-        } else {
-          q = qz.rtn(w)
-        }
-        store[m + ".weight"] = q.dequantized()
-        out[m] = q
-      }
+      out.merge(try self.quantizeLayer(store, layer: l, format: format, hessians: hessians, sequences: samples?.count ?? 1,
+                                       searched: searched)) { $1 }
     }
     let grid = plan.clipStrategy == .gridSearch
     if let s = samples, plan.gptq != nil || grid {
@@ -286,6 +329,41 @@ public final class QuantizationPipeline {
         try quantizeLayer(l, hessians: nil)
         progress("weights (RTN)", l + 1, c.numHiddenLayers)
       }
+    }
+    return out
+  }
+
+  /// deepcompressor's module key of a linear (for skips).
+  func key(_ module: String) -> String {
+    if module.hasSuffix("q_proj") || module.hasSuffix("k_proj") || module.hasSuffix("v_proj") { return "qkv_proj" }
+    if module.hasSuffix("o_proj") { return "out_proj" }
+    if module.hasSuffix("gate_proj") || module.hasSuffix("up_proj") { return "up_proj" }
+    return "down_proj"
+  }
+
+  /// Quantizes the linears of layer l: static parameters from the (clipped) range, then GPTQ with the layer's
+  /// Hessians (keys attn, o, mlp, down) or round-to-nearest. The store gets the dequantized weights.
+  func quantizeLayer(_ store: WeightStore, layer l: Int, format: WeightFormat, hessians: [String: HessianAccumulator]?,
+                     sequences: Int, searched: [String: [Float]] = [:]) throws -> [String: QuantizedWeight] {
+    var out: [String: QuantizedWeight] = [:]
+    var inverses: [String: GPTQInverse] = [:]  // one per distinct input: q/k/v share, gate/up share
+    for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) {
+      let (o, i) = store.linearShape(m)
+      let w = store[m + ".weight"]
+      let ratios: [Float]? = searched[m] ?? (plan.clipRatio < 1 && !plan.clipSkips.contains(key(m)) ? [Float(plan.clipRatio)] : nil)
+      let qz = WeightQuantizer(weight: w, out: o, inp: i, format: format, ratios: ratios)
+      let q: QuantizedWeight
+      if let hs = hessians, let gopts = plan.gptq {
+        let hk = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
+        if inverses[hk] == nil {
+          inverses[hk] = try GPTQInverse(hessian: hs[hk]!.hessian(sequences: sequences), size: i, options: gopts)
+        }
+        q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
+      } else {
+        q = qz.rtn(w)
+      }
+      store[m + ".weight"] = q.dequantized()
+      out[m] = q
     }
     return out
   }

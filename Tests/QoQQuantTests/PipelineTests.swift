@@ -61,6 +61,42 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     }
   }
 
+  /// One calibration pass for the transforms and GPTQ (the default when the recipe has GPTQ and no weight range
+  /// search) gives the model the two-pass pipeline gives: the down_proj Hessian transformed by the layer's own
+  /// reorder and SmoothLinear equals the one captured after them, so GPTQ picks the same codes up to rounding ties.
+  @Test func fusedPassEqualsTwoPasses() throws {
+    let (_, c) = try tinyPipelineConfigs()[0]
+    let dir = tempDir("fuse")
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let flags = ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-group-shapes", "1,-1", "1,16",
+                 "--wgts-scale-dtypes", "torch.float16", "sint8", "--wgts-intermediate-dtypes", "sint8",
+                 "--wgts-intermediate-levels", "0", "--wgts-enable-kernel-gptq", "--ipts-dtype", "sint8",
+                 "--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,16", "--opts-skips", "attn_q",
+                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-reorder", "--enable-smooth",
+                 "--smooth-enable-proj", "--smooth-proj-strategy", "Manual", "--smooth-proj-alpha", "0.3", "--smooth-proj-beta", "0.7",
+                 "--smooth-proj-skips", "qkv_proj", "up_proj", "out_proj", "--smooth-enable-attn"]
+    let r = try recipe(flags, calib: dir + "/calib.txt")
+    let one = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
+    var lines: [String] = []
+    one.log = { lines.append($0) }
+    let fused = try one.run()
+    #expect(lines.contains { $0.contains("one calibration pass") })
+    let two = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
+    two.fuseCalibrationPasses = false
+    let separate = try two.run()
+    var same = 0, total = 0
+    for (m, q) in separate.quantized {
+      let f = try #require(fused.quantized[m])
+      #expect(f.scale == q.scale && f.rowScale == q.rowScale, "\(m): static parameters differ")
+      for i in q.codes.indices { total += 1; if f.codes[i] == q.codes[i] { same += 1 } }
+    }
+    #expect(Double(same) / Double(total) > 0.99, "codes equal: \(same)/\(total)")
+    let a = try lastLogits(try QuantizationPipeline.fakeQuantModel(fused), Self.probe)
+    let b = try lastLogits(try QuantizationPipeline.fakeQuantModel(separate), Self.probe)
+    #expect(relL2(a, b) < 2e-2, "fused vs two passes: \(relL2(a, b))")
+  }
+
   /// A full QoQ run: the saved checkpoint, read back, is the same fake-quantized model as the in-memory one, and a
   /// run stopped midway resumes from its cached stages with the same result.
   @Test func quantizeSaveLoadAndResume() throws {
