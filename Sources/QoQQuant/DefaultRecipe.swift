@@ -96,6 +96,7 @@ quant:
       strategy: GridSearch
       granularity: Layer
       degree: 2
+      sample_size: -1   # sequences for the GridSearch objective (AWQ); -1 = 4 on CPU (deepcompressor: all)
       spans: [[AbsMax, AbsMax]]
       alpha: -3
       beta: -3

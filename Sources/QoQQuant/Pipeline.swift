@@ -83,7 +83,9 @@ public final class QuantizationPipeline {
       return s
     }
     let cache = cacheRoot.map { StageCache(root: $0) }
-    var key = sha256Hex(Array((modelIdentity() + "|calib:" + section("quant.calib") + "|seed:\(plan.seed)").utf8))
+    // model.dtype decides the precision of every calibration pass (bf16 or fp32), so it is part of every stage's key.
+    var key = sha256Hex(Array((modelIdentity() + "|calib:" + section("quant.calib") + "|seed:\(plan.seed)" +
+                               (plan.calibBF16 ? "|dtype:bf16" : "")).utf8))
     var quantized: [String: QuantizedWeight] = [:]
 
     func stage(_ name: String, deps: String, _ body: () throws -> Void) throws {
@@ -152,7 +154,9 @@ public final class QuantizationPipeline {
         quantized = try weightPass(store, samples: plan.gptq != nil || plan.clipStrategy == .gridSearch ? try calibration() : nil)
       }
     }
-    var qc = QuantizationConfig(method: plan.rotation != nil || plan.smoothProj != nil ? "qoq" : (plan.gptq != nil ? "gptq" : "rtn"),
+    let method = plan.smoothProjAlphas != nil ? "awq" : plan.rotation != nil && plan.actBits == 4 ? "quarot" : plan.rotation != nil || plan.smoothAttn != nil ? "qoq"
+      : plan.smoothProj != nil ? (plan.smoothProjKeys.contains("down_proj") ? "qoq" : "smoothquant") : (plan.gptq != nil ? "gptq" : "rtn")
+    var qc = QuantizationConfig(method: method,
                                 weight: plan.weightFormat, actBits: plan.actBits, kvBits: plan.kvBits, kvGroup: plan.kvGroup,
                                 kvAsymmetric: plan.kvAsymmetric)
     qc.notQuantized = Array(plan.weightSkips).sorted()
@@ -186,12 +190,36 @@ public final class QuantizationPipeline {
     }
     var hs = newHessians()
     let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
+    let smoothKeys = plan.smoothProj == nil ? [] : plan.smoothProjKeys
+    var attnIn = AbsMaxAccumulator(width: c.hiddenSize), mlpIn = AbsMaxAccumulator(width: c.hiddenSize)
     var points: Set<LayerCapture.Point> = [.downInput, .qRope, .kRope]
+    if smoothKeys.contains("qkv_proj") { points.insert(.attnInput) }
+    if smoothKeys.contains("up_proj") { points.insert(.mlpInput) }
+    // AWQ: spans over every token, module inputs of the first sequences for the output-error searches.
+    let awq = plan.smoothProjAlphas != nil
+    let awqSeqs = min(samples.count, plan.smoothProjSamples)
+    var awqIn: [LayerCapture.Point: [Float]] = [:]
+    var oSpan = AbsMaxAccumulator(width: c.qDim)
+    var seen = 0
+    if awq { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
     if grid || fused { points.insert(.attnInput) }
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     let pass = LayerwisePass(samples: samples)
     try pass.run(model: model, points: points) { _, cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
+      if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
+      if awq {
+        oSpan.add(cap[.oProjInput])
+        let rows = cap[.attnInput].count / c.hiddenSize, per = rows / max(1, samples[0].count)
+        if seen < awqSeqs {
+          let take = min(per, awqSeqs - seen) * samples[0].count
+          for (pt, w) in [(LayerCapture.Point.attnInput, c.hiddenSize), (.oProjInput, c.qDim), (.mlpInput, c.hiddenSize), (.downInput, c.intermediateSize)] {
+            awqIn[pt, default: []] += cap[pt].prefix(take * w)
+          }
+        }
+        seen += per
+      }
       for (name, p) in hessianPoints {
         guard let acc = hs[name] else { continue }
         let x = cap[p]
@@ -219,10 +247,23 @@ public final class QuantizationPipeline {
           SmoothStage.attention(store, layer: l, qAbsMax: q.values, kAbsMax: k.values, alpha: alpha, beta: beta)
         }
       }
-      if let sp = plan.smoothProj {
-        // (Evaluated before the assignment: `hs["down"]?.x = f()` would skip f() when there is no Hessian.)
-        let lam = SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
-        hs["down"]?.inputDivisor = lam
+      if let alphas = plan.smoothProjAlphas, let format = plan.weightFormat {
+        let chosen = try awqLayer(store, model: model, layer: l, format: format, keys: smoothKeys,
+                                  attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
+                                  downIn: awqIn[.downInput] ?? [], lengths: Array(samples.prefix(awqSeqs).map(\.count)),
+                                  spans: (attnIn.values, oSpan.values, mlpIn.values, dmax), candidates: alphas)
+        log("layer \(l): AWQ α " + chosen.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+      } else if let sp = plan.smoothProj {
+        if smoothKeys.contains("down_proj") {
+          // (Evaluated before the assignment: `hs["down"]?.x = f()` would skip f() when there is no Hessian.)
+          let lam = SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
+          hs["down"]?.inputDivisor = lam
+        }
+        // SmoothQuant: norm → linears. The captured attention/MLP inputs are divided by λ; their Hessians too.
+        for (key, acc, h) in [("qkv_proj", attnIn, "attn"), ("up_proj", mlpIn, "mlp")] where smoothKeys.contains(key) {
+          let lam = SmoothStage.normLinear(store, layer: l, key: key, inputAbsMax: acc.values, alpha: sp.alpha, beta: sp.beta)
+          hs[h]?.inputDivisor = lam
+        }
       }
       if fused, let format = plan.weightFormat {
         let prefix = "model.layers.\(l)."
@@ -230,6 +271,8 @@ public final class QuantizationPipeline {
         fusedQuantization.merge(try quantizeLayer(store, layer: l, format: format, hessians: hs, sequences: samples.count)) { $1 }
       }
       hs = newHessians()
+      attnIn = AbsMaxAccumulator(width: c.hiddenSize); mlpIn = AbsMaxAccumulator(width: c.hiddenSize)
+      oSpan = AbsMaxAccumulator(width: c.qDim); awqIn = [:]; seen = 0
       down = AbsMaxAccumulator(width: c.intermediateSize); q = AbsMaxAccumulator(width: c.qDim); k = AbsMaxAccumulator(width: c.kvDim)
       searchInput = []
     } progress: { l, n in self.progress(fused ? "reorder+smooth+weights (GPTQ)" : "reorder+smooth", l, n) }
@@ -311,11 +354,11 @@ public final class QuantizationPipeline {
           let reference = try model.attentionOutput(model.layers[l], h: qkInput, lengths: lengths)
           for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) && !plan.clipSkips.contains(key(m)) {
             let (o, i) = store.linearShape(m)
-            if m.hasSuffix("q_proj") || m.hasSuffix("k_proj") {
+            if (m.hasSuffix("q_proj") || m.hasSuffix("k_proj")) && !plan.clipProducts {
               searched[m] = [try RangeSearch.attentionOutputs(model: model, layer: l, store: store, module: m, format: format,
                                                               h: qkInput, lengths: lengths, reference: reference, candidates: cands)]
             } else {
-              let k = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : m.hasSuffix("v_proj") ? "attn" : "mlp"
+              let k = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : key(m) == "qkv_proj" ? "attn" : "mlp"
               searched[m] = RangeSearch.productsError(weight: store[m + ".weight"], out: o, inp: i, format: format,
                                                       inputs: sub[k] ?? [], candidates: cands)
             }

@@ -28,6 +28,15 @@ public struct QuantPlan: Sendable {
   public var reorder = false
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
   public var smoothProj: (alpha: Double, beta: Double)?
+  /// Module keys smoothed by SmoothLinear: down_proj (QoQ), qkv_proj and up_proj (SmoothQuant: norm → linears),
+  /// all four with out_proj (AWQ's GridSearch).
+  public var smoothProjKeys: Set<String> = []
+  /// AWQ: SmoothLinear GridSearch over λ = max|x|^α, α from these candidates, objective the output error.
+  public var smoothProjAlphas: [Double]?
+  public var smoothProjSamples = 4
+  /// Weight range search objective: OutputsError (QoQ: products per group, attention outputs for q/k) or
+  /// ProductsError (AWQ: products per group for every module).
+  public var clipProducts = false
   public var calib = CalibrationOptions()
   /// Calibration passes run their linears in bf16 (model.dtype torch.bfloat16) instead of fp32.
   public var calibBF16 = false
@@ -107,9 +116,11 @@ public struct QuantPlan: Sendable {
         let ss = try r.int("quant.wgts.calib_range.sample_size")
         clipSamples = ss > 0 ? ss : 4
         if st == .gridSearch {
-          guard try r.string("quant.wgts.calib_range.objective") == "OutputsError", try r.string("quant.wgts.calib_range.granularity") == "Group" else {
-            throw bad("quant.wgts.calib_range GridSearch is supported as QoQ's: objective OutputsError, granularity Group (ProductsError per group for o/v/up/down, attention OutputsError for q/k)")
+          let obj = try r.string("quant.wgts.calib_range.objective")
+          guard obj == "OutputsError" || obj == "ProductsError", try r.string("quant.wgts.calib_range.granularity") == "Group" else {
+            throw bad("quant.wgts.calib_range GridSearch is supported at granularity Group with objective OutputsError (QoQ: ProductsError per group for o/v/up/down, attention outputs for q/k) or ProductsError (AWQ: every module)")
           }
+          clipProducts = obj == "ProductsError"
         }
       }
     }
@@ -170,13 +181,27 @@ public struct QuantPlan: Sendable {
       }
       if try r.bool("quant.smooth.enable_proj") {
         let skips = Set(try r.strings("quant.smooth.proj.skips"))
-        guard skips == ["qkv_proj", "up_proj", "out_proj"] else {
-          throw bad("quant.smooth.proj: only down_proj smoothing is supported (skips [qkv_proj, up_proj, out_proj]), as in QoQ")
+        for k in skips where !Self.moduleKeys.contains(k) { throw bad("quant.smooth.proj.skips: unknown module key \(k)") }
+        smoothProjKeys = Self.moduleKeys.subtracting(skips)
+        let alpha = try r.double("quant.smooth.proj.alpha"), beta = try r.double("quant.smooth.proj.beta")
+        switch try r.string("quant.smooth.proj.strategy") {
+        case "Manual":
+          guard skips.contains("out_proj") else {
+            throw bad("quant.smooth.proj: Manual out_proj smoothing (v_proj → o_proj) is not supported; list out_proj in quant.smooth.proj.skips")
+          }
+        case "GridSearch":
+          guard alpha > 0, beta == 0 else {
+            throw bad("quant.smooth.proj GridSearch is supported as AWQ's: alpha > 0, beta 0 (λ = max|x|^α, α on a grid)")
+          }
+          guard try r.string("quant.smooth.proj.objective") == "OutputsError" else { throw bad("quant.smooth.proj.objective must be OutputsError") }
+          let g = try r.int("quant.smooth.proj.num_grids")
+          guard g >= 2 else { throw bad("quant.smooth.proj.num_grids must be at least 2") }
+          smoothProjAlphas = SmoothStage.alphaBetaCandidates(alpha: alpha, beta: beta, grids: g).map(\.0)
+          let ss = try r.int("quant.smooth.proj.sample_size")
+          smoothProjSamples = ss > 0 ? ss : 4
+        case let st: throw bad("quant.smooth.proj.strategy \(st ?? "null") must be Manual or GridSearch")
         }
-        guard try r.string("quant.smooth.proj.strategy") == "Manual" else {
-          throw bad("quant.smooth.proj.strategy GridSearch is not supported yet; QoQ uses Manual with --smooth-proj-alpha/--smooth-proj-beta")
-        }
-        smoothProj = (try r.double("quant.smooth.proj.alpha"), try r.double("quant.smooth.proj.beta"))
+        smoothProj = (alpha, beta)
       }
     }
     // Calibration and evaluation.

@@ -120,3 +120,31 @@ public enum SmoothStage {
     return lam
   }
 }
+
+extension SmoothStage {
+  /// SmoothLinear between an RMSNorm and the linears that read it (SmoothQuant's qkv_proj and up_proj):
+  /// λ = xspan^α / wspan^β with x the norm output absmax and wspan_j = max over the rows of every consumer of
+  /// |W[:, j]|; the consumers' columns ×= λ_j and the norm weight ÷= λ_j — exact, as RMSNorm is per channel.
+  /// `key` is qkv_proj (input_layernorm → q, k, v) or up_proj (post_attention_layernorm → gate, up). Returns λ.
+  @discardableResult
+  public static func normLinear(_ s: WeightStore, layer l: Int, key: String, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
+    let c = s.config, H = c.hiddenSize
+    let p = "model.layers.\(l)."
+    let (norm, consumers) = key == "qkv_proj"
+      ? (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
+      : (p + "post_attention_layernorm.weight", ["mlp.gate_proj", "mlp.up_proj"].map { p + $0 + ".weight" })
+    var ws = [Float](repeating: 0, count: H)
+    for n in consumers {
+      let w = s[n]
+      for r in 0..<(w.count / H) { for j in 0..<H { ws[j] = max(ws[j], abs(w[r * H + j])) } }
+    }
+    let lam = smoothScale(x, ws, alpha: alpha, beta: beta)
+    for n in consumers {
+      var w = s[n]
+      for r in 0..<(w.count / H) { for j in 0..<H { w[r * H + j] *= lam[j] } }
+      s[n] = w
+    }
+    s[norm] = zip(s[norm], lam).map { $0 / $1 }
+    return lam
+  }
+}

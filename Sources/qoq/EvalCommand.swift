@@ -22,6 +22,10 @@ struct EvalCommand: ParsableCommand {
   var engine = false
   @Option(help: "Engine: LM head precision (fp32, bf16, int8).") var lmHead: String = "fp32"
   @Flag(help: "Engine: fp32 attention scores over the KV4 pages instead of integer (int8 query) scores.") var fpScores = false
+  @Option(name: [.customLong("tasks"), .customLong("eval-tasks")], parsing: .upToNextOption,
+          help: "Zero-shot tasks instead of perplexity: NAME=FILE.jsonl (or FILE.jsonl, named after the file); see README for the format.")
+  var tasks: [String] = []
+  @Option(help: "Zero-shot: requests per forward.") var batchSize: Int = 8
 
   func validate() throws {
     guard PerplexityProtocol(rawValue: proto) != nil else { throw ValidationError("--protocol must be gptq or llamacpp") }
@@ -30,8 +34,32 @@ struct EvalCommand: ParsableCommand {
     guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16 or int8") }
   }
 
+  func runTasks() throws {
+    let (loaded, quant) = try AnyModelLoader.load(path: modelPath)
+    if let q = quant { note("quantized checkpoint (\(q.method)), fake-quantized") }
+    var ev = ZeroShotEvaluator(model: loaded.model, tokenizer: loaded.tokenizer)
+    ev.batchSize = max(1, batchSize)
+    var results: [JSONValue] = []
+    var lines: [String] = ["| task | n | acc | acc_norm | perplexity |", "|---|---|---|---|---|"]
+    for spec in tasks {
+      let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+      let (name, file) = parts.count == 2 ? (parts[0], parts[1]) : (URL(fileURLWithPath: spec).deletingPathExtension().lastPathComponent, spec)
+      guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw QoQError("\(file): cannot read the task file") }
+      let items = try TaskFile.parse(text, name: file)
+      note("\(name): \(items.count) examples")
+      let t0 = Date()
+      let (r, _) = try ev.evaluate(name: name, items: items)
+      lines.append("| \(name) | \(r.count) | \(String(format: "%.4f ± %.4f", r.acc, r.accStderr)) | \(r.accNorm.map { String(format: "%.4f", $0) } ?? "—") | \(r.perplexity.map { String(format: "%.3f", $0) } ?? "—") |")
+      results.append(.object(JSONObject([("task", .string(name)), ("n", .int(r.count)), ("acc", .double(r.acc)), ("acc_stderr", .double(r.accStderr)),
+                                         ("acc_norm", r.accNorm.map { .double($0) } ?? .null), ("perplexity", r.perplexity.map { .double($0) } ?? .null),
+                                         ("seconds", .double(Date().timeIntervalSince(t0)))])))
+    }
+    if json { print(JSON.serialize(.array(results), pretty: true)) } else { print(lines.joined(separator: "\n")) }
+  }
+
   func run() throws {
     try runReportingErrors {
+      if !tasks.isEmpty { try runTasks(); return }
       let p = PerplexityProtocol(rawValue: proto)!
       guard let raw = try? String(contentsOfFile: dataset, encoding: .utf8) else {
         throw QoQError("\(dataset): cannot read the dataset (pass --dataset PATH to wiki.test.raw)")

@@ -22,6 +22,14 @@ struct QuantizeCommand: ParsableCommand {
 
   func run() throws {
     try runReportingErrors {
+      // --results-json PATH (not a recipe field): also write the results there (used by `qoq table`).
+      var args = args
+      var resultsPath: String?
+      if let k = args.firstIndex(of: "--results-json") {
+        guard k + 1 < args.count else { throw QoQError("--results-json needs a path") }
+        resultsPath = args[k + 1]
+        args.removeSubrange(k...(k + 1))
+      }
       var files: [String] = []
       var i = 0
       while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
@@ -34,7 +42,9 @@ struct QuantizeCommand: ParsableCommand {
       let skipEval = try recipe.bool("skip_eval")
       let cacheSetting = try recipe.string("cache.root") ?? ""
       let env = ProcessInfo.processInfo.environment
-      let cacheRoot: String? = cacheSetting == "none" ? nil
+      // `--cache-root none` (or off) disables the cache; the recipe parser reads "none" as null, so look at the flag.
+      let disabled = zip(args, args.dropFirst()).contains { $0 == "--cache-root" && ["none", "off"].contains($1.lowercased()) }
+      let cacheRoot: String? = disabled || cacheSetting == "none" || cacheSetting == "off" ? nil
         : cacheSetting.isEmpty ? (env["QOQ_CACHE"] ?? (env["HOME"] ?? ".") + "/.cache/qoq") + "/quant-cache" : cacheSetting
       let pipeline = try QuantizationPipeline(modelPath: modelPath, recipe: recipe, cacheRoot: cacheRoot)
       let plan = pipeline.plan
@@ -68,7 +78,12 @@ struct QuantizeCommand: ParsableCommand {
         results["eval_windows"] = .int(r.windows)
         results["eval_seq_len"] = .int(r.seqLen)
       }
+      results["quantization"] = out.quantization.json
       let yaml = try recipe.yaml()
+      if let rp = resultsPath {
+        results["recipe"] = .string(yaml)
+        try atomicWrite(rp, data: Data(JSON.serialize(.object(results), pretty: true).utf8))
+      }
       if !save.isEmpty {
         var fp: [String: [Float]] = [:], biases: [String: [Float]] = [:]
         for (n, v) in out.store.tensors {

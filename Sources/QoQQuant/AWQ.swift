@@ -1,0 +1,184 @@
+// AWQ's activation-aware smoothing as deepcompressor runs it (deepcompressor.md §1.6, awq recipe): for each
+// smoothing group of a layer — input_layernorm → q/k/v (evaluated on the attention block's output), v_proj → o_proj
+// (o_proj's output), post_attention_layernorm → gate/up (the MLP's output), up_proj → down_proj (down_proj's
+// output) — try λ = max|x|^α for α ∈ {0, 1/20, …, 19/20} (AbsMax spans, no normalisation, β = 0), fake-quantize the
+// scaled weights W·diag(λ) with the weight quantizer (round to nearest), undo the scale, and keep the α whose
+// module output has the smallest squared error against the FP output. The chosen λ is then folded exactly.
+import Foundation
+import QoQFormat
+import QoQIO
+import QoQKernels
+import QoQModels
+
+public enum AWQSearch {
+  /// W·diag(λ) quantized (RTN) then ·diag(λ)⁻¹: the weight the model effectively uses after smoothing + quantizing.
+  public static func quantizedScaled(_ w: [Float], out: Int, inp: Int, lambda: [Float], format: WeightFormat) -> [Float] {
+    var s = w
+    for o in 0..<out { for i in 0..<inp { s[o * inp + i] *= lambda[i] } }
+    var q = WeightQuantizer(weight: s, out: out, inp: inp, format: format).rtn(s).dequantized()
+    for o in 0..<out { for i in 0..<inp { q[o * inp + i] /= lambda[i] } }
+    return q
+  }
+
+  /// λ = xspan^α (β = 0; α = 0 → all ones; zeros → 1; NaN/Inf → all ones).
+  public static func lambda(_ xspan: [Float], alpha: Double) -> [Float] {
+    alpha == 0 ? [Float](repeating: 1, count: xspan.count) : smoothScale(xspan, xspan, alpha: alpha, beta: 0)
+  }
+
+  /// The α (and its λ) minimising `error(λ)` over the candidates; ties keep the earlier candidate.
+  public static func search(xspan: [Float], candidates: [Double], error: ([Float]) throws -> Double) rethrows -> (alpha: Double, lambda: [Float]) {
+    var best = (candidates[0], lambda(xspan, alpha: candidates[0])), bestErr = Double.infinity
+    for a in candidates {
+      let lam = lambda(xspan, alpha: a)
+      let e = try error(lam)
+      if e < bestErr { bestErr = e; best = (a, lam) }
+    }
+    return best
+  }
+
+  /// Σ (y − ref)² in Double.
+  static func sse(_ y: [Float], _ ref: [Float]) -> Double {
+    var e = 0.0
+    for i in 0..<y.count { let d = Double(y[i] - ref[i]); e += d * d }
+    return e
+  }
+
+  /// Output of a plain linear x (rows, inp) · Wᵀ (bias-free; the smoothing searches compare outputs of the same bias).
+  static func linear(_ x: [Float], _ w: [Float], out: Int, inp: Int) -> [Float] {
+    let rows = x.count / inp
+    var y = [Float](repeating: 0, count: rows * out)
+    let l = DenseLinear(weight: w, outFeatures: out, inFeatures: inp)
+    x.withUnsafeBufferPointer { xb in y.withUnsafeMutableBufferPointer { l.forward(xb.baseAddress!, rows: rows, $0.baseAddress!) } }
+    return y
+  }
+
+  /// The best α for a single linear evaluated on its own output (o_proj, down_proj): inputs x (rows, inp).
+  public static func linearGroup(weight w: [Float], out: Int, inp: Int, inputs x: [Float], xspan: [Float], format: WeightFormat,
+                                 candidates: [Double]) -> (alpha: Double, lambda: [Float]) {
+    let ref = linear(x, w, out: out, inp: inp)
+    return search(xspan: xspan, candidates: candidates) { lam in
+      sse(linear(x, quantizedScaled(w, out: out, inp: inp, lambda: lam, format: format), out: out, inp: inp), ref)
+    }
+  }
+}
+
+extension QuantizationPipeline {
+  /// AWQ smoothing of layer l from its captured FP inputs: attention input h (normalized), o_proj input, MLP input,
+  /// down_proj input (all (rows, width) of the first search sequences, whose lengths are `lengths`) and the absmax
+  /// spans over all calibration tokens. Folds the chosen λ into the store; returns the chosen α per group.
+  func awqLayer(_ store: WeightStore, model: LlamaModel, layer l: Int, format: WeightFormat, keys: Set<String>,
+                attnIn: [Float], oIn: [Float], mlpIn: [Float], downIn: [Float], lengths: [Int],
+                spans: (attn: [Float], o: [Float], mlp: [Float], down: [Float]), candidates: [Double]) throws -> [String: Double] {
+    let c = store.config, H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, D = c.headDim
+    let g = c.numAttentionHeads / c.numKeyValueHeads
+    let p = "model.layers.\(l)."
+    var chosen: [String: Double] = [:]
+    func dense(_ n: String, _ w: [Float]) -> DenseLinear {
+      let (o, i) = store.linearShape(p + n)
+      return DenseLinear(weight: w, outFeatures: o, inFeatures: i, bias: store.tensors[p + n + ".bias"])
+    }
+    func layerWith(_ repl: [String: [Float]]) -> DecoderLayer {
+      func lin(_ n: String) -> LinearLayer { dense(n, repl[n] ?? store[p + n + ".weight"]) }
+      return DecoderLayer(inputLayernorm: store[p + "input_layernorm.weight"], postAttentionLayernorm: store[p + "post_attention_layernorm.weight"],
+                          qProj: lin("self_attn.q_proj"), kProj: lin("self_attn.k_proj"), vProj: lin("self_attn.v_proj"),
+                          oProj: lin("self_attn.o_proj"), gateProj: lin("mlp.gate_proj"), upProj: lin("mlp.up_proj"), downProj: lin("mlp.down_proj"))
+    }
+    // 1. input_layernorm → q/k/v, judged on the attention block's output.
+    if keys.contains("qkv_proj") {
+      let ref = try model.attentionOutput(layerWith([:]), h: attnIn, lengths: lengths)
+      let best = try AWQSearch.search(xspan: spans.attn, candidates: candidates) { lam in
+        var repl: [String: [Float]] = [:]
+        for (n, o) in [("self_attn.q_proj", Q), ("self_attn.k_proj", KV), ("self_attn.v_proj", KV)] {
+          repl[n] = AWQSearch.quantizedScaled(store[p + n + ".weight"], out: o, inp: H, lambda: lam, format: format)
+        }
+        return AWQSearch.sse(try model.attentionOutput(layerWith(repl), h: attnIn, lengths: lengths), ref)
+      }
+      chosen["qkv_proj"] = best.alpha
+      if best.alpha != 0 { SmoothStage.applyNormLinear(store, layer: l, key: "qkv_proj", lambda: best.lambda) }
+    }
+    // 2. v_proj → o_proj, judged on o_proj's output. o's input channels of the heads sharing a KV head share λ
+    //    (max over the repeats), so v's rows can take it.
+    if keys.contains("out_proj") {
+      var kvSpan = [Float](repeating: 0, count: KV)
+      for h in 0..<c.numAttentionHeads { for d in 0..<D { kvSpan[(h / g) * D + d] = max(kvSpan[(h / g) * D + d], spans.o[h * D + d]) } }
+      let expand: ([Float]) -> [Float] = { lk in (0..<Q).map { lk[(($0 / D) / g) * D + $0 % D] } }
+      let wo = store[p + "self_attn.o_proj.weight"]
+      let ref = AWQSearch.linear(oIn, wo, out: H, inp: Q)
+      let best = AWQSearch.search(xspan: kvSpan, candidates: candidates) { lk in
+        AWQSearch.sse(AWQSearch.linear(oIn, AWQSearch.quantizedScaled(wo, out: H, inp: Q, lambda: expand(lk), format: format), out: H, inp: Q), ref)
+      }
+      chosen["out_proj"] = best.alpha
+      if best.alpha != 0 {
+        let lq = expand(best.lambda)
+        var o = wo
+        for r in 0..<H { for j in 0..<Q { o[r * Q + j] *= lq[j] } }
+        store[p + "self_attn.o_proj.weight"] = o
+        var v = store[p + "self_attn.v_proj.weight"]
+        for r in 0..<KV { for j in 0..<H { v[r * H + j] /= best.lambda[r] } }
+        store[p + "self_attn.v_proj.weight"] = v
+        if let b = store.tensors[p + "self_attn.v_proj.bias"] { store[p + "self_attn.v_proj.bias"] = (0..<KV).map { b[$0] / best.lambda[$0] } }
+      }
+    }
+    // 3. post_attention_layernorm → gate/up, judged on the MLP's output.
+    if keys.contains("up_proj") {
+      let base = layerWith([:])
+      let ref = mlpOutput(base, mlpIn, H: H, I: I)
+      let best = AWQSearch.search(xspan: spans.mlp, candidates: candidates) { lam in
+        var repl: [String: [Float]] = [:]
+        for n in ["mlp.gate_proj", "mlp.up_proj"] { repl[n] = AWQSearch.quantizedScaled(store[p + n + ".weight"], out: I, inp: H, lambda: lam, format: format) }
+        return AWQSearch.sse(mlpOutput(layerWith(repl), mlpIn, H: H, I: I), ref)
+      }
+      chosen["up_proj"] = best.alpha
+      if best.alpha != 0 { SmoothStage.applyNormLinear(store, layer: l, key: "up_proj", lambda: best.lambda) }
+    }
+    // 4. up_proj → down_proj, judged on down_proj's output.
+    if keys.contains("down_proj") {
+      let best = AWQSearch.linearGroup(weight: store[p + "mlp.down_proj.weight"], out: H, inp: I, inputs: downIn, xspan: spans.down,
+                                       format: format, candidates: candidates)
+      chosen["down_proj"] = best.alpha
+      if best.alpha != 0 { SmoothStage.applyDown(store, layer: l, lambda: best.lambda) }
+    }
+    return chosen
+  }
+
+  /// down(silu(gate(x))·up(x)) for normalized MLP inputs x (rows, H).
+  func mlpOutput(_ layer: DecoderLayer, _ x: [Float], H: Int, I: Int) -> [Float] {
+    let rows = x.count / H
+    var gt = [Float](repeating: 0, count: rows * I), up = gt, y = [Float](repeating: 0, count: rows * H)
+    x.withUnsafeBufferPointer { xb in
+      gt.withUnsafeMutableBufferPointer { layer.gateProj.forward(xb.baseAddress!, rows: rows, $0.baseAddress!) }
+      up.withUnsafeMutableBufferPointer { layer.upProj.forward(xb.baseAddress!, rows: rows, $0.baseAddress!) }
+    }
+    gt.withUnsafeMutableBufferPointer { g in up.withUnsafeBufferPointer { u in siluMul(g.baseAddress!, u.baseAddress!, g.baseAddress!, rows * I) } }
+    gt.withUnsafeBufferPointer { g in y.withUnsafeMutableBufferPointer { layer.downProj.forward(g.baseAddress!, rows: rows, $0.baseAddress!) } }
+    return y
+  }
+}
+
+extension SmoothStage {
+  /// Folds a given λ between an RMSNorm and its consumers (columns ×= λ, norm ÷= λ).
+  public static func applyNormLinear(_ s: WeightStore, layer l: Int, key: String, lambda lam: [Float]) {
+    let c = s.config, H = c.hiddenSize, p = "model.layers.\(l)."
+    let (norm, consumers) = key == "qkv_proj"
+      ? (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
+      : (p + "post_attention_layernorm.weight", ["mlp.gate_proj", "mlp.up_proj"].map { p + $0 + ".weight" })
+    for n in consumers {
+      var w = s[n]
+      for r in 0..<(w.count / H) { for j in 0..<H { w[r * H + j] *= lam[j] } }
+      s[n] = w
+    }
+    s[norm] = zip(s[norm], lam).map { $0 / $1 }
+  }
+
+  /// Folds a given λ between up_proj and down_proj (down columns ×= λ, up rows and bias ÷= λ).
+  public static func applyDown(_ s: WeightStore, layer l: Int, lambda lam: [Float]) {
+    let c = s.config, I = c.intermediateSize, H = c.hiddenSize, p = "model.layers.\(l).mlp."
+    var wd = s[p + "down_proj.weight"]
+    for r in 0..<H { for j in 0..<I { wd[r * I + j] *= lam[j] } }
+    s[p + "down_proj.weight"] = wd
+    var wu = s[p + "up_proj.weight"]
+    for j in 0..<I { for cc in 0..<H { wu[j * H + cc] /= lam[j] } }
+    s[p + "up_proj.weight"] = wu
+    if let b = s.tensors[p + "up_proj.bias"] { s[p + "up_proj.bias"] = (0..<I).map { b[$0] / lam[$0] } }
+  }
+}
