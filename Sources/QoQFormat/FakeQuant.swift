@@ -35,3 +35,15 @@ public final class KVFakeQuant: KVTransform, @unchecked Sendable {
     else { fakeQuantizeSymGroups(x, rows: rows, width: width, group: group, bits: bits) }
   }
 }
+
+/// Static symmetric per-tensor KV fake quantization with a calibrated scale (SmoothQuant's static KV8):
+/// x̂ = s·clamp(rne(x/s), −qmax, qmax), qmax = 2^(b−1) − 1.
+public final class StaticKVQuant: KVTransform, @unchecked Sendable {
+  public let scale: Float
+  public let bits: Int
+  public init(scale: Float, bits: Int = 8) { self.scale = scale; self.bits = bits }
+  public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
+    let q = Float((1 << (bits - 1)) - 1)
+    for i in 0..<(rows * width) { x[i] = scale * min(max(rne(x[i] / scale), -q), q) }
+  }
+}

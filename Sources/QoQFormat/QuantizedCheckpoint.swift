@@ -20,6 +20,8 @@ public struct QuantizationConfig: Sendable, Equatable {
   public var kvBits: Int?
   public var kvGroup: Int?             // nil = per token over all channels
   public var kvAsymmetric = true
+  /// Static per-tensor KV scales, (K, V) per layer in layer order; nil = dynamic per-token KV quantization.
+  public var kvStaticScales: [Float]?
   public var notQuantized: [String] = []
 
   public init(method: String, weight: WeightFormat?, actBits: Int?, kvBits: Int?, kvGroup: Int?, kvAsymmetric: Bool = true) {
@@ -43,7 +45,12 @@ public struct QuantizationConfig: Sendable, Equatable {
       ("quant_method", .string(method)),
       ("weight", w),
       ("activation", actBits.map { .object(JSONObject([("bits", .int($0)), ("granularity", .string("per_token")), ("symmetric", .bool(true)), ("dynamic", .bool(true))])) } ?? .null),
-      ("kv_cache", kvBits.map { .object(JSONObject([("bits", .int($0)), ("group_size", .int(kvGroup ?? -1)), ("asymmetric", .bool(kvAsymmetric)), ("dynamic", .bool(true)), ("key", .string("post_rope"))])) } ?? .null),
+      ("kv_cache", kvBits.map { b in
+        var o = JSONObject([("bits", .int(b)), ("group_size", .int(kvGroup ?? -1)), ("asymmetric", .bool(kvAsymmetric)),
+                            ("dynamic", .bool(kvStaticScales == nil)), ("key", .string("post_rope"))])
+        if let s = kvStaticScales { o["static_scales"] = .array(s.map { .double(Double($0)) }) }
+        return .object(o)
+      } ?? .null),
       ("modules_not_quantized", .array(notQuantized.map { .string($0) })),
       ("recipe", .string("recipe.yaml")),
     ]))
@@ -77,6 +84,11 @@ public struct QuantizationConfig: Sendable, Equatable {
       guard g == -1 || g > 0 else { throw bad("kv_cache group_size") }
       kvGroup = g == -1 ? nil : g
       kvAsymmetric = k["asymmetric"]?.bool ?? true
+      if let ss = k["static_scales"], !ss.isNull {
+        guard let a = ss.array, a.allSatisfy({ ($0.double ?? -1) > 0 }) else { throw bad("kv_cache static_scales must be positive numbers") }
+        guard !kvAsymmetric else { throw bad("static KV scales are symmetric (asymmetric must be false)") }
+        kvStaticScales = a.map { Float($0.double!) }
+      }
     }
     notQuantized = v["modules_not_quantized"]?.array?.compactMap(\.string) ?? []
   }
@@ -92,7 +104,16 @@ extension QuantizationConfig {
       if let ab = actBits { return ActQuantLinear(dense, bits: ab) }
       return dense
     }
-    if let kb = kvBits { model.kvQuantizer = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric) }
+    if let kb = kvBits {
+      if let s = kvStaticScales {
+        guard s.count == 2 * config.numHiddenLayers else {
+          throw QoQError("quantization_config: kv_cache static_scales has \(s.count) values, expected 2 × \(config.numHiddenLayers) layers")
+        }
+        model.kvLayerQuantizers = (0..<config.numHiddenLayers).map { (StaticKVQuant(scale: s[2 * $0], bits: kb), StaticKVQuant(scale: s[2 * $0 + 1], bits: kb)) }
+      } else {
+        model.kvQuantizer = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
+      }
+    }
     return model
   }
 }

@@ -34,6 +34,8 @@ public final class LlamaModel: @unchecked Sendable {
   let rope: RotaryEmbedding
   /// Fake quantization of post-RoPE K and of V before they enter the cache (KV4/KV8 simulation); nil = FP.
   public var kvQuantizer: KVTransform?
+  /// Per-layer (K, V) quantizers with calibrated static ranges (SmoothQuant's static KV8); overrides kvQuantizer.
+  public var kvLayerQuantizers: [(k: KVTransform, v: KVTransform)]?
 
   public init(config: LlamaConfiguration, embedTokens: [Float], layers: [DecoderLayer], norm: [Float],
               lmHead: LinearLayer) throws {
@@ -167,7 +169,8 @@ public final class LlamaModel: @unchecked Sendable {
       capture?.record(.qRope, q, n * Q)
       capture?.record(.kRope, k, n * KV)
       capture?.record(.vOutput, v, n * KV)
-      if let kvq = kvQuantizer { kvq.apply(k, rows: n, width: KV); kvq.apply(v, rows: n, width: KV) }
+      if let per = kvLayerQuantizers { per[li].k.apply(k, rows: n, width: KV); per[li].v.apply(v, rows: n, width: KV) }
+      else if let kvq = kvQuantizer { kvq.apply(k, rows: n, width: KV); kvq.apply(v, rows: n, width: KV) }
       r0 = 0
       for (s, t) in lengths.enumerated() {
         let cache = caches[s], past = cache.length

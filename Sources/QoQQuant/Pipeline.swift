@@ -160,6 +160,12 @@ public final class QuantizationPipeline {
                                 weight: plan.weightFormat, actBits: plan.actBits, kvBits: plan.kvBits, kvGroup: plan.kvGroup,
                                 kvAsymmetric: plan.kvAsymmetric)
     qc.notQuantized = Array(plan.weightSkips).sorted()
+    if plan.kvStatic {
+      let t0 = Date()
+      qc.kvStaticScales = try staticKVScales(store, quantization: qc, samples: try calibration())
+      timings.append(("kv ranges", Date().timeIntervalSince(t0)))
+      log(String(format: "kv ranges (static, per tensor): done in %.1f s", Date().timeIntervalSince(t0)))
+    }
     return Output(store: store, quantized: quantized, tokenizer: tokenizer, quantization: qc)
   }
 
@@ -409,6 +415,26 @@ public final class QuantizationPipeline {
       out[m] = q
     }
     return out
+  }
+
+  /// SmoothQuant-static KV ranges: absmax of post-RoPE K and of V per layer over the calibration set, through the
+  /// model with quantized weights and activations (KV still FP), as deepcompressor calibrates activation ranges after
+  /// the weights. Scale = fp16(absmax / qmax) (0 → 1); (K, V) per layer.
+  func staticKVScales(_ store: WeightStore, quantization qc: QuantizationConfig, samples: [[Int32]]) throws -> [Float] {
+    var noKV = qc
+    noKV.kvBits = nil
+    let model = try noKV.fakeQuantModel(config: store.config, weights: store)
+    let qmax = Float((1 << ((qc.kvBits ?? 8) - 1)) - 1)
+    var scales: [Float] = []
+    var km: Float = 0, vm: Float = 0
+    try LayerwisePass(samples: samples).run(model: model, points: [.kRope, .vOutput]) { _, cap in
+      for x in cap[.kRope] { km = max(km, abs(x)) }
+      for x in cap[.vOutput] { vm = max(vm, abs(x)) }
+    } finish: { _ in
+      for m in [km, vm] { var sc = fp16Round(m / qmax); if sc == 0 { sc = 1 }; scales.append(sc) }
+      km = 0; vm = 0
+    } progress: { l, n in self.progress("kv ranges", l, n) }
+    return scales
   }
 
   /// The fake-quantized model of a finished run (weights already dequantized in the store).

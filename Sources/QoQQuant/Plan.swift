@@ -24,6 +24,8 @@ public struct QuantPlan: Sendable {
   public var kvBits: Int?
   public var kvGroup: Int?
   public var kvAsymmetric = true
+  /// Static per-tensor KV ranges calibrated once (SmoothQuant-static).
+  public var kvStatic = false
   public var rotation: RotationOptions?
   public var reorder = false
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
@@ -138,8 +140,16 @@ public struct QuantPlan: Sendable {
     if let od = try r.string("quant.opts.dtype") {
       let (signed, b) = try bits(od, field: "quant.opts.dtype")
       let shapes = try r.groupShapes("quant.opts.group_shapes")
-      guard shapes.count == 1, shapes[0][0] == 1 else { throw bad("quant.opts.group_shapes must be one level [[1, G]] (per token)") }
-      if try r.bool("quant.opts.static") { throw bad("quant.opts.static (calibrated KV ranges) is not supported yet") }
+      guard shapes.count == 1, shapes[0][0] == 1 || shapes == [[-1, -1]] else {
+        throw bad("quant.opts.group_shapes must be one level: [[1, G]] (per token) or [[-1, -1]] (per tensor, static)")
+      }
+      if try r.bool("quant.opts.static") {
+        // SmoothQuant-static: one calibrated scale per tensor (absmax over the calibration set), symmetric.
+        guard signed, shapes == [[-1, -1]] else {
+          throw bad("quant.opts.static is supported as SmoothQuant's: signed (sint8), group_shapes [[-1, -1]] (per tensor)")
+        }
+        kvStatic = true
+      }
       let skips = Set(try r.strings("quant.opts.skips"))
       guard skips.isSubset(of: ["attn_q"]) else { throw bad("quant.opts.skips: only attn_q may be listed (K and V are always quantized together)") }
       guard skips.contains("attn_q") else { throw bad("quant.opts.skips must contain attn_q: Q is never quantized") }
@@ -225,7 +235,7 @@ public struct QuantPlan: Sendable {
 
   /// Whether any stage needs calibration data.
   public var needsCalibration: Bool {
-    reorder || smoothAttn != nil || smoothProj != nil || gptq != nil || clipStrategy == .gridSearch
+    reorder || smoothAttn != nil || smoothProj != nil || gptq != nil || clipStrategy == .gridSearch || kvStatic
   }
 
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).

@@ -56,7 +56,7 @@ import QoQTestSupport
   @Test func baselineRecipesPlan() throws {
     let cases: [(String, WeightFormat?, Int?, Int?)] = [
       ("gptq.yaml", .asym(bits: 4, group: 128), nil, nil), ("gptq-g64.yaml", .asym(bits: 4, group: 64), nil, nil),
-      ("smoothquant-dynamic.yaml", .sym(bits: 8), 8, 8), ("rtn-w4a16-g128.yaml", .asym(bits: 4, group: 128), nil, nil),
+      ("smoothquant-dynamic.yaml", .sym(bits: 8), 8, 8), ("smoothquant-static.yaml", .sym(bits: 8), 8, 8), ("rtn-w4a16-g128.yaml", .asym(bits: 4, group: 128), nil, nil),
       ("rtn-w4a16-g64.yaml", .asym(bits: 4, group: 64), nil, nil), ("rtn-w8a8kv8.yaml", .sym(bits: 8), 8, 8),
       ("rtn-w4a4kv4.yaml", .sym(bits: 4), 4, 4), ("quarot-w4a4kv4.yaml", .sym(bits: 4), 4, 4),
     ]
@@ -130,5 +130,47 @@ extension BaselineTests {
     let b = try lastLogits(try QuantizationPipeline.fakeQuantModel(rtn), PipelineTests.probe)
     let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, PipelineTests.probe)
     #expect(relL2(a, fp) < 0.2 && relL2(b, fp) < 0.2, "AWQ \(relL2(a, fp)), RTN \(relL2(b, fp))")
+  }
+}
+
+extension BaselineTests {
+  /// SmoothQuant-static: one KV scale per tensor and layer, equal to fp16(absmax/127) of post-RoPE K and of V over
+  /// the calibration set (recomputed here by an independent pass of the saved-and-reloaded model without KV
+  /// quantization); the scales survive the checkpoint round trip and drive the fake-quantized model.
+  @Test func smoothQuantStaticKVScales() throws {
+    let (_, c) = try tinyPipelineConfigs()[0]
+    let dir = tempDir("sqs")
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let r = try Recipe.load(files: [Self.recipesDir + "/smoothquant-static.yaml"],
+                            flags: ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"])
+    let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
+    #expect(p.plan.kvStatic)
+    let out = try p.run()
+    let scales = try #require(out.quantization.kvStaticScales)
+    #expect(scales.count == 2 * c.numHiddenLayers)
+    // Independent recomputation: the fake model with its KV quantization removed, run sample by sample.
+    var noKV = out.quantization
+    noKV.kvStaticScales = nil; noKV.kvBits = nil
+    let m = try noKV.fakeQuantModel(config: c, weights: out.store)
+    let samples = try CalibrationData.samples(p.plan.calib, tokenizer: out.tokenizer)
+    var km = [Float](repeating: 0, count: c.numHiddenLayers), vm = km
+    for s in samples {
+      var x = try m.embed([s], caches: [KVCache(config: c, capacity: s.count)])
+      for l in 0..<c.numHiddenLayers {
+        let cap = LayerCapture([.kRope, .vOutput])
+        try m.runLayer(l, x: &x, lengths: [s.count], caches: [KVCache(config: c, capacity: s.count)], capture: cap)
+        km[l] = max(km[l], cap[.kRope].map(abs).max()!); vm[l] = max(vm[l], cap[.vOutput].map(abs).max()!)
+      }
+    }
+    for l in 0..<c.numHiddenLayers {
+      #expect(scales[2 * l] == Float(Float16(km[l] / 127)) && scales[2 * l + 1] == Float(Float16(vm[l] / 127)), "layer \(l)")
+    }
+    let cfg = try QuantizationConfig(json: out.quantization.json, what: "roundtrip")
+    #expect(cfg.kvStaticScales == scales && !cfg.kvAsymmetric)
+    let staticModel = try out.quantization.fakeQuantModel(config: c, weights: out.store)
+    #expect(staticModel.kvLayerQuantizers?.count == c.numHiddenLayers)
+    let a = try lastLogits(staticModel, PipelineTests.probe), b = try lastLogits(m, PipelineTests.probe)
+    #expect(relL2(a, b) > 0 && relL2(a, b) < 0.1)
   }
 }
