@@ -47,10 +47,12 @@ let package = Package(
     // The inference engine: checkpoints repacked for the integer kernels, paged KV cache, batched steps.
     .target(name: "QoQEngine", dependencies: ["QoQKernels", "QoQModels", "QoQFormat", "QoQIO", "QoQTokenizers", "QoQScheduler", "QoQEval"],
             swiftSettings: fast),
+    // Interop: QServe / TinyChat export, deepcompressor (torch.save files) and QServe import.
+    .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
-      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler",
+      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler", "QoQInterop",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
@@ -67,6 +69,8 @@ let package = Package(
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQSchedulerTests", dependencies: ["QoQScheduler", "QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQEngineTests", dependencies: ["QoQEngine", "QoQScheduler", "QoQFormat", "QoQQuant", "QoQModels", "QoQKernels", "QoQIO", "QoQEval", "QoQTestSupport"],
+                swiftSettings: isaOnly),
+    .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

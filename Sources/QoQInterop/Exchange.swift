@@ -1,0 +1,128 @@
+// Converters between our quantized checkpoint (QoQFormat.QuantizedCheckpoint) and the ecosystem's:
+//  - export to QServe (W4A8: progressive g128 or per-channel uint4; safetensors, which QServe's loader prefers) and
+//    to TinyChat (W4A16 g128, AWQ/GPTQ);
+//  - import of deepcompressor's --save-model output (model.pt + scale.pt) and of QServe checkpoints.
+// Integers are recovered exactly as deepcompressor's converters do (deepcompressor.md §4.2); every recovered code is
+// checked to lie in 0…15 and to reproduce the stored value.
+import Foundation
+import QoQFormat
+import QoQIO
+import QoQModels
+
+public enum Interop {
+  static let linearModules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+  static func modules(_ c: LlamaConfiguration) -> [String] {
+    (0..<c.numHiddenLayers).flatMap { l in linearModules.map { "model.layers.\(l)." + $0 } }
+  }
+
+  static func f16(_ x: [Float]) -> Data { x.map { f32ToF16($0).littleEndian }.withUnsafeBytes { Data($0) } }
+  static func i8(_ x: [Int8]) -> Data { x.withUnsafeBytes { Data($0) } }
+
+  /// Our checkpoint → QServe folder (config, tokenizer, model.safetensors with qweight/s1/s2 tensors).
+  public static func exportQServe(from src: String, to dst: String, order: S2Order, allowUnfoldedNorms: Bool, overwrite: Bool) throws -> [String] {
+    let (c, q, st) = try open(src)
+    guard let wf = q.weight else { throw QoQError("\(src): no quantized weights to export") }
+    var warnings: [String] = []
+    switch wf {
+    case .progressive(let g, _): if g != 128 { warnings.append("QServe's per-group kernels use groups of 128; this checkpoint has \(g)") }
+    case .asym(let b, let g): guard b == 4, g == nil else { throw QoQError("\(src): QServe takes progressive g128 or per-channel uint4 weights, not \(wf)") }
+    case .sym: throw QoQError("\(src): W8A8 export to QServe is not supported (\(wf))")
+    }
+    for n in st.names where n.hasSuffix("norm.weight") {
+      if try st.floats(n).contains(where: { $0 != 1 }) && !allowUnfoldedNorms {
+        throw QoQError("\(src): \(n) is not all ones; QServe skips norm weights, so they must be folded (quantize with rotation), or pass --allow-unfolded-norms")
+      }
+    }
+    try atomicWriteFolder(dst, overwrite: overwrite) { tmp in
+      var blobs: [TensorBlob] = []
+      let quantized = Set(modules(c))
+      for n in st.names {
+        let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
+        if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
+        let info = try st.info(n)
+        blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
+      }
+      for m in modules(c) {
+        let out = try st.info(m + ".qweight").shape[0]
+        let inp = tensorShape(m + ".weight", c)[1]
+        let w = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
+        blobs.append(TensorBlob(name: m + ".qweight", dtype: .I8, shape: [out, inp / 2], data: Data(try QServePacking.pack(w.codes, n: out, k: inp))))
+        switch wf {
+        case .progressive(let g, _):
+          let ng = inp / g
+          blobs.append(TensorBlob(name: m + ".s1_scales", dtype: .F16, shape: [out], data: f16(w.rowScale)))
+          blobs.append(TensorBlob(name: m + ".s2_scales", dtype: .I8, shape: [ng, out],
+                                  data: i8(QServePacking.interleave(w.scale.map { Int8($0) }, n: out, groups: ng, order: order))))
+          blobs.append(TensorBlob(name: m + ".s2_zeros", dtype: .I8, shape: [ng, out],
+                                  data: i8(QServePacking.interleave(w.zero.map { Int8(-$0) }, n: out, groups: ng, order: order))))
+        default:
+          blobs.append(TensorBlob(name: m + ".s1_scales", dtype: .F16, shape: [out], data: f16(w.scale)))
+          blobs.append(TensorBlob(name: m + ".s1_szeros", dtype: .F16, shape: [out], data: f16(w.zero)))
+        }
+      }
+      try SafeTensorsWriter.write(blobs, metadata: ["format": "pt", "qoq_exported_to": "qserve", "qoq_s2_order": order.rawValue,
+                                                    "qoq_group_size": "\(wf.groupSize(1 << 20) == 1 << 20 ? -1 : wf.groupSize(1 << 20))"],
+                                  to: tmp + "/model.safetensors")
+      try copySideFiles(from: src, to: tmp, config: c, quantization: q, note: "qserve")
+    }
+    return warnings
+  }
+
+  /// Our W4A16 g128 checkpoint (AWQ, GPTQ, RTN) → TinyChat folder.
+  public static func exportTinyChat(from src: String, to dst: String, overwrite: Bool) throws {
+    let (c, q, st) = try open(src)
+    guard case .asym(4, let g?) = q.weight, g == 128 else {
+      throw QoQError("\(src): TinyChat takes uint4 asymmetric weights in groups of 128 (W4A16 g128), not \(q.weight.map { "\($0)" } ?? "FP")")
+    }
+    if q.actBits != nil { throw QoQError("\(src): TinyChat runs W4A16; this checkpoint quantizes activations too") }
+    try atomicWriteFolder(dst, overwrite: overwrite) { tmp in
+      var blobs: [TensorBlob] = []
+      let quantized = Set(modules(c))
+      for n in st.names {
+        let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
+        if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
+        let info = try st.info(n)
+        blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
+      }
+      for m in modules(c) {
+        let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
+        let w = try QuantizedCheckpoint.readWeight(st, module: m, format: q.weight!, out: out, inp: inp)
+        let words = try TinyChatPacking.pack(w.codes, n: out, k: inp)
+        blobs.append(TensorBlob(name: m + ".qweight", dtype: .I16, shape: [out / 4, inp], data: words.withUnsafeBytes { Data($0) }))
+        let ng = inp / g, pad = TinyChatPacking.paddedGroups(ng)
+        var sc = [Float](repeating: 0, count: pad * out), zr = sc
+        for o in 0..<out { for j in 0..<ng { sc[j * out + o] = w.scale[o * ng + j]; zr[j * out + o] = -w.zero[o * ng + j] } }
+        blobs.append(TensorBlob(name: m + ".scales", dtype: .F16, shape: [pad, out], data: f16(sc)))
+        blobs.append(TensorBlob(name: m + ".scaled_zeros", dtype: .F16, shape: [pad, out], data: f16(zr)))
+      }
+      try SafeTensorsWriter.write(blobs, metadata: ["format": "pt", "qoq_exported_to": "tinychat"], to: tmp + "/model.safetensors")
+      try copySideFiles(from: src, to: tmp, config: c, quantization: q, note: "tinychat")
+    }
+  }
+
+  static func open(_ src: String) throws -> (LlamaConfiguration, QuantizationConfig, CheckpointWeights) {
+    let cfg = src + "/config.json"
+    let root = try JSON.parseFile(cfg)
+    guard let qj = root["quantization_config"], !qj.isNull else { throw QoQError("\(src) is not a quantized checkpoint (no quantization_config)") }
+    return (try LlamaConfiguration.load(path: cfg), try QuantizationConfig(json: qj, what: cfg), try CheckpointWeights(folder: src))
+  }
+
+  /// config.json (with the quantization block, marking the target format) and tokenizer files.
+  static func copySideFiles(from src: String, to dst: String, config c: LlamaConfiguration, quantization q: QuantizationConfig, note: String) throws {
+    var cfg = try JSON.parse(c.jsonData(), what: "config")
+    if var o = cfg.object {
+      var qj = q.json
+      if var qo = qj.object { qo["packed_for"] = .string(note); qj = .object(qo) }
+      o["quantization_config"] = qj
+      cfg = .object(o)
+    }
+    try atomicWrite(dst + "/config.json", data: Data(JSON.serialize(cfg, pretty: true).utf8))
+    let fm = FileManager.default
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model"]
+    where fm.fileExists(atPath: src + "/" + f) {
+      try fm.copyItem(atPath: src + "/" + f, toPath: dst + "/" + f)
+    }
+  }
+}
