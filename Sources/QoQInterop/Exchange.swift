@@ -36,14 +36,7 @@ public enum Interop {
       }
     }
     try atomicWriteFolder(dst, overwrite: overwrite) { tmp in
-      var blobs: [TensorBlob] = []
-      let quantized = Set(modules(c))
-      for n in st.names {
-        let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
-        if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
-        let info = try st.info(n)
-        blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
-      }
+      var blobs = try passThrough(st, c)
       for m in modules(c) {
         let out = try st.info(m + ".qweight").shape[0]
         let inp = tensorShape(m + ".weight", c)[1]
@@ -78,14 +71,7 @@ public enum Interop {
     }
     if q.actBits != nil { throw QoQError("\(src): TinyChat runs W4A16; this checkpoint quantizes activations too") }
     try atomicWriteFolder(dst, overwrite: overwrite) { tmp in
-      var blobs: [TensorBlob] = []
-      let quantized = Set(modules(c))
-      for n in st.names {
-        let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
-        if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
-        let info = try st.info(n)
-        blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
-      }
+      var blobs = try passThrough(st, c)
       for m in modules(c) {
         let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
         let w = try QuantizedCheckpoint.readWeight(st, module: m, format: q.weight!, out: out, inp: inp)
@@ -100,6 +86,19 @@ public enum Interop {
       try SafeTensorsWriter.write(blobs, metadata: ["format": "pt", "qoq_exported_to": "tinychat"], to: tmp + "/model.safetensors")
       try copySideFiles(from: src, to: tmp, config: c, quantization: q, note: "tinychat")
     }
+  }
+
+  /// Every tensor that is not part of a quantized linear (embeddings, norms, lm_head, biases), bytes unchanged.
+  static func passThrough(_ st: CheckpointWeights, _ c: LlamaConfiguration) throws -> [TensorBlob] {
+    let quantized = Set(modules(c))
+    var blobs: [TensorBlob] = []
+    for n in st.names {
+      let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
+      if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
+      let info = try st.info(n)
+      blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
+    }
+    return blobs
   }
 
   static func open(_ src: String) throws -> (LlamaConfiguration, QuantizationConfig, CheckpointWeights) {

@@ -91,3 +91,15 @@ public final class ThreadPool: @unchecked Sendable {
     }
   }
 }
+
+extension ThreadPool {
+  /// Splits 0..<count into one contiguous range per thread and runs body on each (empty ranges are skipped).
+  public func parts(_ count: Int, _ body: (Range<Int>) -> Void) {
+    let n = threads
+    run2 { t in
+      guard t < n else { return }
+      let lo = count * t / n, hi = count * (t + 1) / n
+      if lo < hi { body(lo..<hi) }
+    }
+  }
+}

@@ -15,10 +15,8 @@ extension PackedW4A8 {
     let ng = groups
     let gs = UnsafeMutablePointer<Float>.allocate(capacity: m * ng); defer { gs.deallocate() }
     for r in 0..<m { for g in 0..<ng { var s: Float = 0; for i in 0..<group { s += x[r * k + g * group + i] }; gs[r * ng + g] = s } }
-    let parts = ThreadPool.shared.threads
-    ThreadPool.shared.run2 { t in
-      let b0 = self.blocks * t / parts, b1 = self.blocks * (t + 1) / parts
-      guard b0 < b1, t < parts else { return }
+    ThreadPool.shared.parts(blocks) { range in
+      let b0 = range.lowerBound, b1 = range.upperBound
       #if arch(x86_64)
       let run = max(1, (128 << 10) / (self.k * 8))
       for c0 in stride(from: b0, to: b1, by: run) {

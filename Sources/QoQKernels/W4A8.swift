@@ -91,10 +91,8 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
     precondition(a.k == k)
     let m = a.m
     if m == 0 { return }
-    let parts = ThreadPool.shared.threads
-    ThreadPool.shared.run2 { t in
-      let b0 = self.blocks * t / parts, b1 = self.blocks * (t + 1) / parts
-      guard b0 < b1, t < parts else { return }
+    ThreadPool.shared.parts(blocks) { range in
+      let b0 = range.lowerBound, b1 = range.upperBound
       #if arch(x86_64)
       // One token: the GEMV streams weights once. More: four token rows per weight decode (padding rows of
       // QuantizedRows are readable, their results are not stored).

@@ -34,10 +34,8 @@ public final class PackedW8A8: IntLinearKernel, @unchecked Sendable {
     precondition(a.k == k)
     let m = a.m
     if m == 0 { return }
-    let parts = ThreadPool.shared.threads
-    ThreadPool.shared.run2 { t in
-      let b0 = self.blocks * t / parts, b1 = self.blocks * (t + 1) / parts
-      guard b0 < b1, t < parts else { return }
+    ThreadPool.shared.parts(blocks) { range in
+      let b0 = range.lowerBound, b1 = range.upperBound
       #if arch(x86_64)
       // Runs of ~128 KB of weights stay in L2 while every 4-row tile of tokens passes over them.
       let run = max(1, (128 << 10) / (self.k * 16))

@@ -158,10 +158,8 @@ extension QuantizationPipeline {
 extension SmoothStage {
   /// Folds a given λ between an RMSNorm and its consumers (columns ×= λ, norm ÷= λ).
   public static func applyNormLinear(_ s: WeightStore, layer l: Int, key: String, lambda lam: [Float]) {
-    let c = s.config, H = c.hiddenSize, p = "model.layers.\(l)."
-    let (norm, consumers) = key == "qkv_proj"
-      ? (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
-      : (p + "post_attention_layernorm.weight", ["mlp.gate_proj", "mlp.up_proj"].map { p + $0 + ".weight" })
+    let H = s.config.hiddenSize
+    let (norm, consumers) = normConsumers(layer: l, key: key)
     for n in consumers {
       var w = s[n]
       for r in 0..<(w.count / H) { for j in 0..<H { w[r * H + j] *= lam[j] } }

@@ -107,16 +107,11 @@ public enum SmoothStage {
   public static func down(_ s: WeightStore, layer l: Int, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
     let c = s.config, I = c.intermediateSize, H = c.hiddenSize
     let p = "model.layers.\(l).mlp."
-    var wd = s[p + "down_proj.weight"]
+    let wd = s[p + "down_proj.weight"]
     var ws = [Float](repeating: 0, count: I)
     for r in 0..<H { for j in 0..<I { ws[j] = max(ws[j], abs(wd[r * I + j])) } }
     let lam = smoothScale(x, ws, alpha: alpha, beta: beta)
-    for r in 0..<H { for j in 0..<I { wd[r * I + j] *= lam[j] } }
-    s[p + "down_proj.weight"] = wd
-    var wu = s[p + "up_proj.weight"]
-    for j in 0..<I { for cc in 0..<H { wu[j * H + cc] /= lam[j] } }
-    s[p + "up_proj.weight"] = wu
-    if let b = s.tensors[p + "up_proj.bias"] { s[p + "up_proj.bias"] = (0..<I).map { b[$0] / lam[$0] } }
+    applyDown(s, layer: l, lambda: lam)
     return lam
   }
 }
@@ -128,23 +123,26 @@ extension SmoothStage {
   /// `key` is qkv_proj (input_layernorm → q, k, v) or up_proj (post_attention_layernorm → gate, up). Returns λ.
   @discardableResult
   public static func normLinear(_ s: WeightStore, layer l: Int, key: String, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
-    let c = s.config, H = c.hiddenSize
-    let p = "model.layers.\(l)."
-    let (norm, consumers) = key == "qkv_proj"
-      ? (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
-      : (p + "post_attention_layernorm.weight", ["mlp.gate_proj", "mlp.up_proj"].map { p + $0 + ".weight" })
+    let H = s.config.hiddenSize
+    let consumers = normConsumers(layer: l, key: key).linears
     var ws = [Float](repeating: 0, count: H)
     for n in consumers {
       let w = s[n]
       for r in 0..<(w.count / H) { for j in 0..<H { ws[j] = max(ws[j], abs(w[r * H + j])) } }
     }
     let lam = smoothScale(x, ws, alpha: alpha, beta: beta)
-    for n in consumers {
-      var w = s[n]
-      for r in 0..<(w.count / H) { for j in 0..<H { w[r * H + j] *= lam[j] } }
-      s[n] = w
-    }
-    s[norm] = zip(s[norm], lam).map { $0 / $1 }
+    applyNormLinear(s, layer: l, key: key, lambda: lam)
     return lam
+  }
+}
+
+extension SmoothStage {
+  /// The RMSNorm and the linears reading it: qkv_proj → input_layernorm and q/k/v; up_proj → post_attention_layernorm
+  /// and gate/up (weight tensor names).
+  static func normConsumers(layer l: Int, key: String) -> (norm: String, linears: [String]) {
+    let p = "model.layers.\(l)."
+    return key == "qkv_proj"
+      ? (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
+      : (p + "post_attention_layernorm.weight", ["mlp.gate_proj", "mlp.up_proj"].map { p + $0 + ".weight" })
   }
 }

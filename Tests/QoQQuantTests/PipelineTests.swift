@@ -36,6 +36,14 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
 
 @Suite(.serialized) struct PipelineTests {
   static let probe: [Int32] = [116, 104, 101, 32, 102, 111, 120, 32, 106, 117, 109, 112, 115]
+  /// A QoQ recipe for the tiny models: progressive g16, GPTQ, rotation, reorder, both smoothings, KV4.
+  static let qoqTinyFlags = ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-group-shapes", "1,-1", "1,16",
+                                    "--wgts-scale-dtypes", "torch.float16", "sint8", "--wgts-intermediate-dtypes", "sint8",
+                                    "--wgts-intermediate-levels", "0", "--wgts-enable-kernel-gptq", "--ipts-dtype", "sint8",
+                                    "--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,16", "--opts-skips", "attn_q",
+                                    "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-reorder", "--enable-smooth",
+                                    "--smooth-enable-proj", "--smooth-proj-strategy", "Manual", "--smooth-proj-skips", "qkv_proj", "up_proj", "out_proj",
+                                    "--smooth-enable-attn"]
 
   func recipe(_ flags: [String], calib: String) throws -> Recipe {
     try Recipe.load(files: [], flags: flags + ["--calib-path", calib, "--calib-num-samples", "4", "--calib-seq-length", "32"])
@@ -69,13 +77,7 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     let dir = tempDir("fuse")
     try writeTinyCheckpoint(c, to: dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
-    let flags = ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-group-shapes", "1,-1", "1,16",
-                 "--wgts-scale-dtypes", "torch.float16", "sint8", "--wgts-intermediate-dtypes", "sint8",
-                 "--wgts-intermediate-levels", "0", "--wgts-enable-kernel-gptq", "--ipts-dtype", "sint8",
-                 "--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,16", "--opts-skips", "attn_q",
-                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-reorder", "--enable-smooth",
-                 "--smooth-enable-proj", "--smooth-proj-strategy", "Manual", "--smooth-proj-alpha", "0.3", "--smooth-proj-beta", "0.7",
-                 "--smooth-proj-skips", "qkv_proj", "up_proj", "out_proj", "--smooth-enable-attn"]
+    let flags = Self.qoqTinyFlags + ["--smooth-proj-alpha", "0.3", "--smooth-proj-beta", "0.7"]
     let r = try recipe(flags, calib: dir + "/calib.txt")
     let one = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
     var lines: [String] = []
@@ -104,13 +106,7 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     let dir = tempDir("q")
     try writeTinyCheckpoint(c, to: dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
-    let flags = ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-group-shapes", "1,-1", "1,16",
-                 "--wgts-scale-dtypes", "torch.float16", "sint8", "--wgts-intermediate-dtypes", "sint8",
-                 "--wgts-intermediate-levels", "0", "--wgts-enable-kernel-gptq", "--ipts-dtype", "sint8",
-                 "--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,16", "--opts-skips", "attn_q",
-                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-reorder", "--enable-smooth",
-                 "--smooth-enable-proj", "--smooth-proj-strategy", "Manual", "--smooth-proj-skips", "qkv_proj", "up_proj", "out_proj",
-                 "--smooth-enable-attn"]
+    let flags = Self.qoqTinyFlags
     let r = try recipe(flags, calib: dir + "/calib.txt")
     // Uninterrupted reference run without a cache.
     let ref = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run()
