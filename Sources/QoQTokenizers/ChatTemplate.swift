@@ -475,3 +475,27 @@ struct TemplateContext {
     }
   }
 }
+
+extension ChatTemplate {
+  /// The model's own template: `chat_template` of tokenizer_config.json (a string, or a list of {name, template}
+  /// where "default" wins), chat_template.jinja beside it, or a GGUF's tokenizer.chat_template. nil when it has none.
+  public static func forModel(path: String) throws -> ChatTemplate? {
+    if path.hasSuffix(".gguf") {
+      return try GGUFFile(path: path).string("tokenizer.chat_template").map { try ChatTemplate($0) }
+    }
+    let fm = FileManager.default
+    if fm.fileExists(atPath: path + "/chat_template.jinja"), let s = try? String(contentsOfFile: path + "/chat_template.jinja", encoding: .utf8) {
+      return try ChatTemplate(s)
+    }
+    guard let cfg = try? JSON.parseFile(path + "/tokenizer_config.json"), let t = cfg["chat_template"] else { return nil }
+    if let s = t.string { return try ChatTemplate(s) }
+    if let list = t.array {
+      let named = list.compactMap { e -> (String, String)? in
+        guard let n = e["name"]?.string, let s = e["template"]?.string else { return nil }
+        return (n, s)
+      }
+      if let d = named.first(where: { $0.0 == "default" }) ?? named.first { return try ChatTemplate(d.1) }
+    }
+    return nil
+  }
+}

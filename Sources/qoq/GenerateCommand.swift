@@ -21,7 +21,7 @@ struct GenerateCommand: ParsableCommand {
   @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1
   @Option(name: [.short, .long], help: "Random seed (request i uses seed + i).") var seed: UInt64 = 0
   @Option(help: "Stop string (repeatable).") var stop: [String] = []
-  @Flag(help: "Wrap each prompt in the model's chat template (ChatML).") var chat = false
+  @Flag(help: "Wrap each prompt in the model's chat template (tokenizer_config.json or GGUF; ChatML when it has none).") var chat = false
   @Flag(help: "Keep going past end-of-sequence tokens.") var ignoreEos = false
   @Flag(help: "Print one JSON object per finished request instead of text.") var json = false
   @OptionGroup var engine: EngineArguments
@@ -56,13 +56,17 @@ struct GenerateCommand: ParsableCommand {
       let e = try Engine(model: model, tokenizer: tok, options: engine.options)
       var ids: [Int: Int] = [:]  // request id → prompt index
       var promptTokens = 0
+      // --chat: the model's own chat template (tokenizer_config.json or GGUF), ChatML when it has none.
+      let template = chat ? (try ChatTemplate.forModel(path: modelPath)
+        ?? ChatTemplate("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")) : nil
+      let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
       for (i, t) in texts.enumerated() {
-        let text = chat ? "<|im_start|>user\n\(t)<|im_end|>\n<|im_start|>assistant\n" : t
+        let text = try template.map { try $0.render(messages: [("user", t)], addGenerationPrompt: true, bosToken: bos, eosToken: eos) } ?? t
         var p = SamplingParams()
         p.temperature = temp; p.topK = topK; p.topP = topP; p.minP = minP; p.repetitionPenalty = repeatPenalty
         p.seed = seed &+ UInt64(i); p.maxTokens = maxTokens; p.stopStrings = stop
         do {
-          let toks = try tok.encode(text, addSpecialTokens: true, parseSpecial: chat)
+          let toks = try tok.encode(text, addSpecialTokens: !chat, parseSpecial: chat)  // the template places BOS itself
           ids[try e.add(prompt: toks, params: p, ignoreEOS: ignoreEos)] = i
           promptTokens += toks.count
         } catch let err as QoQError {
