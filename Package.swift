@@ -47,6 +47,8 @@ let package = Package(
     // The inference engine: checkpoints repacked for the integer kernels, paged KV cache, batched steps.
     .target(name: "QoQEngine", dependencies: ["QoQKernels", "QoQModels", "QoQFormat", "QoQIO", "QoQTokenizers", "QoQScheduler", "QoQEval"],
             swiftSettings: fast),
+    // The serving core without HTTP: the engine on its own thread, OpenAI request/response shapes, metrics.
+    .target(name: "QoQServing", dependencies: ["QoQEngine", "QoQScheduler", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
     // Interop: QServe / TinyChat export, deepcompressor (torch.save files) and QServe import.
     .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
@@ -69,6 +71,8 @@ let package = Package(
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQSchedulerTests", dependencies: ["QoQScheduler", "QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQEngineTests", dependencies: ["QoQEngine", "QoQScheduler", "QoQFormat", "QoQQuant", "QoQModels", "QoQKernels", "QoQIO", "QoQEval", "QoQTestSupport"],
+                swiftSettings: isaOnly),
+    .testTarget(name: "QoQServingTests", dependencies: ["QoQServing", "QoQEngine", "QoQScheduler", "QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport"],
                 swiftSettings: isaOnly),

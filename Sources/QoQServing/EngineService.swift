@@ -1,0 +1,168 @@
+// The engine behind a server: one dedicated thread owns the Engine (it is not thread-safe) and steps it whenever
+// requests are in flight; clients submit from any thread and receive their request's events on an AsyncStream.
+// A client that goes away cancels its request (its pages are freed at the next step boundary). Admission is
+// bounded: beyond `maxQueued` waiting requests, submit throws `.queueFull` (HTTP 429).
+import Foundation
+import QoQEngine
+import QoQIO
+import QoQScheduler
+
+public enum ServiceError: Error, Equatable, Sendable {
+  case queueFull(Int)
+  case draining
+  case invalid(String)
+}
+
+public final class EngineService: @unchecked Sendable {
+  public let engine: Engine
+  public let metrics: ServingMetrics
+  public let maxQueued: Int
+  private let lock = NSCondition()
+  private var incoming: [(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool, cont: AsyncStream<EngineEvent>.Continuation, ticket: Ticket)] = []
+  private var cancels: [Ticket] = []
+  private var streams: [Int: (AsyncStream<EngineEvent>.Continuation, Ticket)] = [:]   // engine id → client
+  private var draining = false
+  /// Scheduler figures copied by the engine thread under the lock (the scheduler itself is only touched there).
+  private var stats = (waiting: 0, running: 0, pagesUsed: 0)
+  private var stopped = false
+  private var thread: Thread?
+
+  /// Identifies a submitted request before and after the engine gave it an id.
+  public final class Ticket: @unchecked Sendable {
+    var engineId: Int?
+    var arrival = Date()
+    var firstToken: Date?
+    var lastToken: Date?
+    var cancelled = false
+  }
+
+  public init(engine: Engine, maxQueued: Int = 256) {
+    self.engine = engine; self.maxQueued = maxQueued
+    metrics = ServingMetrics()
+    let t = Thread { [weak self] in self?.loop() }
+    t.name = "qoq-engine"
+    thread = t
+    t.start()
+  }
+
+  /// Queues a request; its events arrive on the returned stream, which ends after `.finished` or `.rejected`.
+  /// Throws `.queueFull` beyond the queue bound and `.draining` after `drain()`; bad prompts and sampling values
+  /// arrive as a `.rejected` event (the message names the problem).
+  public func submit(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool = false) throws -> (Ticket, AsyncStream<EngineEvent>) {
+    lock.lock(); defer { lock.unlock() }
+    if draining || stopped { throw ServiceError.draining }
+    let waiting = incoming.count + stats.waiting
+    if waiting >= maxQueued { throw ServiceError.queueFull(maxQueued) }
+    let ticket = Ticket()
+    var cont: AsyncStream<EngineEvent>.Continuation!
+    let stream = AsyncStream<EngineEvent>(bufferingPolicy: .unbounded) { cont = $0 }
+    cont.onTermination = { [weak self] reason in
+      if case .cancelled = reason { self?.cancel(ticket) }
+    }
+    incoming.append((prompt, params, ignoreEOS, cont, ticket))
+    lock.signal()
+    return (ticket, stream)
+  }
+
+  /// Cancels a request (a client disconnected); idempotent.
+  public func cancel(_ t: Ticket) {
+    lock.lock(); defer { lock.unlock() }
+    if t.cancelled { return }
+    t.cancelled = true
+    cancels.append(t)
+    lock.signal()
+  }
+
+  /// Stops admitting requests; returns once every request in flight has finished (SIGTERM).
+  public func drain() {
+    lock.lock()
+    draining = true
+    lock.signal()
+    while !incoming.isEmpty || !streams.isEmpty { lock.wait() }
+    stopped = true
+    lock.signal()
+    lock.unlock()
+  }
+
+  /// Queue depth, running requests and KV pages in use, read under the lock.
+  public var snapshot: (queued: Int, running: Int, pagesUsed: Int, pagesTotal: Int) {
+    lock.lock(); defer { lock.unlock() }
+    return (incoming.count + stats.waiting, stats.running, stats.pagesUsed, engine.scheduler.blocks.numBlocks)
+  }
+
+  private func loop() {
+    while true {
+      lock.lock()
+      while incoming.isEmpty && cancels.isEmpty && !engine.hasUnfinished && !stopped { lock.wait() }
+      if stopped && !engine.hasUnfinished && incoming.isEmpty { lock.unlock(); return }
+      let newOnes = incoming; incoming = []
+      let gone = cancels; cancels = []
+      for r in newOnes {
+        if r.ticket.cancelled { r.cont.finish(); continue }
+        do {
+          let id = try engine.add(prompt: r.prompt, params: r.params, ignoreEOS: r.ignoreEOS)
+          r.ticket.engineId = id
+          streams[id] = (r.cont, r.ticket)
+          metrics.promptTokens.add(Double(r.prompt.count))
+        } catch {
+          metrics.requests.add(1, label: "rejected")
+          r.cont.yield(.rejected(id: -1, reason: (error as? QoQError)?.message ?? "\(error)"))
+          r.cont.finish()
+        }
+      }
+      for t in gone {
+        if let id = t.engineId, let (c, _) = streams[id] {
+          engine.cancel(id)
+          streams[id] = nil
+          c.finish()
+          metrics.requests.add(1, label: "cancelled")
+        }
+      }
+      updateStats()
+      lock.broadcast()
+      lock.unlock()
+      guard engine.hasUnfinished else { continue }
+      let events: [EngineEvent]
+      do { events = try engine.step() } catch {
+        // A failed step fails the requests in it; the service keeps running.
+        lock.lock()
+        for (_, (c, _)) in streams { c.yield(.rejected(id: -1, reason: "engine error: \(error)")); c.finish() }
+        streams = [:]
+        lock.broadcast(); lock.unlock()
+        continue
+      }
+      lock.lock()
+      let now = Date()
+      for e in events {
+        switch e {
+        case .token(let id, _, _):
+          guard let (c, t) = streams[id] else { continue }
+          if t.firstToken == nil { t.firstToken = now; metrics.ttft.observe(now.timeIntervalSince(t.arrival)) }
+          else if let last = t.lastToken { metrics.itl.observe(now.timeIntervalSince(last)) }
+          t.lastToken = now
+          metrics.generatedTokens.add(1)
+          c.yield(e)
+        case .finished(let id, let reason, _, _):
+          guard let (c, _) = streams[id] else { continue }
+          metrics.requests.add(1, label: reason.rawValue)   // counted before the client can see the end
+          streams[id] = nil
+          c.yield(e); c.finish()
+        case .rejected(let id, _):
+          guard let (c, _) = streams[id] else { continue }
+          metrics.requests.add(1, label: "rejected")
+          streams[id] = nil
+          c.yield(e); c.finish()
+        }
+      }
+      updateStats()
+      lock.broadcast()
+      lock.unlock()
+    }
+  }
+
+  /// Called on the engine thread with the lock held.
+  private func updateStats() {
+    let sch = engine.scheduler
+    stats = (sch.numWaiting, sch.numRunning, sch.blocks.numBlocks - sch.blocks.numFree)
+  }
+}

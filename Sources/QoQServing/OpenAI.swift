@@ -1,0 +1,190 @@
+// The OpenAI-compatible request and response shapes (anchors.md §2.3, §2.4): /v1/completions and
+// /v1/chat/completions bodies parsed and validated into engine requests, every problem an OpenAI-style error with
+// the right status and the parameter it concerns; responses and streaming chunks built the same way.
+import Foundation
+import QoQIO
+import QoQScheduler
+
+public struct APIError: Error, Equatable, Sendable {
+  public var status: Int
+  public var message: String
+  public var type: String
+  public var param: String?
+  public var code: String?
+
+  public init(_ status: Int, _ message: String, type: String = "invalid_request_error", param: String? = nil, code: String? = nil) {
+    self.status = status; self.message = message; self.type = type; self.param = param; self.code = code
+  }
+
+  public var json: JSONValue {
+    .object(JSONObject([("error", .object(JSONObject([
+      ("message", .string(message)), ("type", .string(type)), ("param", param.map { .string($0) } ?? .null),
+      ("code", code.map { .string($0) } ?? .null),
+    ])))]))
+  }
+}
+
+public struct ServingLimits: Sendable {
+  public var maxBodyBytes = 1 << 20
+  public var maxTokens = 4096
+  public var maxStopStrings = 16
+  public init() {}
+}
+
+public enum PromptInput: Equatable, Sendable {
+  case text(String)
+  case tokens([Int32])
+}
+
+public struct CompletionRequest: Sendable {
+  public var model: String?
+  public var prompt: PromptInput
+  public var params: SamplingParams
+  public var stream: Bool
+  public var echo: Bool
+  public var logprobs: Int?
+}
+
+public struct ChatRequest: Sendable {
+  public var model: String?
+  public var messages: [(role: String, content: String)]
+  public var params: SamplingParams
+  public var stream: Bool
+}
+
+public enum OpenAIParse {
+  static func body(_ data: Data, limits: ServingLimits) throws -> JSONValue {
+    guard data.count <= limits.maxBodyBytes else {
+      throw APIError(413, "request body of \(data.count) bytes exceeds the limit of \(limits.maxBodyBytes)", code: "body_too_large")
+    }
+    let v: JSONValue
+    do { v = try JSON.parse(data, what: "request body") } catch { throw APIError(400, "request body is not valid JSON: \((error as? QoQError)?.message ?? "\(error)")") }
+    guard v.object != nil else { throw APIError(400, "request body must be a JSON object") }
+    return v
+  }
+
+  /// Sampling fields shared by both endpoints.
+  static func sampling(_ v: JSONValue, limits: ServingLimits, defaultMaxTokens: Int) throws -> SamplingParams {
+    var p = SamplingParams()
+    func number(_ k: String) throws -> Double? {
+      guard let x = v[k], !x.isNull else { return nil }
+      guard let d = x.double else { throw APIError(400, "\(k) must be a number", param: k) }
+      return d
+    }
+    func integer(_ k: String) throws -> Int? {
+      guard let x = v[k], !x.isNull else { return nil }
+      guard let i = x.int else { throw APIError(400, "\(k) must be an integer", param: k) }
+      return i
+    }
+    p.maxTokens = try integer("max_tokens") ?? integer("max_completion_tokens") ?? defaultMaxTokens
+    guard p.maxTokens <= limits.maxTokens else { throw APIError(400, "max_tokens \(p.maxTokens) exceeds the server's limit of \(limits.maxTokens)", param: "max_tokens") }
+    p.temperature = Float(try number("temperature") ?? 1)
+    p.topP = Float(try number("top_p") ?? 1)
+    p.topK = try integer("top_k") ?? 0
+    p.minP = Float(try number("min_p") ?? 0)
+    p.repetitionPenalty = Float(try number("repetition_penalty") ?? number("repeat_penalty") ?? 1)
+    if let s = try integer("seed") { p.seed = UInt64(bitPattern: Int64(s)) }
+    if let n = try integer("n"), n != 1 { throw APIError(400, "n = \(n) is not supported (one choice per request)", param: "n") }
+    if let stop = v["stop"], !stop.isNull {
+      if let s = stop.string { p.stopStrings = [s] }
+      else if let a = stop.array, a.allSatisfy({ $0.string != nil }) { p.stopStrings = a.map { $0.string! } }
+      else { throw APIError(400, "stop must be a string or a list of strings", param: "stop") }
+      guard p.stopStrings.count <= limits.maxStopStrings else { throw APIError(400, "at most \(limits.maxStopStrings) stop strings", param: "stop") }
+    }
+    return p
+  }
+
+  public static func completion(_ data: Data, limits: ServingLimits = ServingLimits()) throws -> CompletionRequest {
+    let v = try body(data, limits: limits)
+    let prompt: PromptInput
+    switch v["prompt"] {
+    case .some(.string(let s)): prompt = .text(s)
+    case .some(.array(let a)) where a.count == 1 && a[0].string != nil: prompt = .text(a[0].string!)
+    case .some(.array(let a)) where !a.isEmpty && a.allSatisfy({ $0.int != nil }): prompt = .tokens(a.map { Int32(clamping: $0.int!) })
+    case .some(.array(let a)) where a.count == 1 && a[0].array?.allSatisfy({ $0.int != nil }) == true: prompt = .tokens(a[0].array!.map { Int32(clamping: $0.int!) })
+    case .some(.array): throw APIError(400, "prompt must be a string, a list of token ids, or a list with one of those (batched prompts are not supported)", param: "prompt")
+    case .none, .some(.null): throw APIError(400, "prompt is required", param: "prompt")
+    default: throw APIError(400, "prompt must be a string or a list of token ids", param: "prompt")
+    }
+    let echo = v["echo"]?.bool ?? false
+    var logprobs: Int?
+    if let lp = v["logprobs"], !lp.isNull {
+      guard let n = lp.int, n >= 0, n <= 20 else { throw APIError(400, "logprobs must be an integer in 0…20", param: "logprobs") }
+      logprobs = n
+    }
+    var p = try sampling(v, limits: limits, defaultMaxTokens: 16)
+    // lm-evaluation-harness scores prompts with echo + logprobs + max_tokens 0.
+    if p.maxTokens < 0 || (p.maxTokens == 0 && !(echo && logprobs != nil)) {
+      throw APIError(400, "max_tokens must be positive (0 only with echo and logprobs)", param: "max_tokens")
+    }
+    if p.maxTokens == 0 { p.maxTokens = 1 }
+    return CompletionRequest(model: v["model"]?.string, prompt: prompt, params: p, stream: v["stream"]?.bool ?? false, echo: echo, logprobs: logprobs)
+  }
+
+  public static func chat(_ data: Data, limits: ServingLimits = ServingLimits()) throws -> ChatRequest {
+    let v = try body(data, limits: limits)
+    guard let ms = v["messages"]?.array, !ms.isEmpty else { throw APIError(400, "messages must be a non-empty list", param: "messages") }
+    var messages: [(String, String)] = []
+    for (i, m) in ms.enumerated() {
+      guard let role = m["role"]?.string, ["system", "user", "assistant", "tool"].contains(role) else {
+        throw APIError(400, "messages[\(i)].role must be system, user, assistant or tool", param: "messages")
+      }
+      var content = ""
+      if let s = m["content"]?.string { content = s }
+      else if let parts = m["content"]?.array {
+        // Text parts only; an image or audio part is refused.
+        for part in parts {
+          guard part["type"]?.string == "text", let t = part["text"]?.string else {
+            throw APIError(400, "messages[\(i)].content: only text parts are supported", param: "messages")
+          }
+          content += t
+        }
+      } else if !(m["content"]?.isNull ?? true) || role != "assistant" {
+        throw APIError(400, "messages[\(i)].content must be a string", param: "messages")
+      }
+      messages.append((role, content))
+    }
+    let p = try sampling(v, limits: limits, defaultMaxTokens: limits.maxTokens)
+    guard p.maxTokens > 0 else { throw APIError(400, "max_tokens must be positive", param: "max_tokens") }
+    return ChatRequest(model: v["model"]?.string, messages: messages, params: p, stream: v["stream"]?.bool ?? false)
+  }
+}
+
+/// Response bodies and streaming chunks.
+public enum OpenAIResponse {
+  public static func usage(prompt: Int, completion: Int) -> JSONValue {
+    .object(JSONObject([("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completion)), ("total_tokens", .int(prompt + completion))]))
+  }
+
+  public static func completion(id: String, model: String, created: Int, text: String, finish: String?, logprobs: JSONValue = .null,
+                                usage: JSONValue?, chunk: Bool = false) -> JSONValue {
+    var o = JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)), ("model", .string(model)),
+                        ("choices", .array([.object(JSONObject([("index", .int(0)), ("text", .string(text)), ("logprobs", logprobs),
+                                                                ("finish_reason", finish.map { .string($0) } ?? .null)]))]))])
+    if let u = usage { o["usage"] = u }
+    return .object(o)
+  }
+
+  public static func chat(id: String, model: String, created: Int, content: String, finish: String?, usage: JSONValue?) -> JSONValue {
+    var o = JSONObject([("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(model)),
+                        ("choices", .array([.object(JSONObject([("index", .int(0)),
+                                                                ("message", .object(JSONObject([("role", .string("assistant")), ("content", .string(content))]))),
+                                                                ("finish_reason", finish.map { .string($0) } ?? .null)]))]))])
+    if let u = usage { o["usage"] = u }
+    return .object(o)
+  }
+
+  /// A chat streaming chunk: the first carries the role, later ones the content delta, the last the finish reason.
+  public static func chatChunk(id: String, model: String, created: Int, role: Bool, content: String?, finish: String?) -> JSONValue {
+    var delta = JSONObject()
+    if role { delta["role"] = .string("assistant") }
+    if let c = content { delta["content"] = .string(c) }
+    return .object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)), ("model", .string(model)),
+                               ("choices", .array([.object(JSONObject([("index", .int(0)), ("delta", .object(delta)),
+                                                                       ("finish_reason", finish.map { .string($0) } ?? .null)]))]))]))
+  }
+
+  /// One server-sent event.
+  public static func sse(_ v: JSONValue) -> String { "data: " + JSON.serialize(v) + "\n\n" }
+  public static let sseDone = "data: [DONE]\n\n"
+}
