@@ -44,10 +44,8 @@ extension Interop {
       let q: QuantizedWeight
       if let s1t = scales[m + ".weight.scale.1"] {
         let s1 = s0.floats(), s2 = s1t.floats(), z = zt.floats()
-        guard s1.count == out, s2.count % out == 0, z.count == s2.count else { throw QoQError("\(quantPath)/scale.pt: \(m) scale shapes do not match \(out) rows") }
-        let ng = s2.count / out
-        guard ng > 0, inp % ng == 0 else { throw QoQError("\(quantPath)/scale.pt: \(m) has \(ng) groups for \(inp) inputs") }
-        let g = inp / ng
+        guard s1.count == out else { throw QoQError("\(quantPath)/scale.pt: \(m) scale shapes do not match \(out) rows") }
+        let (ng, g) = try groupLayout(s2.count, zeros: z.count, out: out, inp: inp, what: "\(quantPath)/scale.pt: \(m)")
         var codes = [UInt8](repeating: 0, count: out * inp)
         for o in 0..<out {
           for i in 0..<inp {
@@ -66,10 +64,7 @@ extension Interop {
         q = QuantizedWeight(format: f, outFeatures: out, inFeatures: inp, codes: codes, scale: s2, zero: z, rowScale: s1)
       } else {
         let sc = s0.floats(), z = zt.floats()
-        guard sc.count % out == 0, z.count == sc.count else { throw QoQError("\(quantPath)/scale.pt: \(m) scale shapes do not match \(out) rows") }
-        let ng = sc.count / out
-        guard ng > 0, inp % ng == 0 else { throw QoQError("\(quantPath)/scale.pt: \(m) has \(ng) groups for \(inp) inputs") }
-        let g = inp / ng
+        let (ng, g) = try groupLayout(sc.count, zeros: z.count, out: out, inp: inp, what: "\(quantPath)/scale.pt: \(m)")
         var codes = [UInt8](repeating: 0, count: out * inp)
         for o in 0..<out {
           for i in 0..<inp {
@@ -93,6 +88,14 @@ extension Interop {
     if c.tieWordEmbeddings, fp["lm_head.weight"] != nil { fp["lm_head.weight"] = nil }
     try QuantizedCheckpoint.write(to: dst, config: c, quantization: qc, fp: fp, quantized: quantized, biases: biases,
                                   recipeYAML: "# imported from deepcompressor: \(quantPath)\n", tokenizerFrom: hf, overwrite: overwrite)
+  }
+
+  /// Groups per row and group width from a (rows × groups) scale tensor; checks it against the zeros and the width.
+  static func groupLayout(_ scales: Int, zeros: Int, out: Int, inp: Int, what: String) throws -> (groups: Int, width: Int) {
+    guard scales % out == 0, zeros == scales else { throw QoQError("\(what) scale shapes do not match \(out) rows") }
+    let ng = scales / out
+    guard ng > 0, inp % ng == 0 else { throw QoQError("\(what) has \(ng) groups for \(inp) inputs") }
+    return (ng, inp / ng)
   }
 
   /// A QServe checkpoint folder (model.safetensors or pytorch_model.bin + config + tokenizer) → our checkpoint.

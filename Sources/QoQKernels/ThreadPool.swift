@@ -103,3 +103,14 @@ extension ThreadPool {
     }
   }
 }
+
+/// The GEMMs' traversal of a thread's row blocks: runs of blocks holding ~128 KB of weights (`blockBytes` each) stay in
+/// L2 while every tile of up to 4 token rows passes over them, so weights stream from memory once per call whatever
+/// the token count. body(firstTokenRow, tokenRows, blockRange).
+@inline(__always)
+func forEachWeightRun(_ blocks: Range<Int>, blockBytes: Int, tokens m: Int, _ body: (Int, Int, Range<Int>) -> Void) {
+  let run = max(1, (128 << 10) / blockBytes)
+  for c0 in stride(from: blocks.lowerBound, to: blocks.upperBound, by: run) {
+    for r in stride(from: 0, to: m, by: 4) { body(r, min(4, m - r), c0..<min(blocks.upperBound, c0 + run)) }
+  }
+}

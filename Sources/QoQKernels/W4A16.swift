@@ -11,21 +11,24 @@ extension PackedW4A8 {
   public func forwardFP(_ x: UnsafePointer<Float>, rows m: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
     precondition(!integerGroups, "W4A16 needs fp group parameters (asymmetric uint4)")
     if m == 0 { return }
-    // Per-row group sums of x, (m, groups).
-    let ng = groups
-    let gs = UnsafeMutablePointer<Float>.allocate(capacity: m * ng); defer { gs.deallocate() }
-    for r in 0..<m { for g in 0..<ng { var s: Float = 0; for i in 0..<group { s += x[r * k + g * group + i] }; gs[r * ng + g] = s } }
+    let gs = groupSums(x, rows: m); defer { gs.deallocate() }
     ThreadPool.shared.parts(blocks) { range in
-      let b0 = range.lowerBound, b1 = range.upperBound
       #if arch(x86_64)
-      let run = max(1, (128 << 10) / (self.k * 8))
-      for c0 in stride(from: b0, to: b1, by: run) {
-        for r in stride(from: 0, to: m, by: 4) { self.fpKernel4(x, gs, r, c0, min(b1, c0 + run), y, ldy, rows: min(4, m - r)) }
+      forEachWeightRun(range, blockBytes: self.k * 8, tokens: m) { r, rows, run in
+        self.fpKernel4(x, gs, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
       }
       #else
-      for r in 0..<m { for rb in b0..<b1 { self.referenceFP(x, gs, r, rb, y, ldy) } }
+      for r in 0..<m { for rb in range { self.referenceFP(x, gs, r, rb, y, ldy) } }
       #endif
     }
+  }
+
+  /// Per-row sums of x over each weight group, (rows, groups); the caller deallocates.
+  func groupSums(_ x: UnsafePointer<Float>, rows m: Int) -> UnsafeMutablePointer<Float> {
+    let ng = groups
+    let gs = UnsafeMutablePointer<Float>.allocate(capacity: max(1, m * ng))
+    for r in 0..<m { for g in 0..<ng { var s: Float = 0; for i in 0..<group { s += x[r * k + g * group + i] }; gs[r * ng + g] = s } }
+    return gs
   }
 
   #if arch(x86_64)
@@ -96,9 +99,7 @@ extension PackedW4A8 {
 
   /// The scalar twin over all rows (tests).
   public func forwardFPReference(_ x: UnsafePointer<Float>, rows m: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let ng = groups
-    let gs = UnsafeMutablePointer<Float>.allocate(capacity: max(1, m * ng)); defer { gs.deallocate() }
-    for r in 0..<m { for g in 0..<ng { var s: Float = 0; for i in 0..<group { s += x[r * k + g * group + i] }; gs[r * ng + g] = s } }
+    let gs = groupSums(x, rows: m); defer { gs.deallocate() }
     for r in 0..<m { for rb in 0..<blocks { referenceFP(x, gs, r, rb, y, ldy) } }
   }
 }

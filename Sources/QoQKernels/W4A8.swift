@@ -92,20 +92,16 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
     let m = a.m
     if m == 0 { return }
     ThreadPool.shared.parts(blocks) { range in
-      let b0 = range.lowerBound, b1 = range.upperBound
       #if arch(x86_64)
       // One token: the GEMV streams weights once. More: four token rows per weight decode (padding rows of
       // QuantizedRows are readable, their results are not stored).
-      // Row blocks go in runs of ~128 KB of weights that stay in L2 while every 4-row tile of tokens passes over
-      // them, so weights stream from memory once per call whatever M is.
-      if m == 1 { self.kernel1(a, 0, b0, b1, y, ldy) } else {
-        let run = max(1, (128 << 10) / (self.k * 8))
-        for c0 in stride(from: b0, to: b1, by: run) {
-          for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, c0, min(b1, c0 + run), y, ldy, rows: min(4, m - r)) }
+      if m == 1 { self.kernel1(a, 0, range.lowerBound, range.upperBound, y, ldy) } else {
+        forEachWeightRun(range, blockBytes: self.k * 8, tokens: m) { r, rows, run in
+          self.kernel4(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
         }
       }
       #else
-      self.reference(a, rows: 0..<m, blocks: b0..<b1, y, ldy)
+      self.reference(a, rows: 0..<m, blocks: range, y, ldy)
       #endif
     }
   }

@@ -35,15 +35,12 @@ public final class PackedW8A8: IntLinearKernel, @unchecked Sendable {
     let m = a.m
     if m == 0 { return }
     ThreadPool.shared.parts(blocks) { range in
-      let b0 = range.lowerBound, b1 = range.upperBound
       #if arch(x86_64)
-      // Runs of ~128 KB of weights stay in L2 while every 4-row tile of tokens passes over them.
-      let run = max(1, (128 << 10) / (self.k * 16))
-      for c0 in stride(from: b0, to: b1, by: run) {
-        for r in stride(from: 0, to: m, by: 4) { self.kernel4(a, r, c0, min(b1, c0 + run), y, ldy, rows: min(4, m - r)) }
+      forEachWeightRun(range, blockBytes: self.k * 16, tokens: m) { r, rows, run in
+        self.kernel4(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
       }
       #else
-      for r in 0..<m { for rb in b0..<b1 { self.referenceBlock(a, r, rb, y, ldy) } }
+      for r in 0..<m { for rb in range { self.referenceBlock(a, r, rb, y, ldy) } }
       #endif
     }
   }
