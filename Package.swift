@@ -25,6 +25,11 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    // The HTTP server (qoq serve) and, in tests only, a real HTTP client talking to it on loopback.
+    .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+    .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
+    .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
   ],
   targets: [
     .target(name: "CShim"),
@@ -49,12 +54,18 @@ let package = Package(
             swiftSettings: fast),
     // The serving core without HTTP: the engine on its own thread, OpenAI request/response shapes, metrics.
     .target(name: "QoQServing", dependencies: ["QoQEngine", "QoQScheduler", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
+    // The OpenAI-compatible HTTP server on Hummingbird: routes, API key, limits, SSE streaming, graceful drain.
+    .target(name: "QoQServer", dependencies: ["QoQServing", "QoQEngine", "QoQScheduler", "QoQIO", "QoQTokenizers",
+                                          .product(name: "Hummingbird", package: "hummingbird"),
+                                          .product(name: "HummingbirdCore", package: "hummingbird"),
+                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                          .product(name: "HTTPTypes", package: "swift-http-types")], swiftSettings: isaOnly),
     // Interop: QServe / TinyChat export, deepcompressor (torch.save files) and QServe import.
     .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
-      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler", "QoQInterop",
+      "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler", "QoQInterop", "QoQServing", "QoQServer",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
@@ -72,7 +83,8 @@ let package = Package(
     .testTarget(name: "QoQSchedulerTests", dependencies: ["QoQScheduler", "QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQEngineTests", dependencies: ["QoQEngine", "QoQScheduler", "QoQFormat", "QoQQuant", "QoQModels", "QoQKernels", "QoQIO", "QoQEval", "QoQTestSupport"],
                 swiftSettings: isaOnly),
-    .testTarget(name: "QoQServingTests", dependencies: ["QoQServing", "QoQEngine", "QoQScheduler", "QoQModels", "QoQIO", "QoQTestSupport"],
+    .testTarget(name: "QoQServingTests", dependencies: ["QoQServing", "QoQServer", "QoQEngine",
+                                                       .product(name: "AsyncHTTPClient", package: "async-http-client"), "QoQScheduler", "QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport"],
                 swiftSettings: isaOnly),

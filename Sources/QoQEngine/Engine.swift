@@ -27,6 +27,33 @@ public enum EngineEvent: Sendable, Equatable {
   case token(id: Int, token: Int32, text: String)
   case finished(id: Int, reason: FinishReason, text: String, tokens: [Int32])
   case rejected(id: Int, reason: String)
+  /// Log-probabilities (of the raw model distribution, before temperature) asked for at `add`: of prompt tokens
+  /// (`prompt`, positions 1… in order, possibly over several events) or of the token about to be reported by the
+  /// next `.token` event.
+  case logprobs(id: Int, prompt: Bool, entries: [TokenLogprob])
+}
+
+/// One position's log-probability and the `top` most likely alternatives (best first).
+public struct TokenLogprob: Sendable, Equatable {
+  public var token: Int32
+  public var logprob: Float
+  public var top: [TopLogprob]
+  public init(token: Int32, logprob: Float, top: [TopLogprob]) { self.token = token; self.logprob = logprob; self.top = top }
+}
+
+public struct TopLogprob: Sendable, Equatable {
+  public var token: Int32
+  public var logprob: Float
+  public init(token: Int32, logprob: Float) { self.token = token; self.logprob = logprob }
+}
+
+/// What a request wants besides tokens: log-probabilities of its generated tokens and/or of its prompt (each with
+/// that many top alternatives, 0…20), as OpenAI's `logprobs` and `echo` ask.
+public struct LogprobRequest: Sendable, Equatable {
+  public var generated: Int?
+  public var prompt: Int?
+  public init(generated: Int? = nil, prompt: Int? = nil) { self.generated = generated; self.prompt = prompt }
+  public static let maxTop = 20
 }
 
 public final class Engine {
@@ -41,6 +68,9 @@ public final class Engine {
     var stopIds: Set<Int32>
     var emitted = ""    // text already reported
     var promptCount: Int
+    var logprobs = LogprobRequest()
+    /// Prompt positions whose log-probability has been reported (1…): a recompute after preemption repeats none.
+    var promptScored = 1
   }
   var requests: [Int: Request] = [:]
   var nextId = 0
@@ -66,9 +96,12 @@ public final class Engine {
   /// Queues a request; returns its id. Throws (and changes nothing) on a bad prompt or bad sampling values.
   /// `ignoreEOS` keeps generating past the model's end-of-sequence tokens (benchmarks).
   @discardableResult
-  public func add(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool = false) throws -> Int {
+  public func add(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool = false, logprobs: LogprobRequest = LogprobRequest()) throws -> Int {
     let V = model.config.vocabSize
     try params.validate(vocabSize: V)
+    for n in [logprobs.generated, logprobs.prompt].compactMap({ $0 }) where n < 0 || n > LogprobRequest.maxTop {
+      throw QoQError("logprobs \(n) is outside 0…\(LogprobRequest.maxTop)")
+    }
     guard !prompt.isEmpty else { throw QoQError("the prompt is empty") }
     if let bad = prompt.first(where: { $0 < 0 || Int($0) >= V }) { throw QoQError("prompt token id \(bad) is outside the vocabulary (0..<\(V))") }
     guard prompt.count < model.maxContext else {
@@ -83,7 +116,7 @@ public final class Engine {
       stops.formUnion(tokenizer?.eosTokenIds ?? [])
     }
     requests[id] = Request(sampler: Sampler(params: params, seed: params.seed ?? UInt64(id) &* 0x9E37_79B9_7F4A_7C15),
-                           stopIds: stops, promptCount: prompt.count)
+                           stopIds: stops, promptCount: prompt.count, logprobs: logprobs)
     return id
   }
 
@@ -97,6 +130,17 @@ public final class Engine {
 
   public var hasUnfinished: Bool { scheduler.hasUnfinished }
 
+  /// Ends a request now with `reason` (a server's time limit), frees its pages, and returns its `.finished` event
+  /// with the text generated so far; nil for an unknown or already finished request.
+  public func finishEarly(_ id: Int, reason: FinishReason) throws -> EngineEvent? {
+    guard requests[id] != nil, let generated = scheduler.generated(of: id), scheduler.cancel(id: id) else { return nil }
+    var text = try decodeText(generated)
+    if text.hasSuffix("\u{FFFD}") { text = String(text.unicodeScalars.dropLast()) }
+    requests[id] = nil
+    scheduler.forget(id: id)
+    return .finished(id: id, reason: reason, text: text, tokens: generated)
+  }
+
   /// Runs one step; returns what happened to each request touched.
   public func step() throws -> [EngineEvent] {
     let plan = scheduler.schedule()
@@ -104,18 +148,42 @@ public final class Engine {
     var events: [EngineEvent] = plan.rejected.map { .rejected(id: $0.id, reason: $0.reason) }
     for r in plan.rejected { requests[r.id] = nil; scheduler.forget(id: r.id) }
     if plan.chunks.isEmpty { return events }
-    let chunks = plan.chunks.map {
-      SequenceChunk(start: $0.start, tokens: $0.tokens, blockTable: $0.blockTable, logits: $0.needsLogits ? .last : .none)
+    // A request that wants its prompt's log-probabilities gets every row of its prompt chunks.
+    let wantsAll = plan.chunks.map { ch in
+      guard let r = requests[ch.id], r.logprobs.prompt != nil else { return false }
+      return ch.start + 1 < r.promptCount && ch.start + ch.tokens.count >= r.promptScored
+    }
+    let chunks = zip(plan.chunks, wantsAll).map { ch, all in
+      SequenceChunk(start: ch.start, tokens: ch.tokens, blockTable: ch.blockTable, logits: all ? .all : ch.needsLogits ? .last : .none)
     }
     let logits = try model.step(chunks, pool: pool, workspace: ws, integerScores: options.integerScores)
     stepsRun += 1
     let V = model.config.vocabSize
-    var row = 0
-    for ch in plan.chunks where ch.needsLogits {
-      defer { row += 1 }
+    var next = 0   // first logits row of the current chunk
+    for (ch, all) in zip(plan.chunks, wantsAll) where all || ch.needsLogits {
+      let first = next
+      next += all ? ch.tokens.count : 1
       guard var req = requests[ch.id], let history = scheduler.tokens(of: ch.id) else { continue }
+      if all, let top = req.logprobs.prompt {
+        // Row i (position start+i) predicts the prompt token at start+i+1.
+        var entries: [TokenLogprob] = []
+        for i in 0..<ch.tokens.count {
+          let p = ch.start + i + 1
+          guard p >= req.promptScored, p < req.promptCount else { continue }
+          entries.append(logits.withUnsafeBufferPointer { tokenLogprob($0.baseAddress! + (first + i) * V, V, token: history[p], top: top) })
+          req.promptScored = p + 1
+        }
+        if !entries.isEmpty { events.append(.logprobs(id: ch.id, prompt: true, entries: entries)) }
+        requests[ch.id] = req
+      }
+      guard ch.needsLogits else { continue }
+      let row = all ? first + ch.tokens.count - 1 : first
       let token = req.sampler.sample(Array(logits[(row * V)..<((row + 1) * V)]), history: history)
       scheduler.commit(id: ch.id, token: token)
+      if let top = req.logprobs.generated {
+        let e = logits.withUnsafeBufferPointer { tokenLogprob($0.baseAddress! + row * V, V, token: token, top: top) }
+        events.append(.logprobs(id: ch.id, prompt: false, entries: [e]))
+      }
       var reason: FinishReason? = scheduler.finishReason(of: ch.id)
       if req.stopIds.contains(token) { reason = .stop }
       let generated = scheduler.generated(of: ch.id) ?? []
@@ -146,6 +214,22 @@ public final class Engine {
       }
     }
     return events
+  }
+
+  /// The log-softmax of one logits row at `token`, and the `top` best tokens (ties: lower id first).
+  func tokenLogprob(_ row: UnsafePointer<Float>, _ V: Int, token: Int32, top: Int) -> TokenLogprob {
+    let lse = Float(logSumExp(row, V))
+    var best: [(Int32, Float)] = []
+    if top > 0 {
+      best.reserveCapacity(top + 1)
+      for v in 0..<V where best.count < top || row[v] > best[best.count - 1].1 {
+        var i = best.count
+        while i > 0 && row[v] > best[i - 1].1 { i -= 1 }
+        best.insert((Int32(v), row[v]), at: i)
+        if best.count > top { best.removeLast() }
+      }
+    }
+    return TokenLogprob(token: token, logprob: row[Int(token)] - lse, top: best.map { TopLogprob(token: $0.0, logprob: $0.1 - lse) })
   }
 
   func decodeText(_ ids: [Int32]) throws -> String {

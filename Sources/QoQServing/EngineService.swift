@@ -17,8 +17,11 @@ public final class EngineService: @unchecked Sendable {
   public let engine: Engine
   public let metrics: ServingMetrics
   public let maxQueued: Int
+  /// Wall-clock cap per request from arrival; a request past it finishes with `length` and the text so far.
+  public let requestTimeout: TimeInterval?
   private let lock = NSCondition()
-  private var incoming: [(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool, cont: AsyncStream<EngineEvent>.Continuation, ticket: Ticket)] = []
+  private var incoming: [(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool, logprobs: LogprobRequest,
+                          cont: AsyncStream<EngineEvent>.Continuation, ticket: Ticket)] = []
   private var cancels: [Ticket] = []
   private var streams: [Int: (AsyncStream<EngineEvent>.Continuation, Ticket)] = [:]   // engine id → client
   private var draining = false
@@ -36,8 +39,8 @@ public final class EngineService: @unchecked Sendable {
     var cancelled = false
   }
 
-  public init(engine: Engine, maxQueued: Int = 256) {
-    self.engine = engine; self.maxQueued = maxQueued
+  public init(engine: Engine, maxQueued: Int = 256, requestTimeout: TimeInterval? = nil) {
+    self.engine = engine; self.maxQueued = maxQueued; self.requestTimeout = requestTimeout
     metrics = ServingMetrics()
     let t = Thread { [weak self] in self?.loop() }
     t.name = "qoq-engine"
@@ -48,7 +51,8 @@ public final class EngineService: @unchecked Sendable {
   /// Queues a request; its events arrive on the returned stream, which ends after `.finished` or `.rejected`.
   /// Throws `.queueFull` beyond the queue bound and `.draining` after `drain()`; bad prompts and sampling values
   /// arrive as a `.rejected` event (the message names the problem).
-  public func submit(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool = false) throws -> (Ticket, AsyncStream<EngineEvent>) {
+  public func submit(prompt: [Int32], params: SamplingParams, ignoreEOS: Bool = false,
+                     logprobs: LogprobRequest = LogprobRequest()) throws -> (Ticket, AsyncStream<EngineEvent>) {
     lock.lock(); defer { lock.unlock() }
     if draining || stopped { throw ServiceError.draining }
     let waiting = incoming.count + stats.waiting
@@ -59,7 +63,7 @@ public final class EngineService: @unchecked Sendable {
     cont.onTermination = { [weak self] reason in
       if case .cancelled = reason { self?.cancel(ticket) }
     }
-    incoming.append((prompt, params, ignoreEOS, cont, ticket))
+    incoming.append((prompt, params, ignoreEOS, logprobs, cont, ticket))
     lock.signal()
     return (ticket, stream)
   }
@@ -72,6 +76,13 @@ public final class EngineService: @unchecked Sendable {
     cancels.append(t)
     lock.signal()
   }
+
+  /// Stops admitting requests (submit throws `.draining`); those in flight go on.
+  public func beginDrain() {
+    lock.lock(); draining = true; lock.signal(); lock.unlock()
+  }
+
+  public var isDraining: Bool { lock.lock(); defer { lock.unlock() }; return draining }
 
   /// Stops admitting requests; returns once every request in flight has finished (SIGTERM).
   public func drain() {
@@ -100,7 +111,7 @@ public final class EngineService: @unchecked Sendable {
       for r in newOnes {
         if r.ticket.cancelled { r.cont.finish(); continue }
         do {
-          let id = try engine.add(prompt: r.prompt, params: r.params, ignoreEOS: r.ignoreEOS)
+          let id = try engine.add(prompt: r.prompt, params: r.params, ignoreEOS: r.ignoreEOS, logprobs: r.logprobs)
           r.ticket.engineId = id
           streams[id] = (r.cont, r.ticket)
           metrics.promptTokens.add(Double(r.prompt.count))
@@ -116,6 +127,16 @@ public final class EngineService: @unchecked Sendable {
           streams[id] = nil
           c.finish()
           metrics.requests.add(1, label: "cancelled")
+        }
+      }
+      if let limit = requestTimeout {
+        let now = Date()
+        for (id, (c, t)) in streams where now.timeIntervalSince(t.arrival) > limit {
+          if let e = try? engine.finishEarly(id, reason: .length) {
+            metrics.requests.add(1, label: "timeout")
+            streams[id] = nil
+            c.yield(e); c.finish()
+          }
         }
       }
       updateStats()
@@ -147,6 +168,8 @@ public final class EngineService: @unchecked Sendable {
           metrics.requests.add(1, label: reason.rawValue)   // counted before the client can see the end
           streams[id] = nil
           c.yield(e); c.finish()
+        case .logprobs(let id, _, _):
+          streams[id]?.0.yield(e)
         case .rejected(let id, _):
           guard let (c, _) = streams[id] else { continue }
           metrics.requests.add(1, label: "rejected")

@@ -26,8 +26,11 @@ public struct APIError: Error, Equatable, Sendable {
 
 public struct ServingLimits: Sendable {
   public var maxBodyBytes = 1 << 20
+  /// Most tokens one request may generate (max_tokens above it is a 400; without max_tokens, the default).
   public var maxTokens = 4096
   public var maxStopStrings = 16
+  /// Most prompts in one batched /v1/completions request.
+  public var maxPrompts = 64
   public init() {}
 }
 
@@ -38,22 +41,33 @@ public enum PromptInput: Equatable, Sendable {
 
 public struct CompletionRequest: Sendable {
   public var model: String?
-  public var prompt: PromptInput
+  /// One or more prompts (a batched request answers one choice per prompt, in order).
+  public var prompts: [PromptInput]
   public var params: SamplingParams
+  /// max_tokens was given (otherwise the server fits the default into the context left).
+  public var explicitMaxTokens: Bool
   public var stream: Bool
+  public var includeUsage: Bool
   public var echo: Bool
   public var logprobs: Int?
+  /// max_tokens 0 with echo: score the prompt, generate nothing.
+  public var scoreOnly: Bool
+  public var prompt: PromptInput { prompts[0] }
 }
 
 public struct ChatRequest: Sendable {
   public var model: String?
   public var messages: [(role: String, content: String)]
   public var params: SamplingParams
+  public var explicitMaxTokens: Bool
   public var stream: Bool
+  public var includeUsage: Bool
+  /// logprobs true: top_logprobs (0…20) alternatives per generated token.
+  public var topLogprobs: Int?
 }
 
 public enum OpenAIParse {
-  static func body(_ data: Data, limits: ServingLimits) throws -> JSONValue {
+  public static func body(_ data: Data, limits: ServingLimits) throws -> JSONValue {
     guard data.count <= limits.maxBodyBytes else {
       throw APIError(413, "request body of \(data.count) bytes exceeds the limit of \(limits.maxBodyBytes)", code: "body_too_large")
     }
@@ -77,6 +91,7 @@ public enum OpenAIParse {
       return i
     }
     p.maxTokens = try integer("max_tokens") ?? integer("max_completion_tokens") ?? defaultMaxTokens
+    guard p.maxTokens >= 0 else { throw APIError(400, "max_tokens must not be negative", param: "max_tokens") }
     guard p.maxTokens <= limits.maxTokens else { throw APIError(400, "max_tokens \(p.maxTokens) exceeds the server's limit of \(limits.maxTokens)", param: "max_tokens") }
     p.temperature = Float(try number("temperature") ?? 1)
     p.topP = Float(try number("top_p") ?? 1)
@@ -84,6 +99,14 @@ public enum OpenAIParse {
     p.minP = Float(try number("min_p") ?? 0)
     p.repetitionPenalty = Float(try number("repetition_penalty") ?? number("repeat_penalty") ?? 1)
     if let s = try integer("seed") { p.seed = UInt64(bitPattern: Int64(s)) }
+    for k in ["presence_penalty", "frequency_penalty"] {
+      // Accepted for client compatibility; only 0 (their default) is supported.
+      if let x = try number(k), x != 0 { throw APIError(400, "\(k) is not supported (use repetition_penalty)", param: k) }
+    }
+    if let b = v["logit_bias"], !b.isNull {
+      guard let o = b.object else { throw APIError(400, "logit_bias must be an object", param: "logit_bias") }
+      if o.count > 0 { throw APIError(400, "logit_bias is not supported", param: "logit_bias") }
+    }
     if let n = try integer("n"), n != 1 { throw APIError(400, "n = \(n) is not supported (one choice per request)", param: "n") }
     if let stop = v["stop"], !stop.isNull {
       if let s = stop.string { p.stopStrings = [s] }
@@ -96,29 +119,59 @@ public enum OpenAIParse {
 
   public static func completion(_ data: Data, limits: ServingLimits = ServingLimits()) throws -> CompletionRequest {
     let v = try body(data, limits: limits)
-    let prompt: PromptInput
-    switch v["prompt"] {
-    case .some(.string(let s)): prompt = .text(s)
-    case .some(.array(let a)) where a.count == 1 && a[0].string != nil: prompt = .text(a[0].string!)
-    case .some(.array(let a)) where !a.isEmpty && a.allSatisfy({ $0.int != nil }): prompt = .tokens(a.map { Int32(clamping: $0.int!) })
-    case .some(.array(let a)) where a.count == 1 && a[0].array?.allSatisfy({ $0.int != nil }) == true: prompt = .tokens(a[0].array!.map { Int32(clamping: $0.int!) })
-    case .some(.array): throw APIError(400, "prompt must be a string, a list of token ids, or a list with one of those (batched prompts are not supported)", param: "prompt")
-    case .none, .some(.null): throw APIError(400, "prompt is required", param: "prompt")
-    default: throw APIError(400, "prompt must be a string or a list of token ids", param: "prompt")
+    func promptOne(_ x: JSONValue) -> PromptInput? {
+      if let t = x.string { return .text(t) }
+      if let a = x.array, !a.isEmpty, a.allSatisfy({ $0.int != nil }) { return .tokens(a.map { Int32(clamping: $0.int!) }) }
+      return nil
     }
-    let echo = v["echo"]?.bool ?? false
+    var prompts: [PromptInput]
+    switch v["prompt"] {
+    case .none, .some(.null): throw APIError(400, "prompt is required", param: "prompt")
+    case .some(let x):
+      if let one = promptOne(x) { prompts = [one] }
+      else if let a = x.array, !a.isEmpty, a.allSatisfy({ $0.string != nil || $0.array != nil }) {
+        // A list of strings or a list of token lists: a batch.
+        let each = a.compactMap(promptOne)
+        guard each.count == a.count else { throw APIError(400, "prompt must be a string, a list of token ids, or a list of those", param: "prompt") }
+        prompts = each
+      } else { throw APIError(400, "prompt must be a string, a list of token ids, or a list of those", param: "prompt") }
+    }
+    guard prompts.count <= limits.maxPrompts else { throw APIError(400, "at most \(limits.maxPrompts) prompts per request", param: "prompt") }
+    if let s = v["suffix"], !s.isNull, s.string != "" { throw APIError(400, "suffix is not supported", param: "suffix") }
+    let echo = try flag(v, "echo") ?? false
     var logprobs: Int?
     if let lp = v["logprobs"], !lp.isNull {
       guard let n = lp.int, n >= 0, n <= 20 else { throw APIError(400, "logprobs must be an integer in 0…20", param: "logprobs") }
       logprobs = n
     }
+    let explicit = !(v["max_tokens"]?.isNull ?? true) || !(v["max_completion_tokens"]?.isNull ?? true)
     var p = try sampling(v, limits: limits, defaultMaxTokens: 16)
-    // lm-evaluation-harness scores prompts with echo + logprobs + max_tokens 0.
-    if p.maxTokens < 0 || (p.maxTokens == 0 && !(echo && logprobs != nil)) {
-      throw APIError(400, "max_tokens must be positive (0 only with echo and logprobs)", param: "max_tokens")
-    }
-    if p.maxTokens == 0 { p.maxTokens = 1 }
-    return CompletionRequest(model: v["model"]?.string, prompt: prompt, params: p, stream: v["stream"]?.bool ?? false, echo: echo, logprobs: logprobs)
+    // lm-evaluation-harness may score prompts with echo + max_tokens 0: nothing is generated.
+    guard p.maxTokens > 0 || echo else { throw APIError(400, "max_tokens must be positive (0 only with echo)", param: "max_tokens") }
+    let scoreOnly = p.maxTokens == 0
+    if scoreOnly { p.maxTokens = 1 }
+    let stream = try flag(v, "stream") ?? false
+    if stream && prompts.count > 1 { throw APIError(400, "streaming takes one prompt per request", param: "stream") }
+    return CompletionRequest(model: try model(v), prompts: prompts, params: p, explicitMaxTokens: explicit, stream: stream,
+                             includeUsage: try includeUsage(v), echo: echo, logprobs: logprobs, scoreOnly: scoreOnly)
+  }
+
+  public static func flag(_ v: JSONValue, _ k: String) throws -> Bool? {
+    guard let x = v[k], !x.isNull else { return nil }
+    guard let b = x.bool else { throw APIError(400, "\(k) must be a boolean", param: k) }
+    return b
+  }
+
+  static func model(_ v: JSONValue) throws -> String? {
+    guard let x = v["model"], !x.isNull else { return nil }
+    guard let s = x.string else { throw APIError(400, "model must be a string", param: "model") }
+    return s
+  }
+
+  static func includeUsage(_ v: JSONValue) throws -> Bool {
+    guard let o = v["stream_options"], !o.isNull else { return false }
+    guard o.object != nil else { throw APIError(400, "stream_options must be an object", param: "stream_options") }
+    return try flag(o, "include_usage") ?? false
   }
 
   public static func chat(_ data: Data, limits: ServingLimits = ServingLimits()) throws -> ChatRequest {
@@ -144,9 +197,19 @@ public enum OpenAIParse {
       }
       messages.append((role, content))
     }
+    let explicit = !(v["max_tokens"]?.isNull ?? true) || !(v["max_completion_tokens"]?.isNull ?? true)
     let p = try sampling(v, limits: limits, defaultMaxTokens: limits.maxTokens)
     guard p.maxTokens > 0 else { throw APIError(400, "max_tokens must be positive", param: "max_tokens") }
-    return ChatRequest(model: v["model"]?.string, messages: messages, params: p, stream: v["stream"]?.bool ?? false)
+    var top: Int?
+    if try flag(v, "logprobs") == true {
+      top = 0
+      if let t = v["top_logprobs"], !t.isNull {
+        guard let n = t.int, n >= 0, n <= 20 else { throw APIError(400, "top_logprobs must be an integer in 0…20", param: "top_logprobs") }
+        top = n
+      }
+    }
+    return ChatRequest(model: try model(v), messages: messages, params: p, explicitMaxTokens: explicit, stream: try flag(v, "stream") ?? false,
+                       includeUsage: try includeUsage(v), topLogprobs: top)
   }
 }
 

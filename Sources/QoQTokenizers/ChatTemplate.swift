@@ -477,6 +477,11 @@ struct TemplateContext {
 }
 
 extension ChatTemplate {
+  /// ChatML, for models that ship no template.
+  public static let chatML = try! ChatTemplate(
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+      + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
   /// The model's own template: `chat_template` of tokenizer_config.json (a string, or a list of {name, template}
   /// where "default" wins), chat_template.jinja beside it, or a GGUF's tokenizer.chat_template. nil when it has none.
   public static func forModel(path: String) throws -> ChatTemplate? {

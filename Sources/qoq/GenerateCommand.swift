@@ -57,8 +57,7 @@ struct GenerateCommand: ParsableCommand {
       var ids: [Int: Int] = [:]  // request id → prompt index
       var promptTokens = 0
       // --chat: the model's own chat template (tokenizer_config.json or GGUF), ChatML when it has none.
-      let template = chat ? (try ChatTemplate.forModel(path: modelPath)
-        ?? ChatTemplate("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")) : nil
+      let template = chat ? (try ChatTemplate.forModel(path: modelPath) ?? ChatTemplate.chatML) : nil
       let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
       for (i, t) in texts.enumerated() {
         let text = try template.map { try $0.render(messages: [("user", t)], addGenerationPrompt: true, bosToken: bos, eosToken: eos) } ?? t
@@ -97,6 +96,7 @@ struct GenerateCommand: ParsableCommand {
           }
         case .rejected(let id, let reason):
           note("prompt \((ids[id] ?? -1) + 1): rejected: \(reason)")
+        case .logprobs: break
         }
       }
       let dt = Date().timeIntervalSince(t0)

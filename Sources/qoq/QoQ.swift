@@ -4,12 +4,12 @@ import Foundation
 import QoQIO
 
 @main
-struct QoQ: ParsableCommand {
+struct QoQ: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "qoq",
     abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",
     subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self, TableCommand.self,
-                  BenchCommand.self])
+                  BenchCommand.self, ServeCommand.self])
 }
 
 /// Runs a body and turns QoQError into a clean exit with the message (no stack trace, no crash).

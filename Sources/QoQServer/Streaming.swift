@@ -1,0 +1,138 @@
+// Server-sent events and the logprobs shapes of both endpoints.
+import Foundation
+import Hummingbird
+import NIOCore
+import QoQEngine
+import QoQIO
+import QoQServing
+
+/// Per-stream bookkeeping of the chunk builders.
+struct StreamState {
+  var emitted = ""                        // text already sent
+  var echoed = false                      // echo chunk (completions) or role chunk (chat) sent
+  var pending: [TokenLogprob] = []        // logprobs of the token about to be sent
+  var promptLogprobs: [TokenLogprob] = []
+}
+
+enum StreamItem: Sendable {
+  case event(EngineEvent)
+  case ping
+}
+
+extension Completions {
+  /// A `text/event-stream` response relaying the request's events through `build` (each engine event → the JSON
+  /// chunks to send), then `data: [DONE]`. A failed write (the client went away) or the end of the response without
+  /// a finish cancels the request, which frees its pages.
+  static func sseResponse(ticket: EngineService.Ticket, stream: AsyncStream<EngineEvent>, _ ctx: ServerContext, _ s: ServerState,
+                          build: @escaping @Sendable (EngineEvent, inout StreamState) -> [JSONValue]) -> Response {
+    let items = withPings(stream, every: s.options.ssePingInterval)
+    var headers = HTTPFields()
+    headers[.contentType] = "text/event-stream"
+    headers[.cacheControl] = "no-cache"
+    let service = s.service
+    let watch = ctx.onClose { service.cancel(ticket) }
+    return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+      var state = StreamState()
+      var done = false
+      defer { watch.disarm(); if !done { service.cancel(ticket) } }
+      for await item in items {
+        switch item {
+        case .ping:
+          try await writer.write(ByteBuffer(string: ": ping\n\n"))
+        case .event(let e):
+          if case .rejected(_, let reason) = e {
+            let err = reason.hasPrefix("engine error") ? APIError(500, reason, type: "server_error") : APIError(400, reason)
+            try await writer.write(ByteBuffer(string: OpenAIResponse.sse(err.json)))
+            done = true
+            continue
+          }
+          let chunks = build(e, &state)
+          if !chunks.isEmpty { try await writer.write(ByteBuffer(string: chunks.map(OpenAIResponse.sse).joined())) }
+          if case .finished = e { done = true }
+        }
+      }
+      guard done else { return }   // cancelled elsewhere: end without [DONE]
+      try await writer.write(ByteBuffer(string: OpenAIResponse.sseDone))
+      try await writer.finish(nil)
+    })
+  }
+
+  /// The engine's events interleaved with a ping every `interval` seconds of silence. Ending the consumer ends
+  /// both relays, and with them the engine stream (which cancels the request unless it finished).
+  static func withPings(_ stream: AsyncStream<EngineEvent>, every interval: TimeInterval) -> AsyncStream<StreamItem> {
+    let (out, cont) = AsyncStream<StreamItem>.makeStream(bufferingPolicy: .unbounded)
+    let relay = Task {
+      for await e in stream { cont.yield(.event(e)) }
+      cont.finish()
+    }
+    let pinger = Task {
+      let ns = UInt64(max(0.05, interval) * 1e9)
+      while !Task.isCancelled {
+        try? await Task.sleep(nanoseconds: ns)
+        if Task.isCancelled { break }
+        cont.yield(.ping)
+      }
+    }
+    cont.onTermination = { _ in relay.cancel(); pinger.cancel() }
+    return out
+  }
+
+  static func tokenText(_ t: Int32, _ s: ServerState) -> String { (try? s.tokenizer.decode([t])) ?? "" }
+
+  /// Log-probabilities as JSON numbers (never -inf, which JSON cannot carry).
+  static func lpValue(_ x: Float) -> JSONValue { .double(Double(max(x, -9999))) }
+
+  /// The legacy completions shape {tokens, token_logprobs, top_logprobs, text_offset} for generated tokens.
+  /// top_logprobs maps token text → logprob for the top alternatives plus the chosen token (as vLLM does).
+  static func completionLogprobs(_ entries: [TokenLogprob], offset: Int, _ s: ServerState) -> JSONValue {
+    var tokens: [JSONValue] = [], lps: [JSONValue] = [], tops: [JSONValue] = [], offsets: [JSONValue] = []
+    var at = offset
+    for e in entries {
+      let text = tokenText(e.token, s)
+      tokens.append(.string(text)); lps.append(lpValue(e.logprob)); offsets.append(.int(at))
+      at += text.count
+      var top = JSONObject()
+      for t in e.top { let k = tokenText(t.token, s); if top[k] == nil { top[k] = lpValue(t.logprob) } }
+      if top[text] == nil { top[text] = lpValue(e.logprob) }
+      tops.append(.object(top))
+    }
+    return .object(JSONObject([("tokens", .array(tokens)), ("token_logprobs", .array(lps)), ("top_logprobs", .array(tops)),
+                               ("text_offset", .array(offsets))]))
+  }
+
+  /// The prompt's part of an echoed completion: the first token has no logprob (null), the others theirs.
+  static func echoLogprobs(_ prompt: [Int32], _ entries: [TokenLogprob], _ want: Bool, _ s: ServerState) -> JSONValue {
+    guard want, let first = prompt.first else { return .null }
+    let rest = completionLogprobs(entries, offset: tokenText(first, s).count, s)
+    func list(_ k: String) -> [JSONValue] { rest[k]?.array ?? [] }
+    return .object(JSONObject([("tokens", .array([.string(tokenText(first, s))] + list("tokens"))),
+                               ("token_logprobs", .array([.null] + list("token_logprobs"))),
+                               ("top_logprobs", .array([.null] + list("top_logprobs"))),
+                               ("text_offset", .array([.int(0)] + list("text_offset")))]))
+  }
+
+  /// Concatenates the echo part and the generated part (offsets of the second shifted past the first's text).
+  static func joinLogprobs(_ parts: [JSONValue]) -> JSONValue {
+    var out: [String: [JSONValue]] = ["tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []]
+    var shift = 0
+    for p in parts where !p.isNull {
+      for k in ["tokens", "token_logprobs", "top_logprobs"] { out[k]! += p[k]?.array ?? [] }
+      out["text_offset"]! += (p["text_offset"]?.array ?? []).map { .int(($0.int ?? 0) + shift) }
+      shift += (p["tokens"]?.array ?? []).reduce(0) { $0 + ($1.string?.count ?? 0) }
+    }
+    return .object(JSONObject(["tokens", "token_logprobs", "top_logprobs", "text_offset"].map { ($0, .array(out[$0]!)) }))
+  }
+
+  /// The chat shape: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}].
+  static func chatLogprobs(_ entries: [TokenLogprob], _ s: ServerState) -> JSONValue {
+    func one(_ t: Int32, _ lp: Float) -> JSONObject {
+      let text = tokenText(t, s)
+      return JSONObject([("token", .string(text)), ("logprob", lpValue(lp)), ("bytes", .array(text.utf8.map { .int(Int($0)) }))])
+    }
+    return .array(entries.map { e in
+      var o = one(e.token, e.logprob)
+      o["top_logprobs"] = .array(e.top.map { .object(one($0.token, $0.logprob)) })
+      return .object(o)
+    })
+  }
+}

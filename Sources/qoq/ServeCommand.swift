@@ -1,0 +1,81 @@
+import ArgumentParser
+import Foundation
+import QoQEngine
+import QoQIO
+import QoQServer
+import QoQServing
+import QoQTokenizers
+
+struct ServeCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "serve",
+    abstract: "Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, streaming, /metrics).",
+    discussion: """
+      Binds 127.0.0.1:8080 by default. For anything beyond a trusted host, set an API key (QOQ_API_KEY or \
+      --api-key-file) and put a reverse proxy in front; the server never reads files named in requests.
+      SIGTERM or SIGINT: stop accepting, finish the requests in flight, exit 0.
+      """)
+
+  @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
+  @Option(help: "Address to bind.") var host = "127.0.0.1"
+  @Option(help: "Port (0: any free port; the bound one is printed).") var port = 8080
+  @Option(help: "Model id clients pass as `model` (default: the checkpoint's folder or file name).") var servedModelName: String?
+  @Option(help: "File holding the API key (first line). The QOQ_API_KEY environment variable also sets it.") var apiKeyFile: String?
+  @Flag(help: "Serve /metrics without the API key.") var publicMetrics = false
+  @Option(help: "Largest request body in bytes (413 beyond).") var maxBodyBytes = 1 << 20
+  @Option(help: "Largest max_tokens a request may ask for (also the default, fitted to the context).") var maxTokensLimit = 4096
+  @Option(help: "Requests waiting for the engine beyond which new ones get 429.") var maxQueued = 256
+  @Option(help: "Open connections accepted at once.") var maxConnections = 512
+  @Option(help: "Seconds before an idle connection is closed.") var idleTimeout: Double = 60
+  @Option(help: "Seconds a request may run before it ends with finish_reason length.") var requestTimeout: Double = 600
+  @Option(help: "Seconds between SSE keep-alive comments on a silent stream.") var ssePingInterval: Double = 10
+  @OptionGroup var engine: EngineArguments
+
+  func validate() throws {
+    guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0…65535") }
+    for (v, n) in [(maxBodyBytes, "--max-body-bytes"), (maxTokensLimit, "--max-tokens-limit"), (maxQueued, "--max-queued"),
+                   (maxConnections, "--max-connections")] where v <= 0 { throw ValidationError("\(n) must be positive") }
+    for (v, n) in [(idleTimeout, "--idle-timeout"), (requestTimeout, "--request-timeout"), (ssePingInterval, "--sse-ping-interval")]
+    where !(v > 0 && v.isFinite) { throw ValidationError("\(n) must be a positive number of seconds") }
+  }
+
+  func run() async throws {
+    var o = ServerOptions()
+    o.host = host; o.port = port; o.publicMetrics = publicMetrics
+    o.modelId = servedModelName ?? URL(fileURLWithPath: modelPath).lastPathComponent
+    o.limits.maxBodyBytes = maxBodyBytes; o.limits.maxTokens = maxTokensLimit
+    o.maxQueued = maxQueued; o.maxConnections = maxConnections
+    o.idleTimeout = idleTimeout; o.requestTimeout = requestTimeout; o.ssePingInterval = ssePingInterval
+    let service: EngineService, tokenizer: Tokenizer, template: ChatTemplate?
+    do {
+      if let f = apiKeyFile {
+        guard let text = try? String(contentsOfFile: f, encoding: .utf8),
+              let key = text.split(separator: "\n").first.map({ $0.trimmingCharacters(in: .whitespaces) }), !key.isEmpty else {
+          throw QoQError("\(f): cannot read an API key from it")
+        }
+        o.apiKey = key
+      } else if let k = ProcessInfo.processInfo.environment["QOQ_API_KEY"], !k.isEmpty {
+        o.apiKey = k
+      }
+      let (model, tok) = try engine.loadModel(modelPath)
+      note("engine: \(model.description)")
+      service = EngineService(engine: try Engine(model: model, tokenizer: tok, options: engine.options), maxQueued: maxQueued,
+                              requestTimeout: requestTimeout)
+      tokenizer = tok
+      template = try ChatTemplate.forModel(path: modelPath)
+      if template == nil { note("the model has no chat template: /v1/chat/completions uses ChatML") }
+    } catch let e as QoQError {
+      FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+      throw ExitCode(1)
+    }
+    let banner = "\(o.modelId) on http://\(o.host):%d/v1 (\(o.apiKey == nil ? "no API key" : "API key required"))"
+    let app = OpenAIServer.application(service: service, tokenizer: tokenizer, template: template, options: o) { port in
+      note("serving " + String(format: banner, port))
+    }
+    do { try await app.runService() } catch {
+      FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+      throw ExitCode(1)
+    }
+    note("stopped")
+  }
+}
