@@ -1,5 +1,6 @@
 // The BPE model: a piece's symbols are merged by merge rank (lowest first, leftmost on ties) exactly as
 // `tokenizers` Word::merge_all does, with a linked list and a binary heap (O(n log n) even for hostile input).
+import Foundation
 import QoQIO
 
 public final class BPEModel: @unchecked Sendable {
@@ -15,7 +16,9 @@ public final class BPEModel: @unchecked Sendable {
   public let ignoreMerges: Bool
   /// `<0xXX>` token ids, when all 256 exist (byte fallback).
   let byteTokens: [Int32]?
+  // Pieces already encoded; shared by every thread that encodes (a server's handlers), so guarded by a lock.
   private var cache: [[UInt8]: [Int32]] = [:]
+  private let cacheLock = NSLock()
   private let cacheLimit = 100_000
 
   public init(vocab tokens: [(String, Int32)], merges: [(String, String)], unkToken: String?, fuseUnk: Bool,
@@ -71,7 +74,10 @@ public final class BPEModel: @unchecked Sendable {
   public func encode(_ piece: String, into out: inout [Int32]) {
     let key = Array(piece.utf8)
     if key.isEmpty { return }
-    if let c = cache[key] { out.append(contentsOf: c); return }
+    cacheLock.lock()
+    let hit = cache[key]
+    cacheLock.unlock()
+    if let c = hit { out.append(contentsOf: c); return }
     var ids: [Int32] = []
     if ignoreMerges, let id = vocab[key] {
       ids = [id]
@@ -94,7 +100,9 @@ public final class BPEModel: @unchecked Sendable {
       }
       ids = mergeAll(syms)
     }
+    cacheLock.lock()
     if cache.count < cacheLimit { cache[key] = ids }
+    cacheLock.unlock()
     out.append(contentsOf: ids)
   }
 

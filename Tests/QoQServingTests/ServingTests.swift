@@ -7,13 +7,13 @@ import QoQModels
 import QoQScheduler
 import QoQTestSupport
 
-func tinyEngine(blocks: Int = 64) throws -> Engine {
+func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64) throws -> Engine {
   let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 2,
                                  numKeyValueHeads: 1, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 10000, vocabSize: 256)
   let dir = NSTemporaryDirectory() + "qoq-serving-\(UInt64.random(in: 0..<UInt64.max))"
   try writeTinyCheckpoint(c, to: dir)
   let loaded = try ModelLoader.load(path: dir)
-  var o = EngineOptions(); o.pageSize = 16; o.numBlocks = blocks; o.maxBatchedTokens = 64
+  var o = EngineOptions(); o.pageSize = 16; o.numBlocks = blocks; o.maxBatchedTokens = 64; o.maxNumSeqs = maxNumSeqs
   return try Engine(model: try EngineModel(fp: loaded.model, pageSize: 16), tokenizer: loaded.tokenizer, options: o)
 }
 

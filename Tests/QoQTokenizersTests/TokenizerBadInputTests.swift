@@ -63,4 +63,26 @@ import Testing
     #expect(try tok.encode("<|im_start|>", parseSpecial: false) != [1])
     #expect(try tok.encode("<|im_start|>") == [1])
   }
+
+  /// One tokenizer shared by many threads (a server's handlers) encodes as it does alone: its piece cache is shared.
+  @Test func concurrentEncodingMatchesSerial() throws {
+    let tok = try Tokenizer.load(folder: fixturesRoot + "/tokenizers/smollm2")
+    let texts = (0..<64).map { i in "request \(i): the quick brown fox \(i * 7919) jumps over \(String(repeating: "z", count: i % 9)) dogs" }
+    let serial = try texts.map { try tok.encode($0) }
+    let fresh = try Tokenizer.load(folder: fixturesRoot + "/tokenizers/smollm2")
+    let box = ResultsBox(count: texts.count)
+    DispatchQueue.concurrentPerform(iterations: texts.count * 4) { k in
+      let i = k % texts.count
+      box.set(i, (try? fresh.encode(texts[i])) ?? [])
+    }
+    #expect(box.all() == serial)
+  }
+}
+
+final class ResultsBox: @unchecked Sendable {
+  private let lock = NSLock()
+  private var values: [[Int32]]
+  init(count: Int) { values = Array(repeating: [], count: count) }
+  func set(_ i: Int, _ v: [Int32]) { lock.lock(); values[i] = v; lock.unlock() }
+  func all() -> [[Int32]] { lock.lock(); defer { lock.unlock() }; return values }
 }
