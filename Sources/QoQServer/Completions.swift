@@ -43,7 +43,7 @@ enum Completions {
     var params: [SamplingParams] = []
     for p in prompts { params.append(try fit(r.params, prompt: p.count, explicit: r.explicitMaxTokens || r.scoreOnly, s, param: "prompt")) }
     let lp = LogprobRequest(generated: r.scoreOnly ? nil : r.logprobs, prompt: r.echo ? r.logprobs : nil)
-    let subs = try submit(zip(prompts, params).map { ($0, $1) }, logprobs: lp, s)
+    let subs = try submit(zip(prompts, params).map { ($0, $1) }, logprobs: lp, ignoreEOS: r.ignoreEOS, s)
     let id = "cmpl-" + randomId(), model = s.options.modelId, created = Int(Date().timeIntervalSince1970)
 
     if r.stream {
@@ -113,7 +113,7 @@ enum Completions {
     let text = try OpenAIServer.renderChat(r.messages, s)
     let prompt = try s.tokenizer.encode(text, addSpecialTokens: false, parseSpecial: true)   // the template placed BOS
     let params = try fit(r.params, prompt: prompt.count, explicit: r.explicitMaxTokens, s, param: "messages")
-    let subs = try submit([(prompt, params)], logprobs: LogprobRequest(generated: r.topLogprobs), s)
+    let subs = try submit([(prompt, params)], logprobs: LogprobRequest(generated: r.topLogprobs), ignoreEOS: r.ignoreEOS, s)
     let id = "chatcmpl-" + randomId(), model = s.options.modelId, created = Int(Date().timeIntervalSince1970)
 
     if r.stream {
@@ -186,10 +186,10 @@ enum Completions {
   }
 
   /// Submits every prompt or none: a full queue (429) or a draining server (503) withdraws those already queued.
-  static func submit(_ items: [([Int32], SamplingParams)], logprobs: LogprobRequest, _ s: ServerState) throws -> [Submission] {
+  static func submit(_ items: [([Int32], SamplingParams)], logprobs: LogprobRequest, ignoreEOS: Bool, _ s: ServerState) throws -> [Submission] {
     var subs: [Submission] = []
     do {
-      for (prompt, p) in items { subs.append(try s.service.submit(prompt: prompt, params: p, logprobs: logprobs)) }
+      for (prompt, p) in items { subs.append(try s.service.submit(prompt: prompt, params: p, ignoreEOS: ignoreEOS, logprobs: logprobs)) }
     } catch let e as ServiceError {
       for sub in subs { s.service.cancel(sub.ticket) }
       switch e {

@@ -52,6 +52,8 @@ public struct CompletionRequest: Sendable {
   public var logprobs: Int?
   /// max_tokens 0 with echo: score the prompt, generate nothing.
   public var scoreOnly: Bool
+  /// vLLM's extension: keep generating past end-of-sequence tokens (benchmarks).
+  public var ignoreEOS = false
   public var prompt: PromptInput { prompts[0] }
 }
 
@@ -64,6 +66,7 @@ public struct ChatRequest: Sendable {
   public var includeUsage: Bool
   /// logprobs true: top_logprobs (0…20) alternatives per generated token.
   public var topLogprobs: Int?
+  public var ignoreEOS = false
 }
 
 public enum OpenAIParse {
@@ -153,7 +156,8 @@ public enum OpenAIParse {
     let stream = try flag(v, "stream") ?? false
     if stream && prompts.count > 1 { throw APIError(400, "streaming takes one prompt per request", param: "stream") }
     return CompletionRequest(model: try model(v), prompts: prompts, params: p, explicitMaxTokens: explicit, stream: stream,
-                             includeUsage: try includeUsage(v), echo: echo, logprobs: logprobs, scoreOnly: scoreOnly)
+                             includeUsage: try includeUsage(v), echo: echo, logprobs: logprobs, scoreOnly: scoreOnly,
+                             ignoreEOS: try flag(v, "ignore_eos") ?? false)
   }
 
   public static func flag(_ v: JSONValue, _ k: String) throws -> Bool? {
@@ -209,7 +213,7 @@ public enum OpenAIParse {
       }
     }
     return ChatRequest(model: try model(v), messages: messages, params: p, explicitMaxTokens: explicit, stream: try flag(v, "stream") ?? false,
-                       includeUsage: try includeUsage(v), topLogprobs: top)
+                       includeUsage: try includeUsage(v), topLogprobs: top, ignoreEOS: try flag(v, "ignore_eos") ?? false)
   }
 }
 
