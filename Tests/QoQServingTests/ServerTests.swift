@@ -2,6 +2,9 @@
 // the API key, disconnects, the queue bound, a bounded load, and a graceful shutdown.
 import AsyncHTTPClient
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Hummingbird
 import NIOCore
 import QoQEngine
@@ -283,6 +286,29 @@ final class LiveServer: @unchecked Sendable {
     #expect(idle.pagesUsed == 0 && idle.running == 0 && idle.queued == 0, "\(idle)")
     let m = srv.service.metrics
     #expect(m.requests.value("length") + m.requests.value("stop") >= 48 && m.requests.value("rejected") == 0)
+    try await srv.stop()
+  }
+
+  /// A connection that sends nothing is closed after the idle timeout (a slow-loris client cannot hold it).
+  @Test func idleConnectionsAreClosed() async throws {
+    var o = ServerOptions(); o.idleTimeout = 0.3
+    let srv = try await LiveServer(options: o)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(srv.port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    #expect(rc == 0)
+    var tv = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    let t0 = Date()
+    var buf = [UInt8](repeating: 0, count: 16)
+    let n = recv(fd, &buf, 16, 0)   // returns 0 when the server closes the idle connection (-1 after 5 s if it never does)
+    let waited = Date().timeIntervalSince(t0)
+    close(fd)
+    #expect(n == 0 && waited < 4, "recv \(n) after \(waited) s")
+    #expect(try await srv.request("/health", method: "GET").status == 200)
     try await srv.stop()
   }
 

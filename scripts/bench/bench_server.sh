@@ -4,7 +4,8 @@
 #     (~150-token WikiText-2 prompts, 64 new tokens, every 8th client hangs up after 4 chunks); /metrics must
 #     show no page in use afterwards; then SIGTERM, which must drain and exit 0.
 #  2. llama.cpp's server (llama-cpp-python[server], built from source by setup_llamacpp.sh) on the same model as
-#     Q4_0, same threads, same load.
+#     Q4_0, same threads, same load. Its default `interrupt_requests` cuts the running stream short whenever a new
+#     request arrives (every stream then ends after a token or two), so it is turned off: requests queue instead.
 # Writes $OUT/server-qoq.json, $OUT/server-llamacpp.json and prints the BENCHMARKS.md section (report_server.py).
 #   QOQ_CLIENTS (64)  QOQ_REQUESTS (320)  QOQ_MAX_TOKENS (64)  QOQ_THREADS (2)  QOQ_SKIP_PEER=1: qoq only
 set -euo pipefail
@@ -53,7 +54,7 @@ if [ -z "${QOQ_SKIP_PEER:-}" ]; then
   [ -f "$Q40" ] || { echo "no $Q40: run scripts/bench/bench_engine.sh first (it makes the Q4_0 file)" >&2; exit 1; }
   PORT=18181
   "$PY" -m llama_cpp.server --model "$Q40" --n_ctx 4096 --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_batch 512 \
-    --host 127.0.0.1 --port $PORT > "$OUT/llamacpp-serve.log" 2>&1 &
+    --interrupt_requests False --host 127.0.0.1 --port $PORT > "$OUT/llamacpp-serve.log" 2>&1 &
   PID=$!
   wait_up "http://127.0.0.1:$PORT/v1/models" $PID
   "${LOAD[@]}" --url "http://127.0.0.1:$PORT" --json "$OUT/server-llamacpp.json" >&2 || true
