@@ -73,7 +73,9 @@ struct ServeCommand: AsyncParsableCommand {
       note("serving " + String(format: banner, port))
     }
     do { try await app.runService() } catch {
-      FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+      let text = "\(error)"
+      let why = text.contains("Address already in use") ? "cannot listen on \(host):\(port): the address is already in use" : text
+      FileHandle.standardError.write(Data("error: \(why)\n".utf8))
       throw ExitCode(1)
     }
     note("stopped")
