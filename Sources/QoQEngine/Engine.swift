@@ -178,7 +178,7 @@ public final class Engine {
       }
       guard ch.needsLogits else { continue }
       let row = all ? first + ch.tokens.count - 1 : first
-      let token = req.sampler.sample(Array(logits[(row * V)..<((row + 1) * V)]), history: history)
+      let token = req.sampler.sample(Array(logits[(row * V)..<((row + 1) * V)]), history: history, generatedFrom: req.promptCount)
       scheduler.commit(id: ch.id, token: token)
       if let top = req.logprobs.generated {
         let e = logits.withUnsafeBufferPointer { tokenLogprob($0.baseAddress! + row * V, V, token: token, top: top) }

@@ -12,6 +12,11 @@ public struct SamplingParams: Sendable, Equatable {
   public var minP: Float = 0
   /// > 0; HF / llama.cpp semantics: for ids in the history, a logit > 0 is divided by it, otherwise multiplied.
   public var repetitionPenalty: Float = 1
+  /// OpenAI semantics, over the generated tokens only: logit −= frequency · count + presence · (count > 0). −2…2.
+  public var presencePenalty: Float = 0
+  public var frequencyPenalty: Float = 0
+  /// Added to the logits of these ids before anything else (OpenAI's logit_bias, −100…100).
+  public var logitBias: [Int32: Float] = [:]
   /// nil: the engine picks one.
   public var seed: UInt64? = nil
   public var maxTokens = 16
@@ -31,6 +36,13 @@ public struct SamplingParams: Sendable, Equatable {
     if !repetitionPenalty.isFinite || repetitionPenalty <= 0 {
       throw QoQError("sampling: repetitionPenalty must be a finite number > 0 (got \(repetitionPenalty))")
     }
+    for (name, v) in [("presencePenalty", presencePenalty), ("frequencyPenalty", frequencyPenalty)] where !(v >= -2 && v <= 2) {
+      throw QoQError("sampling: \(name) must be in −2…2 (got \(v))")
+    }
+    for (t, b) in logitBias.sorted(by: { $0.key < $1.key }) {
+      if t < 0 || Int(t) >= vocabSize { throw QoQError("sampling: logitBias token \(t) is outside the vocabulary 0..<\(vocabSize)") }
+      if !(b >= -100 && b <= 100) { throw QoQError("sampling: logitBias for token \(t) must be in −100…100 (got \(b))") }
+    }
     if maxTokens <= 0 { throw QoQError("sampling: maxTokens must be positive (got \(maxTokens))") }
     for t in stopTokenIds where t < 0 || Int(t) >= vocabSize {
       throw QoQError("sampling: stopTokenIds entry \(t) is outside the vocabulary 0..<\(vocabSize)")
@@ -49,13 +61,15 @@ public struct Sampler: Sendable {
     rng = SplitMix64(seed: seed)
   }
 
-  /// Picks the next token from raw logits (vocab) given the sequence's tokens so far (for the repetition penalty).
-  /// Order as llama.cpp / HF: repetition penalty → greedy if temperature == 0 (ties → lowest id) → temperature →
+  /// Picks the next token from raw logits (vocab) given the sequence's tokens so far (for the penalties; those
+  /// from `generatedFrom` on are the generated ones). Order as vLLM / llama.cpp / HF: logit bias → repetition
+  /// penalty → presence and frequency penalties → greedy if temperature == 0 (ties → lowest id) → temperature →
   /// top-k → softmax → top-p → min-p → draw. NaN logits count as -inf; if nothing finite is left the result is
   /// the greedy answer, 0.
-  public mutating func sample(_ logits: [Float], history: [Int32]) -> Int32 {
+  public mutating func sample(_ logits: [Float], history: [Int32], generatedFrom: Int = 0) -> Int32 {
     precondition(!logits.isEmpty, "Sampler.sample: empty logits")
     var l = logits.map { $0.isNaN ? -Float.infinity : $0 }
+    for (t, b) in params.logitBias where t >= 0 && Int(t) < l.count { l[Int(t)] += b }
     let p = params.repetitionPenalty
     if p != 1 {
       // Each id is penalized once however often it occurs (as HF's gather/scatter does).
@@ -63,6 +77,11 @@ public struct Sampler: Sendable {
       for t in history where t >= 0 && Int(t) < l.count && seen.insert(t).inserted {
         l[Int(t)] = l[Int(t)] > 0 ? l[Int(t)] / p : l[Int(t)] * p
       }
+    }
+    if params.presencePenalty != 0 || params.frequencyPenalty != 0 {
+      var counts: [Int32: Int] = [:]
+      for t in history[min(max(0, generatedFrom), history.count)...] where t >= 0 && Int(t) < l.count { counts[t, default: 0] += 1 }
+      for (t, c) in counts { l[Int(t)] -= params.frequencyPenalty * Float(c) + params.presencePenalty }
     }
     let best = argmax(l)
     if params.temperature == 0 || l[best] == -Float.infinity { return Int32(best) }

@@ -29,80 +29,85 @@ enum Completions {
   static func completion(_ req: Request, _ ctx: ServerContext, _ s: ServerState) async throws -> Response {
     let r = try OpenAIParse.completion(try await OpenAIServer.readBody(req, s), limits: s.options.limits)
     try checkModel(r.model, s)
-    var tokenized: [[Int32]] = [], echoes: [String] = []
+    var tokenized: [[Int32]] = [], echoTexts: [String] = []
     for p in r.prompts {
       switch p {
       case .text(let t):
-        tokenized.append(try s.tokenizer.encode(t, addSpecialTokens: true, parseSpecial: true)); echoes.append(t)
+        tokenized.append(try s.tokenizer.encode(t, addSpecialTokens: true, parseSpecial: true)); echoTexts.append(t)
       case .tokens(let ids):
         let c = try OpenAIServer.checkedTokens(ids.map { Int($0) }, s)
-        tokenized.append(c); echoes.append(try s.tokenizer.decode(c))
+        tokenized.append(c); echoTexts.append(try s.tokenizer.decode(c))
       }
     }
-    let prompts = tokenized
-    var params: [SamplingParams] = []
-    for p in prompts { params.append(try fit(r.params, prompt: p.count, explicit: r.explicitMaxTokens || r.scoreOnly, s, param: "prompt")) }
+    let prompts = tokenized, echoes = echoTexts
+    // Choice c is prompt c / n's (c % n)-th sample, as OpenAI orders a batch with n > 1.
+    var items: [([Int32], SamplingParams)] = []
+    for p in prompts {
+      let fitted = try fit(r.params, prompt: p.count, explicit: r.explicitMaxTokens || r.scoreOnly, s, param: "prompt")
+      for k in 0..<r.n { items.append((p, reseeded(fitted, k))) }
+    }
     let lp = LogprobRequest(generated: r.scoreOnly ? nil : r.logprobs, prompt: r.echo ? r.logprobs : nil)
-    let subs = try submit(zip(prompts, params).map { ($0, $1) }, logprobs: lp, ignoreEOS: r.ignoreEOS, s)
+    let subs = try submit(items, logprobs: lp, ignoreEOS: r.ignoreEOS, s)
     let id = "cmpl-" + randomId(), model = s.options.modelId, created = Int(Date().timeIntervalSince1970)
+    let n = r.n, promptTotal = prompts.reduce(0) { $0 + $1.count }
 
     if r.stream {
-      let (ticket, stream) = subs[0]
-      let promptCount = prompts[0].count, echo = r.echo ? echoes[0] : nil, wantLP = r.logprobs != nil
-      return sseResponse(ticket: ticket, stream: stream, ctx, s) { item, state in
-        // Returns the events to write for one engine event.
+      let wantLP = r.logprobs != nil
+      @Sendable func chunk(_ c: Int, _ text: String, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
+        OpenAIResponse.completion(id: id, model: model, created: created, text: text, finish: finish, logprobs: logprobs, usage: nil, index: c)
+      }
+      @Sendable func echo(_ c: Int, _ state: inout StreamState) -> [JSONValue] {
+        guard r.echo, !state.echoed else { return [] }
+        state.echoed = true
+        return [chunk(c, echoes[c / n], echoLogprobs(prompts[c / n], state.promptLogprobs, wantLP, s), nil)]
+      }
+      return sseResponse(subs, ctx, s, build: { c, item, state in
         switch item {
         case .logprobs(_, let prompt, let entries):
           if prompt { state.promptLogprobs += entries } else { state.pending += entries }
           return []
         case .token(_, _, let text):
-          var out: [JSONValue] = []
-          if let e = echo, !state.echoed { out.append(chunk(e, echoLogprobs(prompts[0], state.promptLogprobs, wantLP, s), nil)); state.echoed = true }
+          var out = echo(c, &state)
           state.emitted += text
           if !text.isEmpty || wantLP {
-            out.append(chunk(text, wantLP ? completionLogprobs(state.pending, offset: 0, s) : .null, nil)); state.pending = []
+            out.append(chunk(c, text, wantLP ? completionLogprobs(state.pending, offset: 0, s) : .null, nil)); state.pending = []
           }
           return out
-        case .finished(_, let reason, let text, let toks):
-          var out: [JSONValue] = []
-          if let e = echo, !state.echoed { out.append(chunk(e, echoLogprobs(prompts[0], state.promptLogprobs, wantLP, s), nil)); state.echoed = true }
+        case .finished(_, let reason, let text, _):
+          var out = echo(c, &state)
           let tail = text.hasPrefix(state.emitted) ? String(text.unicodeScalars.dropFirst(state.emitted.unicodeScalars.count)) : ""
-          out.append(chunk(r.scoreOnly ? "" : tail, .null, reason.rawValue))
-          if r.includeUsage {
-            out.append(.object(JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
-                                           ("model", .string(model)), ("choices", .array([])),
-                                           ("usage", OpenAIResponse.usage(prompt: promptCount, completion: r.scoreOnly ? 0 : toks.count))])))
-          }
+          out.append(chunk(c, r.scoreOnly ? "" : tail, .null, reason.rawValue))
           return out
         case .rejected: return []
         }
-      }
-      @Sendable func chunk(_ text: String, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
-        OpenAIResponse.completion(id: id, model: model, created: created, text: text, finish: finish, logprobs: logprobs, usage: nil)
-      }
+      }, finale: { completionTokens in
+        guard r.includeUsage else { return [] }
+        return [.object(JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
+                                    ("model", .string(model)), ("choices", .array([])),
+                                    ("usage", OpenAIResponse.usage(prompt: promptTotal, completion: r.scoreOnly ? 0 : completionTokens))]))]
+      })
     }
 
     let outcomes = try await collectAll(subs, ctx, s)
-    var choices: [JSONValue] = [], promptTokens = 0, completionTokens = 0
-    for (i, o) in outcomes.enumerated() {
-      promptTokens += prompts[i].count
+    var choices: [JSONValue] = [], completionTokens = 0
+    for (c, o) in outcomes.enumerated() {
       let gen = r.scoreOnly ? [] : o.tokens
       completionTokens += gen.count
       var text = r.scoreOnly ? "" : o.text
       var logprobs = JSONValue.null
       if r.logprobs != nil {
         var parts: [JSONValue] = []
-        if r.echo { parts.append(echoLogprobs(prompts[i], o.promptLogprobs, true, s)) }
+        if r.echo { parts.append(echoLogprobs(prompts[c / n], o.promptLogprobs, true, s)) }
         if !r.scoreOnly { parts.append(completionLogprobs(Array(o.logprobs.prefix(gen.count)), offset: 0, s)) }
         logprobs = joinLogprobs(parts)
       }
-      if r.echo { text = echoes[i] + text }
-      choices.append(.object(JSONObject([("index", .int(i)), ("text", .string(text)), ("logprobs", logprobs),
+      if r.echo { text = echoes[c / n] + text }
+      choices.append(.object(JSONObject([("index", .int(c)), ("text", .string(text)), ("logprobs", logprobs),
                                          ("finish_reason", .string(o.finish))])))
     }
     return jsonResponse(.object(JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
                                             ("model", .string(model)), ("choices", .array(choices)),
-                                            ("usage", OpenAIResponse.usage(prompt: promptTokens, completion: completionTokens))])))
+                                            ("usage", OpenAIResponse.usage(prompt: promptTotal, completion: completionTokens))])))
   }
 
   // MARK: - /v1/chat/completions
@@ -110,18 +115,23 @@ enum Completions {
   static func chat(_ req: Request, _ ctx: ServerContext, _ s: ServerState) async throws -> Response {
     let r = try OpenAIParse.chat(try await OpenAIServer.readBody(req, s), limits: s.options.limits)
     try checkModel(r.model, s)
-    let text = try OpenAIServer.renderChat(r.messages, s)
+    let text = try OpenAIServer.renderChat(r.messages, extra: r.templateVars, s)
     let prompt = try s.tokenizer.encode(text, addSpecialTokens: false, parseSpecial: true)   // the template placed BOS
     let params = try fit(r.params, prompt: prompt.count, explicit: r.explicitMaxTokens, s, param: "messages")
-    let subs = try submit([(prompt, params)], logprobs: LogprobRequest(generated: r.topLogprobs), ignoreEOS: r.ignoreEOS, s)
+    let subs = try submit((0..<r.n).map { (prompt, reseeded(params, $0)) }, logprobs: LogprobRequest(generated: r.topLogprobs),
+                          ignoreEOS: r.ignoreEOS, s)
     let id = "chatcmpl-" + randomId(), model = s.options.modelId, created = Int(Date().timeIntervalSince1970)
 
     if r.stream {
-      let (ticket, stream) = subs[0]
       let wantLP = r.topLogprobs != nil
-      return sseResponse(ticket: ticket, stream: stream, ctx, s) { item, state in
+      @Sendable func chunk(_ c: Int, _ delta: JSONValue, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
+        .object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)), ("model", .string(model)),
+                            ("choices", .array([.object(JSONObject([("index", .int(c)), ("delta", delta), ("logprobs", logprobs),
+                                                                    ("finish_reason", finish.map { .string($0) } ?? .null)]))]))]))
+      }
+      return sseResponse(subs, ctx, s, build: { c, item, state in
         var out: [JSONValue] = []
-        if !state.echoed { out.append(chunk(.object(JSONObject([("role", .string("assistant")), ("content", .string(""))])), .null, nil)); state.echoed = true }
+        if !state.echoed { out.append(chunk(c, .object(JSONObject([("role", .string("assistant")), ("content", .string(""))])), .null, nil)); state.echoed = true }
         switch item {
         case .logprobs(_, _, let entries):
           state.pending += entries
@@ -129,36 +139,41 @@ enum Completions {
           state.emitted += text
           if !text.isEmpty || wantLP {
             let lp: JSONValue = wantLP ? .object(JSONObject([("content", chatLogprobs(state.pending, s))])) : .null
-            out.append(chunk(.object(JSONObject([("content", .string(text))])), lp, nil)); state.pending = []
+            out.append(chunk(c, .object(JSONObject([("content", .string(text))])), lp, nil)); state.pending = []
           }
-        case .finished(_, let reason, let text, let toks):
+        case .finished(_, let reason, let text, _):
           let tail = text.hasPrefix(state.emitted) ? String(text.unicodeScalars.dropFirst(state.emitted.unicodeScalars.count)) : ""
-          out.append(chunk(.object(tail.isEmpty ? JSONObject() : JSONObject([("content", .string(tail))])), .null, reason.rawValue))
-          if r.includeUsage {
-            out.append(.object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)),
-                                           ("model", .string(model)), ("choices", .array([])),
-                                           ("usage", OpenAIResponse.usage(prompt: prompt.count, completion: toks.count))])))
-          }
+          out.append(chunk(c, .object(tail.isEmpty ? JSONObject() : JSONObject([("content", .string(tail))])), .null, reason.rawValue))
         case .rejected: break
         }
         return out
-      }
-      @Sendable func chunk(_ delta: JSONValue, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
-        .object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)), ("model", .string(model)),
-                            ("choices", .array([.object(JSONObject([("index", .int(0)), ("delta", delta), ("logprobs", logprobs),
-                                                                    ("finish_reason", finish.map { .string($0) } ?? .null)]))]))]))
-      }
+      }, finale: { completionTokens in
+        guard r.includeUsage else { return [] }
+        return [.object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)),
+                                    ("model", .string(model)), ("choices", .array([])),
+                                    ("usage", OpenAIResponse.usage(prompt: prompt.count, completion: completionTokens))]))]
+      })
     }
 
-    let o = try await collectAll(subs, ctx, s)[0]
-    let lp: JSONValue = r.topLogprobs != nil ? .object(JSONObject([("content", chatLogprobs(Array(o.logprobs.prefix(o.tokens.count)), s))])) : .null
-    let message = JSONObject([("role", .string("assistant")), ("content", .string(o.text))])
+    let outcomes = try await collectAll(subs, ctx, s)
+    var choices: [JSONValue] = []
+    for (c, o) in outcomes.enumerated() {
+      let lp: JSONValue = r.topLogprobs != nil ? .object(JSONObject([("content", chatLogprobs(Array(o.logprobs.prefix(o.tokens.count)), s))])) : .null
+      let message = JSONObject([("role", .string("assistant")), ("content", .string(o.text))])
+      choices.append(.object(JSONObject([("index", .int(c)), ("message", .object(message)), ("logprobs", lp), ("finish_reason", .string(o.finish))])))
+    }
     return jsonResponse(.object(JSONObject([
       ("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(model)),
-      ("choices", .array([.object(JSONObject([("index", .int(0)), ("message", .object(message)), ("logprobs", lp),
-                                              ("finish_reason", .string(o.finish))]))])),
-      ("usage", OpenAIResponse.usage(prompt: prompt.count, completion: o.tokens.count)),
+      ("choices", .array(choices)),
+      ("usage", OpenAIResponse.usage(prompt: prompt.count, completion: outcomes.reduce(0) { $0 + $1.tokens.count })),
     ])))
+  }
+
+  /// The k-th of n samples: a given seed becomes seed + k, so the n choices differ yet the request is reproducible.
+  static func reseeded(_ p: SamplingParams, _ k: Int) -> SamplingParams {
+    var q = p
+    if let s = p.seed, k > 0 { q.seed = s &+ UInt64(k) }
+    return q
   }
 
   // MARK: - Shared steps

@@ -157,8 +157,13 @@ public enum OpenAIServer {
     return ids.map { Int32($0) }
   }
 
-  static func renderChat(_ messages: [(role: String, content: String)], _ s: ServerState) throws -> String {
-    do { return try s.template.render(messages: messages, addGenerationPrompt: true, bosToken: s.bosText, eosToken: s.eosText) }
+  static func renderChat(_ messages: [(role: String, content: String)], extra: [String: JSONValue] = [:], _ s: ServerState) throws -> String {
+    var vars: [String: TemplateValue] = extra.mapValues(TemplateValue.init(json:))
+    vars["messages"] = .list(messages.map { .dict(["role": .string($0.role), "content": .string($0.content)]) })
+    vars["add_generation_prompt"] = .bool(true)
+    vars["bos_token"] = .string(s.bosText)
+    vars["eos_token"] = .string(s.eosText)
+    do { return try s.template.render(vars) }
     catch let e as QoQError { throw APIError(400, "chat template: \(e.message)", param: "messages") }
   }
 }

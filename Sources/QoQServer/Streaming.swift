@@ -20,22 +20,28 @@ enum StreamItem: Sendable {
 }
 
 extension Completions {
-  /// A `text/event-stream` response relaying the request's events through `build` (each engine event → the JSON
-  /// chunks to send), then `data: [DONE]`. A failed write (the client went away) or the end of the response without
-  /// a finish cancels the request, which frees its pages.
-  static func sseResponse(ticket: EngineService.Ticket, stream: AsyncStream<EngineEvent>, _ ctx: ServerContext, _ s: ServerState,
-                          build: @escaping @Sendable (EngineEvent, inout StreamState) -> [JSONValue]) -> Response {
-    let items = withPings(stream, every: s.options.ssePingInterval)
+  /// A `text/event-stream` response relaying every submission's events through `build` (choice index, engine
+  /// event → the JSON chunks to send); once all have finished, `finale` (given the completion tokens of all
+  /// choices) adds its chunks, then `data: [DONE]`. A failed write (the client went away), the connection closing,
+  /// or the end of the response before every finish cancels the requests still running, which frees their pages.
+  static func sseResponse(_ subs: [Submission], _ ctx: ServerContext, _ s: ServerState,
+                          build: @escaping @Sendable (Int, EngineEvent, inout StreamState) -> [JSONValue],
+                          finale: @escaping @Sendable (Int) -> [JSONValue]) -> Response {
+    let items = merged(subs, pingEvery: s.options.ssePingInterval)
     var headers = HTTPFields()
     headers[.contentType] = "text/event-stream"
     headers[.cacheControl] = "no-cache"
     let service = s.service
-    let watch = ctx.onClose { service.cancel(ticket) }
+    let watch = ctx.onClose { for sub in subs { service.cancel(sub.ticket) } }
     return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-      var state = StreamState()
-      var done = false
-      defer { watch.disarm(); if !done { service.cancel(ticket) } }
-      for await item in items {
+      var states = [StreamState](repeating: StreamState(), count: subs.count)
+      var ended = [Bool](repeating: false, count: subs.count)
+      var completionTokens = 0
+      defer {
+        watch.disarm()
+        for (i, sub) in subs.enumerated() where !ended[i] { service.cancel(sub.ticket) }
+      }
+      for await (i, item) in items {
         switch item {
         case .ping:
           try await writer.write(ByteBuffer(string: ": ping\n\n"))
@@ -43,26 +49,35 @@ extension Completions {
           if case .rejected(_, let reason) = e {
             let err = reason.hasPrefix("engine error") ? APIError(500, reason, type: "server_error") : APIError(400, reason)
             try await writer.write(ByteBuffer(string: OpenAIResponse.sse(err.json)))
-            done = true
-            continue
+            ended[i] = true
+          } else {
+            let chunks = build(i, e, &states[i])
+            if !chunks.isEmpty { try await writer.write(ByteBuffer(string: chunks.map(OpenAIResponse.sse).joined())) }
+            if case .finished(_, _, _, let toks) = e { ended[i] = true; completionTokens += toks.count }
           }
-          let chunks = build(e, &state)
-          if !chunks.isEmpty { try await writer.write(ByteBuffer(string: chunks.map(OpenAIResponse.sse).joined())) }
-          if case .finished = e { done = true }
+          if ended.allSatisfy({ $0 }) {
+            let last = finale(completionTokens)
+            try await writer.write(ByteBuffer(string: last.map(OpenAIResponse.sse).joined() + OpenAIResponse.sseDone))
+            try await writer.finish(nil)
+            return
+          }
         }
       }
-      guard done else { return }   // cancelled elsewhere: end without [DONE]
-      try await writer.write(ByteBuffer(string: OpenAIResponse.sseDone))
-      try await writer.finish(nil)
+      // The streams ended without every finish (cancelled elsewhere): end the response without [DONE].
     })
   }
 
-  /// The engine's events interleaved with a ping every `interval` seconds of silence. Ending the consumer ends
-  /// both relays, and with them the engine stream (which cancels the request unless it finished).
-  static func withPings(_ stream: AsyncStream<EngineEvent>, every interval: TimeInterval) -> AsyncStream<StreamItem> {
-    let (out, cont) = AsyncStream<StreamItem>.makeStream(bufferingPolicy: .unbounded)
+  /// Every submission's events, tagged with its index, interleaved with a ping every `interval` seconds. Ending the
+  /// consumer ends the relays, and with them the engine streams (which cancels each request unless it finished).
+  static func merged(_ subs: [Submission], pingEvery interval: TimeInterval) -> AsyncStream<(Int, StreamItem)> {
+    let (out, cont) = AsyncStream<(Int, StreamItem)>.makeStream(bufferingPolicy: .unbounded)
+    let streams = subs.map(\.stream)
     let relay = Task {
-      for await e in stream { cont.yield(.event(e)) }
+      await withTaskGroup(of: Void.self) { g in
+        for (i, stream) in streams.enumerated() {
+          g.addTask { for await e in stream { cont.yield((i, .event(e))) } }
+        }
+      }
       cont.finish()
     }
     let pinger = Task {
@@ -70,7 +85,7 @@ extension Completions {
       while !Task.isCancelled {
         try? await Task.sleep(nanoseconds: ns)
         if Task.isCancelled { break }
-        cont.yield(.ping)
+        cont.yield((0, .ping))
       }
     }
     cont.onTermination = { _ in relay.cancel(); pinger.cancel() }

@@ -103,13 +103,14 @@ public final class EngineService: @unchecked Sendable {
 
   private func loop() {
     while true {
+      var out = Outbox()
       lock.lock()
       while incoming.isEmpty && cancels.isEmpty && !engine.hasUnfinished && !stopped { lock.wait() }
       if stopped && !engine.hasUnfinished && incoming.isEmpty { lock.unlock(); return }
       let newOnes = incoming; incoming = []
       let gone = cancels; cancels = []
       for r in newOnes {
-        if r.ticket.cancelled { r.cont.finish(); continue }
+        if r.ticket.cancelled { metrics.requests.add(1, label: "cancelled"); out.finish(r.cont); continue }
         do {
           let id = try engine.add(prompt: r.prompt, params: r.params, ignoreEOS: r.ignoreEOS, logprobs: r.logprobs)
           r.ticket.engineId = id
@@ -117,15 +118,15 @@ public final class EngineService: @unchecked Sendable {
           metrics.promptTokens.add(Double(r.prompt.count))
         } catch {
           metrics.requests.add(1, label: "rejected")
-          r.cont.yield(.rejected(id: -1, reason: (error as? QoQError)?.message ?? "\(error)"))
-          r.cont.finish()
+          out.yield(r.cont, .rejected(id: -1, reason: (error as? QoQError)?.message ?? "\(error)"))
+          out.finish(r.cont)
         }
       }
       for t in gone {
         if let id = t.engineId, let (c, _) = streams[id] {
           engine.cancel(id)
           streams[id] = nil
-          c.finish()
+          out.finish(c)
           metrics.requests.add(1, label: "cancelled")
         }
       }
@@ -134,24 +135,29 @@ public final class EngineService: @unchecked Sendable {
         for (id, (c, t)) in streams where now.timeIntervalSince(t.arrival) > limit {
           if let e = try? engine.finishEarly(id, reason: .length) {
             metrics.requests.add(1, label: "timeout")
+            metrics.e2e.observe(now.timeIntervalSince(t.arrival))
             streams[id] = nil
-            c.yield(e); c.finish()
+            out.yield(c, e); out.finish(c)
           }
         }
       }
       updateStats()
       lock.broadcast()
       lock.unlock()
+      out.deliver()
       guard engine.hasUnfinished else { continue }
       let events: [EngineEvent]
       do { events = try engine.step() } catch {
         // A failed step fails the requests in it; the service keeps running.
+        var failed = Outbox()
         lock.lock()
-        for (_, (c, _)) in streams { c.yield(.rejected(id: -1, reason: "engine error: \(error)")); c.finish() }
+        for (_, (c, _)) in streams { failed.yield(c, .rejected(id: -1, reason: "engine error: \(error)")); failed.finish(c) }
         streams = [:]
         lock.broadcast(); lock.unlock()
+        failed.deliver()
         continue
       }
+      var delivered = Outbox()
       lock.lock()
       let now = Date()
       for e in events {
@@ -162,24 +168,26 @@ public final class EngineService: @unchecked Sendable {
           else if let last = t.lastToken { metrics.itl.observe(now.timeIntervalSince(last)) }
           t.lastToken = now
           metrics.generatedTokens.add(1)
-          c.yield(e)
+          delivered.yield(c, e)
         case .finished(let id, let reason, _, _):
-          guard let (c, _) = streams[id] else { continue }
+          guard let (c, t) = streams[id] else { continue }
           metrics.requests.add(1, label: reason.rawValue)   // counted before the client can see the end
+          metrics.e2e.observe(now.timeIntervalSince(t.arrival))
           streams[id] = nil
-          c.yield(e); c.finish()
+          delivered.yield(c, e); delivered.finish(c)
         case .logprobs(let id, _, _):
-          streams[id]?.0.yield(e)
+          if let (c, _) = streams[id] { delivered.yield(c, e) }
         case .rejected(let id, _):
           guard let (c, _) = streams[id] else { continue }
           metrics.requests.add(1, label: "rejected")
           streams[id] = nil
-          c.yield(e); c.finish()
+          delivered.yield(c, e); delivered.finish(c)
         }
       }
       updateStats()
       lock.broadcast()
       lock.unlock()
+      delivered.deliver()
     }
   }
 
@@ -188,4 +196,14 @@ public final class EngineService: @unchecked Sendable {
     let sch = engine.scheduler
     stats = (sch.numWaiting, sch.numRunning, sch.blocks.numBlocks - sch.blocks.numFree)
   }
+}
+
+/// Stream deliveries gathered under the service's lock and performed after it is released. Resuming a client's
+/// task takes the concurrency runtime's lock on that task, while a client being cancelled holds that lock when its
+/// stream's onTermination calls `cancel` (which takes ours): yielding under our lock could deadlock (it did).
+private struct Outbox {
+  var items: [(AsyncStream<EngineEvent>.Continuation, EngineEvent?)] = []   // nil: finish
+  mutating func yield(_ c: AsyncStream<EngineEvent>.Continuation, _ e: EngineEvent) { items.append((c, e)) }
+  mutating func finish(_ c: AsyncStream<EngineEvent>.Continuation) { items.append((c, nil)) }
+  func deliver() { for (c, e) in items { if let e { c.yield(e) } else { c.finish() } } }
 }

@@ -51,6 +51,7 @@ public final class ServingMetrics: @unchecked Sendable {
   public let httpErrors = Counter("qoq_http_errors_total", "HTTP error responses by status.")
   static let latencyBounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
   public let ttft = Histogram("qoq_time_to_first_token_seconds", "Time from arrival to the first generated token.", bounds: latencyBounds)
+  public let e2e = Histogram("qoq_e2e_request_latency_seconds", "Time from arrival to the end of a request.", bounds: latencyBounds)
   public let itl = Histogram("qoq_inter_token_latency_seconds", "Time between consecutive tokens of a request.", bounds: latencyBounds)
 
   /// The exposition text; gauges (queue, running, pages) are passed in at scrape time.
@@ -61,7 +62,7 @@ public final class ServingMetrics: @unchecked Sendable {
       s += "# HELP \(n) \(h)\n# TYPE \(n) gauge\n\(n) \(v)\n"
     }
     s += requests.render(labelName: "outcome") + promptTokens.render(labelName: "") + generatedTokens.render(labelName: "")
-    s += httpErrors.render(labelName: "status") + ttft.render() + itl.render()
+    s += httpErrors.render(labelName: "status") + ttft.render() + itl.render() + e2e.render()
     return s
   }
 }

@@ -31,6 +31,8 @@ public struct ServingLimits: Sendable {
   public var maxStopStrings = 16
   /// Most prompts in one batched /v1/completions request.
   public var maxPrompts = 64
+  /// Most choices (`n`) per prompt.
+  public var maxChoices = 4
   public init() {}
 }
 
@@ -54,6 +56,8 @@ public struct CompletionRequest: Sendable {
   public var scoreOnly: Bool
   /// vLLM's extension: keep generating past end-of-sequence tokens (benchmarks).
   public var ignoreEOS = false
+  /// Choices per prompt.
+  public var n = 1
   public var prompt: PromptInput { prompts[0] }
 }
 
@@ -67,6 +71,9 @@ public struct ChatRequest: Sendable {
   /// logprobs true: top_logprobs (0…20) alternatives per generated token.
   public var topLogprobs: Int?
   public var ignoreEOS = false
+  public var n = 1
+  /// chat_template_kwargs: extra variables for the template (e.g. enable_thinking).
+  public var templateVars: [String: JSONValue] = [:]
 }
 
 public enum OpenAIParse {
@@ -102,15 +109,23 @@ public enum OpenAIParse {
     p.minP = Float(try number("min_p") ?? 0)
     p.repetitionPenalty = Float(try number("repetition_penalty") ?? number("repeat_penalty") ?? 1)
     if let s = try integer("seed") { p.seed = UInt64(bitPattern: Int64(s)) }
-    for k in ["presence_penalty", "frequency_penalty"] {
-      // Accepted for client compatibility; only 0 (their default) is supported.
-      if let x = try number(k), x != 0 { throw APIError(400, "\(k) is not supported (use repetition_penalty)", param: k) }
+    for (k, path) in [("presence_penalty", \SamplingParams.presencePenalty), ("frequency_penalty", \SamplingParams.frequencyPenalty)] {
+      if let x = try number(k) {
+        guard x >= -2 && x <= 2 else { throw APIError(400, "\(k) must be in -2…2", param: k) }
+        p[keyPath: path] = Float(x)
+      }
     }
     if let b = v["logit_bias"], !b.isNull {
-      guard let o = b.object else { throw APIError(400, "logit_bias must be an object", param: "logit_bias") }
-      if o.count > 0 { throw APIError(400, "logit_bias is not supported", param: "logit_bias") }
+      // {"token id": bias}, as OpenAI: ids as strings, biases in -100…100, at most 300 entries.
+      guard let o = b.object else { throw APIError(400, "logit_bias must be an object of token id → bias", param: "logit_bias") }
+      guard o.count <= 300 else { throw APIError(400, "logit_bias has more than 300 entries", param: "logit_bias") }
+      for (k, x) in o.pairs {
+        guard let id = Int32(k), id >= 0, let bias = x.double, bias >= -100, bias <= 100 else {
+          throw APIError(400, "logit_bias entries must map a token id to a number in -100…100 (got \"\(k)\")", param: "logit_bias")
+        }
+        p.logitBias[id] = Float(bias)
+      }
     }
-    if let n = try integer("n"), n != 1 { throw APIError(400, "n = \(n) is not supported (one choice per request)", param: "n") }
     if let stop = v["stop"], !stop.isNull {
       if let s = stop.string { p.stopStrings = [s] }
       else if let a = stop.array, a.allSatisfy({ $0.string != nil }) { p.stopStrings = a.map { $0.string! } }
@@ -118,6 +133,13 @@ public enum OpenAIParse {
       guard p.stopStrings.count <= limits.maxStopStrings else { throw APIError(400, "at most \(limits.maxStopStrings) stop strings", param: "stop") }
     }
     return p
+  }
+
+  /// `n`: choices per prompt, 1…limits.maxChoices.
+  static func choices(_ v: JSONValue, limits: ServingLimits) throws -> Int {
+    guard let x = v["n"], !x.isNull else { return 1 }
+    guard let n = x.int, n >= 1, n <= limits.maxChoices else { throw APIError(400, "n must be an integer in 1…\(limits.maxChoices)", param: "n") }
+    return n
   }
 
   public static func completion(_ data: Data, limits: ServingLimits = ServingLimits()) throws -> CompletionRequest {
@@ -154,10 +176,11 @@ public enum OpenAIParse {
     let scoreOnly = p.maxTokens == 0
     if scoreOnly { p.maxTokens = 1 }
     let stream = try flag(v, "stream") ?? false
-    if stream && prompts.count > 1 { throw APIError(400, "streaming takes one prompt per request", param: "stream") }
+    let n = try choices(v, limits: limits)
+    guard prompts.count * n <= limits.maxPrompts else { throw APIError(400, "at most \(limits.maxPrompts) choices (prompts × n) per request", param: "n") }
     return CompletionRequest(model: try model(v), prompts: prompts, params: p, explicitMaxTokens: explicit, stream: stream,
                              includeUsage: try includeUsage(v), echo: echo, logprobs: logprobs, scoreOnly: scoreOnly,
-                             ignoreEOS: try flag(v, "ignore_eos") ?? false)
+                             ignoreEOS: try flag(v, "ignore_eos") ?? false, n: n)
   }
 
   public static func flag(_ v: JSONValue, _ k: String) throws -> Bool? {
@@ -213,7 +236,23 @@ public enum OpenAIParse {
       }
     }
     return ChatRequest(model: try model(v), messages: messages, params: p, explicitMaxTokens: explicit, stream: try flag(v, "stream") ?? false,
-                       includeUsage: try includeUsage(v), topLogprobs: top, ignoreEOS: try flag(v, "ignore_eos") ?? false)
+                       includeUsage: try includeUsage(v), topLogprobs: top, ignoreEOS: try flag(v, "ignore_eos") ?? false,
+                       n: try choices(v, limits: limits), templateVars: try templateKwargs(v))
+  }
+
+  /// chat_template_kwargs: an object of plain values handed to the template (messages and the special tokens
+  /// cannot be overridden).
+  static func templateKwargs(_ v: JSONValue) throws -> [String: JSONValue] {
+    guard let x = v["chat_template_kwargs"], !x.isNull else { return [:] }
+    guard let o = x.object, o.count <= 32 else { throw APIError(400, "chat_template_kwargs must be an object of at most 32 entries", param: "chat_template_kwargs") }
+    var out: [String: JSONValue] = [:]
+    for (k, val) in o.pairs where !["messages", "add_generation_prompt", "bos_token", "eos_token"].contains(k) {
+      switch val {
+      case .bool, .int, .double, .string, .null: out[k] = val
+      default: throw APIError(400, "chat_template_kwargs.\(k) must be a boolean, number or string", param: "chat_template_kwargs")
+      }
+    }
+    return out
   }
 }
 
@@ -224,9 +263,9 @@ public enum OpenAIResponse {
   }
 
   public static func completion(id: String, model: String, created: Int, text: String, finish: String?, logprobs: JSONValue = .null,
-                                usage: JSONValue?, chunk: Bool = false) -> JSONValue {
+                                usage: JSONValue?, index: Int = 0) -> JSONValue {
     var o = JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)), ("model", .string(model)),
-                        ("choices", .array([.object(JSONObject([("index", .int(0)), ("text", .string(text)), ("logprobs", logprobs),
+                        ("choices", .array([.object(JSONObject([("index", .int(index)), ("text", .string(text)), ("logprobs", logprobs),
                                                                 ("finish_reason", finish.map { .string($0) } ?? .null)]))]))])
     if let u = usage { o["usage"] = u }
     return .object(o)

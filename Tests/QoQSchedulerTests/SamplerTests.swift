@@ -101,6 +101,23 @@ final class SamplerTests: XCTestCase {
     XCTAssertEqual(mild.sample([2, 1.5, -1], history: [0]), 0, "2/1.2 = 1.67 > 1.5")
   }
 
+  /// OpenAI's presence/frequency penalties over the generated tokens only, and logit_bias, checked by hand.
+  func testPresenceFrequencyAndLogitBias() {
+    // Generated [2, 2, 1] after a prompt [0, 0]: frequency 0.5, presence 1 →
+    // logit 2: 3 − 2·0.5 − 1 = 1; logit 1: 2 − 0.5 − 1 = 0.5; the prompt's 0 is not penalized: 1.
+    var s = Sampler(params: params { $0.frequencyPenalty = 0.5; $0.presencePenalty = 1 }, seed: 1)
+    XCTAssertEqual(s.sample([1, 2, 3, 0.9], history: [0, 0, 2, 2, 1], generatedFrom: 2), 0, "1 ties 1: lowest id")
+    XCTAssertEqual(s.sample([1, 2, 3.01, 0.9], history: [0, 0, 2, 2, 1], generatedFrom: 2), 2, "1.01 > 1")
+    XCTAssertEqual(s.sample([1, 2, 3, 0.9], history: [0, 0, 2, 2, 1], generatedFrom: 5), 2, "nothing generated yet: no penalty")
+    var neg = Sampler(params: params { $0.presencePenalty = -2 }, seed: 1)
+    XCTAssertEqual(neg.sample([1, 0, -0.5], history: [2], generatedFrom: 0), 2, "a negative presence penalty favours repeats")
+    var bias = Sampler(params: params { $0.logitBias = [3: 5, 0: -100] }, seed: 1)
+    XCTAssertEqual(bias.sample([10, 2, 3, 0], history: []), 3, "10 − 100 < 0 + 5")
+    // Bias applies before temperature: a +100 bias makes a sampled draw certain.
+    var hot = Sampler(params: params { $0.temperature = 1; $0.logitBias = [1: 100] }, seed: 7)
+    for _ in 0..<50 { XCTAssertEqual(hot.sample(logits, history: []), 1) }
+  }
+
   func testSeedReproducibility() {
     let p = params { $0.temperature = 1 }
     let l = (0..<64).map { Float($0 % 7) * 0.1 }
@@ -139,6 +156,8 @@ final class SamplerTests: XCTestCase {
       ("repetitionPenalty", { $0.repetitionPenalty = 0 }), ("repetitionPenalty", { $0.repetitionPenalty = .nan }),
       ("maxTokens", { $0.maxTokens = 0 }), ("stopTokenIds", { $0.stopTokenIds = [10] }),
       ("stopTokenIds", { $0.stopTokenIds = [-1] }), ("stopStrings", { $0.stopStrings = ["x", ""] }),
+      ("presencePenalty", { $0.presencePenalty = 2.5 }), ("frequencyPenalty", { $0.frequencyPenalty = .nan }),
+      ("logitBias", { $0.logitBias = [10: 1] }), ("logitBias", { $0.logitBias = [1: 101] }),
     ]
     for (field, f) in bad { assertQoQError(field) { try params(f).validate(vocabSize: 10) } }
   }

@@ -22,7 +22,9 @@ final class LiveServer: @unchecked Sendable {
   let port: Int
   let group: ServiceGroup
   let task: Task<Void, any Error>
-  let client = HTTPClient(eventLoopGroupProvider: .singleton)
+  /// One client for the whole test process (never deinitialized, so a failing test cannot trip its deinit check).
+  static let sharedClient = HTTPClient(eventLoopGroupProvider: .singleton)
+  var client: HTTPClient { Self.sharedClient }
 
   init(options o: ServerOptions = ServerOptions(), blocks: Int = 64, maxNumSeqs: Int = 64, maxQueued: Int = 256) async throws {
     var opts = o
@@ -41,7 +43,6 @@ final class LiveServer: @unchecked Sendable {
   func stop() async throws {
     await group.triggerGracefulShutdown()
     try await task.value
-    try await client.shutdown()
   }
 
   func request(_ path: String, method: String = "POST", body: String? = nil, headers: [(String, String)] = [])
@@ -57,24 +58,24 @@ final class LiveServer: @unchecked Sendable {
   }
 
   /// Opens a stream and hands each SSE `data:` payload to `onEvent` until it returns false (then disconnects).
-  func stream(_ path: String, body: String, onEvent: (String) -> Bool) async throws -> (status: Int, events: [String]) {
+  func stream(_ path: String, body: String, onEvent: (String) -> Bool) async throws -> (status: Int, events: [String], pings: Int) {
     var r = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
     r.method = .POST
     r.headers.add(name: "content-type", value: "application/json")
     r.body = .bytes(ByteBuffer(string: body))
     let resp = try await client.execute(r, timeout: .seconds(60))
-    var events: [String] = [], pending = ""
+    var events: [String] = [], pending = "", pings = 0
     reading: for try await buf in resp.body {
       pending += String(buffer: buf)
       while let end = pending.range(of: "\n\n") {
         let block = String(pending[..<end.lowerBound]); pending = String(pending[end.upperBound...])
-        guard block.hasPrefix("data: ") else { continue }   // ": ping" comments
+        guard block.hasPrefix("data: ") else { if block.hasPrefix(":") { pings += 1 }; continue }   // ": ping" comments
         let payload = String(block.dropFirst(6))
         events.append(payload)
         if !onEvent(payload) { break reading }
       }
     }
-    return (Int(resp.status.code), events)
+    return (Int(resp.status.code), events, pings)
   }
 
   /// Waits until the engine is idle with every page free.
@@ -223,10 +224,10 @@ final class LiveServer: @unchecked Sendable {
 
     // Leave a long stream after three chunks, then a long JSON request after a moment.
     var seen = 0
-    let gone = try await srv.stream("/v1/completions", body: #"{"prompt":"long","max_tokens":500,"stream":true}"#) { _ in seen += 1; return seen < 3 }
+    let gone = try await srv.stream("/v1/completions", body: #"{"prompt":"long","max_tokens":1800,"ignore_eos":true,"stream":true}"#) { _ in seen += 1; return seen < 3 }
     #expect(gone.events.count == 3)
     _ = try await srv.waitIdle()
-    let t = Task { try await srv.request("/v1/completions", body: #"{"prompt":"long json","max_tokens":2000}"#) }
+    let t = Task { try await srv.request("/v1/completions", body: #"{"prompt":"long json","max_tokens":2000,"ignore_eos":true}"#) }
     for _ in 0..<500 where srv.service.snapshot.running < 1 { try await Task.sleep(nanoseconds: 1_000_000) }
     t.cancel()   // AsyncHTTPClient closes the connection
     _ = try? await t.value
@@ -239,7 +240,7 @@ final class LiveServer: @unchecked Sendable {
   /// Beyond the queue bound a request gets 429 with Retry-After; the others are unaffected.
   @Test func queueBoundGives429() async throws {
     let srv = try await LiveServer(maxNumSeqs: 1, maxQueued: 1)
-    let long = #"{"prompt":"a","max_tokens":400,"stream":true}"#
+    let long = #"{"prompt":"a","max_tokens":1800,"ignore_eos":true,"stream":true}"#
     let first = Task { try await srv.stream("/v1/completions", body: long) { _ in true } }
     for _ in 0..<300 where srv.service.snapshot.running < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
     let second = Task { try await srv.stream("/v1/completions", body: long) { _ in true } }
@@ -250,6 +251,8 @@ final class LiveServer: @unchecked Sendable {
     _ = try? await first.value; _ = try? await second.value
     let idle = try await srv.waitIdle()
     #expect(idle.pagesUsed == 0)
+    // The running one and the queued one (which never produced a token) are both cancelled.
+    #expect(srv.service.metrics.requests.value("cancelled") == 2, "cancelled \(srv.service.metrics.requests.value("cancelled"))")
     #expect(try await srv.request("/v1/completions", body: #"{"prompt":"b","max_tokens":2}"#).status == 200)
     try await srv.stop()
   }
@@ -289,6 +292,45 @@ final class LiveServer: @unchecked Sendable {
     try await srv.stop()
   }
 
+  /// n choices, batched prompts streamed together, logit_bias, template kwargs, e2e metrics and SSE pings.
+  @Test func choicesBiasAndPings() async throws {
+    var o = ServerOptions(); o.ssePingInterval = 0.05
+    let srv = try await LiveServer(options: o)
+    // Two prompts × n = 2, greedy: four choices in prompt-major order; a prompt's two samples agree.
+    let body = #"{"prompt":[[1,2,3],[9,8]],"n":2,"max_tokens":5,"temperature":0"#
+    let whole = try await srv.request("/v1/completions", body: body + "}")
+    let texts = whole.json?["choices"]?.array?.map { $0["text"]?.string ?? "?" } ?? []
+    #expect(whole.json?["choices"]?.array?.map { $0["index"]?.int } == [0, 1, 2, 3] && texts.count == 4, "\(whole.text)")
+    #expect(texts.count == 4 && texts[0] == texts[1] && texts[2] == texts[3])
+    #expect(whole.json?["usage"]?["prompt_tokens"]?.int == 5 && whole.json?["usage"]?["completion_tokens"]?.int == 20)
+    // The same request streamed: chunks of all four choices interleave; each choice's text matches; one usage chunk.
+    let st = try await srv.stream("/v1/completions", body: body + #","stream":true,"stream_options":{"include_usage":true}}"#) { _ in true }
+    let chunks = st.events.dropLast().compactMap { try? JSON.parse(Data($0.utf8), what: "chunk") }
+    var byIndex: [Int: String] = [:], finishes: [Int: String] = [:]
+    for c in chunks {
+      guard let ch = c["choices"]?[0], let i = ch["index"]?.int else { continue }
+      byIndex[i, default: ""] += ch["text"]?.string ?? ""
+      if let f = ch["finish_reason"]?.string { finishes[i] = f }
+    }
+    #expect((0..<4).map { byIndex[$0] ?? "" } == texts && finishes.count == 4 && st.events.last == "[DONE]")
+    #expect(chunks.last?["usage"]?["completion_tokens"]?.int == 20)
+    // logit_bias +100 on one id makes it every generated token, sampled or greedy.
+    let biased = try await srv.request("/v1/completions", body: #"{"prompt":"x","max_tokens":3,"temperature":1,"seed":3,"logit_bias":{"65":100},"logprobs":0}"#)
+    #expect(biased.json?["choices"]?[0]?["logprobs"]?["tokens"]?.array?.count == 3, "\(biased.text)")
+    let d = try await srv.request("/detokenize", body: #"{"tokens":[65,65,65]}"#)
+    #expect(biased.json?["choices"]?[0]?["text"]?.string == d.json?["prompt"]?.string)
+    // Chat with n = 2 and a template variable the ChatML template ignores.
+    let chat = try await srv.request("/v1/chat/completions", body: #"{"messages":[{"role":"user","content":"hi"}],"n":2,"max_tokens":3,"chat_template_kwargs":{"enable_thinking":false}}"#)
+    #expect(chat.json?["choices"]?.array?.count == 2 && chat.json?["usage"]?["completion_tokens"]?.int == 6, "\(chat.text)")
+    // A long stream meets the 50 ms ping interval at least once.
+    let slow = try await srv.stream("/v1/completions", body: #"{"prompt":"p","max_tokens":1500,"stream":true,"ignore_eos":true}"#) { _ in true }
+    #expect(slow.events.last == "[DONE]" && slow.pings > 0, "\(slow.pings) pings")
+    let m = try await srv.request("/metrics", method: "GET")
+    #expect(m.text.contains("qoq_e2e_request_latency_seconds_count"))
+    _ = try await srv.waitIdle()
+    try await srv.stop()
+  }
+
   /// A connection that sends nothing is closed after the idle timeout (a slow-loris client cannot hold it).
   @Test func idleConnectionsAreClosed() async throws {
     var o = ServerOptions(); o.idleTimeout = 0.3
@@ -324,7 +366,6 @@ final class LiveServer: @unchecked Sendable {
     try await srv.task.value
     #expect(srv.service.isDraining)
     #expect(throws: ServiceError.draining) { _ = try srv.service.submit(prompt: [1], params: SamplingParams()) }
-    try await srv.client.shutdown()
   }
 }
 

@@ -28,6 +28,12 @@ func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64) throws -> Engine {
     // lm-evaluation-harness's scoring call: echo + logprobs + max_tokens 0.
     let e = try OpenAIParse.completion(body(#"{"prompt":"a b","echo":true,"logprobs":1,"max_tokens":0}"#))
     #expect(e.echo && e.logprobs == 1)
+    let pen = try OpenAIParse.completion(body(#"{"prompt":"x","presence_penalty":0.5,"frequency_penalty":-1,"logit_bias":{"7":-100,"9":2.5},"n":3}"#))
+    #expect(pen.params.presencePenalty == 0.5 && pen.params.frequencyPenalty == -1 && pen.params.logitBias == [7: -100, 9: 2.5] && pen.n == 3)
+    let b = try OpenAIParse.completion(body(#"{"prompt":["a","b"],"n":2,"stream":true}"#))
+    #expect(b.prompts == [.text("a"), .text("b")] && b.n == 2 && b.stream)
+    let kw = try OpenAIParse.chat(body(#"{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"enable_thinking":false,"messages":1}}"#))
+    #expect(kw.templateVars == ["enable_thinking": .bool(false)])
   }
 
   /// Each bad body is the right 4xx, with an OpenAI-style error naming the parameter.
@@ -39,7 +45,10 @@ func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64) throws -> Engine {
       (#"{"prompt":"x","temperature":"hot"}"#, 400, "temperature", "number"),
       (#"{"prompt":"x","max_tokens":1000}"#, 400, "max_tokens", "limit"),
       (#"{"prompt":"x","max_tokens":0}"#, 400, "max_tokens", "positive"),
-      (#"{"prompt":"x","n":2}"#, 400, "n", "not supported"),
+      (#"{"prompt":"x","n":5}"#, 400, "n", "1…4"),
+      (#"{"prompt":"x","presence_penalty":3}"#, 400, "presence_penalty", "-2…2"),
+      (#"{"prompt":"x","logit_bias":{"a":1}}"#, 400, "logit_bias", "token id"),
+      (#"{"prompt":"x","logit_bias":{"5":200}}"#, 400, "logit_bias", "-100…100"),
       (#"{"prompt":{"a":1}}"#, 400, "prompt", "prompt"),
       (#"{"max_tokens":3}"#, 400, "prompt", "required"),
       (#"{"prompt":"x","stop":[1]}"#, 400, "stop", "stop"),
