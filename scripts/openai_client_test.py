@@ -44,6 +44,12 @@ def main():
           and all(x <= 0 for x in lp.token_logprobs[1:]) and lp.top_logprobs[0] is None and len(lp.text_offset) == len(lp.tokens),
           f"echo logprobs {lp}")
 
+    two = c.completions.create(model=a.model, prompt=[prompt, "Once upon a time"], n=2, max_tokens=4, temperature=0.8, seed=7,
+                               presence_penalty=0.5, frequency_penalty=0.5)
+    check([ch.index for ch in two.choices] == [0, 1, 2, 3], f"batch × n choices {[ch.index for ch in two.choices]}")
+    biased = c.completions.create(model=a.model, prompt=prompt, max_tokens=3, temperature=0, logit_bias={"28": 100}, logprobs=0)
+    check(biased.choices[0].text == c.post("/detokenize", body={"tokens": [28, 28, 28]}, cast_to=dict)["prompt"], "logit_bias")
+
     msgs = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is the capital of France?"}]
     ch = c.chat.completions.create(model=a.model, messages=msgs, max_tokens=16, temperature=0)
     check(ch.choices[0].message.role == "assistant" and ch.choices[0].message.content and ch.usage.prompt_tokens > 10, f"chat {ch}")
