@@ -59,6 +59,7 @@ enum Completions {
       @Sendable func echo(_ c: Int, _ state: inout StreamState) -> [JSONValue] {
         guard r.echo, !state.echoed else { return [] }
         state.echoed = true
+        state.textOffset = echoes[c / n].count
         return [chunk(c, echoes[c / n], echoLogprobs(prompts[c / n], state.promptLogprobs, wantLP, s), nil)]
       }
       return sseResponse(subs, ctx, s, build: { c, item, state in
@@ -70,7 +71,9 @@ enum Completions {
           var out = echo(c, &state)
           state.emitted += text
           if !text.isEmpty || wantLP {
-            out.append(chunk(c, text, wantLP ? completionLogprobs(state.pending, offset: 0, s) : .null, nil)); state.pending = []
+            out.append(chunk(c, text, wantLP ? completionLogprobs(state.pending, offset: state.textOffset, s) : .null, nil))
+            state.textOffset += state.pending.reduce(0) { $0 + tokenText($1.token, s).count }
+            state.pending = []
           }
           return out
         case .finished(_, let reason, let text, _):
@@ -99,7 +102,7 @@ enum Completions {
         var parts: [JSONValue] = []
         if r.echo { parts.append(echoLogprobs(prompts[c / n], o.promptLogprobs, true, s)) }
         if !r.scoreOnly { parts.append(completionLogprobs(Array(o.logprobs.prefix(gen.count)), offset: 0, s)) }
-        logprobs = joinLogprobs(parts)
+        logprobs = joinLogprobs(parts, echoLength: r.echo ? echoes[c / n].count : 0)
       }
       if r.echo { text = echoes[c / n] + text }
       choices.append(.object(JSONObject([("index", .int(c)), ("text", .string(text)), ("logprobs", logprobs),

@@ -12,6 +12,7 @@ struct StreamState {
   var echoed = false                      // echo chunk (completions) or role chunk (chat) sent
   var pending: [TokenLogprob] = []        // logprobs of the token about to be sent
   var promptLogprobs: [TokenLogprob] = []
+  var textOffset = 0                      // characters of the choice's text sent so far (logprobs.text_offset)
 }
 
 enum StreamItem: Sendable {
@@ -126,14 +127,14 @@ extension Completions {
                                ("text_offset", .array([.int(0)] + list("text_offset")))]))
   }
 
-  /// Concatenates the echo part and the generated part (offsets of the second shifted past the first's text).
-  static func joinLogprobs(_ parts: [JSONValue]) -> JSONValue {
+  /// Concatenates the echo part and the generated part; the generated part's offsets start after the echoed text
+  /// (`echoLength` characters), so they index the choice's text.
+  static func joinLogprobs(_ parts: [JSONValue], echoLength: Int) -> JSONValue {
     var out: [String: [JSONValue]] = ["tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []]
-    var shift = 0
-    for p in parts where !p.isNull {
+    for (i, p) in parts.enumerated() where !p.isNull {
+      let shift = i == parts.count - 1 && parts.count > 1 ? echoLength : 0
       for k in ["tokens", "token_logprobs", "top_logprobs"] { out[k]! += p[k]?.array ?? [] }
       out["text_offset"]! += (p["text_offset"]?.array ?? []).map { .int(($0.int ?? 0) + shift) }
-      shift += (p["tokens"]?.array ?? []).reduce(0) { $0 + ($1.string?.count ?? 0) }
     }
     return .object(JSONObject(["tokens", "token_logprobs", "top_logprobs", "text_offset"].map { ($0, .array(out[$0]!)) }))
   }

@@ -116,6 +116,16 @@ final class LiveServer: @unchecked Sendable {
     let eng = await EngineLogprobProbe.promptLogprobs(srv, prompt.map { Int32($0) })
     #expect(eng.count == prompt.count - 1)
     for (g, w) in zip(tl.dropFirst().prefix(prompt.count - 1), eng) { #expect(abs(g.double! - Double(w)) < 1e-4) }
+    // text_offset indexes the choice's text: the generated tokens start right after the echoed prompt, in JSON and
+    // in a stream alike.
+    let off = try await srv.request("/v1/completions", body: #"{"prompt":"abc","echo":true,"logprobs":0,"max_tokens":3,"temperature":0}"#)
+    let offsets = off.json?["choices"]?[0]?["logprobs"]?["text_offset"]?.array?.compactMap(\.int) ?? []
+    let nPrompt = off.json?["usage"]?["prompt_tokens"]?.int ?? 0
+    #expect(offsets.count == nPrompt + 3 && offsets[nPrompt] == 3 && zip(offsets, offsets.dropFirst()).allSatisfy { $0 <= $1 }, "\(offsets)")
+    let so = try await srv.stream("/v1/completions", body: #"{"prompt":"abc","echo":true,"logprobs":0,"max_tokens":3,"temperature":0,"stream":true}"#) { _ in true }
+    let streamed = so.events.dropLast().compactMap { try? JSON.parse(Data($0.utf8), what: "chunk") }
+      .flatMap { $0["choices"]?[0]?["logprobs"]?["text_offset"]?.array?.compactMap(\.int) ?? [] }
+    #expect(streamed == offsets, "stream \(streamed) vs \(offsets)")
     // max_tokens 0 with echo: the prompt alone, no completion tokens.
     let z = try await srv.request("/v1/completions", body: #"{"prompt":"abc","echo":true,"logprobs":0,"max_tokens":0}"#)
     #expect(z.json?["choices"]?[0]?["text"]?.string == "abc" && z.json?["usage"]?["completion_tokens"]?.int == 0, "\(z.text)")
