@@ -5,6 +5,7 @@
 import Foundation
 import QoQIO
 import QoQModels
+import QoQServing
 import QoQTokenizers
 
 var seconds = 5.0, seed: UInt64 = 1, target = "all"
@@ -93,6 +94,26 @@ if target == "all" || target == "json" {
 }
 if target == "all" || target == "config" {
   targets.append(("config.json", smallConfig, { b in withFile(b, "config.json") { p in _ = try LlamaConfiguration.load(path: p) } }))
+}
+if target == "all" || target == "openai" {
+  // Request bodies from clients: any bytes give a parsed request or an APIError with a 4xx status, never a crash.
+  let completion = Array(#"{"model":"m","prompt":[[1,2],[3]],"max_tokens":5,"echo":true,"logprobs":2,"n":2,"stop":["\n"],"logit_bias":{"7":-5},"presence_penalty":0.5,"stream":true,"stream_options":{"include_usage":true}}"#.utf8)
+  let chat = Array(#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":4,"logprobs":true,"top_logprobs":3,"chat_template_kwargs":{"x":1}}"#.utf8)
+  func check(_ body: () throws -> Void) {
+    do { try body() } catch let e as APIError {
+      if !(400..<500).contains(e.status) { FileHandle.standardError.write(Data("OpenAI parser gave status \(e.status)\n".utf8)); exit(1) }
+    } catch { FileHandle.standardError.write(Data("OpenAI parser threw \(error)\n".utf8)); exit(1) }
+  }
+  targets.append(("openai completion", completion, { b in check { _ = try OpenAIParse.completion(Data(b)) } }))
+  targets.append(("openai chat", chat, { b in check { _ = try OpenAIParse.chat(Data(b)) } }))
+}
+if target == "all" || target == "template" {
+  // Chat templates are code from model files: mutated sources either fail to parse or render with a message.
+  let source = Array(#"{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>' + m['content'] | trim }}{% elif loop.last %}{{ m.content }}{% else %}{{ raise_exception('bad') }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"#.utf8)
+  targets.append(("chat template", source, { b in
+    guard let src = String(bytes: b, encoding: .utf8), let t = try? ChatTemplate(src) else { return }
+    _ = try? t.render(messages: [("user", "hi"), ("assistant", "yo")], addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
+  }))
 }
 var tokenizer: Tokenizer? = nil
 if target == "all" || target == "tokenizer" {
