@@ -146,7 +146,16 @@ enum TemplateLexer {
             i += 1
             out.append(.string(v)); continue
           }
-          if ch.isNumber { var v = 0; while i < c.count, let d = c[i].wholeNumberValue, c[i].isASCII { v = v * 10 + d; i += 1 }; out.append(.int(v)); continue }
+          if ch.isASCII && ch.isNumber {
+            // ASCII digits only (a non-ASCII numeral such as "½" would never advance), and no overflow.
+            var v = 0
+            while i < c.count, c[i].isASCII, let d = c[i].wholeNumberValue {
+              let (m, o1) = v.multipliedReportingOverflow(by: 10), (a, o2) = m.addingReportingOverflow(d)
+              if o1 || o2 { throw QoQError("chat template: integer literal too large") }
+              v = a; i += 1
+            }
+            out.append(.int(v)); continue
+          }
           if ch.isLetter || ch == "_" { var v = ""; while i < c.count && (c[i].isLetter || c[i].isNumber || c[i] == "_") { v.append(c[i]); i += 1 }; out.append(.name(v)); continue }
           let two = i + 1 < c.count ? String(c[i...(i + 1)]) : ""
           if ["==", "!=", "<=", ">=", "//"].contains(two) { out.append(.op(two)); i += 2; continue }
@@ -182,6 +191,13 @@ indirect enum Node: Sendable {
 struct TemplateParser {
   let tokens: [TemplateToken]
   var pos = 0
+  /// Nesting of blocks and sub-expressions; bounded so a hostile template cannot overflow the stack.
+  var depth = 0
+  static let maxDepth = 200
+  mutating func enter() throws {
+    depth += 1
+    if depth > Self.maxDepth { throw QoQError("chat template: nested more than \(Self.maxDepth) levels deep") }
+  }
 
   init(tokens: [TemplateToken]) { self.tokens = tokens }
 
@@ -192,6 +208,7 @@ struct TemplateParser {
 
   /// Parses nodes until a statement whose keyword is in `until` (left unconsumed after {%).
   mutating func parseBlock(until: Set<String>) throws -> [Node] {
+    try enter(); defer { depth -= 1 }
     var nodes: [Node] = []
     while let t = peek {
       switch t {
@@ -238,10 +255,13 @@ struct TemplateParser {
     return nodes
   }
 
-  mutating func parseExpr() throws -> Expr { try parseOr() }
+  mutating func parseExpr() throws -> Expr { try enter(); defer { depth -= 1 }; return try parseOr() }
   mutating func parseOr() throws -> Expr { var l = try parseAnd(); while keyword("or") { l = .binary("or", l, try parseAnd()) }; return l }
   mutating func parseAnd() throws -> Expr { var l = try parseNot(); while keyword("and") { l = .binary("and", l, try parseNot()) }; return l }
-  mutating func parseNot() throws -> Expr { keyword("not") ? .unary("not", try parseNot()) : try parseCompare() }
+  mutating func parseNot() throws -> Expr {
+    try enter(); defer { depth -= 1 }
+    return keyword("not") ? .unary("not", try parseNot()) : try parseCompare()
+  }
   mutating func parseCompare() throws -> Expr {
     var l = try parseAdd()
     while true {
@@ -266,7 +286,11 @@ struct TemplateParser {
     while case .op(let o) = peek, ["*", "/", "//", "%"].contains(o) { pos += 1; l = .binary(o, l, try parseUnary()) }
     return l
   }
-  mutating func parseUnary() throws -> Expr { if peek == .op("-") { pos += 1; return .unary("-", try parseUnary()) }; return try parsePostfix() }
+  mutating func parseUnary() throws -> Expr {
+    try enter(); defer { depth -= 1 }
+    if peek == .op("-") { pos += 1; return .unary("-", try parseUnary()) }
+    return try parsePostfix()
+  }
   mutating func parsePostfix() throws -> Expr {
     var e = try parsePrimary()
     while let t = peek {
@@ -321,8 +345,24 @@ struct TemplateParser {
 
 // MARK: - Evaluation
 
+/// Integer results that overflow are an error, not a crash.
+func checked(_ r: (partialValue: Int, overflow: Bool)) throws -> Int {
+  if r.overflow { throw QoQError("chat template: integer overflow") }
+  return r.partialValue
+}
+
 struct TemplateContext {
   var scopes: [[String: TemplateValue]]
+  /// Caps for templates from untrusted model files (anchors.md §3.3): rendered bytes and loop iterations.
+  static let maxOutputBytes = 8 << 20
+  static let maxIterations = 1_000_000
+  var iterations = 0
+
+  /// A string built by concatenation, refused beyond the output cap (doubling in nested loops grows fast).
+  func capped(_ s: String) throws -> String {
+    if s.utf8.count > Self.maxOutputBytes { throw QoQError("chat template: a string exceeds \(Self.maxOutputBytes) bytes") }
+    return s
+  }
 
   func lookup(_ n: String) -> TemplateValue {
     for s in scopes.reversed() { if let v = s[n] { return v } }
@@ -331,6 +371,7 @@ struct TemplateContext {
 
   mutating func run(_ nodes: [Node], into out: inout String) throws {
     for n in nodes {
+      if out.utf8.count > Self.maxOutputBytes { throw QoQError("chat template: output exceeds \(Self.maxOutputBytes) bytes") }
       switch n {
       case .text(let s): out += s
       case .output(let e): out += try eval(e).render()
@@ -348,6 +389,8 @@ struct TemplateContext {
         case let x: throw QoQError("chat template: cannot loop over \(x.repr())")
         }
         for (i, item) in seq.enumerated() {
+          iterations += 1
+          if iterations > Self.maxIterations { throw QoQError("chat template: more than \(Self.maxIterations) loop iterations") }
           scopes.append([v: item, "loop": .dict(["index0": .int(i), "index": .int(i + 1), "first": .bool(i == 0),
                                                  "last": .bool(i == seq.count - 1), "length": .int(seq.count)])])
           // `set` inside a loop body stays in the loop's scope (Jinja's scoping rule).
@@ -434,7 +477,7 @@ struct TemplateContext {
     case .unary(let o, let x):
       let v = try eval(x)
       if o == "not" { return .bool(!v.truthy) }
-      if case .int(let i) = v { return .int(-i) }
+      if case .int(let i) = v { return .int(try checked(0.subtractingReportingOverflow(i))) }
       throw QoQError("chat template: bad operand of -")
     case .binary(let o, let l, let r):
       if o == "and" { let a = try eval(l); return a.truthy ? try eval(r) : a }
@@ -443,7 +486,7 @@ struct TemplateContext {
       switch o {
       case "==": return .bool(a == b)
       case "!=": return .bool(a != b)
-      case "~": return .string(a.render() + b.render())
+      case "~": return .string(try capped(a.render() + b.render()))
       case "in":
         switch b {
         case .string(let s): if case .string(let x) = a { return .bool(s.contains(x)) }; return .bool(false)
@@ -454,15 +497,20 @@ struct TemplateContext {
       default: break
       }
       switch (a, b) {
-      case (.string(let x), .string(let y)) where o == "+": return .string(x + y)
-      case (.list(let x), .list(let y)) where o == "+": return .list(x + y)
+      case (.string(let x), .string(let y)) where o == "+": return .string(try capped(x + y))
+      case (.list(let x), .list(let y)) where o == "+":
+        guard x.count + y.count <= Self.maxIterations else { throw QoQError("chat template: list longer than \(Self.maxIterations) items") }
+        return .list(x + y)
       case (.int(let x), .int(let y)):
         switch o {
-        case "+": return .int(x + y)
-        case "-": return .int(x - y)
-        case "*": return .int(x * y)
-        case "//", "/": guard y != 0 else { throw QoQError("chat template: division by zero") }; return .int(x / y)
-        case "%": guard y != 0 else { throw QoQError("chat template: modulo by zero") }; return .int(((x % y) + y) % y)
+        case "+": return .int(try checked(x.addingReportingOverflow(y)))
+        case "-": return .int(try checked(x.subtractingReportingOverflow(y)))
+        case "*": return .int(try checked(x.multipliedReportingOverflow(by: y)))
+        case "//", "/": guard y != 0 else { throw QoQError("chat template: division by zero") }; return .int(try checked(x.dividedReportingOverflow(by: y)))
+        case "%":
+          guard y != 0 else { throw QoQError("chat template: modulo by zero") }
+          let r = try checked(x.remainderReportingOverflow(dividingBy: y))
+          return .int(r != 0 && (r < 0) != (y < 0) ? r + y : r)   // Python's sign rule
         case "<": return .bool(x < y)
         case ">": return .bool(x > y)
         case "<=": return .bool(x <= y)

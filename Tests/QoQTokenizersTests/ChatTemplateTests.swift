@@ -38,4 +38,30 @@ import QoQIO
       #expect(throws: QoQError.self, "\(bad)") { _ = try ChatTemplate(bad).render(["x": .string("a")]) }
     }
   }
+
+  /// Templates come from model files: hostile ones end in an error, never a hang, a crash or unbounded memory.
+  @Test func hostileTemplatesAreBounded() throws {
+    let big = TemplateValue.string(String(repeating: "x", count: 4096))
+    let cases: [(String, [String: TemplateValue], String)] = [
+      ("{{ ½ }}", [:], "unexpected character"),                       // a non-ASCII numeral (the lexer used to spin)
+      ("{{ 99999999999999999999999 }}", [:], "too large"),
+      ("{{ 9223372036854775807 + 1 }}", [:], "overflow"),
+      ("{{ 4000000000 * 4000000000 }}", [:], "overflow"),
+      ("{{ " + String(repeating: "(", count: 300) + "1" + String(repeating: ")", count: 300) + " }}", [:], "nested"),
+      ("{{ " + String(repeating: "not ", count: 300) + "x }}", [:], "nested"),
+      ("{% for c in s %}{{ s }}{% endfor %}", ["s": big], "output exceeds"),
+      ("{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", ["s": big], "loop iterations"),
+      ("{% set t = s ~ s %}{% for c in s %}{% set t = t + t %}{% endfor %}", ["s": .string(String(repeating: "y", count: 5 << 20))], "exceeds"),
+    ]
+    for (src, vars, msg) in cases {
+      do {
+        _ = try ChatTemplate(src).render(vars)
+        Issue.record("accepted \(src.prefix(60))")
+      } catch let e as QoQError {
+        #expect(e.message.contains(msg), "\(src.prefix(60)): \(e.message)")
+      }
+    }
+    // Python's modulo sign rule holds with the overflow-checked arithmetic.
+    #expect(try ChatTemplate("{{ -7 % 3 }} {{ 7 % -3 }} {{ 6 % 3 }}").render([:]) == "2 -2 0")
+  }
 }
