@@ -75,18 +75,9 @@ public enum TinyChatPacking {
   public static func pack(_ codes: [UInt8], n N: Int, k K: Int) throws -> [UInt16] {
     guard N % 4 == 0, K % 64 == 0, codes.count == N * K else { throw QoQError("TinyChat packing needs N % 4 == 0 and K % 64 == 0 (got \(N)×\(K))") }
     var out = [UInt16](repeating: 0, count: N * K / 4)
-    for n in 0..<N {
-      let R = n / 4, i = n % 4
-      for c64 in 0..<(K / 64) {
-        for h in 0..<2 {
-          let base = n * K + c64 * 64 + h * 32
-          for b in 0..<8 {
-            let w = UInt16(codes[base + b] & 0xF) | UInt16(codes[base + 8 + b] & 0xF) << 4
-              | UInt16(codes[base + 16 + b] & 0xF) << 8 | UInt16(codes[base + 24 + b] & 0xF) << 12
-            out[((R * (K / 64) + c64) * 4 + i) * 16 + h * 8 + b] = w
-          }
-        }
-      }
+    forEachWord(n: N, k: K) { code, word in
+      out[word] = UInt16(codes[code] & 0xF) | UInt16(codes[code + 8] & 0xF) << 4
+        | UInt16(codes[code + 16] & 0xF) << 8 | UInt16(codes[code + 24] & 0xF) << 12
     }
     return out
   }
@@ -94,19 +85,23 @@ public enum TinyChatPacking {
   public static func unpack(_ words: [UInt16], n N: Int, k K: Int) throws -> [UInt8] {
     guard N % 4 == 0, K % 64 == 0, words.count == N * K / 4 else { throw QoQError("TinyChat qweight does not fit \(N)×\(K)") }
     var codes = [UInt8](repeating: 0, count: N * K)
+    forEachWord(n: N, k: K) { code, word in
+      for j in 0..<4 { codes[code + 8 * j] = UInt8((words[word] >> (4 * j)) & 0xF) }
+    }
+    return codes
+  }
+
+  /// The layout both directions walk: each int16 word holds the 4-bit codes at `code`, +8, +16, +24 of one row
+  /// (row n, 32-input half h of 64-input block c64, lane b), and lives at `word` (rows interleaved by 4).
+  static func forEachWord(n N: Int, k K: Int, _ body: (_ code: Int, _ word: Int) -> Void) {
     for n in 0..<N {
       let R = n / 4, i = n % 4
       for c64 in 0..<(K / 64) {
         for h in 0..<2 {
-          let base = n * K + c64 * 64 + h * 32
-          for b in 0..<8 {
-            let w = words[((R * (K / 64) + c64) * 4 + i) * 16 + h * 8 + b]
-            for j in 0..<4 { codes[base + 8 * j + b] = UInt8((w >> (4 * j)) & 0xF) }
-          }
+          for b in 0..<8 { body(n * K + c64 * 64 + h * 32 + b, ((R * (K / 64) + c64) * 4 + i) * 16 + h * 8 + b) }
         }
       }
     }
-    return codes
   }
 
   /// Rows of the transposed scale/zero tensors for group 128: ng rounded up to a multiple of 8 (86 → 88).
