@@ -48,13 +48,13 @@ enum Completions {
     }
     let lp = LogprobRequest(generated: r.scoreOnly ? nil : r.logprobs, prompt: r.echo ? r.logprobs : nil)
     let subs = try submit(items, logprobs: lp, ignoreEOS: r.ignoreEOS, s)
-    let id = "cmpl-" + randomId(), model = s.options.modelId, created = Int(Date().timeIntervalSince1970)
+    let head = ResponseHead(id: "cmpl-" + randomId(), model: s.options.modelId, created: Int(Date().timeIntervalSince1970))
     let n = r.n, promptTotal = prompts.reduce(0) { $0 + $1.count }
 
     if r.stream {
       let wantLP = r.logprobs != nil
       @Sendable func chunk(_ c: Int, _ text: String, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
-        OpenAIResponse.completion(id: id, model: model, created: created, text: text, finish: finish, logprobs: logprobs, usage: nil, index: c)
+        head.body("text_completion", choices: [OpenAIResponse.completionChoice(index: c, text: text, logprobs: logprobs, finish: finish)])
       }
       @Sendable func echo(_ c: Int, _ state: inout StreamState) -> [JSONValue] {
         guard r.echo, !state.echoed else { return [] }
@@ -71,23 +71,22 @@ enum Completions {
           var out = echo(c, &state)
           state.emitted += text
           if !text.isEmpty || wantLP {
-            out.append(chunk(c, text, wantLP ? completionLogprobs(state.pending, offset: state.textOffset, s) : .null, nil))
-            state.textOffset += state.pending.reduce(0) { $0 + tokenText($1.token, s).count }
+            var lp = JSONValue.null
+            if wantLP { (lp, state.textOffset) = completionLogprobs(state.pending, offset: state.textOffset, s) }
+            out.append(chunk(c, text, lp, nil))
             state.pending = []
           }
           return out
         case .finished(_, let reason, let text, _):
           var out = echo(c, &state)
-          let tail = text.hasPrefix(state.emitted) ? String(text.unicodeScalars.dropFirst(state.emitted.unicodeScalars.count)) : ""
-          out.append(chunk(c, r.scoreOnly ? "" : tail, .null, reason.rawValue))
+          out.append(chunk(c, r.scoreOnly ? "" : state.tail(of: text), .null, reason.rawValue))
           return out
         case .rejected: return []
         }
       }, finale: { completionTokens in
         guard r.includeUsage else { return [] }
-        return [.object(JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
-                                    ("model", .string(model)), ("choices", .array([])),
-                                    ("usage", OpenAIResponse.usage(prompt: promptTotal, completion: r.scoreOnly ? 0 : completionTokens))]))]
+        return [head.body("text_completion", choices: [],
+                          usage: OpenAIResponse.usage(prompt: promptTotal, completion: r.scoreOnly ? 0 : completionTokens))]
       })
     }
 
@@ -101,16 +100,13 @@ enum Completions {
       if r.logprobs != nil {
         var parts: [JSONValue] = []
         if r.echo { parts.append(echoLogprobs(prompts[c / n], o.promptLogprobs, true, s)) }
-        if !r.scoreOnly { parts.append(completionLogprobs(Array(o.logprobs.prefix(gen.count)), offset: 0, s)) }
+        if !r.scoreOnly { parts.append(completionLogprobs(Array(o.logprobs.prefix(gen.count)), offset: 0, s).json) }
         logprobs = joinLogprobs(parts, echoLength: r.echo ? echoes[c / n].count : 0)
       }
       if r.echo { text = echoes[c / n] + text }
-      choices.append(.object(JSONObject([("index", .int(c)), ("text", .string(text)), ("logprobs", logprobs),
-                                         ("finish_reason", .string(o.finish))])))
+      choices.append(OpenAIResponse.completionChoice(index: c, text: text, logprobs: logprobs, finish: o.finish))
     }
-    return jsonResponse(.object(JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
-                                            ("model", .string(model)), ("choices", .array(choices)),
-                                            ("usage", OpenAIResponse.usage(prompt: promptTotal, completion: completionTokens))])))
+    return jsonResponse(head.body("text_completion", choices: choices, usage: OpenAIResponse.usage(prompt: promptTotal, completion: completionTokens)))
   }
 
   // MARK: - /v1/chat/completions
@@ -123,18 +119,16 @@ enum Completions {
     let params = try fit(r.params, prompt: prompt.count, explicit: r.explicitMaxTokens, s, param: "messages")
     let subs = try submit((0..<r.n).map { (prompt, reseeded(params, $0)) }, logprobs: LogprobRequest(generated: r.topLogprobs),
                           ignoreEOS: r.ignoreEOS, s)
-    let id = "chatcmpl-" + randomId(), model = s.options.modelId, created = Int(Date().timeIntervalSince1970)
+    let head = ResponseHead(id: "chatcmpl-" + randomId(), model: s.options.modelId, created: Int(Date().timeIntervalSince1970))
 
     if r.stream {
       let wantLP = r.topLogprobs != nil
-      @Sendable func chunk(_ c: Int, _ delta: JSONValue, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
-        .object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)), ("model", .string(model)),
-                            ("choices", .array([.object(JSONObject([("index", .int(c)), ("delta", delta), ("logprobs", logprobs),
-                                                                    ("finish_reason", finish.map { .string($0) } ?? .null)]))]))]))
+      @Sendable func chunk(_ c: Int, _ delta: JSONObject, _ logprobs: JSONValue, _ finish: String?) -> JSONValue {
+        head.body("chat.completion.chunk", choices: [OpenAIResponse.chatChoice(index: c, "delta", delta, logprobs: logprobs, finish: finish)])
       }
       return sseResponse(subs, ctx, s, build: { c, item, state in
         var out: [JSONValue] = []
-        if !state.echoed { out.append(chunk(c, .object(JSONObject([("role", .string("assistant")), ("content", .string(""))])), .null, nil)); state.echoed = true }
+        if !state.echoed { out.append(chunk(c, JSONObject([("role", .string("assistant")), ("content", .string(""))]), .null, nil)); state.echoed = true }
         switch item {
         case .logprobs(_, _, let entries):
           state.pending += entries
@@ -142,19 +136,17 @@ enum Completions {
           state.emitted += text
           if !text.isEmpty || wantLP {
             let lp: JSONValue = wantLP ? .object(JSONObject([("content", chatLogprobs(state.pending, s))])) : .null
-            out.append(chunk(c, .object(JSONObject([("content", .string(text))])), lp, nil)); state.pending = []
+            out.append(chunk(c, JSONObject([("content", .string(text))]), lp, nil)); state.pending = []
           }
         case .finished(_, let reason, let text, _):
-          let tail = text.hasPrefix(state.emitted) ? String(text.unicodeScalars.dropFirst(state.emitted.unicodeScalars.count)) : ""
-          out.append(chunk(c, .object(tail.isEmpty ? JSONObject() : JSONObject([("content", .string(tail))])), .null, reason.rawValue))
+          let tail = state.tail(of: text)
+          out.append(chunk(c, tail.isEmpty ? JSONObject() : JSONObject([("content", .string(tail))]), .null, reason.rawValue))
         case .rejected: break
         }
         return out
       }, finale: { completionTokens in
         guard r.includeUsage else { return [] }
-        return [.object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)),
-                                    ("model", .string(model)), ("choices", .array([])),
-                                    ("usage", OpenAIResponse.usage(prompt: prompt.count, completion: completionTokens))]))]
+        return [head.body("chat.completion.chunk", choices: [], usage: OpenAIResponse.usage(prompt: prompt.count, completion: completionTokens))]
       })
     }
 
@@ -163,13 +155,10 @@ enum Completions {
     for (c, o) in outcomes.enumerated() {
       let lp: JSONValue = r.topLogprobs != nil ? .object(JSONObject([("content", chatLogprobs(Array(o.logprobs.prefix(o.tokens.count)), s))])) : .null
       let message = JSONObject([("role", .string("assistant")), ("content", .string(o.text))])
-      choices.append(.object(JSONObject([("index", .int(c)), ("message", .object(message)), ("logprobs", lp), ("finish_reason", .string(o.finish))])))
+      choices.append(OpenAIResponse.chatChoice(index: c, "message", message, logprobs: lp, finish: o.finish))
     }
-    return jsonResponse(.object(JSONObject([
-      ("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(model)),
-      ("choices", .array(choices)),
-      ("usage", OpenAIResponse.usage(prompt: prompt.count, completion: outcomes.reduce(0) { $0 + $1.tokens.count })),
-    ])))
+    return jsonResponse(head.body("chat.completion", choices: choices,
+                                  usage: OpenAIResponse.usage(prompt: prompt.count, completion: outcomes.reduce(0) { $0 + $1.tokens.count })))
   }
 
   /// The k-th of n samples: a given seed becomes seed + k, so the n choices differ yet the request is reproducible.

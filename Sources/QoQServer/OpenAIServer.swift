@@ -98,9 +98,7 @@ public enum OpenAIServer {
     }
     router.get("/metrics") { _, _ in
       let snap = s.service.snapshot
-      var body = s.service.metrics.render(queued: snap.queued, running: snap.running, pagesUsed: snap.pagesUsed, pagesTotal: snap.pagesTotal)
-      body += "# HELP qoq_kv_cache_usage_ratio KV cache pages in use over the pool (vLLM's kv_cache_usage_perc).\n"
-      body += "# TYPE qoq_kv_cache_usage_ratio gauge\nqoq_kv_cache_usage_ratio \(Double(snap.pagesUsed) / Double(max(1, snap.pagesTotal)))\n"
+      let body = s.service.metrics.render(queued: snap.queued, running: snap.running, pagesUsed: snap.pagesUsed, pagesTotal: snap.pagesTotal)
       var headers = HTTPFields()
       headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
       return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
@@ -117,7 +115,7 @@ public enum OpenAIServer {
         let text: String
         if let p = v["prompt"]?.string { text = p }
         else if v["messages"] != nil {
-          let chat = try OpenAIParse.chat(try Data(JSON.serialize(v).utf8), limits: s.options.limits)
+          let chat = try OpenAIParse.chat(json: v, limits: s.options.limits)
           text = try renderChat(chat.messages, s)
         } else { throw APIError(400, "prompt must be a string (or give messages)", param: "prompt") }
         let add = try OpenAIParse.flag(v, "add_special_tokens") ?? (v["messages"] == nil)

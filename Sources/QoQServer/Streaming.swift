@@ -13,6 +13,11 @@ struct StreamState {
   var pending: [TokenLogprob] = []        // logprobs of the token about to be sent
   var promptLogprobs: [TokenLogprob] = []
   var textOffset = 0                      // characters of the choice's text sent so far (logprobs.text_offset)
+
+  /// What the final text adds to what was already streamed (text held back for a stop string or partial UTF-8).
+  func tail(of text: String) -> String {
+    text.hasPrefix(emitted) ? String(text.unicodeScalars.dropFirst(emitted.unicodeScalars.count)) : ""
+  }
 }
 
 enum StreamItem: Sendable {
@@ -98,9 +103,10 @@ extension Completions {
   /// Log-probabilities as JSON numbers (never -inf, which JSON cannot carry).
   static func lpValue(_ x: Float) -> JSONValue { .double(Double(max(x, -9999))) }
 
-  /// The legacy completions shape {tokens, token_logprobs, top_logprobs, text_offset} for generated tokens.
-  /// top_logprobs maps token text → logprob for the top alternatives plus the chosen token (as vLLM does).
-  static func completionLogprobs(_ entries: [TokenLogprob], offset: Int, _ s: ServerState) -> JSONValue {
+  /// The legacy completions shape {tokens, token_logprobs, top_logprobs, text_offset} for generated tokens, and the
+  /// offset just past them. top_logprobs maps token text → logprob for the top alternatives plus the chosen token
+  /// (as vLLM does).
+  static func completionLogprobs(_ entries: [TokenLogprob], offset: Int, _ s: ServerState) -> (json: JSONValue, end: Int) {
     var tokens: [JSONValue] = [], lps: [JSONValue] = [], tops: [JSONValue] = [], offsets: [JSONValue] = []
     var at = offset
     for e in entries {
@@ -112,14 +118,14 @@ extension Completions {
       if top[text] == nil { top[text] = lpValue(e.logprob) }
       tops.append(.object(top))
     }
-    return .object(JSONObject([("tokens", .array(tokens)), ("token_logprobs", .array(lps)), ("top_logprobs", .array(tops)),
-                               ("text_offset", .array(offsets))]))
+    return (.object(JSONObject([("tokens", .array(tokens)), ("token_logprobs", .array(lps)), ("top_logprobs", .array(tops)),
+                                ("text_offset", .array(offsets))])), at)
   }
 
   /// The prompt's part of an echoed completion: the first token has no logprob (null), the others theirs.
   static func echoLogprobs(_ prompt: [Int32], _ entries: [TokenLogprob], _ want: Bool, _ s: ServerState) -> JSONValue {
     guard want, let first = prompt.first else { return .null }
-    let rest = completionLogprobs(entries, offset: tokenText(first, s).count, s)
+    let rest = completionLogprobs(entries, offset: tokenText(first, s).count, s).json
     func list(_ k: String) -> [JSONValue] { rest[k]?.array ?? [] }
     return .object(JSONObject([("tokens", .array([.string(tokenText(first, s))] + list("tokens"))),
                                ("token_logprobs", .array([.null] + list("token_logprobs"))),

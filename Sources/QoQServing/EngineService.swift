@@ -123,22 +123,15 @@ public final class EngineService: @unchecked Sendable {
         }
       }
       for t in gone {
-        if let id = t.engineId, let (c, _) = streams[id] {
+        if let id = t.engineId, streams[id] != nil {
           engine.cancel(id)
-          streams[id] = nil
-          out.finish(c)
-          metrics.requests.add(1, label: "cancelled")
+          end(id, outcome: "cancelled", last: nil, at: nil, &out)
         }
       }
       if let limit = requestTimeout {
         let now = Date()
-        for (id, (c, t)) in streams where now.timeIntervalSince(t.arrival) > limit {
-          if let e = try? engine.finishEarly(id, reason: .length) {
-            metrics.requests.add(1, label: "timeout")
-            metrics.e2e.observe(now.timeIntervalSince(t.arrival))
-            streams[id] = nil
-            out.yield(c, e); out.finish(c)
-          }
+        for (id, (_, t)) in streams where now.timeIntervalSince(t.arrival) > limit {
+          if let e = try? engine.finishEarly(id, reason: .length) { end(id, outcome: "timeout", last: e, at: now, &out) }
         }
       }
       updateStats()
@@ -170,18 +163,11 @@ public final class EngineService: @unchecked Sendable {
           metrics.generatedTokens.add(1)
           delivered.yield(c, e)
         case .finished(let id, let reason, _, _):
-          guard let (c, t) = streams[id] else { continue }
-          metrics.requests.add(1, label: reason.rawValue)   // counted before the client can see the end
-          metrics.e2e.observe(now.timeIntervalSince(t.arrival))
-          streams[id] = nil
-          delivered.yield(c, e); delivered.finish(c)
+          end(id, outcome: reason.rawValue, last: e, at: now, &delivered)
         case .logprobs(let id, _, _):
           if let (c, _) = streams[id] { delivered.yield(c, e) }
         case .rejected(let id, _):
-          guard let (c, _) = streams[id] else { continue }
-          metrics.requests.add(1, label: "rejected")
-          streams[id] = nil
-          delivered.yield(c, e); delivered.finish(c)
+          end(id, outcome: "rejected", last: e, at: nil, &delivered)
         }
       }
       updateStats()
@@ -189,6 +175,16 @@ public final class EngineService: @unchecked Sendable {
       lock.unlock()
       delivered.deliver()
     }
+  }
+
+  /// Ends a request's stream (engine thread, lock held): counts its outcome before the client can see the end,
+  /// records its end-to-end latency when `now` is given, queues its last event and the finish, forgets it.
+  private func end(_ id: Int, outcome: String, last: EngineEvent?, at now: Date?, _ out: inout Outbox) {
+    guard let (c, t) = streams.removeValue(forKey: id) else { return }
+    metrics.requests.add(1, label: outcome)
+    if let now { metrics.e2e.observe(now.timeIntervalSince(t.arrival)) }
+    if let e = last { out.yield(c, e) }
+    out.finish(c)
   }
 
   /// Called on the engine thread with the lock held.

@@ -61,6 +61,8 @@ public final class ServingMetrics: @unchecked Sendable {
                       ("qoq_kv_pages_used", "KV cache pages in use.", pagesUsed), ("qoq_kv_pages_total", "KV cache pages in the pool.", pagesTotal)] {
       s += "# HELP \(n) \(h)\n# TYPE \(n) gauge\n\(n) \(v)\n"
     }
+    s += "# HELP qoq_kv_cache_usage_ratio KV cache pages in use over the pool (vLLM's kv_cache_usage_perc).\n"
+    s += "# TYPE qoq_kv_cache_usage_ratio gauge\nqoq_kv_cache_usage_ratio \(Double(pagesUsed) / Double(max(1, pagesTotal)))\n"
     s += requests.render(labelName: "outcome") + promptTokens.render(labelName: "") + generatedTokens.render(labelName: "")
     s += httpErrors.render(labelName: "status") + ttft.render() + itl.render() + e2e.render()
     return s

@@ -169,7 +169,7 @@ public enum OpenAIParse {
       guard let n = lp.int, n >= 0, n <= 20 else { throw APIError(400, "logprobs must be an integer in 0…20", param: "logprobs") }
       logprobs = n
     }
-    let explicit = !(v["max_tokens"]?.isNull ?? true) || !(v["max_completion_tokens"]?.isNull ?? true)
+    let explicit = explicitMaxTokens(v)
     var p = try sampling(v, limits: limits, defaultMaxTokens: 16)
     // lm-evaluation-harness may score prompts with echo + max_tokens 0: nothing is generated.
     guard p.maxTokens > 0 || echo else { throw APIError(400, "max_tokens must be positive (0 only with echo)", param: "max_tokens") }
@@ -181,6 +181,11 @@ public enum OpenAIParse {
     return CompletionRequest(model: try model(v), prompts: prompts, params: p, explicitMaxTokens: explicit, stream: stream,
                              includeUsage: try includeUsage(v), echo: echo, logprobs: logprobs, scoreOnly: scoreOnly,
                              ignoreEOS: try flag(v, "ignore_eos") ?? false, n: n)
+  }
+
+  /// max_tokens (or max_completion_tokens) was given, rather than defaulted.
+  static func explicitMaxTokens(_ v: JSONValue) -> Bool {
+    !(v["max_tokens"]?.isNull ?? true) || !(v["max_completion_tokens"]?.isNull ?? true)
   }
 
   public static func flag(_ v: JSONValue, _ k: String) throws -> Bool? {
@@ -202,7 +207,11 @@ public enum OpenAIParse {
   }
 
   public static func chat(_ data: Data, limits: ServingLimits = ServingLimits()) throws -> ChatRequest {
-    let v = try body(data, limits: limits)
+    try chat(json: try body(data, limits: limits), limits: limits)
+  }
+
+  /// A chat request from a body already parsed (and size-checked) as a JSON object.
+  public static func chat(json v: JSONValue, limits: ServingLimits) throws -> ChatRequest {
     guard let ms = v["messages"]?.array, !ms.isEmpty else { throw APIError(400, "messages must be a non-empty list", param: "messages") }
     var messages: [(String, String)] = []
     for (i, m) in ms.enumerated() {
@@ -224,7 +233,7 @@ public enum OpenAIParse {
       }
       messages.append((role, content))
     }
-    let explicit = !(v["max_tokens"]?.isNull ?? true) || !(v["max_completion_tokens"]?.isNull ?? true)
+    let explicit = explicitMaxTokens(v)
     let p = try sampling(v, limits: limits, defaultMaxTokens: limits.maxTokens)
     guard p.maxTokens > 0 else { throw APIError(400, "max_tokens must be positive", param: "max_tokens") }
     var top: Int?
@@ -257,37 +266,31 @@ public enum OpenAIParse {
 }
 
 /// Response bodies and streaming chunks.
+/// What every response and chunk of one request shares: {id, object, created, model, choices[, usage]}.
+public struct ResponseHead: Sendable {
+  public let id: String, model: String, created: Int
+  public init(id: String, model: String, created: Int) { self.id = id; self.model = model; self.created = created }
+  public func body(_ object: String, choices: [JSONValue], usage: JSONValue? = nil) -> JSONValue {
+    var o = JSONObject([("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
+                        ("choices", .array(choices))])
+    if let u = usage { o["usage"] = u }
+    return .object(o)
+  }
+}
+
 public enum OpenAIResponse {
   public static func usage(prompt: Int, completion: Int) -> JSONValue {
     .object(JSONObject([("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completion)), ("total_tokens", .int(prompt + completion))]))
   }
 
-  public static func completion(id: String, model: String, created: Int, text: String, finish: String?, logprobs: JSONValue = .null,
-                                usage: JSONValue?, index: Int = 0) -> JSONValue {
-    var o = JSONObject([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)), ("model", .string(model)),
-                        ("choices", .array([.object(JSONObject([("index", .int(index)), ("text", .string(text)), ("logprobs", logprobs),
-                                                                ("finish_reason", finish.map { .string($0) } ?? .null)]))]))])
-    if let u = usage { o["usage"] = u }
-    return .object(o)
+  /// A /v1/completions choice: a whole answer or a streamed piece.
+  public static func completionChoice(index: Int, text: String, logprobs: JSONValue = .null, finish: String?) -> JSONValue {
+    .object(JSONObject([("index", .int(index)), ("text", .string(text)), ("logprobs", logprobs), ("finish_reason", finish.map { .string($0) } ?? .null)]))
   }
 
-  public static func chat(id: String, model: String, created: Int, content: String, finish: String?, usage: JSONValue?) -> JSONValue {
-    var o = JSONObject([("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)), ("model", .string(model)),
-                        ("choices", .array([.object(JSONObject([("index", .int(0)),
-                                                                ("message", .object(JSONObject([("role", .string("assistant")), ("content", .string(content))]))),
-                                                                ("finish_reason", finish.map { .string($0) } ?? .null)]))]))])
-    if let u = usage { o["usage"] = u }
-    return .object(o)
-  }
-
-  /// A chat streaming chunk: the first carries the role, later ones the content delta, the last the finish reason.
-  public static func chatChunk(id: String, model: String, created: Int, role: Bool, content: String?, finish: String?) -> JSONValue {
-    var delta = JSONObject()
-    if role { delta["role"] = .string("assistant") }
-    if let c = content { delta["content"] = .string(c) }
-    return .object(JSONObject([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)), ("model", .string(model)),
-                               ("choices", .array([.object(JSONObject([("index", .int(0)), ("delta", .object(delta)),
-                                                                       ("finish_reason", finish.map { .string($0) } ?? .null)]))]))]))
+  /// A chat choice: `message` (a whole answer) or `delta` (a streamed chunk) with its content.
+  public static func chatChoice(index: Int, _ key: String, _ content: JSONObject, logprobs: JSONValue = .null, finish: String?) -> JSONValue {
+    .object(JSONObject([("index", .int(index)), (key, .object(content)), ("logprobs", logprobs), ("finish_reason", finish.map { .string($0) } ?? .null)]))
   }
 
   /// One server-sent event.
