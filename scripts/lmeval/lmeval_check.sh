@@ -3,14 +3,19 @@
 # with the server's own tokenizer (tokenizer_backend=remote: /tokenizer_info, /tokenize, /detokenize) and token-id
 # requests (echo + logprobs). The same task is scored in-process by `qoq eval --tasks` (the reference forward);
 # acc and acc_norm must agree.
-# Needs lm_eval installed in a venv of its own (QOQ_LMEVAL_PY, default /work/refvenv/bin/python: it brings torch).
+# lm_eval (which brings torch) is installed from PyPI into a venv of its own, ~/.cache/qoq/lmeval-venv, unless
+# QOQ_LMEVAL_PY names a python that already has it.
 #   scripts/lmeval/lmeval_check.sh [MODEL]   (default: the FP SmolLM2 folder; a QoQ checkpoint also works, but then
 #   the server's integer kernels and the fake-quantized reference may differ on a close item)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CACHE="${QOQ_CACHE:-$HOME/.cache/qoq}"
-PY="${QOQ_LMEVAL_PY:-/work/refvenv/bin/python}"
-"$PY" -c "import lm_eval" 2>/dev/null || { echo "lm_eval is not installed for $PY (pip install lm_eval)" >&2; exit 1; }
+PY="${QOQ_LMEVAL_PY:-$CACHE/lmeval-venv/bin/python}"
+if ! "$PY" -c "import lm_eval, tenacity" 2>/dev/null; then
+  [ -z "${QOQ_LMEVAL_PY:-}" ] || { echo "lm_eval is not installed for $PY" >&2; exit 1; }
+  python3 -m venv "$CACHE/lmeval-venv"
+  "$CACHE/lmeval-venv/bin/pip" install --quiet "torch==2.13.0+cpu" "lm_eval[api]==0.4.13" >&2
+fi
 CKPT="${1:-$CACHE/smollm2/hf}"
 OUT="$CACHE/lmeval"; mkdir -p "$OUT/tasks"
 python3 scripts/lmeval/make_task.py ../shared/data/calibration/wikitext-2-valid.tokens.txt "$OUT/qoq_mc.jsonl" 40
