@@ -2,18 +2,43 @@
 // QoQ for Swift: load, quantize (QoQ W4A8KV4), evaluate and serve Llama-family models.
 import PackageDescription
 
-// Kernel targets are compiled with explicit x86 ISA flags (see ../shared/specs/swift-perf.md §1): without them
-// SIMD16<Float> FMAs become libcalls and the intel intrinsics crash the compiler. "-O" makes the kernels fast
-// even in debug `swift test` builds. On other architectures the portable SIMD paths are used.
+// Instruction sets (../shared/specs/swift-perf.md §1). The package is built for the machine it is built on, like
+// llama.cpp's GGML_NATIVE: the AVX-512 VNNI/BF16 kernels where the CPU has them (`QOQ_AVX512`), otherwise AVX2/FMA
+// code generation with the portable kernel paths, otherwise plain x86-64. QOQ_ISA=avx512|avx2|portable overrides the
+// detection (to build for another machine). A binary run on a CPU that lacks what it was built for stops at start-up
+// with a message naming the missing feature (Sources/CShim/shim.c), never with SIGILL. "-O" makes the kernels fast
+// even in debug `swift test` builds.
 #if arch(x86_64)
-let isa: [String] = ["-Xcc", "-mavx512f", "-Xcc", "-mavx512bw", "-Xcc", "-mavx512vl", "-Xcc", "-mavx512dq",
-                     "-Xcc", "-mavx512vnni", "-Xcc", "-mavx512bf16", "-Xcc", "-mavxvnni",
-                     "-Xcc", "-mfma", "-Xcc", "-mf16c", "-Xcc", "-mbmi2"]
+import Foundation
+let cpuFlags: Set<String> = {
+  guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+        let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
+  return Set(line.split(separator: " ").map(String.init))
+}()
+let avx512Needs = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "fma", "f16c", "bmi2"]
+let avx2Needs = ["avx2", "fma", "f16c", "bmi2"]
+let isaChoice: String = {
+  if let forced = ProcessInfo.processInfo.environment["QOQ_ISA"], !forced.isEmpty { return forced }
+  // Where /proc/cpuinfo is unreadable (macOS), keep the AVX2 baseline.
+  if cpuFlags.isEmpty { return "avx2" }
+  if avx512Needs.allSatisfy(cpuFlags.contains) { return "avx512" }
+  return avx2Needs.allSatisfy(cpuFlags.contains) ? "avx2" : "portable"
+}()
+let avx2Flags = ["-mavx2", "-mfma", "-mf16c", "-mbmi2"]
+let avx512Flags = avx2Flags + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512bf16"]
+  + (cpuFlags.contains("avx_vnni") ? ["-mavxvnni"] : [])
+let isaClang: [String] = isaChoice == "avx512" ? avx512Flags : isaChoice == "avx2" ? avx2Flags : []
+let isa: [String] = isaClang.flatMap { ["-Xcc", $0] }
+let isaDefines: [SwiftSetting] = isaChoice == "avx512" ? [.define("QOQ_AVX512")] : []
+// The start-up check in CShim knows which features this build needs.
+let shimDefines: [CSetting] = isaChoice == "avx512" ? [.define("QOQ_REQUIRE_AVX512")] : isaChoice == "avx2" ? [.define("QOQ_REQUIRE_AVX2")] : []
 #else
 let isa: [String] = []
+let isaDefines: [SwiftSetting] = []
+let shimDefines: [CSetting] = []
 #endif
-let fast: [SwiftSetting] = [.unsafeFlags(isa + ["-O"])]
-let isaOnly: [SwiftSetting] = [.unsafeFlags(isa)]
+let fast: [SwiftSetting] = [.unsafeFlags(isa + ["-O"])] + isaDefines
+let isaOnly: [SwiftSetting] = [.unsafeFlags(isa)] + isaDefines
 
 let package = Package(
   name: "QoQ",
@@ -32,7 +57,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
   ],
   targets: [
-    .target(name: "CShim"),
+    .target(name: "CShim", cSettings: shimDefines),
     // Hot kernels: SGEMM, vector ops. Scalar twins live next to each fast kernel.
     .target(name: "QoQKernels", dependencies: ["CShim"], swiftSettings: fast),
     // Checkpoint formats: safetensors, GGUF (+ ggml block dequantization), config.json, JSON, atomic writes.
@@ -87,6 +112,10 @@ let package = Package(
                                                        .product(name: "AsyncHTTPClient", package: "async-http-client"), "QoQScheduler", "QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport"],
+                swiftSettings: isaOnly),
+    // Hostile input, class by class (issue #13): the real binary, files built to break it, the server under abuse.
+    .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer",
+                                                        "QoQEngine", "QoQScheduler", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

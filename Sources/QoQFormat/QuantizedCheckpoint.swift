@@ -123,8 +123,9 @@ public enum QuantizedCheckpoint {
   /// `fp` holds every non-quantized tensor by HF name; `quantized` maps module names to their weights.
   public static func write(to output: String, config: LlamaConfiguration, quantization: QuantizationConfig,
                            fp: [String: [Float]], quantized: [String: QuantizedWeight], biases: [String: [Float]],
-                           recipeYAML: String, tokenizerFrom source: String?, overwrite: Bool) throws {
-    try atomicWriteFolder(output, overwrite: overwrite) { tmp in
+                           recipeYAML: String, tokenizerFrom source: String?, overwrite: Bool, inputs: [String] = [],
+                           extraFiles: [(String, Data)] = []) throws {
+    try OutputFolder.write(output, force: overwrite, inputs: inputs + [source].compactMap { $0 }, command: "quantize") { tmp in
       var blobs: [TensorBlob] = []
       for (name, v) in fp { blobs.append(TensorBlob(name: name, shape: tensorShape(name, config), floats: v)) }
       for (module, q) in quantized {
@@ -138,6 +139,7 @@ public enum QuantizedCheckpoint {
       try atomicWrite(tmp + "/config.json", data: Data(JSON.serialize(cfg, pretty: true).utf8))
       try atomicWrite(tmp + "/recipe.yaml", data: Data(recipeYAML.utf8))
       try copyTokenizer(from: source, to: tmp)
+      for (name, data) in extraFiles { try atomicWrite(tmp + "/" + name, data: data) }
     }
   }
 

@@ -48,23 +48,3 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
   /// Uniform in [0, n).
   public mutating func int(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
 }
-
-/// Builds a folder atomically: `body` fills a temporary sibling folder, which is then renamed to `output`
-/// (replacing it when `overwrite`). On failure the temporary folder is removed and `output` is untouched.
-public func atomicWriteFolder(_ output: String, overwrite: Bool, _ body: (String) throws -> Void) throws {
-  let fm = FileManager.default
-  if fm.fileExists(atPath: output) && !overwrite { throw QoQError("\(output) already exists (pass --force to replace it)") }
-  let parent = URL(fileURLWithPath: output).deletingLastPathComponent().path
-  try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
-  let tmp = output + ".tmp-\(getpid())"
-  try? fm.removeItem(atPath: tmp)
-  try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-  do {
-    try body(tmp)
-    if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
-    try fm.moveItem(atPath: tmp, toPath: output)
-  } catch {
-    try? fm.removeItem(atPath: tmp)
-    throw error
-  }
-}

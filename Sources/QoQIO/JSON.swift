@@ -272,6 +272,8 @@ public enum JSON {
     case .bool(let b): out += b ? "true" : "false"
     case .int(let i): out += String(i)
     case .double(let d):
+      // JSON has no NaN or infinity: they are written as null (callers that can produce them say why beside it).
+      if !d.isFinite { out += "null"; return }
       if d.rounded() == d && abs(d) < 1e15 { out += String(format: "%.1f", d) } else { out += "\(d)" }
     case .string(let s): writeString(s, into: &out)
     case .array(let a):

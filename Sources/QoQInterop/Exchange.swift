@@ -22,6 +22,7 @@ public enum Interop {
 
   /// Our checkpoint → QServe folder (config, tokenizer, model.safetensors with qweight/s1/s2 tensors).
   public static func exportQServe(from src: String, to dst: String, order: S2Order, allowUnfoldedNorms: Bool, overwrite: Bool) throws -> [String] {
+    try OutputFolder.check(dst, force: overwrite, inputs: [src])
     let (c, q, st) = try open(src)
     guard let wf = q.weight else { throw QoQError("\(src): no quantized weights to export") }
     var warnings: [String] = []
@@ -35,7 +36,7 @@ public enum Interop {
         throw QoQError("\(src): \(n) is not all ones; QServe skips norm weights, so they must be folded (quantize with rotation), or pass --allow-unfolded-norms")
       }
     }
-    try atomicWriteFolder(dst, overwrite: overwrite) { tmp in
+    try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to qserve") { tmp in
       var blobs = try passThrough(st, c)
       for m in modules(c) {
         let out = try st.info(m + ".qweight").shape[0]
@@ -65,12 +66,13 @@ public enum Interop {
 
   /// Our W4A16 g128 checkpoint (AWQ, GPTQ, RTN) → TinyChat folder.
   public static func exportTinyChat(from src: String, to dst: String, overwrite: Bool) throws {
+    try OutputFolder.check(dst, force: overwrite, inputs: [src])
     let (c, q, st) = try open(src)
     guard case .asym(4, let g?) = q.weight, g == 128 else {
       throw QoQError("\(src): TinyChat takes uint4 asymmetric weights in groups of 128 (W4A16 g128), not \(q.weight.map { "\($0)" } ?? "FP")")
     }
     if q.actBits != nil { throw QoQError("\(src): TinyChat runs W4A16; this checkpoint quantizes activations too") }
-    try atomicWriteFolder(dst, overwrite: overwrite) { tmp in
+    try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to tinychat") { tmp in
       var blobs = try passThrough(st, c)
       for m in modules(c) {
         let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]

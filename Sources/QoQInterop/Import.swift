@@ -18,6 +18,7 @@ extension Interop {
   /// deepcompressor's folder (model.pt, scale.pt) + the original model's folder (config, tokenizer) → our checkpoint.
   public static func importDeepCompressor(quantPath: String, configFrom hf: String, to dst: String, runtime: RuntimeQuantization,
                                           overwrite: Bool) throws {
+    try OutputFolder.check(dst, force: overwrite, inputs: [quantPath, hf])
     let c = try LlamaConfiguration.load(path: hf + "/config.json")
     let weights = try TorchFile.load(path: quantPath + "/model.pt")
     let scales = try TorchFile.load(path: quantPath + "/scale.pt")
@@ -87,7 +88,7 @@ extension Interop {
     qc.kvAsymmetric = true
     if c.tieWordEmbeddings, fp["lm_head.weight"] != nil { fp["lm_head.weight"] = nil }
     try QuantizedCheckpoint.write(to: dst, config: c, quantization: qc, fp: fp, quantized: quantized, biases: biases,
-                                  recipeYAML: "# imported from deepcompressor: \(quantPath)\n", tokenizerFrom: hf, overwrite: overwrite)
+                                  recipeYAML: "# imported from deepcompressor: \(quantPath)\n", tokenizerFrom: hf, overwrite: overwrite, inputs: [quantPath])
   }
 
   /// Groups per row and group width from a (rows × groups) scale tensor; checks it against the zeros and the width.
@@ -100,6 +101,7 @@ extension Interop {
 
   /// A QServe checkpoint folder (model.safetensors or pytorch_model.bin + config + tokenizer) → our checkpoint.
   public static func importQServe(path: String, to dst: String, order: S2Order?, runtime: RuntimeQuantization, overwrite: Bool) throws {
+    try OutputFolder.check(dst, force: overwrite, inputs: [path])
     var c = try LlamaConfiguration.load(path: path + "/config.json")
     c.torchDtype = "float32"
     var tensors: [String: TorchTensor] = [:]

@@ -2,7 +2,7 @@
 // per lane per instruction, twice the FP32 FMA rate on Zen 4). Same blocking as `sgemm`; A is rounded to bf16 when
 // packed, W once at load. Not used by the FP reference path, whose numbers must match transformers' fp32.
 import CShim
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
@@ -90,7 +90,7 @@ func bf16Kernel8x32(_ ap: UnsafePointer<UInt16>, _ bp: UnsafePointer<UInt16>, _ 
     for i in 0..<256 { scratch[i] = 0 }
     if acc { for r in 0..<rows { for j in 0..<cols { scratch[r * 32 + j] = c[r * ldc + j] } } }
   }
-  #if arch(x86_64)
+  #if QOQ_AVX512
   var c00 = V16(), c01 = V16(), c10 = V16(), c11 = V16(), c20 = V16(), c21 = V16(), c30 = V16(), c31 = V16()
   var c40 = V16(), c41 = V16(), c50 = V16(), c51 = V16(), c60 = V16(), c61 = V16(), c70 = V16(), c71 = V16()
   if acc || !full {

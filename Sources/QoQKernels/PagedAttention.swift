@@ -6,7 +6,7 @@
 //  - fp32: K decoded 16 tokens at a time into a [D][16] tile, 16 scores per FMA chain (any mode; the reference).
 // Softmax in fp32, then out_i = Σ_t p_it·v̂_t with each token's V decoded once for all queries.
 import Foundation
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
@@ -48,7 +48,7 @@ public func pagedAttention(_ f: KVPageFormat, kPages: [UnsafeRawPointer], vPages
   let stride = (L + 15) / 16 * 16
   sc.reserve(queries: nq, stride: stride)
   let scores = sc.scores
-  #if arch(x86_64)
+  #if QOQ_AVX512
   let useInt = integerScores && f.mode == .kv4
   #else
   let useInt = false
@@ -57,7 +57,7 @@ public func pagedAttention(_ f: KVPageFormat, kPages: [UnsafeRawPointer], vPages
   // Scores, 16 tokens at a time.
   for tg in 0..<(stride / 16) {
     let page = kPages[tg * 16 / P], t0 = tg * 16 % P
-    #if arch(x86_64)
+    #if QOQ_AVX512
     if useInt { scoresInt4(f, page, h, t0, sc, nq: nq, scale: scale, out: scores + tg * 16, ldo: stride); continue }
     #endif
     decodeKTile(f, page, h, t0, sc.tile)
@@ -113,7 +113,7 @@ public func pagedAttentionReference(_ f: KVPageFormat, kPages: [UnsafeRawPointer
 }
 
 @inline(__always) func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
-  #if arch(x86_64)
+  #if QOQ_AVX512
   let va = _mm512_set1_ps(a)
   for d in stride(from: 0, to: n, by: 16) { _mm512_storeu_ps(y + d, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d))) }
   #else
@@ -124,7 +124,7 @@ public func pagedAttentionReference(_ f: KVPageFormat, kPages: [UnsafeRawPointer
 /// K of tokens t0..<t0+16 of head h as a [D][16] fp32 tile.
 func decodeKTile(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: Int, _ tile: UnsafeMutablePointer<Float>) {
   let D = f.headDim, P = f.pageSize, codes = page + h * f.codeBytesPerHead
-  #if arch(x86_64)
+  #if QOQ_AVX512
   switch f.mode {
   case .fp16:
     for d in 0..<D { _mm512_storeu_ps(tile + d * 16, _mm512_cvtph_ps((codes + (d * P + t0) * 2).loadUnaligned(as: __m256i.self))) }
@@ -153,7 +153,7 @@ func decodeKTile(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: In
 /// 16 scores (one per token of the tile) of query q.
 @inline(__always) func scoresFromTile(_ tile: UnsafePointer<Float>, _ q: UnsafePointer<Float>, _ D: Int, _ scale: Float,
                                       _ out: UnsafeMutablePointer<Float>) {
-  #if arch(x86_64)
+  #if QOQ_AVX512
   var a = _mm512_setzero_ps(), b = _mm512_setzero_ps()
   for d in stride(from: 0, to: D, by: 2) {
     a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(tile + d * 16), a)
@@ -165,7 +165,7 @@ func decodeKTile(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: In
   #endif
 }
 
-#if arch(x86_64)
+#if QOQ_AVX512
 /// Integer scores of all queries for tokens t0..<t0+16 of a KV4 K page: codes unpacked once into D/4 zmm
 /// (low/high nibbles per 8-channel chunk), then D/4 vpdpbusd per query.
 func scoresInt4(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: Int, _ sc: AttentionScratch, nq: Int,
@@ -197,7 +197,7 @@ func scoresInt4(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: Int
 /// V of token t of head h, dequantized into row (D floats).
 func decodeVRow(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t: Int, _ row: UnsafeMutablePointer<Float>) {
   let D = f.headDim, P = f.pageSize, codes = page + h * f.codeBytesPerHead
-  #if arch(x86_64)
+  #if QOQ_AVX512
   switch f.mode {
   case .fp16:
     for d in stride(from: 0, to: D, by: 16) { _mm512_storeu_ps(row + d, _mm512_cvtph_ps((codes + (t * D + d) * 2).loadUnaligned(as: __m256i.self))) }

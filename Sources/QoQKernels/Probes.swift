@@ -1,13 +1,13 @@
 // Machine ceilings measured at run time (qserve.md §8.2): the denominators of the kernel efficiency claims.
 import Foundation
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
 /// vpdpbusd peak of one thread, in int8 GOPS (2 ops per multiply-accumulate, 64 per instruction): 12 independent
 /// accumulator chains. 0 on machines without VNNI-512.
 public func measureVNNIPeak(iterations: Int = 10_000_000) -> Double {
-  #if arch(x86_64)
+  #if QOQ_AVX512
   let a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2)
   var c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0
   let t = Date()
@@ -43,7 +43,7 @@ public func measureReadBandwidth(bytes: Int = 1 << 30, rounds: Int = 5) -> Doubl
       ThreadPool.shared.run2 { tid in
         guard tid < parts else { return }
         let lo = n / 512 * tid / parts * 512, hi = n / 512 * (tid + 1) / parts * 512
-        #if arch(x86_64)
+        #if QOQ_AVX512
         var a = _mm512_setzero_si512(), b = a, c = a, d = a
         var p = lo
         if variant == 0 {

@@ -2,7 +2,7 @@
 // per row, and int32 sums per 32-element block (the zero-point term Σ_g z·Σx of asymmetric weights, §8.1).
 // The rounding matches the fake quantizer the accuracy was measured with (QoQFormat.fakeQuantizePerToken):
 // s = fp16(max|x|/127) (0 → 1), code = clamp(rne(x/s), −127, 127).
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
@@ -40,7 +40,7 @@ public final class QuantizedRows: @unchecked Sendable {
     let k = self.k
     var amax: Float = 0
     var i = 0
-    #if arch(x86_64)
+    #if QOQ_AVX512
     var vm = _mm512_setzero_ps()
     while i + 16 <= k { vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_loadu_ps(x + i))); i += 16 }
     amax = _mm512_reduce_max_ps(vm)
@@ -51,7 +51,7 @@ public final class QuantizedRows: @unchecked Sendable {
     scale[r] = s
     let c = codes + r * k, bs = blockSums + r * blocks
     var b0 = 0
-    #if arch(x86_64)
+    #if QOQ_AVX512
     let vs = _mm512_set1_ps(s), lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127)
     while b0 < k {
       var acc = _mm512_setzero_si512()

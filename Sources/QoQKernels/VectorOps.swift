@@ -1,27 +1,27 @@
 // Row-wise vector kernels used by the FP forward pass. Each has a scalar twin in `Reference`.
 import Foundation
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
 // Lane-wise max/min: Swift's generic SIMD `pointwiseMax`/`.max()` compile to per-lane loops, so use the
 // intrinsics where we have them.
 @inline(__always) func vmax(_ a: V16, _ b: V16) -> V16 {
-  #if arch(x86_64)
+  #if QOQ_AVX512
   return _mm512_max_ps(a, b)
   #else
   return pointwiseMax(a, b)
   #endif
 }
 @inline(__always) func vmin(_ a: V16, _ b: V16) -> V16 {
-  #if arch(x86_64)
+  #if QOQ_AVX512
   return _mm512_min_ps(a, b)
   #else
   return pointwiseMin(a, b)
   #endif
 }
 @inline(__always) func hmax(_ a: V16) -> Float {
-  #if arch(x86_64)
+  #if QOQ_AVX512
   return _mm512_reduce_max_ps(a)
   #else
   return a.max()

@@ -2,7 +2,7 @@
 // (same streaming layout, fp scale s_g and post-scale zero z_g per row and group) times fp32 activations:
 //   y = Σ_g (s_g·Σ_{i∈g} q_i·x_i − z_g·Σ_{i∈g} x_i)  with the inner sums in fp32 FMAs.
 // Codes become floats in registers (shift, mask, convert), 16 output rows per zmm as in the integer kernels.
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
@@ -13,7 +13,7 @@ extension PackedW4A8 {
     if m == 0 { return }
     let gs = groupSums(x, rows: m); defer { gs.deallocate() }
     ThreadPool.shared.parts(blocks) { range in
-      #if arch(x86_64)
+      #if QOQ_AVX512
       forEachWeightRun(range, blockBytes: self.k * 8, tokens: m) { r, rows, run in
         self.fpKernel4(x, gs, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
       }
@@ -31,7 +31,7 @@ extension PackedW4A8 {
     return gs
   }
 
-  #if arch(x86_64)
+  #if QOQ_AVX512
   func fpKernel4(_ x: UnsafePointer<Float>, _ gs: UnsafePointer<Float>, _ r0: Int, _ b0: Int, _ b1: Int,
                  _ y: UnsafeMutablePointer<Float>, _ ldy: Int, rows: Int) {
     let k = self.k, ng = groups, cpg = group / 8

@@ -7,7 +7,7 @@
 // Layout streams (§8.3): blocks of 16 output rows × 8 inputs in 64 bytes, byte 4r+j = w[r][k+j] (low nibble) |
 // w[r][k+4+j] (high nibble); blocks ordered [N/16][K/8], so a thread walks one contiguous run of memory per 16 rows,
 // every 32-bit lane of a zmm is one output row and activations enter as 4-byte broadcasts: no horizontal sums.
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
@@ -92,7 +92,7 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
     let m = a.m
     if m == 0 { return }
     ThreadPool.shared.parts(blocks) { range in
-      #if arch(x86_64)
+      #if QOQ_AVX512
       // One token: the GEMV streams weights once. More: four token rows per weight decode (padding rows of
       // QuantizedRows are readable, their results are not stored).
       if m == 1 { self.kernel1(a, 0, range.lowerBound, range.upperBound, y, ldy) } else {
@@ -112,7 +112,7 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
     for i in 0..<cnt { y[r * ldy + base + i] = vals[i] + (bias?[base + i] ?? 0) }
   }
 
-  #if arch(x86_64)
+  #if QOQ_AVX512
   /// y[r][16·rb …] = v·α·s_x (+ bias), masked at n.
   @inline(__always) func emit(_ v: __m512, _ a: QuantizedRows, _ rb: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ r: Int) {
     var o = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_loadu_ps(alpha + rb * 16)), _mm512_set1_ps(a.scale[r]))

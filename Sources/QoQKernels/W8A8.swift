@@ -2,7 +2,7 @@
 // stored offset by 128 as the unsigned operand of vpdpbusd: Σ (w+128)·x = Σ w·x + 128·Σx, so
 // y = s_x·s_w·(acc − 128·Σx). Layout: blocks of 16 output rows × 4 inputs in 64 bytes (byte 4r+j = w[r][k+j]+128),
 // ordered [N/16][K/4].
-#if arch(x86_64)
+#if QOQ_AVX512
 import _Builtin_intrinsics.intel
 #endif
 
@@ -35,7 +35,7 @@ public final class PackedW8A8: IntLinearKernel, @unchecked Sendable {
     let m = a.m
     if m == 0 { return }
     ThreadPool.shared.parts(blocks) { range in
-      #if arch(x86_64)
+      #if QOQ_AVX512
       forEachWeightRun(range, blockBytes: self.k * 16, tokens: m) { r, rows, run in
         self.kernel4(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
       }
@@ -45,7 +45,7 @@ public final class PackedW8A8: IntLinearKernel, @unchecked Sendable {
     }
   }
 
-  #if arch(x86_64)
+  #if QOQ_AVX512
   /// y[r][16·rb …] = (p − 128·Σx)·s_w·s_x (+ bias), masked at n.
   @inline(__always) func emit(_ p: __m512i, _ a: QuantizedRows, _ rb: Int, _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ r: Int) {
     let acc = _mm512_sub_epi32(p, _mm512_set1_epi32(128 &* a.sum(r, 0, k)))

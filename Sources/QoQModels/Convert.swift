@@ -9,9 +9,7 @@ public enum ConvertDType: String, Sendable, CaseIterable { case f32, f16, bf16 }
 
 public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDType = .f32, overwrite: Bool = false,
                             progress: ((Int, Int, String) -> Void)? = nil) throws {
-  if FileManager.default.fileExists(atPath: output) && !overwrite {
-    throw QoQError("\(output) already exists (pass --force to replace it)")
-  }
+  try OutputFolder.check(output, force: overwrite, inputs: [path])
   let g = try GGUFFile(path: path)
   let src = try GGUFWeights(g)
   let config = src.config
@@ -19,7 +17,7 @@ public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDTy
   let tokJSON = try tokenizerJSON(gguf: g)
   _ = try Tokenizer.load(tokenizerJSON: tokJSON, config: nil, what: path)  // must load before we write anything
 
-  try atomicWriteFolder(output, overwrite: overwrite) { tmp in
+  try OutputFolder.write(output, force: overwrite, inputs: [path], command: "convert") { tmp in
     var blobs: [TensorBlob] = []
     let names = src.tensorNames.filter { !isIgnorable($0, config) }
     for (i, name) in names.enumerated() {

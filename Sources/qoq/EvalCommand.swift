@@ -92,7 +92,11 @@ struct EvalCommand: ParsableCommand {
           ("perplexity", .double(r.perplexity)), ("standard_error", .double(r.standardError)),
           ("mean_ce", .array(r.meanCE.map { .double($0) })), ("seconds", .double(r.seconds)),
         ])
-        print(JSON.serialize(.object(o), pretty: true))
+        var out = o
+        if !r.perplexity.isFinite {
+          out["error"] = .string("the perplexity is not finite (the model produced NaN or infinite logits); it is written as null")
+        }
+        print(JSON.serialize(.object(out), pretty: true))
       } else {
         print("wikitext-2 \(p.rawValue) seq_len=\(seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity)) ± \(String(format: "%.4f", r.standardError))  (\(String(format: "%.1f", r.seconds)) s, \(String(format: "%.2f", r.seconds / Double(r.windows))) s/window)")
       }

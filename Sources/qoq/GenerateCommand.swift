@@ -56,6 +56,7 @@ struct GenerateCommand: ParsableCommand {
       let e = try Engine(model: model, tokenizer: tok, options: engine.options)
       var ids: [Int: Int] = [:]  // request id → prompt index
       var promptTokens = 0
+      var rejected = 0
       // --chat: the model's own chat template (tokenizer_config.json or GGUF), ChatML when it has none.
       let template = chat ? (try ChatTemplate.forModel(path: modelPath) ?? ChatTemplate.chatML) : nil
       let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
@@ -71,6 +72,7 @@ struct GenerateCommand: ParsableCommand {
         } catch let err as QoQError {
           // One bad prompt does not stop the others.
           note("prompt \(i + 1): \(err.message)")
+          rejected += 1
         }
       }
       let streaming = texts.count == 1 && !json
@@ -96,12 +98,15 @@ struct GenerateCommand: ParsableCommand {
           }
         case .rejected(let id, let reason):
           note("prompt \((ids[id] ?? -1) + 1): rejected: \(reason)")
+          rejected += 1
         case .logprobs: break
         }
       }
       let dt = Date().timeIntervalSince(t0)
       note(String(format: "%d requests, %d prompt tokens, %d generated in %.2f s (%.1f tokens/s overall; first token after %.2f s; %d steps, %d preemptions)",
                   ids.count, promptTokens, generated, dt, Double(generated) / max(dt, 1e-9), firstToken ?? 0, e.stepsRun, e.preemptions))
+      // Nothing was generated for anyone: that is a failure, not a run.
+      if rejected == texts.count { throw QoQError("every prompt (\(texts.count)) was rejected") }
     }
   }
 }

@@ -12,10 +12,15 @@ struct QoQ: AsyncParsableCommand {
                   BenchCommand.self, ServeCommand.self])
 }
 
-/// Runs a body and turns QoQError into a clean exit with the message (no stack trace, no crash).
+/// Runs a body and turns its errors into a clean exit with a one-line message (no stack trace, no Foundation dump).
 func runReportingErrors(_ body: () throws -> Void) throws {
   do { try body() } catch let e as QoQError {
     FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+    throw ExitCode(1)
+  } catch let e as ExitCode {
+    throw e
+  } catch {
+    FileHandle.standardError.write(Data("error: \(describeFileError(error))\n".utf8))
     throw ExitCode(1)
   }
 }

@@ -30,6 +30,9 @@ struct QuantizeCommand: ParsableCommand {
         resultsPath = args[k + 1]
         args.removeSubrange(k...(k + 1))
       }
+      // --force (not a recipe field): replace a --save-model folder that qoq wrote earlier.
+      let force = args.contains("--force")
+      args.removeAll { $0 == "--force" }
       var files: [String] = []
       var i = 0
       while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
@@ -55,6 +58,9 @@ struct QuantizeCommand: ParsableCommand {
       if !skipEval && !FileManager.default.fileExists(atPath: plan.evalDataset) {
         throw QoQError("evaluation dataset \(plan.evalDataset) does not exist (--eval-dataset, or --skip-eval)")
       }
+      // The save folder is checked before hours of work: never the input, never a folder qoq did not write.
+      let inputs = [modelPath, plan.calib.path, plan.evalDataset]
+      if !save.isEmpty { try OutputFolder.check(save, force: force, inputs: inputs) }
       pipeline.log = { note($0) }
       pipeline.progress = { stage, done, total in Progress.update("\(Progress.bar(done, total)) \(stage) layer \(done)/\(total)"); if done == total { Progress.done() } }
       let t0 = Date()
@@ -94,12 +100,12 @@ struct QuantizeCommand: ParsableCommand {
         }
         try QuantizedCheckpoint.write(to: save, config: out.store.config, quantization: out.quantization, fp: fp,
                                       quantized: out.quantized, biases: biases, recipeYAML: yaml,
-                                      tokenizerFrom: modelPath, overwrite: true)
-        try atomicWrite(save + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8))
+                                      tokenizerFrom: modelPath, overwrite: force, inputs: inputs,
+                                      extraFiles: [("results.json", Data(JSON.serialize(.object(results), pretty: true).utf8))])
         note("saved \(save) (recipe.yaml and results.json beside the weights)")
       } else {
         let dir = (try recipe.string("output.root") ?? "runs") + "/quantize-" + ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try OutputFolder.createFolder(dir)
         try atomicWrite(dir + "/recipe.yaml", data: Data(yaml.utf8))
         try atomicWrite(dir + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8))
         note("resolved recipe and results in \(dir)")

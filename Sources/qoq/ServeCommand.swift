@@ -68,9 +68,10 @@ struct ServeCommand: AsyncParsableCommand {
       FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
       throw ExitCode(1)
     }
-    let banner = "\(o.modelId) on http://\(o.host):%d/v1 (\(o.apiKey == nil ? "no API key" : "API key required"))"
+    // User text (model name, host) is interpolated, never used as a format string.
+    let (name, shownHost, auth) = (o.modelId, o.host, o.apiKey == nil ? "no API key" : "API key required")
     let app = OpenAIServer.application(service: service, tokenizer: tokenizer, template: template, options: o) { port in
-      note("serving " + String(format: banner, port))
+      note("serving \(name) on http://\(shownHost):\(port)/v1 (\(auth))")
     }
     do { try await app.runService() } catch {
       let text = "\(error)"

@@ -68,7 +68,7 @@ struct TableCommand: ParsableCommand {
 
   func run() throws {
     try runReportingErrors {
-      try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+      try OutputFolder.claim(output, inputs: [modelPath, evalDataset, calibPath] + recipes, command: "table")
       var rows: [(method: String, precision: String, recipe: String, ppl: Double?, seconds: Double?)] = []
       // FP row.
       let fpPath = output + "/fp.json"

@@ -11,3 +11,8 @@ __m512 shim_dpbf16_ps(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_p
 static inline __attribute__((always_inline)) void shim_pause(void) { }
 #endif
 static inline __attribute__((always_inline)) void shim_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+/// Whether the CPU (and the OS) supports a feature: "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512dq", "avx512bw",
+/// "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni" (the names of /proc/cpuinfo). Always 0 off x86-64.
+int qoq_cpu_has(const char *name);
+/// The instruction set this build was compiled for: "avx512", "avx2" or "portable".
+const char *qoq_build_isa(void);
