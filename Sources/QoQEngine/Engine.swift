@@ -67,6 +67,8 @@ public final class Engine {
     var sampler: Sampler
     var stopIds: Set<Int32>
     var emitted = ""    // text already reported
+    /// The request's stop strings, fed each step only the newly stable scalars (linear time in the text).
+    var stopMatcher: StopStringMatcher
     var promptCount: Int
     var logprobs = LogprobRequest()
     /// Prompt positions whose log-probability has been reported (1…): a recompute after preemption repeats none.
@@ -82,10 +84,21 @@ public final class Engine {
     guard o.pageSize == model.kvFormat.pageSize else {
       throw QoQError("engine page size \(o.pageSize) differs from the model's KV page format (\(model.kvFormat.pageSize))")
     }
-    let perBlock = KVPool.bytesPerBlock(model.kvFormat, layers: model.config.numHiddenLayers)
+    let perBlock = try KVPool.bytesPerBlock(model.kvFormat, layers: model.config.numHiddenLayers)
+    guard o.kvCacheBytes > 0, o.maxNumSeqs > 0, o.maxBatchedTokens > 0 else {
+      throw QoQError("--kv-cache-bytes, --max-num-seqs and --max-num-batched-tokens must be positive")
+    }
     let blocks = o.numBlocks ?? (o.kvCacheBytes / perBlock)
     guard blocks >= 1 else { throw QoQError("--kv-cache-bytes \(o.kvCacheBytes) holds no page (one page is \(perBlock) bytes)") }
-    model.rope.ensure(min(model.maxContext, blocks * o.pageSize))
+    // The budget is checked before anything is allocated: page ids are Int32, and the pool must fit in memory.
+    guard blocks <= Int(Int32.max) else { throw QoQError("--num-kv-blocks \(blocks) exceeds the limit of \(Int32.max) pages") }
+    let poolBytes = try checkedMul(blocks, perBlock, "the KV pool (--num-kv-blocks × page bytes)")
+    let physical = Int(sysconf(Int32(_SC_PHYS_PAGES))) &* Int(sysconf(Int32(_SC_PAGESIZE)))
+    if physical > 0 && poolBytes > physical {
+      throw QoQError("a KV pool of \(blocks) pages needs \(poolBytes) bytes, more than this machine's memory (\(physical) bytes); " +
+                     "lower --num-kv-blocks or --kv-cache-bytes")
+    }
+    model.rope.ensure(min(model.maxContext, try checkedMul(blocks, o.pageSize, "KV pages × page size")))
     self.model = model; self.tokenizer = tokenizer; options = o
     scheduler = try Scheduler(config: SchedulerConfig(numBlocks: blocks, maxModelLen: model.maxContext, blockSize: o.pageSize,
                                                       maxNumSeqs: o.maxNumSeqs, maxBatchedTokens: o.maxBatchedTokens, policy: o.policy))
@@ -116,7 +129,8 @@ public final class Engine {
       stops.formUnion(tokenizer?.eosTokenIds ?? [])
     }
     requests[id] = Request(sampler: Sampler(params: params, seed: params.seed ?? UInt64(id) &* 0x9E37_79B9_7F4A_7C15),
-                           stopIds: stops, promptCount: prompt.count, logprobs: logprobs)
+                           stopIds: stops, stopMatcher: StopStringMatcher(params.stopStrings), promptCount: prompt.count,
+                           logprobs: logprobs)
     return id
   }
 
@@ -188,15 +202,23 @@ public final class Engine {
       if req.stopIds.contains(token) { reason = .stop }
       let generated = scheduler.generated(of: ch.id) ?? []
       var text = try decodeText(reason == .stop && req.stopIds.contains(token) ? Array(generated.dropLast()) : generated)
-      if let cut = stopStringMatch(text, stops: req.sampler.params.stopStrings) {
-        text = String(text.unicodeScalars[..<cut]); reason = .stop
+      // Stop strings: only the scalars not yet fed go through the matcher; a trailing U+FFFD (a UTF-8 sequence still
+      // incomplete) waits for the next token unless the request ends now.
+      let scalars = text.unicodeScalars
+      var stableEnd = scalars.count
+      if reason == nil && text.hasSuffix("\u{FFFD}") { stableEnd -= 1 }
+      if stableEnd > req.stopMatcher.consumed {
+        let from = scalars.index(scalars.startIndex, offsetBy: req.stopMatcher.consumed)
+        let to = scalars.index(scalars.startIndex, offsetBy: stableEnd)
+        if let cut = req.stopMatcher.feed(scalars[from..<to]) {
+          text = String(scalars.prefix(cut)); reason = .stop
+        }
       }
       // Report only text that can no longer change: no trailing partial UTF-8, no possible stop-string prefix.
       var stable = text
       if reason == nil {
-        if stable.hasSuffix("\u{FFFD}") { stable = String(stable.unicodeScalars.dropLast()) }
-        let hold = stopStringHoldback(stable, stops: req.sampler.params.stopStrings)
-        if hold > 0 { stable = String(stable.unicodeScalars.dropLast(hold)) }
+        let drop = (scalars.count - stableEnd) + req.stopMatcher.holdback
+        if drop > 0 { stable = String(stable.unicodeScalars.dropLast(drop)) }
       }
       var delta = ""
       if stable.unicodeScalars.count > req.emitted.unicodeScalars.count, stable.hasPrefix(req.emitted) {

@@ -16,7 +16,7 @@ public final class KVPool: @unchecked Sendable {
 
   public init(format: KVPageFormat, layers: Int, numBlocks: Int) throws {
     guard numBlocks > 0 else { throw QoQError("the KV pool needs at least one page") }
-    let bytes = layers * 2 * numBlocks * format.pageBytes
+    let bytes = try checkedMul(try KVPool.bytesPerBlock(format, layers: layers), numBlocks, "the KV pool")
     guard bytes < 1 << 40 else { throw QoQError("a KV pool of \(numBlocks) pages needs \(bytes) bytes") }
     self.format = format; self.layers = layers; self.numBlocks = numBlocks
     layerStride = 2 * numBlocks * format.pageBytes
@@ -25,7 +25,9 @@ public final class KVPool: @unchecked Sendable {
   deinit { arena.deallocate() }
 
   /// Bytes of one page across all layers, K and V (what one block of the scheduler costs).
-  public static func bytesPerBlock(_ f: KVPageFormat, layers: Int) -> Int { layers * 2 * f.pageBytes }
+  public static func bytesPerBlock(_ f: KVPageFormat, layers: Int) throws -> Int {
+    try checkedMul(try checkedMul(layers, 2, "KV layers"), f.pageBytes, "KV page bytes across layers")
+  }
 
   @inline(__always) func page(_ layer: Int, _ block: Int32, key: Bool) -> UnsafeMutableRawPointer {
     arena + layer * layerStride + ((key ? 0 : numBlocks) + Int(block)) * format.pageBytes

@@ -61,11 +61,20 @@ public final class CheckpointWeights: @unchecked Sendable {
 
   public func floats(_ name: String) throws -> [Float] {
     guard let f = shardOf[name] else { throw QoQError("\(folder): missing tensor \(name)") }
-    return try f.floats(name)
+    return try requireFinite(try f.floats(name), name: name, in: folder)
   }
 
   public func raw(_ name: String) throws -> UnsafeRawBufferPointer {
     guard let f = shardOf[name] else { throw QoQError("\(folder): missing tensor \(name)") }
     return try f.raw(name)
   }
+}
+
+/// Weights, scales and biases with NaN or ±infinity are refused at load with the tensor's name: they would poison every
+/// activation downstream (and integer conversions of NaN trap).
+public func requireFinite(_ v: [Float], name: String, in source: String) throws -> [Float] {
+  if let i = v.firstIndex(where: { !$0.isFinite }) {
+    throw QoQError("\(source): tensor \(name) holds a non-finite value (\(v[i]) at element \(i)); refusing to load it")
+  }
+  return v
 }

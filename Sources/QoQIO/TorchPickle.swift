@@ -35,10 +35,18 @@ public struct TorchTensor: Sendable, Equatable {
   }
 }
 
+/// A pickled list or dict: a reference, as in Python, so APPEND/SETITEMS on a memoized container mutate it in place
+/// (linear time) and every memo reference sees the same object.
+public final class PickleContainer: @unchecked Sendable {
+  public var items: [PickleValue] = []
+  public var pairs: [(PickleValue, PickleValue)] = []
+  init(items: [PickleValue] = [], pairs: [(PickleValue, PickleValue)] = []) { self.items = items; self.pairs = pairs }
+}
+
 /// The values a restricted pickle may produce.
 public indirect enum PickleValue: Sendable {
   case none, bool(Bool), int(Int), float(Double), string(String), bytes(Data)
-  case list([PickleValue]), tuple([PickleValue]), dict([(PickleValue, PickleValue)])
+  case list(PickleContainer), tuple([PickleValue]), dict(PickleContainer)
   case tensor(TorchTensor)
   case global(String)                          // an allowed callable or class, before it is applied
   case storage(dtype: DType, key: String, count: Int)
@@ -65,22 +73,35 @@ public enum TorchFile {
       throw QoQError("\(path): not a torch zip file (no data.pkl); legacy non-zip torch files are not supported")
     }
     let prefix = String(pkl.dropLast("data.pkl".count))
-    var machine = Unpickler(data: try zip.entry(pkl), what: path) { key in try zip.entry(prefix + "data/" + key) }
+    // Decoded tensors may not exceed a bound proportional to the file: views that expand a small storage (or the
+    // same storage referenced over and over) are refused instead of filling memory.
+    let budget = 4 * file.count + (1 << 20)
+    var machine = Unpickler(data: try zip.entry(pkl), what: path, decodedBudget: budget) { key in try zip.entry(prefix + "data/" + key) }
     let root = try machine.run()
     _ = file
     var out: [String: TorchTensor] = [:]
-    func flatten(_ v: PickleValue, _ name: String) throws {
+    // Containers may share or contain themselves (memo references): a cycle is refused, and the walk is bounded so a
+    // DAG of memo references cannot make it exponential.
+    var visits = 0
+    var onPath = Set<ObjectIdentifier>()
+    func flatten(_ v: PickleValue, _ name: String, depth: Int) throws {
+      visits += 1
+      if visits > 1_000_000 { throw QoQError("\(path): the pickle's structure has more than 1,000,000 entries") }
+      if depth > 64 { throw QoQError("\(path): the pickle nests dicts more than 64 deep") }
       switch v {
       case .tensor(let t): out[name] = t
-      case .dict(let items):
-        for (k, x) in items {
+      case .dict(let d):
+        let id = ObjectIdentifier(d)
+        guard onPath.insert(id).inserted else { throw QoQError("\(path): a dict at \(name.isEmpty ? "top level" : name) contains itself") }
+        defer { onPath.remove(id) }
+        for (k, x) in d.pairs {
           guard let ks = k.string else { throw QoQError("\(path): a dict key at \(name.isEmpty ? "top level" : name) is not a string") }
-          try flatten(x, name.isEmpty ? ks : name + "." + ks)
+          try flatten(x, name.isEmpty ? ks : name + "." + ks, depth: depth + 1)
         }
       default: break  // plain values (counters, metadata) carry no weights
       }
     }
-    try flatten(root, "")
+    try flatten(root, "", depth: 0)
     return out
   }
 }
@@ -135,9 +156,16 @@ struct Unpickler {
   var marks: [Int] = []
   var memo: [Int: PickleValue] = [:]
   var pos = 0
+  /// Bytes of tensor data decoded so far, and the most allowed (see TorchFile.load).
+  var decoded = 0
+  let decodedBudget: Int
+  /// Each storage is read from the archive once, however many tensors view it.
+  var storages: [String: Data] = [:]
+  /// Tensors have at most this many dimensions (torch checkpoints use 1–4).
+  static let maxDims = 16
 
-  init(data: Data, what: String, storage: @escaping (String) throws -> Data) {
-    self.data = data; self.what = what; self.storage = storage
+  init(data: Data, what: String, decodedBudget: Int = .max, storage: @escaping (String) throws -> Data) {
+    self.data = data; self.what = what; self.decodedBudget = decodedBudget; self.storage = storage
   }
 
   mutating func byte() throws -> UInt8 {
@@ -146,7 +174,7 @@ struct Unpickler {
     return data[data.startIndex + pos]
   }
   mutating func take(_ n: Int) throws -> Data {
-    guard n >= 0, pos + n <= data.count else { throw QoQError("\(what): pickle ends early") }
+    guard n >= 0, n <= data.count - pos else { throw QoQError("\(what): pickle ends early (a length of \(n) bytes at \(pos))") }
     defer { pos += n }
     return data.subdata(in: (data.startIndex + pos)..<(data.startIndex + pos + n))
   }
@@ -180,8 +208,8 @@ struct Unpickler {
       case 0x80: _ = try byte()                                      // PROTO
       case 0x95: _ = try take(8)                                     // FRAME
       case 0x2E: return try pop()                                    // STOP
-      case 0x7D: stack.append(.dict([]))                             // EMPTY_DICT
-      case 0x5D: stack.append(.list([]))                             // EMPTY_LIST
+      case 0x7D: stack.append(.dict(PickleContainer()))              // EMPTY_DICT
+      case 0x5D: stack.append(.list(PickleContainer()))              // EMPTY_LIST
       case 0x29: stack.append(.tuple([]))                            // EMPTY_TUPLE
       case 0x28: marks.append(stack.count)                           // MARK
       case 0x4E: stack.append(.none)                                 // NONE
@@ -208,11 +236,11 @@ struct Unpickler {
       case 0x85: stack.append(.tuple([try pop()]))                   // TUPLE1
       case 0x86: let b = try pop(), a = try pop(); stack.append(.tuple([a, b]))                    // TUPLE2
       case 0x87: let c = try pop(), b = try pop(), a = try pop(); stack.append(.tuple([a, b, c]))  // TUPLE3
-      case 0x6C: stack.append(.list(try popMark()))                  // LIST
+      case 0x6C: stack.append(.list(PickleContainer(items: try popMark())))                  // LIST
       case 0x64:                                                     // DICT
         let items = try popMark()
         guard items.count % 2 == 0 else { throw QoQError("\(what): odd DICT") }
-        stack.append(.dict(stride(from: 0, to: items.count, by: 2).map { (items[$0], items[$0 + 1]) }))
+        stack.append(.dict(PickleContainer(pairs: stride(from: 0, to: items.count, by: 2).map { (items[$0], items[$0 + 1]) })))
       case 0x61: let v = try pop(); try appendTo(&stack, [v])        // APPEND
       case 0x65: let vs = try popMark(); try appendTo(&stack, vs)    // APPENDS
       case 0x73: let v = try pop(), k = try pop(); try setItems(&stack, [(k, v)])                   // SETITEM
@@ -246,34 +274,54 @@ struct Unpickler {
   func top() throws -> PickleValue { guard let v = stack.last else { throw QoQError("\(what): pickle stack underflow") }; return v }
   func memoGet(_ i: Int) throws -> PickleValue { guard let v = memo[i] else { throw QoQError("\(what): pickle memo \(i) missing") }; return v }
 
+  /// In place on the container at the top of the stack: linear time however the list is shared.
   func appendTo(_ s: inout [PickleValue], _ vs: [PickleValue]) throws {
-    guard case .list(var l) = s.popLast() else { throw QoQError("\(what): APPEND to a non-list") }
-    l += vs; s.append(.list(l))
+    guard case .list(let l) = s.last else { throw QoQError("\(what): APPEND to a non-list") }
+    l.items += vs
   }
   func setItems(_ s: inout [PickleValue], _ kv: [(PickleValue, PickleValue)]) throws {
-    guard case .dict(var d) = s.popLast() else { throw QoQError("\(what): SETITEM on a non-dict") }
-    d += kv; s.append(.dict(d))
+    guard case .dict(let d) = s.last else { throw QoQError("\(what): SETITEM on a non-dict") }
+    d.pairs += kv
   }
 
   /// Applies one of the allowed callables.
-  func reduce(_ f: PickleValue, _ args: PickleValue) throws -> PickleValue {
+  mutating func reduce(_ f: PickleValue, _ args: PickleValue) throws -> PickleValue {
     guard case .global(let name) = f, case .tuple(let a) = args else { throw QoQError("\(what): REDUCE of a non-callable") }
     switch name {
-    case "collections.OrderedDict": return .dict([])
+    case "collections.OrderedDict": return .dict(PickleContainer())
     case "torch._utils._rebuild_parameter": guard let t = a.first else { throw QoQError("\(what): bad parameter") }; return t
     case "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor":
       guard a.count >= 4, case .storage(let dt, let key, let n) = a[0], let off = a[1].int,
             case .tuple(let sz) = a[2], case .tuple(let st) = a[3] else { throw QoQError("\(what): bad tensor record") }
+      guard sz.count <= Self.maxDims else { throw QoQError("\(what): a tensor has \(sz.count) dimensions (the limit is \(Self.maxDims))") }
       let shape = sz.compactMap(\.int), strides = st.compactMap(\.int)
       guard shape.count == sz.count, strides.count == shape.count, shape.allSatisfy({ $0 >= 0 }), strides.allSatisfy({ $0 >= 0 }), off >= 0 else {
         throw QoQError("\(what): bad tensor shape or strides")
       }
-      let raw = try storage(key)
-      guard raw.count == n * dt.size else { throw QoQError("\(what): storage \(key) has \(raw.count) bytes, expected \(n * dt.size)") }
-      let count = shape.reduce(1, *)
+      let storageBytes = try checkedMul(n, dt.size, "\(what): storage \(key)")
+      let raw: Data
+      if let cached = storages[key] { raw = cached } else { raw = try storage(key); storages[key] = raw }
+      guard raw.count == storageBytes else { throw QoQError("\(what): storage \(key) has \(raw.count) bytes, expected \(storageBytes)") }
+      let count = try checkedCount(shape, "\(what): tensor shape \(shape)")
       if count == 0 { return .tensor(TorchTensor(dtype: dt, shape: shape, data: Data())) }
-      let last = off + zip(shape, strides).reduce(0) { $0 + ($1.0 - 1) * $1.1 }
+      var last = off
+      for (d, s) in zip(shape, strides) { last = try checkedAdd(last, try checkedMul(d - 1, s, "\(what): tensor strides"), "\(what): tensor strides") }
       guard last < n else { throw QoQError("\(what): tensor reaches past its storage \(key)") }
+      // A view with more elements than its storage repeats elements (stride 0 or overlapping strides): refused, so a
+      // tiny storage cannot expand into a huge tensor.
+      guard count <= n else { throw QoQError("\(what): a tensor view of \(count) elements expands its storage \(key) of \(n) elements") }
+      decoded = try checkedAdd(decoded, count * dt.size, "\(what): decoded size")
+      guard decoded <= decodedBudget else {
+        throw QoQError("\(what): the tensors decode to more than \(decodedBudget) bytes (4× the file); refusing to expand it")
+      }
+      var contiguous = true, expect = 1
+      for d in stride(from: shape.count - 1, through: 0, by: -1) where shape[d] > 1 {
+        if strides[d] != expect { contiguous = false; break }
+        expect *= shape[d]
+      }
+      if contiguous {
+        return .tensor(TorchTensor(dtype: dt, shape: shape, data: raw.subdata(in: (raw.startIndex + off * dt.size)..<(raw.startIndex + (off + count) * dt.size))))
+      }
       var out = Data(count: count * dt.size)
       raw.withUnsafeBytes { src in
         out.withUnsafeMutableBytes { dst in

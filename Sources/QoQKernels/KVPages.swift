@@ -52,7 +52,8 @@ public struct KVPageFormat: Sendable, Equatable {
     let sp = UnsafeMutablePointer(mutating: scales(page)), zp = UnsafeMutablePointer(mutating: zeros(page))
     sp[h * P + t] = s; zp[h * P + t] = z
     let b = codes.assumingMemoryBound(to: UInt8.self)
-    func q(_ d: Int) -> UInt8 { UInt8(min(max(((x[d] + z) / s).rounded(.toNearestOrEven), 0), qmax)) }
+    // NaN (a broken model's activations) stores code 0 instead of trapping in the conversion.
+    func q(_ d: Int) -> UInt8 { let v = ((x[d] + z) / s).rounded(.toNearestOrEven); return v.isNaN ? 0 : UInt8(min(max(v, 0), qmax)) }
     switch (mode, isKey) {
     case (.kv4, true):
       for c in 0..<(D / 8) { for j in 0..<4 { b[(c * P + t) * 4 + j] = q(8 * c + j) | q(8 * c + 4 + j) << 4 } }

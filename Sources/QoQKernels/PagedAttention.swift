@@ -48,12 +48,14 @@ public func pagedAttention(_ f: KVPageFormat, kPages: [UnsafeRawPointer], vPages
   let stride = (L + 15) / 16 * 16
   sc.reserve(queries: nq, stride: stride)
   let scores = sc.scores
-  #if QOQ_AVX512
   let useInt = integerScores && f.mode == .kv4
-  #else
-  let useInt = false
-  #endif
   if useInt { for i in 0..<nq { quantizeQuery(q + i * qStride, D, sc.q8 + i * D, sc.qInfo + 2 * i) } }
+  #if !QOQ_AVX512
+  // Without VNNI the integer-score function is computed in fp32 from the int8 query (q8 · sq), as the twin does: the
+  // same scores as the integer kernel up to fp32 rounding.
+  var qDequant: [Float] = []
+  if useInt { qDequant = (0..<(nq * D)).map { Float(sc.q8[$0]) * sc.qInfo[2 * ($0 / D)] } }
+  #endif
   // Scores, 16 tokens at a time.
   for tg in 0..<(stride / 16) {
     let page = kPages[tg * 16 / P], t0 = tg * 16 % P
@@ -61,6 +63,14 @@ public func pagedAttention(_ f: KVPageFormat, kPages: [UnsafeRawPointer], vPages
     if useInt { scoresInt4(f, page, h, t0, sc, nq: nq, scale: scale, out: scores + tg * 16, ldo: stride); continue }
     #endif
     decodeKTile(f, page, h, t0, sc.tile)
+    #if !QOQ_AVX512
+    if useInt {
+      qDequant.withUnsafeBufferPointer { qd in
+        for i in 0..<nq { scoresFromTile(sc.tile, qd.baseAddress! + i * D, D, scale, scores + i * stride + tg * 16) }
+      }
+      continue
+    }
+    #endif
     for i in 0..<nq { scoresFromTile(sc.tile, q + i * qStride, D, scale, scores + i * stride + tg * 16) }
   }
   // Softmax over each query's visible prefix.
@@ -108,7 +118,7 @@ public func pagedAttentionReference(_ f: KVPageFormat, kPages: [UnsafeRawPointer
   for d in 0..<D { m = max(m, abs(q[d])) }
   let s: Float = m == 0 ? 1 : m / 127
   var sum: Int32 = 0
-  for d in 0..<D { let v = Int8(min(max((q[d] / s).rounded(.toNearestOrEven), -127), 127)); q8[d] = v; sum += Int32(v) }
+  for d in 0..<D { let v = int8Code(q[d] / s); q8[d] = v; sum += Int32(v) }
   info[0] = s; info[1] = Float(sum)
 }
 

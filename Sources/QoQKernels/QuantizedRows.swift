@@ -69,7 +69,7 @@ public final class QuantizedRows: @unchecked Sendable {
     #else
     while b0 < k {
       var acc: Int32 = 0
-      for j in b0..<(b0 + 32) { let q = Int8(min(max((x[j] / s).rounded(.toNearestOrEven), -127), 127)); c[j] = q; acc += Int32(q) }
+      for j in b0..<(b0 + 32) { let q = int8Code(x[j] / s); c[j] = q; acc += Int32(q) }
       bs[b0 / 32] = acc
       b0 += 32
     }
@@ -82,7 +82,7 @@ public final class QuantizedRows: @unchecked Sendable {
     for v in x { amax = max(amax, abs(v)) }
     var s = f16Round(amax / 127)
     if s == 0 { s = 1 }
-    return (x.map { Int8(min(max(($0 / s).rounded(.toNearestOrEven), -127), 127)) }, s)
+    return (x.map { int8Code($0 / s) }, s)
   }
 }
 
@@ -112,4 +112,10 @@ extension QuantizedRows {
     scale[r] = s
     for b in 0..<blocks { var t: Int32 = 0; for i in 0..<32 { t += Int32(c[b * 32 + i]) }; blockSums[r * blocks + b] = t }
   }
+}
+
+/// Round-to-nearest-even into −127…127; NaN becomes 0 (never a trapping conversion).
+@inline(__always) public func int8Code(_ v: Float) -> Int8 {
+  let r = v.rounded(.toNearestOrEven)
+  return r.isNaN ? 0 : Int8(min(max(r, -127), 127))
 }

@@ -162,12 +162,28 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
 
   func validate(headDimGiven: Bool) throws {
     func bad(_ m: String) -> QoQError { QoQError("config.json: \(m)") }
-    for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
-                      ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
-                      ("num_key_value_heads", numKeyValueHeads), ("vocab_size", vocabSize),
-                      ("head_dim", headDim), ("max_position_embeddings", maxPositionEmbeddings)] {
+    // Each size is refused beyond a limit well above every published model (Llama-3.1-405B: 126 layers, hidden 16384,
+    // FFN 53248, 128 heads; vocabularies up to 256k), before anything is allocated from it.
+    for (name, v, limit) in [("hidden_size", hiddenSize, Self.limits.hidden), ("intermediate_size", intermediateSize, Self.limits.ffn),
+                             ("num_hidden_layers", numHiddenLayers, Self.limits.layers),
+                             ("num_attention_heads", numAttentionHeads, Self.limits.heads),
+                             ("num_key_value_heads", numKeyValueHeads, Self.limits.heads), ("vocab_size", vocabSize, Self.limits.vocab),
+                             ("head_dim", headDim, Self.limits.headDim),
+                             ("max_position_embeddings", maxPositionEmbeddings, Self.limits.positions)] {
       guard v > 0 else { throw bad("\(name) must be positive (got \(v))") }
-      guard v <= 1 << 24 else { throw bad("\(name) = \(v) is implausibly large") }
+      guard v <= limit else { throw bad("\(name) = \(v) exceeds the limit of \(limit)") }
+    }
+    for id in eosTokenIds + [bosTokenId].compactMap({ $0 }) where id < 0 || id >= vocabSize {
+      throw bad("token id \(id) in bos_token_id/eos_token_id is outside the vocabulary (0..<\(vocabSize))")
+    }
+    if let w = slidingWindow, w <= 0 { throw bad("sliding_window must be positive (got \(w))") }
+    if let r = ropeScaling {
+      for (n, v) in [("factor", r.factor), ("low_freq_factor", r.lowFreqFactor), ("high_freq_factor", r.highFreqFactor)] where !(v > 0 && v.isFinite) {
+        throw bad("rope_scaling.\(n) must be a positive number (got \(v))")
+      }
+      guard r.originalMaxPositionEmbeddings > 0, r.originalMaxPositionEmbeddings <= Self.limits.positions else {
+        throw bad("rope_scaling.original_max_position_embeddings must be in 1…\(Self.limits.positions)")
+      }
     }
     if !headDimGiven && hiddenSize % numAttentionHeads != 0 {
       throw bad("hidden_size \(hiddenSize) is not divisible by num_attention_heads \(numAttentionHeads)")
@@ -181,7 +197,16 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     _ = try checkedMul(numAttentionHeads, headDim, "config.json: num_attention_heads × head_dim")
     _ = try checkedMul(vocabSize, hiddenSize, "config.json: vocab_size × hidden_size")
     _ = try checkedMul(intermediateSize, hiddenSize, "config.json: intermediate_size × hidden_size")
+    // The whole model's parameter count must be representable (and is what the loaders size their buffers from).
+    let perLayer = try checkedAdd(try checkedMul(3, try checkedMul(intermediateSize, hiddenSize, "config.json: MLP size"), "config.json: MLP size"),
+                                  try checkedMul(2 * (numAttentionHeads + numKeyValueHeads), try checkedMul(headDim, hiddenSize, "config.json: attention size"),
+                                                 "config.json: attention size"), "config.json: layer size")
+    _ = try checkedMul(perLayer, numHiddenLayers, "config.json: parameter count")
   }
+
+  /// Structural limits applied to every config (hostile files are refused before allocation, with the limit named).
+  public static let limits = (layers: 1024, hidden: 1 << 16, ffn: 1 << 19, heads: 1024, headDim: 1024, vocab: 1 << 22,
+                              positions: 1 << 24)
 
   public var qDim: Int { numAttentionHeads * headDim }
   public var kvDim: Int { numKeyValueHeads * headDim }
@@ -190,6 +215,19 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     let data: Data
     do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
       throw QoQError("\(path): cannot read config (\(error.localizedDescription))")
+    }
+    // Integer fields holding numbers no Int can represent (1e300, 2^64) are named here; Foundation's decoder would
+    // only say "not valid JSON".
+    if let root = try? JSON.parse(data, what: path) {
+      for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                  "max_position_embeddings", "vocab_size", "bos_token_id", "sliding_window"] {
+        if let v = root[key], let d = v.double, v.int == nil {
+          throw QoQError("\(path): \(key) = \(d) is not an integer in range")
+        }
+      }
+      for v in root["eos_token_id"]?.array ?? [root["eos_token_id"]].compactMap({ $0 }) where v.double != nil && v.int == nil {
+        throw QoQError("\(path): eos_token_id \(v.double!) is not an integer in range")
+      }
     }
     do {
       return try JSONDecoder().decode(LlamaConfiguration.self, from: data)

@@ -38,7 +38,7 @@ public final class GGUFWeights: WeightSource {
 
   public func floats(_ name: String) throws -> [Float] {
     guard let g = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
-    let w = try gguf.floats(g)
+    let w = try requireFinite(try gguf.floats(g), name: "\(g) (\(name))", in: gguf.path)
     if family.ggufPermutesQK && g.hasSuffix(".weight") {
       if g.hasSuffix("attn_q.weight") { return unpermuteRows(w, heads: config.numAttentionHeads, cols: config.hiddenSize) }
       if g.hasSuffix("attn_k.weight") { return unpermuteRows(w, heads: config.numKeyValueHeads, cols: config.hiddenSize) }

@@ -33,7 +33,10 @@ enum Completions {
     for p in r.prompts {
       switch p {
       case .text(let t):
-        tokenized.append(try s.tokenizer.encode(t, addSpecialTokens: true, parseSpecial: true)); echoTexts.append(t)
+        // A completion prompt is the caller's own text: special tokens in it are parsed (as vLLM and llama.cpp do) unless
+        // the server runs with --prompt-specials text.
+        tokenized.append(try s.tokenizer.encode(t, addSpecialTokens: true, parseSpecial: s.options.parseSpecialInPrompts))
+        echoTexts.append(t)
       case .tokens(let ids):
         let c = try OpenAIServer.checkedTokens(ids.map { Int($0) }, s)
         tokenized.append(c); echoTexts.append(try s.tokenizer.decode(c))
@@ -114,8 +117,8 @@ enum Completions {
   static func chat(_ req: Request, _ ctx: ServerContext, _ s: ServerState) async throws -> Response {
     let r = try OpenAIParse.chat(try await OpenAIServer.readBody(req, s), limits: s.options.limits)
     try checkModel(r.model, s)
-    let text = try OpenAIServer.renderChat(r.messages, extra: r.templateVars, s)
-    let prompt = try s.tokenizer.encode(text, addSpecialTokens: false, parseSpecial: true)   // the template placed BOS
+    // Contents are inert: only the template's markup becomes special tokens (the template placed BOS).
+    let prompt = try OpenAIServer.encodeChat(r.messages, extra: r.templateVars, s)
     let params = try fit(r.params, prompt: prompt.count, explicit: r.explicitMaxTokens, s, param: "messages")
     let subs = try submit((0..<r.n).map { (prompt, reseeded(params, $0)) }, logprobs: LogprobRequest(generated: r.topLogprobs),
                           ignoreEOS: r.ignoreEOS, s)

@@ -10,6 +10,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOHTTP1
 import QoQEngine
 import QoQIO
 import QoQScheduler
@@ -33,10 +34,19 @@ public struct ServerOptions: Sendable {
   public var maxConnections = 512
   /// A connection idle this long (no request, no response bytes) is closed.
   public var idleTimeout: TimeInterval = 60
+  /// A request head must arrive within this many seconds (of connecting, or of its first byte); its body within
+  /// `bodyTimeout` of the head. Slow clients are closed (slowloris).
+  public var headerTimeout: TimeInterval = 5
+  public var bodyTimeout: TimeInterval = 30
+  /// Connections one client address may hold at once (more are closed on arrival).
+  public var maxConnectionsPerPeer = 128
   /// Wall-clock cap per request; past it the request ends with finish_reason "length" and the text so far.
   public var requestTimeout: TimeInterval = 600
   /// An SSE comment is sent this often while a stream has nothing to say (keeps proxies open, finds gone clients).
   public var ssePingInterval: TimeInterval = 10
+  /// Whether special tokens spelled in a /v1/completions `prompt` become special ids (default, as vLLM) or plain text.
+  /// Chat message contents are always plain text.
+  public var parseSpecialInPrompts = true
   public init() {}
 }
 
@@ -72,8 +82,11 @@ public enum OpenAIServer {
     addRoutes(router, state)
     var log = logger ?? Logger(label: "qoq.serve")
     if logger == nil { log.logLevel = .warning }
-    var http = HTTP1Channel.Configuration(additionalChannelHandlers: [CloseOnInputClosed()],
-                                          idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)))
+    let peers = PeerRegistry(maxPerPeer: options.maxConnectionsPerPeer)
+    let (headerTimeout, bodyTimeout) = (options.headerTimeout, options.bodyTimeout)
+    var http = HTTP1Channel.Configuration(
+      additionalChannelHandlers: [CloseOnInputClosed(), RequestDeadlineGuard(registry: peers, headerTimeout: headerTimeout, bodyTimeout: bodyTimeout)],
+      idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)))
     http.httpDecoder = .init(maxHeaderFieldSize: 16 * 1024, maxHeaderListSize: 64 * 1024, maxHeaderFieldCount: 100)
     return Application(
       router: router, server: .http1(configuration: http),
@@ -112,14 +125,15 @@ public enum OpenAIServer {
       }
       router.post("\(prefix)/tokenize") { req, _ in
         let v = try OpenAIParse.body(try await readBody(req, s), limits: s.options.limits)
-        let text: String
-        if let p = v["prompt"]?.string { text = p }
-        else if v["messages"] != nil {
+        let ids: [Int32]
+        if let p = v["prompt"]?.string {
+          let add = try OpenAIParse.flag(v, "add_special_tokens") ?? true
+          ids = try s.tokenizer.encode(p, addSpecialTokens: add, parseSpecial: s.options.parseSpecialInPrompts)
+        } else if v["messages"] != nil {
+          // The same inert rendering as /v1/chat/completions, so the count equals what a chat request would use.
           let chat = try OpenAIParse.chat(json: v, limits: s.options.limits)
-          text = try renderChat(chat.messages, s)
+          ids = try encodeChat(chat.messages, extra: chat.templateVars, s)
         } else { throw APIError(400, "prompt must be a string (or give messages)", param: "prompt") }
-        let add = try OpenAIParse.flag(v, "add_special_tokens") ?? (v["messages"] == nil)
-        let ids = try s.tokenizer.encode(text, addSpecialTokens: add, parseSpecial: true)
         return jsonResponse(.object(JSONObject([("tokens", .array(ids.map { .int(Int($0)) })), ("count", .int(ids.count)),
                                                 ("max_model_len", .int(s.maxContext))])))
       }
@@ -145,6 +159,11 @@ public enum OpenAIServer {
       return Data(buf.readableBytesView)
     } catch let e as HTTPError where e.status == .contentTooLarge {
       throw APIError(413, "request body exceeds the limit of \(limit) bytes", code: "body_too_large")
+    } catch is NIOTooManyBytesError {
+      // A chunked body has no Content-Length: the limit is found while reading it.
+      throw APIError(413, "request body exceeds the limit of \(limit) bytes", code: "body_too_large")
+    } catch let e as HTTPParserError {
+      throw APIError(400, "malformed request body (\(e))", code: "bad_request_body")
     }
   }
 
@@ -155,13 +174,12 @@ public enum OpenAIServer {
     return ids.map { Int32($0) }
   }
 
-  static func renderChat(_ messages: [(role: String, content: String)], extra: [String: JSONValue] = [:], _ s: ServerState) throws -> String {
+  /// The chat prompt's token ids: the model's template over inert contents (a message cannot forge a role).
+  static func encodeChat(_ messages: [(role: String, content: String)], extra: [String: JSONValue] = [:], _ s: ServerState) throws -> [Int32] {
     var vars: [String: TemplateValue] = extra.mapValues(TemplateValue.init(json:))
-    vars["messages"] = .list(messages.map { .dict(["role": .string($0.role), "content": .string($0.content)]) })
-    vars["add_generation_prompt"] = .bool(true)
     vars["bos_token"] = .string(s.bosText)
     vars["eos_token"] = .string(s.eosText)
-    do { return try s.template.render(vars) }
+    do { return try s.template.encodeChat(messages, tokenizer: s.tokenizer, vars: vars).ids }
     catch let e as QoQError { throw APIError(400, "chat template: \(e.message)", param: "messages") }
   }
 }
@@ -222,6 +240,11 @@ struct ErrorMiddleware: RouterMiddleware {
       return respond(APIError(Int(e.status.code), msg, type: e.status.code >= 500 ? "server_error" : "invalid_request_error"))
     } catch let e as QoQError {
       return respond(APIError(400, e.message))
+    } catch let e as HTTPParserError {
+      return respond(APIError(400, "malformed request (\(e))", code: "bad_request"))
+    } catch let e as any HTTPResponseError {
+      let code = Int(e.status.code)
+      return respond(APIError(code, e.status.reasonPhrase, type: code >= 500 ? "server_error" : "invalid_request_error"))
     } catch is CancellationError {
       return respond(APIError(499, "the client closed the request", type: "cancelled"))
     } catch {

@@ -9,7 +9,10 @@ public enum GGUFTokenType: Int { case normal = 1, unknown = 2, control = 3, user
 
 extension Tokenizer {
   public static func load(gguf g: GGUFFile) throws -> Tokenizer {
-    try Tokenizer.load(tokenizerJSON: tokenizerJSON(gguf: g), config: nil, what: g.path + " (tokenizer metadata)")
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+      if let v = g.int(key), Int32(exactly: v) == nil || v < 0 { throw QoQError("\(g.path): \(key) = \(v) is not a token id") }
+    }
+    return try Tokenizer.load(tokenizerJSON: tokenizerJSON(gguf: g), config: nil, what: g.path + " (tokenizer metadata)")
       .withSpecialIds(bos: g.int("tokenizer.ggml.bos_token_id"), eos: g.int("tokenizer.ggml.eos_token_id"))
   }
 

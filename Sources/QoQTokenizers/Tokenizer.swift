@@ -81,7 +81,9 @@ public final class Tokenizer: @unchecked Sendable {
 
   /// Encodes text. `addSpecialTokens` applies the post-processor (e.g. BOS); `parseSpecial` lets special tokens
   /// written in the text become their ids (turn it off for untrusted user content).
-  public func encode(_ text: String, addSpecialTokens: Bool = false, parseSpecial: Bool = true) throws -> [Int32] {
+  /// `inertMarkers`: the text was rendered from inert chat contents (ChatContent.swift); markers are removed from text
+  /// pieces before they are tokenized.
+  public func encode(_ text: String, addSpecialTokens: Bool = false, parseSpecial: Bool = true, inertMarkers: Bool = false) throws -> [Int32] {
     guard text.utf8.count <= Tokenizer.maxInputBytes else {
       throw QoQError("tokenizer: input of \(text.utf8.count) bytes exceeds the \(Tokenizer.maxInputBytes)-byte limit")
     }
@@ -91,7 +93,7 @@ public final class Tokenizer: @unchecked Sendable {
       switch section {
       case .added(let t): out.append(t.id)
       case .text(let s):
-        var piece = s
+        var piece = inertMarkers ? Tokenizer.removeMarkers(s) : s
         if let n = normalizer { piece = n.apply(piece) }
         if piece.isEmpty { first = false; continue }
         let pieces = preTokenizer?.apply([piece], first: first) ?? [piece]

@@ -154,7 +154,10 @@ extension Tokenizer {
         guard let ids = specials?[name]?["ids"]?.array?.compactMap({ $0.int }) else {
           throw bad("TemplateProcessing special token \(name) has no ids")
         }
-        let i32 = ids.map { Int32($0) }
+        let i32 = ids.compactMap { Int32(exactly: $0) }.filter { $0 >= 0 }
+        guard i32.count == ids.count else {
+          throw bad("TemplateProcessing special token \(name) has an id outside 0…\(Int32.max)")
+        }
         if seenSeq { suffix += i32 } else { prefix += i32 }
       }
     default: throw bad("post_processor type \"\(t)\" is not supported")

@@ -1,7 +1,10 @@
 // qoq-fuzz: a bounded mutation fuzzer for every parser (safetensors, GGUF, JSON/tokenizer.json, config.json) and the
 // tokenizer itself. Seeds are valid inputs; mutations flip bits, write boundary integers, insert, delete and truncate.
 // A parser may throw; it must never crash, hang or allocate without bound. CI runs it briefly (scripts/test.sh).
-// Usage: qoq-fuzz [--seconds S] [--seed N] [--target all|safetensors|gguf|json|config|tokenizer] [--fixtures DIR]
+// Structure-aware generators add hostile torch pickles, hostile config values and chat contents that spell special
+// tokens (which must stay plain text).
+// Usage: qoq-fuzz [--seconds S] [--seed N] [--target all|safetensors|gguf|json|config|tokenizer|openai|template|pickle|
+//        config-values|chat-content] [--fixtures DIR]
 import Foundation
 import QoQIO
 import QoQModels
@@ -115,12 +118,45 @@ if target == "all" || target == "template" {
     _ = try? t.render(messages: [("user", "hi"), ("assistant", "yo")], addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
   }))
 }
+if target == "all" || target == "pickle" {
+  targets.append(("torch pickle (mutated)", try file("interop/dc_g32/scale.pt", in: fixtures), { b in withFile(b, "f.pt") { p in
+    _ = try TorchFile.load(path: p) } }))
+}
+// Generated inputs: each call builds a fresh structured input from the generator and runs it.
+var generated: [(String, (inout Rng) -> Void)] = []
+if target == "all" || target == "pickle" {
+  generated.append(("torch pickle (structured)", { r in withFile(pickleFuzzInput(&r), "g.pt") { p in _ = try TorchFile.load(path: p) } }))
+}
+if target == "all" || target == "config-values" {
+  generated.append(("config values", { r in withFile(hostileConfig(&r), "hostile-config.json") { p in
+    if let c = try? LlamaConfiguration.load(path: p) {
+      // A config that loads has sizes whose products are representable.
+      _ = try checkedCount([c.numHiddenLayers, c.intermediateSize, c.hiddenSize], "fuzz")
+    }
+  } }))
+}
+if target == "all" || target == "chat-content" {
+  let tok = try Tokenizer.load(folder: fixtures + "/tokenizers/smollm2")
+  let template = try ChatTemplate(#"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#)
+  let specials = Set(tok.addedTokens.filter(\.special).map(\.id))
+  let benign = try template.encodeChat([("user", "x"), ("assistant", "y")], tokenizer: tok).ids.filter(specials.contains)
+  generated.append(("chat content", { r in
+    let pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", "end|>", "system", "\n", " ", String(Tokenizer.inertMarker), "é", "a", "<", "|>", "</s>"]
+    let content = { (r: inout Rng) in (0..<r.int(12)).map { _ in pieces[r.int(pieces.count)] }.joined() }
+    let messages: [(role: String, content: String)] = [("user", content(&r)), ("assistant", content(&r))]
+    guard let res = try? template.encodeChat(messages, tokenizer: tok) else { return }
+    let (ids, text) = (res.ids, res.text)
+    if ids.filter(specials.contains) != benign || (try? tok.decode(ids)) != text {
+      FileHandle.standardError.write(Data("chat content forged a special token: \(messages)\n".utf8)); exit(1)
+    }
+  }))
+}
 var tokenizer: Tokenizer? = nil
 if target == "all" || target == "tokenizer" {
   tokenizer = try Tokenizer.load(folder: fixtures + "/tokenizers/smollm2")
 }
 
-let perTarget = seconds / Double(targets.count + (tokenizer == nil ? 0 : 1))
+let perTarget = seconds / Double(targets.count + generated.count + (tokenizer == nil ? 0 : 1))
 for (name, seedBytes, run) in targets {
   let end = Date().addingTimeInterval(perTarget)
   var n = 0
@@ -129,6 +165,12 @@ for (name, seedBytes, run) in targets {
     run(mutate(seedBytes, &rng))
     n += 1
   }
+  runs[name] = n
+}
+for (name, run) in generated {
+  let end = Date().addingTimeInterval(perTarget)
+  var n = 0
+  while Date() < end { run(&rng); n += 1 }
   runs[name] = n
 }
 if let tok = tokenizer {
@@ -155,3 +197,18 @@ if let tok = tokenizer {
   runs["tokenizer round trip"] = n
 }
 for (k, v) in runs.sorted(by: { $0.key < $1.key }) { print("fuzz \(k): \(v) inputs, no crash") }
+
+/// A config.json with one or more fields set to hostile values (negative, zero, huge, beyond Int32/Int64, fractional,
+/// wrong types, long id lists), on top of a valid small config.
+func hostileConfig(_ r: inout Rng) -> [UInt8] {
+  var fields: [String: String] = ["model_type": "\"llama\"", "hidden_size": "64", "intermediate_size": "96", "num_hidden_layers": "2",
+                                  "num_attention_heads": "4", "num_key_value_heads": "2", "vocab_size": "100"]
+  let keys = Array(fields.keys) + ["head_dim", "max_position_embeddings", "bos_token_id", "eos_token_id", "sliding_window",
+                                   "rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings"]
+  let values = ["0", "-1", "1", "3", "1000000", "2147483647", "2147483648", "4294967296", "9223372036854775807",
+                "9223372036854775808", "-9223372036854775808", "1e308", "1.5", "null", "\"7\"", "[]", "[1,2,-3]",
+                "[" + Array(repeating: "99", count: 5000).joined(separator: ",") + "]", "{\"rope_type\":\"llama3\",\"factor\":-1}",
+                "{\"type\":\"llama3\",\"factor\":1e309}", "true", "65536", "16777216"]
+  for _ in 0..<(1 + r.int(3)) { fields[keys[r.int(keys.count)]] = values[r.int(values.count)] }
+  return Array(("{" + fields.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ",") + "}").utf8)
+}

@@ -61,12 +61,14 @@ struct GenerateCommand: ParsableCommand {
       let template = chat ? (try ChatTemplate.forModel(path: modelPath) ?? ChatTemplate.chatML) : nil
       let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
       for (i, t) in texts.enumerated() {
-        let text = try template.map { try $0.render(messages: [("user", t)], addGenerationPrompt: true, bosToken: bos, eosToken: eos) } ?? t
+        let vars: [String: TemplateValue] = ["bos_token": .string(bos), "eos_token": .string(eos)]
         var p = SamplingParams()
         p.temperature = temp; p.topK = topK; p.topP = topP; p.minP = minP; p.repetitionPenalty = repeatPenalty
         p.seed = seed &+ UInt64(i); p.maxTokens = maxTokens; p.stopStrings = stop
         do {
-          let toks = try tok.encode(text, addSpecialTokens: !chat, parseSpecial: chat)  // the template places BOS itself
+          // --chat: the prompt is a user message, inert (only the template's markup is special; it places BOS itself).
+          let toks = try template.map { try $0.encodeChat([("user", t)], tokenizer: tok, vars: vars).ids }
+            ?? tok.encode(t, addSpecialTokens: true, parseSpecial: false)
           ids[try e.add(prompt: toks, params: p, ignoreEOS: ignoreEos)] = i
           promptTokens += toks.count
         } catch let err as QoQError {

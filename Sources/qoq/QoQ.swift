@@ -5,6 +5,20 @@ import QoQIO
 
 @main
 struct QoQ: AsyncParsableCommand {
+  /// QOQ_REPORT_PEAK_RSS=1: print the process's peak resident memory (VmHWM) on stderr at exit, whatever the exit
+  /// path (the hardening tests bound the memory a hostile input may cost with it).
+  static func main() async {
+    if ProcessInfo.processInfo.environment["QOQ_REPORT_PEAK_RSS"] == "1" {
+      atexit { FileHandle.standardError.write(Data("peak_rss_kb=\(Int(peakRSSGB() * 1_048_576))\n".utf8)) }
+    }
+    do {
+      var command = try parseAsRoot()
+      if var asyncCommand = command as? AsyncParsableCommand { try await asyncCommand.run() } else { try command.run() }
+    } catch {
+      exit(withError: error)
+    }
+  }
+
   static let configuration = CommandConfiguration(
     commandName: "qoq",
     abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",

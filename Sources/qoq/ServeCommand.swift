@@ -27,25 +27,34 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: "Requests waiting for the engine beyond which new ones get 429.") var maxQueued = 256
   @Option(help: "Open connections accepted at once.") var maxConnections = 512
   @Option(help: "Seconds before an idle connection is closed.") var idleTimeout: Double = 60
+  @Option(help: "Seconds a client has to send a request's head (slow clients are closed).") var headerTimeout: Double = 5
+  @Option(help: "Seconds a client has to send a request's body after its head.") var bodyTimeout: Double = 30
+  @Option(help: "Connections one client address may hold at once.") var maxConnectionsPerPeer = 128
   @Option(help: "Seconds a request may run before it ends with finish_reason length.") var requestTimeout: Double = 600
   @Option(help: "Seconds between SSE keep-alive comments on a silent stream.") var ssePingInterval: Double = 10
+  @Option(help: "Special tokens spelled in a /v1/completions prompt: parse (they become special ids, as in vLLM) or text. Chat message contents are always text.")
+  var promptSpecials = "parse"
   @OptionGroup var engine: EngineArguments
 
   func validate() throws {
     guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0…65535") }
+    guard ["parse", "text"].contains(promptSpecials) else { throw ValidationError("--prompt-specials must be parse or text") }
     for (v, n) in [(maxBodyBytes, "--max-body-bytes"), (maxTokensLimit, "--max-tokens-limit"), (maxQueued, "--max-queued"),
-                   (maxConnections, "--max-connections")] where v <= 0 { throw ValidationError("\(n) must be positive") }
-    for (v, n) in [(idleTimeout, "--idle-timeout"), (requestTimeout, "--request-timeout"), (ssePingInterval, "--sse-ping-interval")]
+                   (maxConnections, "--max-connections"),
+                   (maxConnectionsPerPeer, "--max-connections-per-peer")] where v <= 0 { throw ValidationError("\(n) must be positive") }
+    for (v, n) in [(idleTimeout, "--idle-timeout"), (requestTimeout, "--request-timeout"), (ssePingInterval, "--sse-ping-interval"),
+                   (headerTimeout, "--header-timeout"), (bodyTimeout, "--body-timeout")]
     where !(v > 0 && v.isFinite) { throw ValidationError("\(n) must be a positive number of seconds") }
   }
 
   func run() async throws {
     var o = ServerOptions()
-    o.host = host; o.port = port; o.publicMetrics = publicMetrics
+    o.host = host; o.port = port; o.publicMetrics = publicMetrics; o.parseSpecialInPrompts = promptSpecials == "parse"
     o.modelId = servedModelName ?? URL(fileURLWithPath: modelPath).lastPathComponent
     o.limits.maxBodyBytes = maxBodyBytes; o.limits.maxTokens = maxTokensLimit
     o.maxQueued = maxQueued; o.maxConnections = maxConnections
-    o.idleTimeout = idleTimeout; o.requestTimeout = requestTimeout; o.ssePingInterval = ssePingInterval
+    o.idleTimeout = idleTimeout; o.headerTimeout = headerTimeout; o.bodyTimeout = bodyTimeout
+    o.maxConnectionsPerPeer = maxConnectionsPerPeer; o.requestTimeout = requestTimeout; o.ssePingInterval = ssePingInterval
     let service: EngineService, tokenizer: Tokenizer, template: ChatTemplate?
     do {
       if let f = apiKeyFile {

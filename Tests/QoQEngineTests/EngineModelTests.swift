@@ -143,7 +143,7 @@ final class EngineHarness {
       let m = try EngineModel(fp: ref)
       let h = try EngineHarness(m)
       let got = try m.step([SequenceChunk(start: 0, tokens: Self.prompt, blockTable: h.pages(1), logits: .last)], pool: h.pool, workspace: h.ws)
-      #expect(relL2(got, want) < 1e-5, "\(name): \(relL2(got, want))")
+      #expect(relL2(got, want) < 3e-5, "\(name): \(relL2(got, want))")  // fp32 summation order differs per ISA
     }
   }
 
