@@ -254,9 +254,12 @@ public final class Engine {
     return TokenLogprob(token: token, logprob: row[Int(token)] - lse, top: best.map { TopLogprob(token: $0.0, logprob: $0.1 - lse) })
   }
 
+  /// Ids the model can sample but the tokenizer does not know (a vocabulary padded past the tokenizer, as in Qwen2 and
+  /// many others) decode to nothing, as in transformers, instead of failing the request.
   func decodeText(_ ids: [Int32]) throws -> String {
     guard let t = tokenizer else { return "" }
-    return try t.decode(ids, skipSpecialTokens: true)
+    let known = t.vocabSize
+    return try t.decode(ids.allSatisfy { Int($0) < known } ? ids : ids.filter { Int($0) < known }, skipSpecialTokens: true)
   }
 
   /// Runs until every request has finished; returns all events in order.

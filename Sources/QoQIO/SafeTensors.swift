@@ -66,6 +66,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
         throw QoQError("\(p): tensor \(name): unsupported dtype \(ds) (allowed: \(DType.allCases.map(\.rawValue).joined(separator: ", ")))")
       }
       guard let shapeArr = t["shape"]?.array else { throw QoQError("\(p): tensor \(name): missing shape") }
+      guard shapeArr.count <= 16 else { throw QoQError("\(p): tensor \(name) has \(shapeArr.count) dimensions (the limit is 16)") }
       var shape: [Int] = []
       for d in shapeArr {
         guard let x = d.int, x >= 0 else { throw QoQError("\(p): tensor \(name): bad shape \(shapeArr)") }

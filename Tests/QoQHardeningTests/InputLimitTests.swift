@@ -54,9 +54,12 @@ import QoQTestSupport
     let dir = try Self.tinyModel("cfg-\(UUID().uuidString.prefix(6))")
     try Self.patchConfig(dir, c.fields)
     #expect(throws: QoQError.self) { _ = try LlamaConfiguration.load(path: dir + "/config.json") }
-    let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"])
+    let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
     #expect(!r.crashed && r.status == 1, "\(c): exit \(r.status)")
     #expect(r.stderr.contains(c.message), "\(c): \(r.stderr)")
+    // Refused before anything is sized from it: the process stays at its baseline.
+    let peak = PickleTests.peakKB(r.stderr) * 1024
+    #expect(peak > 0 && peak <= Baseline.bytes, "\(c): peak RSS \(peak) bytes (baseline \(Baseline.bytes))")
   }
 
   /// Tokenizer ids from files beyond Int32 (post-processor, added tokens) are refused by name, not trapped.
@@ -81,9 +84,25 @@ import QoQTestSupport
                             (["--num-kv-blocks", "2000000000"], "more than this machine's memory"),
                             (["--kv-cache-bytes", "9223372036854775807"], "exceeds the limit"),
                             (["--max-num-seqs", "0"], "must be positive"), (["--page-size", "17"], "page-size")] {
-      let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"] + flags)
+      let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"] + flags, env: ["QOQ_REPORT_PEAK_RSS": "1"])
       #expect(!r.crashed && r.status != 0, "\(flags): exit \(r.status)")
+      // The budget is checked before the pool is allocated: the tiny model (a few MB) plus the baseline.
+      let peak = PickleTests.peakKB(r.stderr) * 1024
+      #expect(peak <= Baseline.bytes + (64 << 20), "\(flags): peak RSS \(peak) bytes")
       #expect(r.stderr.contains(needle), "\(flags): \(r.stderr)")
+    }
+  }
+
+  /// A safetensors header declaring a 64-dimensional tensor is refused before anything is sized from it.
+  @Test func deepTensorShapeIsRefused() throws {
+    let header = #"{"w":{"dtype":"F32","shape":["# + Array(repeating: "1", count: 64).joined(separator: ",") + #"],"data_offsets":[0,4]}}"#
+    var bytes: [UInt8] = []
+    withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes += $0 }
+    bytes += Array(header.utf8) + [0, 0, 0, 0]
+    let path = scratch("deep") + "/model.safetensors"
+    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    do { _ = try SafeTensorsFile(path: path); Issue.record("a 64-dimensional tensor loaded") } catch let e as QoQError {
+      #expect(e.message.contains("64 dimensions (the limit is 16)"), "\(e.message)")
     }
   }
 

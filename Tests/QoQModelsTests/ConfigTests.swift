@@ -34,7 +34,7 @@ import QoQTestSupport
       (Self.base.replacingOccurrences(of: #""num_attention_heads":4"#, with: #""num_attention_heads":-4"#) + "}", "must be positive"),
       (Self.base.replacingOccurrences(of: #""hidden_size":64"#, with: #""hidden_size":65"#) + "}", "not divisible"),
       (Self.base + #","num_key_value_heads":3}"#, "not a multiple"),
-      (Self.base.replacingOccurrences(of: #""vocab_size":100"#, with: #""vocab_size":99999999999"#) + "}", "implausibly large"),
+      (Self.base.replacingOccurrences(of: #""vocab_size":100"#, with: #""vocab_size":99999999999"#) + "}", "exceeds the limit of 4194304"),
       (Self.base + #","rope_scaling":{"type":"yarn","factor":4.0}}"#, "not supported"),
       (#"{"model_type":"llama","hidden_size":64}"#, "missing field"),
       (Self.base + #","rope_theta":"big"}"#, "wrong type"),
