@@ -98,13 +98,30 @@ final class RawSocket {
   func status() -> Int? { response().status }
 }
 
+/// Expectations collected on a plain thread (Swift Testing records issues from the test's task), checked after.
+final class Checker: @unchecked Sendable {
+  var failures: [String] = []
+  func check(_ ok: Bool, _ message: @autoclosure () -> String = "", file: String = #fileID, line: Int = #line) {
+    if !ok { failures.append("\(file):\(line): \(message())") }
+  }
+}
+
 @Suite(.serialized) struct AbuseTests {
   static let completion = #"{"prompt":"hello","max_tokens":4,"temperature":0}"#
 
   /// 200 slowloris connections from four peers (50 each, under the per-peer cap) hold their sockets open, trickling
   /// header bytes: /health and a completion from another client still answer within a second, and the slow sockets
   /// are closed once the header deadline passes.
-  @Test func slowHeadersDoNotStarveOthers() throws {
+  @Test func slowHeadersDoNotStarveOthers() async throws {
+    let failures = try await onOwnThread { () -> [String] in
+      let c = Checker()
+      try Self.slowHeadersDoNotStarveOthersBody(c)
+      return c.failures
+    }
+    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+  }
+
+  static func slowHeadersDoNotStarveOthersBody(_ c: Checker) throws {
     let srv = try ServerProcess(["--header-timeout", "3"])
     defer { srv.stop() }
     var slow: [RawSocket] = []
@@ -116,20 +133,29 @@ final class RawSocket {
     for round in 0..<2 {
       for s in slow { s.send("X-Slow-\(round): 1\r\n") }
       let h = try srv.request("GET", "/health")
-      let c = try srv.request("POST", "/v1/completions", body: Self.completion)
-      #expect(h.status == 200 && h.seconds < 1, "health \(h.status.map(String.init) ?? h.text) in \(h.seconds) s with 200 slow clients")
-      #expect(c.status == 200 && c.seconds < 1, "completion \(c.status.map(String.init) ?? c.text) in \(c.seconds) s with 200 slow clients")
+      let r = try srv.request("POST", "/v1/completions", body: Self.completion)
+      c.check(h.status == 200 && h.seconds < 1, "health \(h.status.map(String.init) ?? h.text) in \(h.seconds) s with 200 slow clients")
+      c.check(r.status == 200 && r.seconds < 1, "completion \(r.status.map(String.init) ?? r.text) in \(r.seconds) s with 200 slow clients")
       Thread.sleep(forTimeInterval: 0.5)
     }
     // Past the header deadline every slow socket has been closed by the server.
     Thread.sleep(forTimeInterval: 3)
     var closed = 0
     for s in slow { s.send("Y: 1\r\n"); if s.readAll().closed { closed += 1 } }
-    #expect(closed == 200, "\(closed) of 200 slow connections closed after the header timeout")
+    c.check(closed == 200, "\(closed) of 200 slow connections closed after the header timeout")
   }
 
   /// One peer holding its cap of connections cannot open more; other peers are unaffected.
-  @Test func perPeerConnectionCap() throws {
+  @Test func perPeerConnectionCap() async throws {
+    let failures = try await onOwnThread { () -> [String] in
+      let c = Checker()
+      try Self.perPeerConnectionCapBody(c)
+      return c.failures
+    }
+    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+  }
+
+  static func perPeerConnectionCapBody(_ c: Checker) throws {
     let srv = try ServerProcess(["--max-connections-per-peer", "8", "--header-timeout", "60"])
     defer { srv.stop() }
     var held: [RawSocket] = []
@@ -140,15 +166,24 @@ final class RawSocket {
       let s = try RawSocket(port: srv.port, from: "127.0.0.9", timeout: 1)
       if s.readAll().closed { refused += 1 }
     }
-    #expect(refused == 12, "\(refused) of 12 connections beyond the cap were closed")
+    c.check(refused == 12, "\(refused) of 12 connections beyond the cap were closed")
     // The held ones still work, and so does everyone else.
     held[0].send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    #expect(held[0].status() == 200)
-    #expect(try srv.request("GET", "/health").status == 200)
+    c.check(held[0].status() == 200)
+    c.check(try srv.request("GET", "/health").status == 200)
   }
 
   /// Chunked bodies: over the limit → 413; malformed chunking → 400; never a 500.
-  @Test func chunkedBodies() throws {
+  @Test func chunkedBodies() async throws {
+    let failures = try await onOwnThread { () -> [String] in
+      let c = Checker()
+      try Self.chunkedBodiesBody(c)
+      return c.failures
+    }
+    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+  }
+
+  static func chunkedBodiesBody(_ c: Checker) throws {
     let srv = try ServerProcess(["--max-body-bytes", "1024"])
     defer { srv.stop() }
     let head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -158,28 +193,37 @@ final class RawSocket {
     for _ in 0..<4 { big.send(String(chunk.utf8.count, radix: 16) + "\r\n" + chunk + "\r\n") }
     big.send("0\r\n\r\n")
     let over = big.response()
-    #expect(over.status == 413, "\(over.text)")
+    c.check(over.status == 413, "\(over.text)")
     for bad in ["zz\r\nhello\r\n0\r\n\r\n", "5\r\nhello world, more than five\r\n0\r\n\r\n", "-1\r\nx\r\n"] {
       let s = try RawSocket(port: srv.port)
       s.send(head + bad)
       let st = s.response()
-      #expect(st.status == 400, "malformed chunking \(bad.debugDescription) got \(st.text)")
+      c.check(st.status == 400, "malformed chunking \(bad.debugDescription) got \(st.text)")
     }
     // A small, valid chunked body still works.
     let ok = try RawSocket(port: srv.port)
     let body = Self.completion
     ok.send(head + String(body.utf8.count, radix: 16) + "\r\n" + body + "\r\n0\r\n\r\n")
-    #expect(ok.status() == 200)
+    c.check(ok.status() == 200)
   }
 
   /// HTTP/1.0 without keep-alive: the connection is closed after the response.
-  @Test func http10IsClosedAfterResponse() throws {
+  @Test func http10IsClosedAfterResponse() async throws {
+    let failures = try await onOwnThread { () -> [String] in
+      let c = Checker()
+      try Self.http10IsClosedAfterResponseBody(c)
+      return c.failures
+    }
+    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+  }
+
+  static func http10IsClosedAfterResponseBody(_ c: Checker) throws {
     let srv = try ServerProcess([])
     defer { srv.stop() }
     let s = try RawSocket(port: srv.port, timeout: 3)
     s.send("GET /health HTTP/1.0\r\n\r\n")
     let r = s.readAll()
-    #expect(r.text.contains("200") && r.text.contains("\"ok\""), "\(r.text)")
-    #expect(r.closed, "the server kept an HTTP/1.0 connection open")
+    c.check(r.text.contains("200") && r.text.contains("\"ok\""), "\(r.text)")
+    c.check(r.closed, "the server kept an HTTP/1.0 connection open")
   }
 }

@@ -30,8 +30,26 @@ struct CLIResult {
 }
 
 /// Runs `qoq args…` with an optional environment override; output is read through files so large outputs cannot
-/// block the child.
-func runQoQ(_ args: [String], env: [String: String] = [:], stdin: String? = nil) throws -> CLIResult {
+/// block the child. The wait releases the test's thread (the cooperative pool has one thread per core; blocking it
+/// for a child's lifetime starves every other async test).
+func runQoQ(_ args: [String], env: [String: String] = [:], stdin: String? = nil) async throws -> CLIResult {
+  try await withCheckedThrowingContinuation { (c: CheckedContinuation<CLIResult, Error>) in
+    do {
+      try startQoQ(args, env: env, stdin: stdin) { c.resume(returning: $0) }
+    } catch { c.resume(throwing: error) }
+  }
+}
+
+/// The same, blocking (for one-time setup outside the tests' tasks).
+func runQoQSync(_ args: [String], env: [String: String] = [:]) throws -> CLIResult {
+  let done = DispatchSemaphore(value: 0)
+  nonisolated(unsafe) var result: CLIResult?
+  try startQoQ(args, env: env, stdin: nil) { result = $0; done.signal() }
+  done.wait()
+  return result!
+}
+
+func startQoQ(_ args: [String], env: [String: String], stdin: String?, then: @escaping @Sendable (CLIResult) -> Void) throws {
   guard let bin = qoqBinary else {
     throw HardeningTestError("the qoq binary is not built (run `swift build --product qoq` first; scripts/test.sh does)")
   }
@@ -55,11 +73,12 @@ func runQoQ(_ args: [String], env: [String: String] = [:], stdin: String? = nil)
   } else {
     p.standardInput = FileHandle.nullDevice
   }
+  p.terminationHandler = { p in
+    let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+    let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+    then(CLIResult(status: p.terminationStatus, stdout: out, stderr: err, crashed: p.terminationReason == .uncaughtSignal))
+  }
   try p.run()
-  p.waitUntilExit()
-  let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-  let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-  return CLIResult(status: p.terminationStatus, stdout: out, stderr: err, crashed: p.terminationReason == .uncaughtSignal)
 }
 
 struct HardeningTestError: Error, CustomStringConvertible {

@@ -50,11 +50,11 @@ import QoQTestSupport
     ConfigCase(fields: ["max_position_embeddings": "99999999999"], message: "max_position_embeddings"),
   ]
 
-  @Test(arguments: configCases) func hostileConfigValues(_ c: ConfigCase) throws {
+  @Test(arguments: configCases) func hostileConfigValues(_ c: ConfigCase) async throws {
     let dir = try Self.tinyModel("cfg-\(UUID().uuidString.prefix(6))")
     try Self.patchConfig(dir, c.fields)
     #expect(throws: QoQError.self) { _ = try LlamaConfiguration.load(path: dir + "/config.json") }
-    let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
+    let r = try await runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
     #expect(!r.crashed && r.status == 1, "\(c): exit \(r.status)")
     #expect(r.stderr.contains(c.message), "\(c): \(r.stderr)")
     // Refused before anything is sized from it: the process stays at its baseline.
@@ -78,13 +78,13 @@ import QoQTestSupport
   }
 
   /// Size flags: checked against the budget before anything is allocated.
-  @Test func hostileEngineFlags() throws {
+  @Test func hostileEngineFlags() async throws {
     let dir = try Self.tinyModel("flags")
     for (flags, needle) in [(["--num-kv-blocks", "4611686018427387904"], "exceeds the limit"),
                             (["--num-kv-blocks", "2000000000"], "more than this machine's memory"),
                             (["--kv-cache-bytes", "9223372036854775807"], "exceeds the limit"),
                             (["--max-num-seqs", "0"], "must be positive"), (["--page-size", "17"], "page-size")] {
-      let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"] + flags, env: ["QOQ_REPORT_PEAK_RSS": "1"])
+      let r = try await runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"] + flags, env: ["QOQ_REPORT_PEAK_RSS": "1"])
       #expect(!r.crashed && r.status != 0, "\(flags): exit \(r.status)")
       // The budget is checked before the pool is allocated: the tiny model (a few MB) plus the baseline.
       let peak = PickleTests.peakKB(r.stderr) * 1024
@@ -107,7 +107,7 @@ import QoQTestSupport
   }
 
   /// NaN or infinity in a weight is refused at load with the tensor's name.
-  @Test func nonFiniteWeightsAreRefused() throws {
+  @Test func nonFiniteWeightsAreRefused() async throws {
     for bad in [Float.nan, .infinity] {
       let dir = scratch("nan-\(bad)") + "/model"
       let c = try Self.tinyConfig()
@@ -120,7 +120,7 @@ import QoQTestSupport
         blobs.append(TensorBlob(name: n, shape: try st.info(n).shape, floats: v))
       }
       try SafeTensorsWriter.write(blobs, to: dir + "/model.safetensors")
-      let r = try runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"])
+      let r = try await runQoQ(["generate", "-m", dir, "-p", "hi", "-n", "2"])
       #expect(!r.crashed && r.status == 1)
       #expect(r.stderr.contains("model.layers.1.mlp.down_proj.weight") && r.stderr.contains("non-finite"), "\(r.stderr)")
     }
@@ -141,14 +141,14 @@ import QoQTestSupport
   }
 
   /// Class 6: user text never reaches a format string; generate fails when every prompt is rejected; JSON has no nan.
-  @Test func smallOnes() throws {
+  @Test func smallOnes() async throws {
     let dir = try Self.tinyModel("small")
     // Every prompt longer than the 64-token context: rejected, exit 1.
     let long = String(repeating: "word ", count: 200)
-    let g = try runQoQ(["generate", "-m", dir, "-p", long, "-p", long, "-n", "2"])
+    let g = try await runQoQ(["generate", "-m", dir, "-p", long, "-p", long, "-n", "2"])
     #expect(!g.crashed && g.status == 1 && g.stderr.contains("every prompt (2) was rejected"), "\(g.status) \(g.stderr)")
     // One good prompt among bad ones: exit 0.
-    let ok = try runQoQ(["generate", "-m", dir, "-p", long, "-p", "hi", "-n", "2"])
+    let ok = try await runQoQ(["generate", "-m", dir, "-p", long, "-p", "hi", "-n", "2"])
     #expect(ok.status == 0, "\(ok.stderr)")
     // JSON: non-finite numbers are null.
     #expect(JSON.serialize(.object(JSONObject([("p", .double(.nan)), ("q", .double(-.infinity))]))) == #"{"p":null,"q":null}"#)
@@ -177,8 +177,8 @@ import QoQTestSupport
 
   /// Class 7: a CPU that lacks a feature this build needs stops with a message naming it (simulated: the start-up
   /// check reads QOQ_CPU_PRETEND_MISSING).
-  @Test func missingCPUFeatureIsNamed() throws {
-    let r = try runQoQ(["--help"], env: ["QOQ_CPU_PRETEND_MISSING": "avx2,avx512_vnni"])
+  @Test func missingCPUFeatureIsNamed() async throws {
+    let r = try await runQoQ(["--help"], env: ["QOQ_CPU_PRETEND_MISSING": "avx2,avx512_vnni"])
     #if arch(x86_64)
     if r.status == 0 {
       // A portable build needs nothing: say so visibly.

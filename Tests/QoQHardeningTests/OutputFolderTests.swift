@@ -72,7 +72,7 @@ import QoQTestSupport
   }
 
   /// `qoq quantize --save-model` and `qoq convert -o` against every kind of existing target.
-  @Test(arguments: cases) func existingTargets(_ c: Case) throws {
+  @Test(arguments: cases) func existingTargets(_ c: Case) async throws {
     for command in ["quantize", "convert"] {
       let dir = scratch("out-\(command)-\(c.target)-\(c.force)")
       let model = try Self.tinyModel(dir)
@@ -81,7 +81,7 @@ import QoQTestSupport
       var args = command == "quantize" ? Self.quantizeArgs(model, save: output)
         : ["convert", model, "--to", "tinychat", "-o", output]
       if c.force { args.append("--force") }
-      let r = try runQoQ(args)
+      let r = try await runQoQ(args)
       #expect(!r.crashed, "\(command) \(c): crashed")
       #expect(FileManager.default.contents(atPath: bystander) == before, "\(command) \(c): \(bystander) changed or vanished")
       if c.ok {
@@ -104,24 +104,24 @@ import QoQTestSupport
   }
 
   /// A folder qoq wrote is refused without --force and replaced with it; the replacement is complete.
-  @Test func forceReplacesOnlyOurOwnFolder() throws {
+  @Test func forceReplacesOnlyOurOwnFolder() async throws {
     let dir = scratch("own")
     let model = try Self.tinyModel(dir)
     let save = dir + "/q"
-    let first = try runQoQ(Self.quantizeArgs(model, save: save))
+    let first = try await runQoQ(Self.quantizeArgs(model, save: save))
     #expect(first.status == 0, "\(first.stderr)")
     #expect(FileManager.default.fileExists(atPath: save + "/" + OutputFolder.marker))
     write("stale\n", to: save + "/stale.txt")
-    let again = try runQoQ(Self.quantizeArgs(model, save: save))
+    let again = try await runQoQ(Self.quantizeArgs(model, save: save))
     #expect(again.status == 1 && again.stderr.contains("--force"), "\(again.stderr)")
     #expect(read(save + "/stale.txt") == "stale\n")
-    let forced = try runQoQ(Self.quantizeArgs(model, save: save) + ["--force"])
+    let forced = try await runQoQ(Self.quantizeArgs(model, save: save) + ["--force"])
     #expect(forced.status == 0, "\(forced.stderr)")
     #expect(!FileManager.default.fileExists(atPath: save + "/stale.txt"), "the old folder was replaced as a whole")
     #expect(FileManager.default.fileExists(atPath: save + "/model.safetensors"))
     // The marker is what --force requires: remove it and the folder is no longer ours.
     try FileManager.default.removeItem(atPath: save + "/" + OutputFolder.marker)
-    let unmarked = try runQoQ(Self.quantizeArgs(model, save: save) + ["--force"])
+    let unmarked = try await runQoQ(Self.quantizeArgs(model, save: save) + ["--force"])
     #expect(unmarked.status == 1 && unmarked.stderr.contains("did not write"), "\(unmarked.stderr)")
     #expect(FileManager.default.fileExists(atPath: save + "/model.safetensors"))
   }

@@ -111,7 +111,7 @@ func storedZip(_ entries: [(String, [UInt8])]) -> [UInt8] {
     FileManager.default.createFile(atPath: path, contents: Data(z))
   }
 
-  @Test(arguments: cases) func hostileFileIsRefused(_ c: Case) throws {
+  @Test(arguments: cases) func hostileFileIsRefused(_ c: Case) async throws {
     let dir = scratch("pickle-\(c.name.prefix(12).filter(\.isLetter))-\(UUID().uuidString.prefix(6))")
     let path = dir + "/pytorch_model.bin"
     Self.write(c, to: path)
@@ -125,7 +125,7 @@ func storedZip(_ entries: [(String, [UInt8])]) -> [UInt8] {
     let cfg = try LlamaConfiguration(modelType: "llama", hiddenSize: 64, intermediateSize: 128, numHiddenLayers: 1,
                                      numAttentionHeads: 2, numKeyValueHeads: 1, vocabSize: 256)
     try cfg.jsonData().write(to: URL(fileURLWithPath: dir + "/config.json"))
-    let r = try runQoQ(["convert", dir, "--from", "qserve", "-o", dir + "/out"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
+    let r = try await runQoQ(["convert", dir, "--from", "qserve", "-o", dir + "/out"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
     #expect(!r.crashed && r.status == 1, "\(c.name): exit \(r.status) \(r.stderr)")
     #expect(r.stderr.contains(c.message), "\(c.name): \(r.stderr)")
     let fileBytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
@@ -157,7 +157,7 @@ func storedZip(_ entries: [(String, [UInt8])]) -> [UInt8] {
 /// once; hostile inputs are bounded relative to it.
 enum Baseline {
   static let bytes: Int = {
-    let r = try? runQoQ(["convert", "/nonexistent/x.gguf", "-o", NSTemporaryDirectory() + "qoq-none"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
+    let r = try? runQoQSync(["convert", "/nonexistent/x.gguf", "-o", NSTemporaryDirectory() + "qoq-none"], env: ["QOQ_REPORT_PEAK_RSS": "1"])
     return 2 * PickleTests.peakKB(r?.stderr ?? "") * 1024 + (16 << 20)
   }()
 }
