@@ -94,7 +94,8 @@ let package = Package(
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
-    .executableTarget(name: "qoq-fuzz", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing"], swiftSettings: isaOnly),
+    .executableTarget(name: "qoq-fuzz", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQTestSupport"],
+                      swiftSettings: isaOnly),
     .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels", "QoQIO", "QoQFormat", "QoQTestSupport"], swiftSettings: isaOnly),
     .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
