@@ -115,7 +115,7 @@ let package = Package(
     .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     // Hostile input, class by class (issue #13): the real binary, files built to break it, the server under abuse.
-    .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer",
+    .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer", "QoQQuant",
                                                         "QoQEngine", "QoQScheduler", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],

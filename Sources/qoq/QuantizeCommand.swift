@@ -30,7 +30,8 @@ struct QuantizeCommand: ParsableCommand {
         resultsPath = args[k + 1]
         args.removeSubrange(k...(k + 1))
       }
-      // --force (not a recipe field): replace a --save-model folder that qoq wrote earlier.
+      // --force (not a recipe field): replace a --save-model folder that qoq wrote earlier, and run even when the
+      // memory estimate exceeds what is free.
       let force = args.contains("--force")
       args.removeAll { $0 == "--force" }
       var files: [String] = []
@@ -61,6 +62,17 @@ struct QuantizeCommand: ParsableCommand {
       // The save folder is checked before hours of work: never the input, never a folder qoq did not write.
       let inputs = [modelPath, plan.calib.path, plan.evalDataset]
       if !save.isEmpty { try OutputFolder.check(save, force: force, inputs: inputs) }
+      // What the run will cost, before it starts; refused when it cannot fit in the memory that is free.
+      let config = modelPath.hasSuffix(".gguf") ? try GGUFWeights(try GGUFFile(path: modelPath)).config
+        : try LlamaConfiguration.load(path: modelPath + "/config.json")
+      let estimate = plan.estimate(config, evaluate: !skipEval)
+      note(estimate.summary)
+      if let free = availableMemoryBytes(), estimate.peakBytes > free {
+        let msg = "the run needs about \(String(format: "%.1f", Double(estimate.peakBytes) / 1e9)) GB but "
+          + "\(String(format: "%.1f", Double(free) / 1e9)) GB is free"
+        if !force { throw QoQError(msg + "; pass --force to run anyway") }
+        note("warning: " + msg + " (--force)")
+      }
       pipeline.log = { note($0) }
       pipeline.progress = { stage, done, total in Progress.update("\(Progress.bar(done, total)) \(stage) layer \(done)/\(total)"); if done == total { Progress.done() } }
       let t0 = Date()

@@ -1,0 +1,38 @@
+// `qoq quantize` says what a run will cost before it starts, and refuses a run whose memory estimate exceeds what is
+// free (issue #12, item 6): a Llama-3-70B-shaped config is refused at once, before any weight is read.
+import Foundation
+import Testing
+import QoQIO
+import QoQModels
+import QoQQuant
+import QoQTestSupport
+
+@Suite struct QuantizeEstimateTests {
+  /// The parameter count equals the elements of a real checkpoint's linear and embedding tensors (norms aside).
+  @Test func parametersMatchACheckpoint() throws {
+    let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 64, intermediateSize: 128, numHiddenLayers: 2,
+                                   numAttentionHeads: 4, numKeyValueHeads: 2, rmsNormEps: 1e-5, vocabSize: 300)
+    let dir = scratch("estimate") + "/model"
+    try writeTinyCheckpoint(c, to: dir)
+    let st = try SafeTensorsFile(path: dir + "/model.safetensors")
+    let counted = try st.names.filter { !$0.hasSuffix("norm.weight") }.reduce(0) { $0 + (try st.info($1).count) }
+    let plan = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/rtn-w4a16-g64.yaml"], flags: []))
+    let e = plan.estimate(c, evaluate: false, cores: 2)
+    #expect(e.parameters == counted)
+    #expect(e.parameters == 2 * (64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * 128) + 2 * 300 * 64)  // by hand
+    #expect(e.peakBytes == QuantPlan.bytesPerParameter * e.parameters + (256 << 20), "RTN needs no calibration activations")
+  }
+
+  @Test func oversizedRunIsRefusedBeforeLoading() async throws {
+    let dir = scratch("seventy") + "/llama3-70b-shape"
+    let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 8192, intermediateSize: 28672, numHiddenLayers: 80,
+                                   numAttentionHeads: 64, numKeyValueHeads: 8, rmsNormEps: 1e-5, vocabSize: 128_256)
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try c.jsonData().write(to: URL(fileURLWithPath: dir + "/config.json"))
+    let r = try await runQoQ(["quantize", repoRoot + "/recipes/rtn-w4a16-g128.yaml", "--model-path", dir, "--skip-eval",
+                              "--cache-root", "none"])
+    #expect(!r.crashed && r.status == 1, "\(r.status) \(r.stderr)")
+    #expect(r.stderr.contains("estimate: 70.55 B parameters"), "\(r.stderr)")
+    #expect(r.stderr.contains("GB is free; pass --force to run anyway"), "\(r.stderr)")
+  }
+}
