@@ -100,7 +100,7 @@ let package = Package(
     .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
     // Tiny in-memory models of every family and a plain Double-precision reference forward, shared by tests.
-    .target(name: "QoQTestSupport", dependencies: ["QoQModels", "QoQIO"], path: "Tests/QoQTestSupport",
+    .target(name: "QoQTestSupport", dependencies: ["QoQModels", "QoQIO", "QoQTokenizers"], path: "Tests/QoQTestSupport",
             swiftSettings: isaOnly),
     .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
                 swiftSettings: isaOnly),

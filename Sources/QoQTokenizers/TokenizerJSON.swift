@@ -164,3 +164,24 @@ extension Tokenizer {
     }
   }
 }
+
+extension Tokenizer {
+  /// A byte-level BPE tokenizer.json with the 256 byte tokens and no merges (GPT-2's byte table: printable Latin-1
+  /// bytes map to themselves, the rest to U+0100… in order): for random-weight and test checkpoints.
+  public static func byteLevelJSON() -> JSONValue {
+    var vocab = JSONObject()
+    var n: UInt32 = 0
+    for b in 0..<256 {
+      let printable = (33...126).contains(b) || (161...172).contains(b) || (174...255).contains(b)
+      let u = printable ? UInt32(b) : 256 + n
+      if !printable { n += 1 }
+      vocab[String(Character(Unicode.Scalar(u)!))] = .int(b)
+    }
+    return .object(JSONObject([
+      ("version", .string("1.0")), ("added_tokens", .array([])), ("normalizer", .null),
+      ("pre_tokenizer", .object(JSONObject([("type", .string("ByteLevel")), ("add_prefix_space", .bool(false)), ("use_regex", .bool(true))]))),
+      ("post_processor", .null), ("decoder", .object(JSONObject([("type", .string("ByteLevel"))]))),
+      ("model", .object(JSONObject([("type", .string("BPE")), ("vocab", .object(vocab)), ("merges", .array([]))]))),
+    ]))
+  }
+}

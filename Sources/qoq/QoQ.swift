@@ -23,7 +23,7 @@ struct QoQ: AsyncParsableCommand {
     commandName: "qoq",
     abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",
     subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self, TableCommand.self,
-                  BenchCommand.self, ServeCommand.self])
+                  BenchCommand.self, ServeCommand.self, SynthCommand.self])
 }
 
 /// Runs a body and turns its errors into a clean exit with a one-line message (no stack trace, no Foundation dump).

@@ -1,6 +1,7 @@
 import Foundation
 import QoQIO
 import QoQModels
+import QoQTokenizers
 
 /// Writes a tiny Hugging Face folder (config.json, model.safetensors, a byte-level tokenizer.json with 256 tokens
 /// and no merges) for end-to-end tests of loaders and the quantizer.
@@ -17,22 +18,7 @@ public func writeTinyCheckpoint(_ c: LlamaConfiguration, to dir: String, seed: U
   }
   try SafeTensorsWriter.write(blobs, to: dir + "/model.safetensors")
   try c.jsonData().write(to: URL(fileURLWithPath: dir + "/config.json"))
-  // GPT-2 byte table: printable Latin-1 bytes map to themselves, the rest to U+0100… in order.
-  var vocab = JSONObject()
-  var n: UInt32 = 0
-  for b in 0..<256 {
-    let printable = (33...126).contains(b) || (161...172).contains(b) || (174...255).contains(b)
-    let u = printable ? UInt32(b) : 256 + n
-    if !printable { n += 1 }
-    vocab[String(Character(Unicode.Scalar(u)!))] = .int(b)
-  }
-  let tok = JSONObject([
-    ("version", .string("1.0")), ("added_tokens", .array([])), ("normalizer", .null),
-    ("pre_tokenizer", .object(JSONObject([("type", .string("ByteLevel")), ("add_prefix_space", .bool(false)), ("use_regex", .bool(true))]))),
-    ("post_processor", .null), ("decoder", .object(JSONObject([("type", .string("ByteLevel"))]))),
-    ("model", .object(JSONObject([("type", .string("BPE")), ("vocab", .object(vocab)), ("merges", .array([]))]))),
-  ])
-  try Data(JSON.serialize(.object(tok)).utf8).write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
+  try Data(JSON.serialize(Tokenizer.byteLevelJSON()).utf8).write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
 }
 
 /// A calibration/evaluation text of plain English lines.
