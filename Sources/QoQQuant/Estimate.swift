@@ -24,9 +24,11 @@ public struct RunEstimate: Sendable, Equatable {
 }
 
 extension QuantPlan {
-  /// Bytes per parameter the pipeline holds at its peak (fp32 store 4, fake model for evaluation 4, codes and
-  /// scales ~1): the measured SmolLM2 and Qwen2-0.5B peaks are 8.6–9.1 bytes per parameter.
-  public static let bytesPerParameter = 9
+  /// Bytes per parameter the pipeline holds at its peak without evaluation (fp32 store, codes and scales, the
+  /// conversion of the source): measured 5.6–6.3 on Llama-3-8B-shaped models of 2 and 6 layers (RTN W4A16 g128);
+  /// evaluation builds a fake-quantized fp32 model beside it (`evalBytesPerParameter` more).
+  public static let bytesPerParameter = 6
+  public static let evalBytesPerParameter = 4
 
   /// The estimate for this recipe on a model of `c`; `evaluate` adds the evaluation pass; `cores` the threads.
   public func estimate(_ c: LlamaConfiguration, evaluate: Bool, cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> RunEstimate {
@@ -39,7 +41,7 @@ extension QuantPlan {
     // (Double) of the widest linear input when GPTQ runs.
     var activations = tokens * (3 * h + f) * 4
     if gptq != nil { activations += 2 * max(h, f) * max(h, f) * 8 }
-    let peak = Self.bytesPerParameter * params + activations + (256 << 20)
+    let peak = (Self.bytesPerParameter + (evaluate ? Self.evalBytesPerParameter : 0)) * params + activations + (256 << 20)
     // FLOPs: the calibration passes (two forwards when GPTQ runs), GPTQ's updates (2·out·in² per linear), evaluation.
     var flops = Double(tokens) * 2 * Double(L * perLayer) * (gptq != nil ? 2 : 1)
     if gptq != nil {
@@ -51,7 +53,9 @@ extension QuantPlan {
       let windows = evalWindows > 0 ? evalWindows : 140  // WikiText-2 test ≈ 140 windows of 2048 for Llama-like tokenizers
       flops += Double(windows * evalSeqLen) * 2 * Double(params)
     }
-    return RunEstimate(parameters: params, peakBytes: peak, seconds: flops / (30e9 * Double(max(1, cores))))
+    // Plus loading, converting and quantizing every weight: ~30 ns per parameter on one core (measured with RTN).
+    let seconds = (flops / 30e9 + Double(params) * 3e-8) / Double(max(1, cores))
+    return RunEstimate(parameters: params, peakBytes: peak, seconds: seconds)
   }
 }
 

@@ -131,7 +131,8 @@ struct QuantizeCommand: ParsableCommand {
 func peakRSSGB() -> Double {
   guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
   for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-    let kb = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+    // "VmHWM:\t  123456 kB": the number may follow a tab directly, so split on any whitespace.
+    let kb = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Double($0) }.first ?? 0
     return kb / 1_048_576
   }
   return 0
