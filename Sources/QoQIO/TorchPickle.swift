@@ -305,7 +305,9 @@ struct Unpickler {
       let count = try checkedCount(shape, "\(what): tensor shape \(shape)")
       if count == 0 { return .tensor(TorchTensor(dtype: dt, shape: shape, data: Data())) }
       var last = off
-      for (d, s) in zip(shape, strides) { last = try checkedAdd(last, try checkedMul(d - 1, s, "\(what): tensor strides"), "\(what): tensor strides") }
+      for (d, s) in zip(shape, strides) {
+        last = try checkedAdd(last, try checkedMul(d - 1, s, "\(what): tensor strides"), "\(what): tensor strides")
+      }
       guard last < n else { throw QoQError("\(what): tensor reaches past its storage \(key)") }
       // A view with more elements than its storage repeats elements (stride 0 or overlapping strides): refused, so a
       // tiny storage cannot expand into a huge tensor.
@@ -320,7 +322,8 @@ struct Unpickler {
         expect *= shape[d]
       }
       if contiguous {
-        return .tensor(TorchTensor(dtype: dt, shape: shape, data: raw.subdata(in: (raw.startIndex + off * dt.size)..<(raw.startIndex + (off + count) * dt.size))))
+        let start = raw.startIndex + off * dt.size
+        return .tensor(TorchTensor(dtype: dt, shape: shape, data: raw.subdata(in: start..<(start + count * dt.size))))
       }
       var out = Data(count: count * dt.size)
       raw.withUnsafeBytes { src in

@@ -88,7 +88,8 @@ extension Interop {
     qc.kvAsymmetric = true
     if c.tieWordEmbeddings, fp["lm_head.weight"] != nil { fp["lm_head.weight"] = nil }
     try QuantizedCheckpoint.write(to: dst, config: c, quantization: qc, fp: fp, quantized: quantized, biases: biases,
-                                  recipeYAML: "# imported from deepcompressor: \(quantPath)\n", tokenizerFrom: hf, overwrite: overwrite, inputs: [quantPath])
+                                  recipeYAML: "# imported from deepcompressor: \(quantPath)\n", tokenizerFrom: hf,
+                                  overwrite: overwrite, inputs: [quantPath])
   }
 
   /// Groups per row and group width from a (rows × groups) scale tensor; checks it against the zeros and the width.

@@ -178,7 +178,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     }
     if let w = slidingWindow, w <= 0 { throw bad("sliding_window must be positive (got \(w))") }
     if let r = ropeScaling {
-      for (n, v) in [("factor", r.factor), ("low_freq_factor", r.lowFreqFactor), ("high_freq_factor", r.highFreqFactor)] where !(v > 0 && v.isFinite) {
+      let factors = [("factor", r.factor), ("low_freq_factor", r.lowFreqFactor), ("high_freq_factor", r.highFreqFactor)]
+      for (n, v) in factors where !(v > 0 && v.isFinite) {
         throw bad("rope_scaling.\(n) must be a positive number (got \(v))")
       }
       guard r.originalMaxPositionEmbeddings > 0, r.originalMaxPositionEmbeddings <= Self.limits.positions else {
@@ -198,9 +199,10 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     _ = try checkedMul(vocabSize, hiddenSize, "config.json: vocab_size × hidden_size")
     _ = try checkedMul(intermediateSize, hiddenSize, "config.json: intermediate_size × hidden_size")
     // The whole model's parameter count must be representable (and is what the loaders size their buffers from).
-    let perLayer = try checkedAdd(try checkedMul(3, try checkedMul(intermediateSize, hiddenSize, "config.json: MLP size"), "config.json: MLP size"),
-                                  try checkedMul(2 * (numAttentionHeads + numKeyValueHeads), try checkedMul(headDim, hiddenSize, "config.json: attention size"),
-                                                 "config.json: attention size"), "config.json: layer size")
+    let mlp = try checkedMul(3, try checkedMul(intermediateSize, hiddenSize, "config.json: MLP size"), "config.json: MLP size")
+    let attention = try checkedMul(2 * (numAttentionHeads + numKeyValueHeads), try checkedMul(headDim, hiddenSize, "config.json: attention size"),
+                                   "config.json: attention size")
+    let perLayer = try checkedAdd(mlp, attention, "config.json: layer size")
     _ = try checkedMul(perLayer, numHiddenLayers, "config.json: parameter count")
   }
 

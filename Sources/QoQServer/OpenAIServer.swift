@@ -85,7 +85,8 @@ public enum OpenAIServer {
     let peers = PeerRegistry(maxPerPeer: options.maxConnectionsPerPeer)
     let (headerTimeout, bodyTimeout) = (options.headerTimeout, options.bodyTimeout)
     var http = HTTP1Channel.Configuration(
-      additionalChannelHandlers: [CloseOnInputClosed(), RequestDeadlineGuard(registry: peers, headerTimeout: headerTimeout, bodyTimeout: bodyTimeout)],
+      additionalChannelHandlers: [CloseOnInputClosed(),
+                                  RequestDeadlineGuard(registry: peers, headerTimeout: headerTimeout, bodyTimeout: bodyTimeout)],
       idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)))
     http.httpDecoder = .init(maxHeaderFieldSize: 16 * 1024, maxHeaderListSize: 64 * 1024, maxHeaderFieldCount: 100)
     return Application(

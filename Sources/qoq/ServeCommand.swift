@@ -32,7 +32,10 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: "Connections one client address may hold at once.") var maxConnectionsPerPeer = 128
   @Option(help: "Seconds a request may run before it ends with finish_reason length.") var requestTimeout: Double = 600
   @Option(help: "Seconds between SSE keep-alive comments on a silent stream.") var ssePingInterval: Double = 10
-  @Option(help: "Special tokens spelled in a /v1/completions prompt: parse (they become special ids, as in vLLM) or text. Chat message contents are always text.")
+  @Option(help: """
+    Special tokens spelled in a /v1/completions prompt: parse (they become special ids, as in vLLM) or text. \
+    Chat message contents are always text.
+    """)
   var promptSpecials = "parse"
   @OptionGroup var engine: EngineArguments
 
