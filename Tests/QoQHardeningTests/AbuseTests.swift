@@ -15,10 +15,17 @@ import Testing
 final class ServerProcess {
   let process = Process()
   let port: Int
-  init(_ extra: [String]) throws {
-    let dir = scratch("serve-\(UUID().uuidString.prefix(6))") + "/model"
-    try writeTinyCheckpoint(try LlamaConfiguration(modelType: "llama", hiddenSize: 128, intermediateSize: 128, numHiddenLayers: 2,
-                                                   numAttentionHeads: 4, numKeyValueHeads: 2, rmsNormEps: 1e-5, vocabSize: 300), to: dir)
+  /// The banner (stderr up to the line that names the address).
+  let banner: String
+
+  /// Serves `model`, or a fresh tiny model when nil.
+  init(_ extra: [String], model: String? = nil) throws {
+    var dir = model ?? ""
+    if model == nil {
+      dir = scratch("serve-\(UUID().uuidString.prefix(6))") + "/model"
+      try writeTinyCheckpoint(try LlamaConfiguration(modelType: "llama", hiddenSize: 128, intermediateSize: 128, numHiddenLayers: 2,
+                                                     numAttentionHeads: 4, numKeyValueHeads: 2, rmsNormEps: 1e-5, vocabSize: 300), to: dir)
+    }
     guard let bin = qoqBinary else { throw HardeningTestError("the qoq binary is not built") }
     process.executableURL = URL(fileURLWithPath: bin)
     process.arguments = ["serve", "-m", dir, "--port", "0"] + extra
@@ -26,18 +33,19 @@ final class ServerProcess {
     process.standardError = err
     process.standardOutput = FileHandle.nullDevice
     try process.run()
-    var banner = ""
+    var text = ""
     let deadline = Date().addingTimeInterval(120)
-    while Date() < deadline, !banner.contains("/v1 (") {
+    while Date() < deadline, !text.contains("/v1 (") {
       let chunk = err.fileHandleForReading.availableData
       if chunk.isEmpty { break }
-      banner += String(decoding: chunk, as: UTF8.self)
+      text += String(decoding: chunk, as: UTF8.self)
     }
-    guard let r = banner.range(of: "http://127.0.0.1:"), let p = Int(banner[r.upperBound...].prefix { $0.isNumber }) else {
+    guard let r = text.range(of: "http://127.0.0.1:"), let p = Int(text[r.upperBound...].prefix { $0.isNumber }) else {
       process.terminate()
-      throw HardeningTestError("qoq serve did not start: \(banner)")
+      throw HardeningTestError("qoq serve did not start: \(text)")
     }
     port = p
+    banner = text
   }
   func stop() { process.terminate(); process.waitUntilExit() }
 
@@ -109,17 +117,20 @@ final class Checker: @unchecked Sendable {
 @Suite(.serialized) struct AbuseTests {
   static let completion = #"{"prompt":"hello","max_tokens":4,"temperature":0}"#
 
-  /// 200 slowloris connections from four peers (50 each, under the per-peer cap) hold their sockets open, trickling
-  /// header bytes: /health and a completion from another client still answer within a second, and the slow sockets
-  /// are closed once the header deadline passes.
-  @Test func slowHeadersDoNotStarveOthers() async throws {
+  /// Runs a test body (blocking sockets, sleeps) on a plain thread and checks what it collected.
+  static func onThread(_ body: @escaping @Sendable (Checker) throws -> Void) async throws {
     let failures = try await onOwnThread { () -> [String] in
       let c = Checker()
-      try Self.slowHeadersDoNotStarveOthersBody(c)
+      try body(c)
       return c.failures
     }
     #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
   }
+
+  /// 200 slowloris connections from four peers (50 each, under the per-peer cap) hold their sockets open, trickling
+  /// header bytes: /health and a completion from another client still answer within a second, and the slow sockets
+  /// are closed once the header deadline passes.
+  @Test func slowHeadersDoNotStarveOthers() async throws { try await Self.onThread(Self.slowHeadersDoNotStarveOthersBody) }
 
   static func slowHeadersDoNotStarveOthersBody(_ c: Checker) throws {
     let srv = try ServerProcess(["--header-timeout", "3"])
@@ -146,14 +157,7 @@ final class Checker: @unchecked Sendable {
   }
 
   /// One peer holding its cap of connections cannot open more; other peers are unaffected.
-  @Test func perPeerConnectionCap() async throws {
-    let failures = try await onOwnThread { () -> [String] in
-      let c = Checker()
-      try Self.perPeerConnectionCapBody(c)
-      return c.failures
-    }
-    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
-  }
+  @Test func perPeerConnectionCap() async throws { try await Self.onThread(Self.perPeerConnectionCapBody) }
 
   static func perPeerConnectionCapBody(_ c: Checker) throws {
     let srv = try ServerProcess(["--max-connections-per-peer", "8", "--header-timeout", "60"])
@@ -174,14 +178,7 @@ final class Checker: @unchecked Sendable {
   }
 
   /// Chunked bodies: over the limit → 413; malformed chunking → 400; never a 500.
-  @Test func chunkedBodies() async throws {
-    let failures = try await onOwnThread { () -> [String] in
-      let c = Checker()
-      try Self.chunkedBodiesBody(c)
-      return c.failures
-    }
-    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
-  }
+  @Test func chunkedBodies() async throws { try await Self.onThread(Self.chunkedBodiesBody) }
 
   static func chunkedBodiesBody(_ c: Checker) throws {
     let srv = try ServerProcess(["--max-body-bytes", "1024"])
@@ -208,14 +205,7 @@ final class Checker: @unchecked Sendable {
   }
 
   /// HTTP/1.0 without keep-alive: the connection is closed after the response.
-  @Test func http10IsClosedAfterResponse() async throws {
-    let failures = try await onOwnThread { () -> [String] in
-      let c = Checker()
-      try Self.http10IsClosedAfterResponseBody(c)
-      return c.failures
-    }
-    #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
-  }
+  @Test func http10IsClosedAfterResponse() async throws { try await Self.onThread(Self.http10IsClosedAfterResponseBody) }
 
   static func http10IsClosedAfterResponseBody(_ c: Checker) throws {
     let srv = try ServerProcess([])

@@ -155,24 +155,10 @@ import QoQTestSupport
     // The serve banner with format specifiers in the name and path: printed literally, no crash.
     let weird = scratch("fmt") + "/model-%@-%d-%n"
     try FileManager.default.copyItem(atPath: dir, toPath: weird)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: qoqBinary!)
-    p.arguments = ["serve", "-m", weird, "--port", "0", "--served-model-name", "name %@ %s %n %d"]
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = FileHandle.nullDevice
-    try p.run()
-    var banner = ""
-    let deadline = Date().addingTimeInterval(60)
-    while Date() < deadline && !banner.contains("serving") {
-      let chunk = err.fileHandleForReading.availableData
-      if chunk.isEmpty { break }
-      banner += String(decoding: chunk, as: UTF8.self)
-    }
-    p.terminate()
-    p.waitUntilExit()
-    #expect(banner.contains("serving name %@ %s %n %d on http://127.0.0.1:"), "\(banner)")
-    #expect(p.terminationReason == .exit, "serve crashed")
+    let srv = try ServerProcess(["--served-model-name", "name %@ %s %n %d"], model: weird)
+    srv.stop()
+    #expect(srv.banner.contains("serving name %@ %s %n %d on http://127.0.0.1:"), "\(srv.banner)")
+    #expect(srv.process.terminationReason == .exit, "serve crashed")
   }
 
   /// Class 7: a CPU that lacks a feature this build needs stops with a message naming it (simulated: the start-up
