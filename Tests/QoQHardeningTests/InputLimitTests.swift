@@ -77,6 +77,27 @@ import QoQTestSupport
     #expect(throws: QoQError.self) { _ = try Tokenizer.load(tokenizerJSON: v, config: nil, what: "t") }
   }
 
+  /// A GGUF whose bos/eos token id is beyond Int32 (the SentencePiece fixture with its bos id patched to 2^32 - 1).
+  @Test func hostileGGUFTokenIds() throws {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures").path
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+      var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: root + "/tokenizers/spm/tokenizer.gguf")))
+      let k = Array(key.utf8)
+      guard let at = (0..<(bytes.count - k.count)).first(where: { bytes[$0..<($0 + k.count)].elementsEqual(k) }) else {
+        Issue.record("\(key) not in the fixture"); continue
+      }
+      // key bytes, then the value type (u32 = 4), then the value.
+      let type = bytes[(at + k.count)..<(at + k.count + 4)]
+      #expect(Array(type) == [4, 0, 0, 0], "\(key) is not a u32 in the fixture")
+      for i in 0..<4 { bytes[at + k.count + 4 + i] = 0xFF }
+      let path = scratch("gguf-ids") + "/t.gguf"
+      FileManager.default.createFile(atPath: path, contents: Data(bytes))
+      do { _ = try Tokenizer.load(gguf: GGUFFile(path: path)); Issue.record("\(key) = 2^32-1 loaded") } catch let e as QoQError {
+        #expect(e.message.contains("\(key) = 4294967295 is not a token id"), "\(e.message)")
+      }
+    }
+  }
+
   /// Size flags: checked against the budget before anything is allocated.
   @Test func hostileEngineFlags() async throws {
     let dir = try Self.tinyModel("flags")
