@@ -52,7 +52,7 @@ struct GenerateCommand: ParsableCommand {
     try runReportingErrors {
       let texts = try prompts()
       let (model, tok) = try engine.loadModel(modelPath)
-      note("engine: \(model.description)")
+      note("engine: \(model.description); resident \(String(format: "%.2f", currentRSSGB())) GiB after load, peak \(String(format: "%.2f", peakRSSGB())) GiB")
       let e = try Engine(model: model, tokenizer: tok, options: engine.options)
       var ids: [Int: Int] = [:]  // request id → prompt index
       var promptTokens = 0

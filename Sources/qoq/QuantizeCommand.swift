@@ -127,10 +127,15 @@ struct QuantizeCommand: ParsableCommand {
   }
 }
 
-/// Peak resident memory of this process (VmHWM), in GB; 0 where /proc is unavailable.
-func peakRSSGB() -> Double {
+/// Peak resident memory of this process (VmHWM), in GiB; 0 where /proc is unavailable.
+func peakRSSGB() -> Double { procStatusGiB("VmHWM:") }
+
+/// Resident memory now (VmRSS), in GiB.
+func currentRSSGB() -> Double { procStatusGiB("VmRSS:") }
+
+func procStatusGiB(_ field: String) -> Double {
   guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-  for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+  for line in s.split(separator: "\n") where line.hasPrefix(field) {
     // "VmHWM:\t  123456 kB": the number may follow a tab directly, so split on any whitespace.
     let kb = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Double($0) }.first ?? 0
     return kb / 1_048_576

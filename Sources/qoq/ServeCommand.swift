@@ -70,7 +70,7 @@ struct ServeCommand: AsyncParsableCommand {
         o.apiKey = k
       }
       let (model, tok) = try engine.loadModel(modelPath)
-      note("engine: \(model.description)")
+      note("engine: \(model.description); resident \(String(format: "%.2f", currentRSSGB())) GiB after load, peak \(String(format: "%.2f", peakRSSGB())) GiB")
       service = EngineService(engine: try Engine(model: model, tokenizer: tok, options: engine.options), maxQueued: maxQueued,
                               requestTimeout: requestTimeout)
       tokenizer = tok
