@@ -150,7 +150,8 @@ func argmax(_ l: [Float]) -> Int {
   return best
 }
 
-/// Stop strings over incrementally decoded text: the engine feeds the decoded text of the generated tokens so far
+/// Scalar twin of StopStringMatcher (the engine uses the matcher; tests compare the two).
+/// Stop strings over incrementally decoded text: the decoded text of the generated tokens so far
 /// (so a stop string split across two decoded pieces is found once both are in). Returns where the earliest
 /// occurrence of any stop string starts, if any. Matching is on Unicode scalars, like Python's `str.find` in vLLM:
 /// a stop "\n" must match inside "\r\n", which is a single Character. The index is scalar-aligned; cut with

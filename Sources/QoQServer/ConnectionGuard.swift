@@ -41,8 +41,6 @@ final class ConnectionDeadline: @unchecked Sendable {
   /// True between the end of a request and the first byte of the next one (a kept-alive connection may idle then;
   /// Hummingbird's idle timeout covers that time).
   var betweenRequests = false
-  /// True while a request head has been read and its end not yet.
-  var inBody = false
   /// The next bytes read start a request (its request line tells the HTTP version).
   var atRequestStart = true
   /// The current request is HTTP/1.0 without keep-alive: the connection closes after its response.
@@ -136,11 +134,9 @@ final class RequestDeadlineGuard: ChannelDuplexHandler, RemovableChannelHandler 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     switch unwrapInboundIn(data) {
     case .head:
-      deadline.inBody = true
       deadline.arm(context, deadline.bodyTimeout)
     case .body: break
     case .end:
-      deadline.inBody = false
       deadline.betweenRequests = true
       deadline.atRequestStart = true
       deadline.disarm()

@@ -48,6 +48,7 @@ public final class Tokenizer: @unchecked Sendable {
     self.model = model; self.normalizer = normalizer; self.preTokenizer = preTokenizer; self.decoder = decoder
     self.addedTokens = addedTokens; self.prefixIds = prefixIds; self.suffixIds = suffixIds
     self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds
+    vocabSize = max(model.idToToken.count, (addedTokens.map { Int($0.id) }.max() ?? -1) + 1)
     var byId: [Int32: AddedToken] = [:]
     var byByte: [UInt8: [(bytes: [UInt8], token: AddedToken)]] = [:]
     for t in addedTokens {
@@ -61,7 +62,8 @@ public final class Tokenizer: @unchecked Sendable {
     addedByFirstByte = byByte
   }
 
-  public var vocabSize: Int { max(model.idToToken.count, (addedTokens.map { Int($0.id) }.max() ?? -1) + 1) }
+  /// Ids 0..<vocabSize (model vocabulary and added tokens); stored, since the engine checks it at every token.
+  public let vocabSize: Int
 
   /// The token string of an id (added tokens included), or nil when out of range.
   public func token(_ id: Int32) -> String? {
