@@ -95,15 +95,20 @@ public struct QuantizationConfig: Sendable, Equatable {
 }
 
 extension QuantizationConfig {
-  /// The fake-quantized runtime model: dense linears over (already dequantized) weights, inputs quantized per token
-  /// when activations are, and the KV quantizer. Shared by checkpoint loading and the quantizer's evaluation.
-  public func fakeQuantModel(config: LlamaConfiguration, weights: WeightSource) throws -> LlamaModel {
+  /// Dense linears over (already dequantized) weights, inputs quantized per token when activations are.
+  public var fakeQuantLinearFactory: LlamaModel.LinearFactory {
     let actBits = self.actBits
-    let model = try LlamaModel(config: config, weights: weights) { _, w, out, inp, b in
+    return { _, w, out, inp, b in
       let dense = DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b)
       if let ab = actBits { return ActQuantLinear(dense, bits: ab) }
       return dense
     }
+  }
+
+  /// The fake-quantized runtime model: dense linears over (already dequantized) weights, inputs quantized per token
+  /// when activations are, and the KV quantizer. Shared by checkpoint loading and the quantizer's evaluation.
+  public func fakeQuantModel(config: LlamaConfiguration, weights: WeightSource) throws -> LlamaModel {
+    let model = try LlamaModel(config: config, weights: weights, linearFactory: fakeQuantLinearFactory)
     if let kb = kvBits {
       if let s = kvStaticScales {
         guard s.count == 2 * config.numHiddenLayers else {
@@ -144,7 +149,7 @@ public enum QuantizedCheckpoint {
   }
 
   /// Tokenizer files from a HF folder, or exported from a GGUF's metadata.
-  static func copyTokenizer(from source: String?, to dir: String) throws {
+  public static func copyTokenizer(from source: String?, to dir: String) throws {
     guard let src = source else { return }
     let fm = FileManager.default
     if src.hasSuffix(".gguf") {
@@ -158,7 +163,8 @@ public enum QuantizedCheckpoint {
     }
   }
 
-  static func tensors(module p: String, _ q: QuantizedWeight) -> [TensorBlob] {
+  /// A quantized linear's tensors in this format (qweight, scales, zeros, s1).
+  public static func tensors(module p: String, _ q: QuantizedWeight) -> [TensorBlob] {
     let out = q.outFeatures, inp = q.inFeatures, ng = q.groups
     var blobs: [TensorBlob] = []
     if q.format.bits <= 4 {
@@ -247,14 +253,14 @@ public enum AnyModelLoader {
 }
 
 /// Presents a quantized checkpoint as FP tensors (quantized linears dequantized) for model construction.
-final class QuantizedSource: WeightSource {
+public final class QuantizedSource: WeightSource {
   let st: CheckpointWeights
   let config: LlamaConfiguration
   let quant: QuantizationConfig
   let quantizedModules: Set<String>
-  let tensorNames: [String]
+  public let tensorNames: [String]
 
-  init(st: CheckpointWeights, config: LlamaConfiguration, quant: QuantizationConfig) {
+  public init(st: CheckpointWeights, config: LlamaConfiguration, quant: QuantizationConfig) {
     self.st = st; self.config = config; self.quant = quant
     var modules = Set<String>()
     var names: [String] = []
@@ -267,12 +273,12 @@ final class QuantizedSource: WeightSource {
     tensorNames = names
   }
 
-  func shape(_ name: String) throws -> [Int] {
+  public func shape(_ name: String) throws -> [Int] {
     if name.hasSuffix(".weight"), quantizedModules.contains(String(name.dropLast(7))) { return tensorShape(name, config) }
     return try st.info(name).shape
   }
 
-  func floats(_ name: String) throws -> [Float] {
+  public func floats(_ name: String) throws -> [Float] {
     if name.hasSuffix(".weight"), quantizedModules.contains(String(name.dropLast(7))), let f = quant.weight {
       let m = String(name.dropLast(7)), s = tensorShape(name, config)
       return try QuantizedCheckpoint.readWeight(st, module: m, format: f, out: s[0], inp: s[1]).dequantized()

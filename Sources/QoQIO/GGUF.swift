@@ -158,6 +158,7 @@ public final class GGUFFile: @unchecked Sendable {
   /// Dequantizes a tensor to float32 (row-major, `shape` order).
   public func floats(_ name: String) throws -> [Float] {
     let t = try tensor(name)
+    defer { file.release(t.offset, t.offset + t.byteCount) }  // a copy: the mapped pages are not needed after
     return try dequantize(raw(t), type: t.type, count: t.count, what: "\(path): \(name)")
   }
 

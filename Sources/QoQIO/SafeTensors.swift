@@ -116,10 +116,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
     return UnsafeRawBufferPointer(rebasing: file.bytes[t.begin..<t.end])
   }
 
-  /// A tensor converted to float32.
+  /// A tensor converted to float32 (a copy: its mapped pages are released afterwards).
   public func floats(_ name: String) throws -> [Float] {
     let t = try info(name)
     let n = t.count
+    defer { file.release(t.begin, t.end) }
     return [Float](unsafeUninitializedCapacity: n) { buf, c in
       if n > 0 { convertToFloat(file.base! + t.begin, dtype: t.dtype, count: n, into: buf.baseAddress!) }
       c = n
@@ -141,9 +142,31 @@ public struct TensorBlob: Sendable {
   }
 }
 
+/// A tensor written by a callback instead of from memory (activations, shard assembly): the callback must write
+/// exactly `byteCount` little-endian bytes.
+public struct StreamedTensor {
+  public var name: String
+  public var dtype: DType
+  public var shape: [Int]
+  public var byteCount: Int
+  public var write: (FileHandle) throws -> Void
+  public init(name: String, dtype: DType, shape: [Int], byteCount: Int, write: @escaping (FileHandle) throws -> Void) {
+    self.name = name; self.dtype = dtype; self.shape = shape; self.byteCount = byteCount; self.write = write
+  }
+  /// An fp32 array written in place (no copy).
+  public init(name: String, shape: [Int], floats: [Float]) {
+    self.init(name: name, dtype: .F32, shape: shape, byteCount: floats.count * 4) { fh in
+      try floats.withUnsafeBytes { b in
+        guard let base = b.baseAddress, b.count > 0 else { return }
+        try fh.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: b.count, deallocator: .none))
+      }
+    }
+  }
+}
+
 public enum SafeTensorsWriter {
-  /// Writes tensors (sorted by name) atomically; the header is padded with spaces to a multiple of 8 bytes.
-  public static func write(_ tensors: [TensorBlob], metadata: [String: String] = ["format": "pt"], to path: String) throws {
+  /// Writes tensors produced by callbacks (sorted by name) atomically, in bounded memory.
+  public static func write(streamed tensors: [StreamedTensor], metadata: [String: String] = ["format": "pt"], to path: String) throws {
     let sorted = tensors.sorted { $0.name < $1.name }
     var header = JSONObject()
     if !metadata.isEmpty {
@@ -154,15 +177,15 @@ public enum SafeTensorsWriter {
     for t in sorted {
       guard seen.insert(t.name).inserted else { throw QoQError("\(path): duplicate tensor name \(t.name)") }
       let need = try checkedMul(try checkedCount(t.shape, t.name), t.dtype.size, t.name)
-      guard need == t.data.count else {
-        throw QoQError("\(path): tensor \(t.name) has \(t.data.count) bytes, shape \(t.shape) of \(t.dtype) needs \(need)")
+      guard need == t.byteCount else {
+        throw QoQError("\(path): tensor \(t.name) has \(t.byteCount) bytes, shape \(t.shape) of \(t.dtype) needs \(need)")
       }
       header[t.name] = .object(JSONObject([
         ("dtype", .string(t.dtype.rawValue)),
         ("shape", .array(t.shape.map { .int($0) })),
-        ("data_offsets", .array([.int(offset), .int(offset + t.data.count)])),
+        ("data_offsets", .array([.int(offset), .int(offset + t.byteCount)])),
       ]))
-      offset += t.data.count
+      offset = try checkedAdd(offset, t.byteCount, "\(path): file size")
     }
     var h = Array(JSON.serialize(.object(header)).utf8)
     while h.count % 8 != 0 { h.append(0x20) }
@@ -170,7 +193,18 @@ public enum SafeTensorsWriter {
       var n = UInt64(h.count).littleEndian
       try fh.write(contentsOf: Data(bytes: &n, count: 8))
       try fh.write(contentsOf: Data(h))
-      for t in sorted { try fh.write(contentsOf: t.data) }
+      for t in sorted {
+        let before = try fh.offset()
+        try t.write(fh)
+        guard try fh.offset() - before == UInt64(t.byteCount) else { throw QoQError("\(path): tensor \(t.name) was written short") }
+      }
     }
+  }
+
+  /// Writes tensors (sorted by name) atomically; the header is padded with spaces to a multiple of 8 bytes.
+  public static func write(_ tensors: [TensorBlob], metadata: [String: String] = ["format": "pt"], to path: String) throws {
+    try write(streamed: tensors.map { t in
+      StreamedTensor(name: t.name, dtype: t.dtype, shape: t.shape, byteCount: t.data.count) { try $0.write(contentsOf: t.data) }
+    }, metadata: metadata, to: path)
   }
 }

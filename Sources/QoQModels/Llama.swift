@@ -22,6 +22,28 @@ public final class DecoderLayer: @unchecked Sendable {
     self.qProj = qProj; self.kProj = kProj; self.vProj = vProj; self.oProj = oProj
     self.gateProj = gateProj; self.upProj = upProj; self.downProj = downProj
   }
+
+  /// Builds layer `i` from FP weights by their HF names (`model.layers.{i}.*`); `linearFactory` decides how each
+  /// linear is built (default: dense FP32).
+  public convenience init(config c: LlamaConfiguration, layer i: Int, weights src: WeightSource,
+                          linearFactory: LlamaModel.LinearFactory? = nil) throws {
+    let make: LlamaModel.LinearFactory = linearFactory
+      ?? { _, w, out, inp, b in DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
+    func linear(_ p: String, out: Int, inp: Int, bias: Bool) throws -> LinearLayer {
+      try make(p, try src.floats(p + ".weight"), out, inp, bias ? try src.floats(p + ".bias") : nil)
+    }
+    let p = "model.layers.\(i).", ab = c.attentionBias
+    self.init(
+      inputLayernorm: try src.floats(p + "input_layernorm.weight"),
+      postAttentionLayernorm: try src.floats(p + "post_attention_layernorm.weight"),
+      qProj: try linear(p + "self_attn.q_proj", out: c.qDim, inp: c.hiddenSize, bias: ab),
+      kProj: try linear(p + "self_attn.k_proj", out: c.kvDim, inp: c.hiddenSize, bias: ab),
+      vProj: try linear(p + "self_attn.v_proj", out: c.kvDim, inp: c.hiddenSize, bias: ab),
+      oProj: try linear(p + "self_attn.o_proj", out: c.hiddenSize, inp: c.qDim, bias: ab && c.modelType == "llama"),
+      gateProj: try linear(p + "mlp.gate_proj", out: c.intermediateSize, inp: c.hiddenSize, bias: c.mlpBias),
+      upProj: try linear(p + "mlp.up_proj", out: c.intermediateSize, inp: c.hiddenSize, bias: c.mlpBias),
+      downProj: try linear(p + "mlp.down_proj", out: c.hiddenSize, inp: c.intermediateSize, bias: c.mlpBias))
+  }
 }
 
 public final class LlamaModel: @unchecked Sendable {
@@ -55,29 +77,21 @@ public final class LlamaModel: @unchecked Sendable {
   /// `linearFactory` decides how each decoder linear is built (default: dense FP32); lm_head is always dense.
   public convenience init(config c: LlamaConfiguration, weights src: WeightSource, linearFactory: LinearFactory? = nil) throws {
     try verifyTensors(src, c)
-    let make: LinearFactory = linearFactory ?? { _, w, out, inp, b in DenseLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
-    func linear(_ p: String, out: Int, inp: Int, bias: Bool) throws -> LinearLayer {
-      try make(p, try src.floats(p + ".weight"), out, inp, bias ? try src.floats(p + ".bias") : nil)
-    }
-    var layers: [DecoderLayer] = []
-    for i in 0..<c.numHiddenLayers {
-      let p = "model.layers.\(i)."
-      let ab = c.attentionBias
-      layers.append(DecoderLayer(
-        inputLayernorm: try src.floats(p + "input_layernorm.weight"),
-        postAttentionLayernorm: try src.floats(p + "post_attention_layernorm.weight"),
-        qProj: try linear(p + "self_attn.q_proj", out: c.qDim, inp: c.hiddenSize, bias: ab),
-        kProj: try linear(p + "self_attn.k_proj", out: c.kvDim, inp: c.hiddenSize, bias: ab),
-        vProj: try linear(p + "self_attn.v_proj", out: c.kvDim, inp: c.hiddenSize, bias: ab),
-        oProj: try linear(p + "self_attn.o_proj", out: c.hiddenSize, inp: c.qDim, bias: ab && c.modelType == "llama"),
-        gateProj: try linear(p + "mlp.gate_proj", out: c.intermediateSize, inp: c.hiddenSize, bias: c.mlpBias),
-        upProj: try linear(p + "mlp.up_proj", out: c.intermediateSize, inp: c.hiddenSize, bias: c.mlpBias),
-        downProj: try linear(p + "mlp.down_proj", out: c.hiddenSize, inp: c.intermediateSize, bias: c.mlpBias)))
-    }
+    let layers = try (0..<c.numHiddenLayers).map { try DecoderLayer(config: c, layer: $0, weights: src, linearFactory: linearFactory) }
     let embed = try src.floats("model.embed_tokens.weight")
     let head = c.tieWordEmbeddings ? embed : try src.floats("lm_head.weight")
     try self.init(config: c, embedTokens: embed, layers: layers, norm: try src.floats("model.norm.weight"),
                   lmHead: DenseLinear(weight: head, outFeatures: c.vocabSize, inFeatures: c.hiddenSize))
+  }
+
+  /// A model that can run decoder layer `index` only (`runLayer`, `attentionOutput`), for layer-at-a-time
+  /// calibration: the layers below `index` are the same object (references, no copies) and the embedding, final
+  /// norm and head are empty, so it holds one layer's weights whatever the depth. KV caches made for it allocate
+  /// every layer's rows but touch only layer `index`'s.
+  public static func layerView(config c: LlamaConfiguration, index: Int, layer: DecoderLayer) throws -> LlamaModel {
+    precondition(index >= 0 && index < c.numHiddenLayers)
+    return try LlamaModel(config: c, embedTokens: [], layers: Array(repeating: layer, count: index + 1), norm: [],
+                          lmHead: DenseLinear(weight: [], outFeatures: 0, inFeatures: c.hiddenSize))
   }
 
   /// The longest context this model accepts (Mistral's sliding window is not implemented, so it caps the context).

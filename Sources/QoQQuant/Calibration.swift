@@ -3,8 +3,8 @@
 // tokenized with the tokenizer's default special tokens, long ones cut to a random window, then concatenated and
 // split into `numSamples` chunks of `seqLength`. (deepcompressor shuffles with HF datasets' permutation, which we
 // cannot reproduce bit for bit; the procedure is otherwise the same.)
-// Pass: each layer runs on the cached outputs of the previous layer *before* that layer was modified in the same
-// pass, so transforms see FP-propagated inputs; statistics are reduced chunk by chunk, so memory stays bounded.
+// Pass: each layer runs on the outputs of the previous layer *before* that layer was quantized, so transforms see
+// FP-propagated inputs; statistics are reduced chunk by chunk, so memory stays bounded.
 import Foundation
 import QoQIO
 import QoQModels
@@ -73,47 +73,61 @@ public enum CalibrationData {
   }
 }
 
-/// Runs calibration samples through a model one decoder layer at a time.
+/// The calibration activations between decoder layers: each sample's residual stream (length × H, fp32) entering the
+/// next layer. These are the only state of a streamed quantization run that grows with the calibration set (not with
+/// depth): 128 × 1024 tokens of a 4096-wide model hold 2 GiB.
 public final class LayerwisePass {
   public let samples: [[Int32]]
   /// Samples run through a layer together (bounds the capture and activation memory).
   public var chunk = 4
+  /// Per sample: (length, H) rows entering the next layer.
+  public var hidden: [[Float]]
+  var pool: [KVCache] = []
 
-  public init(samples: [[Int32]]) { self.samples = samples }
+  /// `embedding(token)` gives a token's (already rotated) embedding row.
+  public init(samples: [[Int32]], hidden: [[Float]]) {
+    precondition(hidden.count == samples.count)
+    self.samples = samples; self.hidden = hidden
+  }
 
-  /// For every layer: runs all samples through it (capturing `points`), calls `observe` per chunk, then `finish`
-  /// once, which may modify the layer in the weight store. The next layer sees this layer's outputs from before
-  /// `finish`. `progress(layer, layers)` is called after each layer.
-  public func run(model: LlamaModel, points: Set<LayerCapture.Point>,
-                  observe: (_ layer: Int, _ capture: LayerCapture) throws -> Void,
-                  finish: (_ layer: Int) throws -> Void,
-                  progress: ((Int, Int) -> Void)? = nil) throws {
+  /// The embeddings of every sample: rows of a (vocab, H) table, ids checked.
+  public static func embed(samples: [[Int32]], table: [Float], hiddenSize H: Int) throws -> [[Float]] {
+    let vocab = table.count / H
+    return try samples.map { s in
+      var x = [Float](repeating: 0, count: s.count * H)
+      for (r, t) in s.enumerated() {
+        guard t >= 0 && Int(t) < vocab else { throw QoQError("calibration token id \(t) is outside the vocabulary (0..<\(vocab))") }
+        for j in 0..<H { x[r * H + j] = table[Int(t) * H + j] }
+      }
+      return x
+    }
+  }
+
+  /// Runs every sample through decoder layer `l` of `model` (a whole model or a layer view), capturing `points` and
+  /// calling `observe` per chunk. With `advance` the layer's outputs become the next layer's inputs.
+  public func run(model: LlamaModel, layer l: Int, points: Set<LayerCapture.Point>, advance: Bool = true,
+                  observe: (_ capture: LayerCapture) throws -> Void) throws {
     let c = model.config
-    var hidden: [[Float]] = []
-    for s in samples { hidden.append(try model.embed([s], caches: [KVCache(config: c, capacity: 1)])) }
     let lengths = samples.map(\.count)
-    // One set of caches for the whole pass: runLayer writes layer l's K/V at position 0 (cache lengths stay 0),
-    // so reusing them avoids allocating (and faulting in) a full-depth cache per chunk and layer.
-    let pool = (0..<chunk).map { _ in KVCache(config: c, capacity: lengths.max() ?? 1) }
-    for l in 0..<c.numHiddenLayers {
-      var i = 0
-      while i < samples.count {
-        let j = min(samples.count, i + chunk)
-        var x = Array(hidden[i..<j].joined())
-        let caches = Array(pool.prefix(j - i))
-        let cap = LayerCapture(points)
-        try model.runLayer(l, x: &x, lengths: Array(lengths[i..<j]), caches: caches, capture: cap)
-        try observe(l, cap)
+    // One set of caches for the whole run: runLayer writes layer l's K/V at position 0 (cache lengths stay 0), so
+    // reusing them avoids allocating a cache per chunk and layer; only layer l's rows are ever touched.
+    if pool.isEmpty { pool = (0..<chunk).map { _ in KVCache(config: c, capacity: lengths.max() ?? 1) } }
+    var i = 0
+    while i < samples.count {
+      let j = min(samples.count, i + chunk)
+      var x = Array(hidden[i..<j].joined())
+      let cap = LayerCapture(points)
+      try model.runLayer(l, x: &x, lengths: Array(lengths[i..<j]), caches: Array(pool.prefix(j - i)), capture: cap)
+      try observe(cap)
+      if advance {
         var off = 0
         for s in i..<j {
           let n = lengths[s] * c.hiddenSize
           hidden[s] = Array(x[off..<(off + n)])
           off += n
         }
-        i = j
       }
-      try finish(l)
-      progress?(l + 1, c.numHiddenLayers)
+      i = j
     }
   }
 }

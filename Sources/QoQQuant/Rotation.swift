@@ -37,19 +37,74 @@ func transformRows(_ w: inout [Float], rows: Int, cols: Int, c0: Int = 0, len: I
 }
 
 public enum RotationStage {
-  /// Folds norms and rotates. Returns the residual rotation's description for logs.
+  /// Folds norms and rotates a whole (eager) store. Returns the residual rotation's description for logs.
   @discardableResult
   public static func apply(_ s: WeightStore, options: RotationOptions = RotationOptions()) throws -> String {
+    let r = try Rotator(config: s.config, options: options)
+    s.untie()
+    for l in 0..<s.config.numHiddenLayers { r.rotateLayer(s, layer: l) }
+    var head = s["lm_head.weight"]
+    r.foldAndRotateHead(&head, norm: s["model.norm.weight"])
+    s["lm_head.weight"] = head
+    s["model.norm.weight"] = [Float](repeating: 1, count: s.config.hiddenSize)
+    var e = s["model.embed_tokens.weight"]
+    r.rotateRows(&e)
+    s["model.embed_tokens.weight"] = e
+    return r.description
+  }
+}
+
+/// The rotation of one model, applied a tensor at a time so a streaming run can rotate each layer as it loads it,
+/// embedding rows as calibration looks them up, and the head on its own. Every tensor gets exactly the arithmetic the
+/// whole-model `RotationStage.apply` gives it.
+public struct Rotator: Sendable {
+  let config: LlamaConfiguration
+  let options: RotationOptions
+  let rot: HadamardRotation
+  let signs: [Double]?
+  let headRot: HadamardRotation?
+
+  public init(config c: LlamaConfiguration, options: RotationOptions) throws {
     if options.transforms.contains("down_proj") {
       throw QoQError("rotation.transforms down_proj (online Hadamard) is not supported; QoQ uses [out_proj]")
     }
     for t in options.transforms where t != "out_proj" && t != "down_proj" {
       throw QoQError("unknown rotation transform \(t) (supported: out_proj)")
     }
-    let c = s.config
-    let H = c.hiddenSize
-    s.untie()
-    // 1. Norm folding: W[:, j] *= g[j] for the consumers; g = 1.
+    config = c; self.options = options
+    rot = try HadamardRotation(size: c.hiddenSize)
+    if options.random {
+      var rng = SplitMix64(seed: options.seed)
+      signs = (0..<c.hiddenSize).map { _ in rng.next() & 1 == 0 ? 1 : -1 }
+    } else { signs = nil }
+    headRot = options.transforms.contains("out_proj") ? try HadamardRotation(size: c.headDim) : nil
+  }
+
+  public var description: String { "Hadamard \(config.hiddenSize) = \(rot.k)·\(rot.p)\(options.random ? " with random signs" : "")" }
+
+  /// x·R' with R' = D·R (random signs D, a diagonal ±1) or R, on one H-long vector.
+  func applyR(_ x: UnsafeMutablePointer<Double>) {
+    if let d = signs { for i in 0..<d.count { x[i] *= d[i] } }
+    rot.apply(x)
+  }
+
+  /// Rotates every H-wide row of a row-major matrix (embedding rows, lm_head rows, hidden states): row·R'.
+  public func rotateRows(_ w: inout [Float]) {
+    let H = config.hiddenSize
+    transformRows(&w, rows: w.count / H, cols: H) { applyR($0) }
+  }
+
+  /// lm_head: the final norm folded into its columns, then its rows rotated.
+  public func foldAndRotateHead(_ w: inout [Float], norm g: [Float]) {
+    let cols = g.count, rows = w.count / cols
+    for i in 0..<rows { for j in 0..<cols { w[i * cols + j] *= g[j] } }
+    rotateRows(&w)
+  }
+
+  /// Layer l: norm folding (W[:, j] *= g[j] for the norms' consumers; g = 1), residual rotation (consumers W·R',
+  /// producers R'ᵀ·W and their biases), then per-head V/O rotation with a head_dim Hadamard.
+  public func rotateLayer(_ s: WeightStore, layer l: Int) {
+    let c = config, H = c.hiddenSize, p = "model.layers.\(l)."
     func fold(_ norm: String, into modules: [String]) {
       let g = s[norm]
       for m in modules {
@@ -60,71 +115,37 @@ public enum RotationStage {
       }
       s[norm] = [Float](repeating: 1, count: g.count)
     }
-    for l in 0..<c.numHiddenLayers {
-      let p = "model.layers.\(l)."
-      fold(p + "input_layernorm.weight", into: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn." + $0 })
-      fold(p + "post_attention_layernorm.weight", into: ["gate_proj", "up_proj"].map { p + "mlp." + $0 })
+    fold(p + "input_layernorm.weight", into: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn." + $0 })
+    fold(p + "post_attention_layernorm.weight", into: ["gate_proj", "up_proj"].map { p + "mlp." + $0 })
+    for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"] {
+      var w = s[p + m + ".weight"]
+      rotateRows(&w)
+      s[p + m + ".weight"] = w
     }
-    fold("model.norm.weight", into: ["lm_head"])
-    // 2. Residual rotation R.
-    let rot = try HadamardRotation(size: H)
-    var signs: [Double]? = nil
-    if options.random {
-      var rng = SplitMix64(seed: options.seed)
-      signs = (0..<H).map { _ in rng.next() & 1 == 0 ? 1 : -1 }
-    }
-    // x·R' with R' = D·R (random signs D, a diagonal ±1) or R.
-    let applyR: (UnsafeMutablePointer<Double>) -> Void = { x in
-      if let d = signs { for i in 0..<H { x[i] *= d[i] } }
-      rot.apply(x)
-    }
-    func rotateInputs(_ name: String) {
-      var w = s[name]
-      transformRows(&w, rows: w.count / H, cols: H, applyR)
-      s[name] = w
-    }
-    func rotateOutputs(_ module: String) {
-      var w = s[module + ".weight"]
-      transformColumns(&w, rows: H, cols: w.count / H, applyR)
-      s[module + ".weight"] = w
-      if var b = s.tensors[module + ".bias"] {
-        b.withUnsafeMutableBufferPointer { bb in
-          var d = bb.map(Double.init)
-          d.withUnsafeMutableBufferPointer { applyR($0.baseAddress!) }
-          for i in 0..<H { bb[i] = Float(d[i]) }
-        }
-        s[module + ".bias"] = b
+    for m in [p + "self_attn.o_proj", p + "mlp.down_proj"] {
+      var w = s[m + ".weight"]
+      transformColumns(&w, rows: H, cols: w.count / H) { applyR($0) }
+      s[m + ".weight"] = w
+      if var b = s.tensors[m + ".bias"] {
+        var d = b.map(Double.init)
+        d.withUnsafeMutableBufferPointer { applyR($0.baseAddress!) }
+        for i in 0..<H { b[i] = Float(d[i]) }
+        s[m + ".bias"] = b
       }
     }
-    rotateInputs("model.embed_tokens.weight")
-    rotateInputs("lm_head.weight")
-    for l in 0..<c.numHiddenLayers {
-      let p = "model.layers.\(l)."
-      for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"] {
-        rotateInputs(p + m + ".weight")
-      }
-      rotateOutputs(p + "self_attn.o_proj")
-      rotateOutputs(p + "mlp.down_proj")
+    // Per-head V/O: W_v,h ← Hᵀ·W_v,h (bias too), W_o[:, h] ← W_o[:, h]·H.
+    guard let hrot = headRot else { return }
+    let hd = c.headDim, q = p + "self_attn."
+    let apply: (UnsafeMutablePointer<Double>) -> Void = { hrot.apply($0) }
+    var wv = s[q + "v_proj.weight"]
+    for h in 0..<c.numKeyValueHeads { transformColumns(&wv, rows: c.kvDim, cols: H, range: (h * hd)..<((h + 1) * hd), apply) }
+    s[q + "v_proj.weight"] = wv
+    if var bv = s.tensors[q + "v_proj.bias"] {
+      for h in 0..<c.numKeyValueHeads { transformRows(&bv, rows: 1, cols: c.kvDim, c0: h * hd, len: hd, apply) }
+      s[q + "v_proj.bias"] = bv
     }
-    // 3. Per-head V/O rotation with a head_dim Hadamard: W_v,h ← Hᵀ·W_v,h (bias too), W_o[:, h] ← W_o[:, h]·H.
-    if options.transforms.contains("out_proj") {
-      let hd = c.headDim
-      let hrot = try HadamardRotation(size: hd)
-      let apply: (UnsafeMutablePointer<Double>) -> Void = { hrot.apply($0) }
-      for l in 0..<c.numHiddenLayers {
-        let p = "model.layers.\(l).self_attn."
-        var wv = s[p + "v_proj.weight"]
-        for h in 0..<c.numKeyValueHeads { transformColumns(&wv, rows: c.kvDim, cols: H, range: (h * hd)..<((h + 1) * hd), apply) }
-        s[p + "v_proj.weight"] = wv
-        if var bv = s.tensors[p + "v_proj.bias"] {
-          for h in 0..<c.numKeyValueHeads { transformRows(&bv, rows: 1, cols: c.kvDim, c0: h * hd, len: hd, apply) }
-          s[p + "v_proj.bias"] = bv
-        }
-        var wo = s[p + "o_proj.weight"]
-        for h in 0..<c.numAttentionHeads { transformRows(&wo, rows: H, cols: c.qDim, c0: h * hd, len: hd, apply) }
-        s[p + "o_proj.weight"] = wo
-      }
-    }
-    return "Hadamard \(H) = \(rot.k)·\(rot.p)\(options.random ? " with random signs" : "")"
+    var wo = s[q + "o_proj.weight"]
+    for h in 0..<c.numAttentionHeads { transformRows(&wo, rows: H, cols: c.qDim, c0: h * hd, len: hd, apply) }
+    s[q + "o_proj.weight"] = wo
   }
 }

@@ -82,12 +82,27 @@ struct QuantizeCommand: ParsableCommand {
       var results = JSONObject([("model", .string(modelPath)), ("quantize_seconds", .double(wall)),
                                 ("peak_rss_gb", .double(peakRSSGB())),
                                 ("stages", .object(JSONObject(pipeline.timings.map { ($0.0, .double($0.1)) })))])
+      results["quantization"] = out.quantization.json
+      let yaml = try recipe.yaml()
+      // The checkpoint: into --save-model (built beside it, renamed into place), else a temporary folder.
+      var evalFolder: String
+      if !save.isEmpty {
+        let resultsFile = { Data(JSON.serialize(.object(results), pretty: true).utf8) }
+        try OutputFolder.write(save, force: force, inputs: inputs, command: "quantize") { tmp in
+          try out.write(into: tmp, recipeYAML: yaml, extraFiles: [("results.json", resultsFile())])
+        }
+        note("saved \(save) (recipe.yaml and results.json beside the weights)")
+        evalFolder = save
+      } else {
+        evalFolder = skipEval ? "" : try out.checkpoint()
+      }
       if !skipEval {
-        let model = try QuantizationPipeline.fakeQuantModel(out)
+        // Evaluated from the checkpoint itself, as `qoq eval` would load it.
+        let (loaded, _) = try AnyModelLoader.load(path: evalFolder)
         guard let raw = try? String(contentsOfFile: plan.evalDataset, encoding: .utf8) else { throw QoQError("\(plan.evalDataset): cannot read") }
         let tokens = try perplexityTokens(raw: raw, tokenizer: out.tokenizer, proto: .gptq)
-        let r = try PerplexityEvaluator(model: model).evaluate(tokens: tokens, seqLen: plan.evalSeqLen,
-                                                               maxWindows: plan.evalWindows > 0 ? plan.evalWindows : nil) { w, n, ppl in
+        let r = try PerplexityEvaluator(model: loaded.model).evaluate(tokens: tokens, seqLen: plan.evalSeqLen,
+                                                                      maxWindows: plan.evalWindows > 0 ? plan.evalWindows : nil) { w, n, ppl in
           Progress.update("\(Progress.bar(w, n)) evaluating window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
         }
         Progress.done()
@@ -95,27 +110,14 @@ struct QuantizeCommand: ParsableCommand {
         results["wikitext2_ppl"] = .double(r.perplexity)
         results["eval_windows"] = .int(r.windows)
         results["eval_seq_len"] = .int(r.seqLen)
+        if !save.isEmpty { try atomicWrite(save + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8)) }
       }
-      results["quantization"] = out.quantization.json
-      let yaml = try recipe.yaml()
       if let rp = resultsPath {
         results["recipe"] = .string(yaml)
         try atomicWrite(rp, data: Data(JSON.serialize(.object(results), pretty: true).utf8))
+        results["recipe"] = nil
       }
-      if !save.isEmpty {
-        var fp: [String: [Float]] = [:], biases: [String: [Float]] = [:]
-        for (n, v) in out.store.tensors {
-          let module = n.hasSuffix(".weight") ? String(n.dropLast(7)) : n.hasSuffix(".bias") ? String(n.dropLast(5)) : n
-          if out.quantized[module] != nil {
-            if n.hasSuffix(".bias") { biases[module] = v }
-          } else { fp[n] = v }
-        }
-        try QuantizedCheckpoint.write(to: save, config: out.store.config, quantization: out.quantization, fp: fp,
-                                      quantized: out.quantized, biases: biases, recipeYAML: yaml,
-                                      tokenizerFrom: modelPath, overwrite: force, inputs: inputs,
-                                      extraFiles: [("results.json", Data(JSON.serialize(.object(results), pretty: true).utf8))])
-        note("saved \(save) (recipe.yaml and results.json beside the weights)")
-      } else {
+      if save.isEmpty {
         let dir = (try recipe.string("output.root") ?? "runs") + "/quantize-" + ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         try OutputFolder.createFolder(dir)
         try atomicWrite(dir + "/recipe.yaml", data: Data(yaml.utf8))

@@ -62,13 +62,7 @@ enum RealModel {
     default: break
     }
     let out = try QuantizationPipeline(modelPath: RealModel.folder, recipe: try Recipe.load(files: [], flags: flags), cacheRoot: nil).run()
-    var fp: [String: [Float]] = [:]
-    for (n, v) in out.store.tensors where out.quantized[String(n.dropLast(7))] == nil { fp[n] = v }
-    let dir = NSTemporaryDirectory() + "qoq-smol-engine-\(UInt64.random(in: 0..<UInt64.max))"
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    try QuantizedCheckpoint.write(to: dir, config: out.store.config, quantization: out.quantization, fp: fp,
-                                  quantized: out.quantized, biases: [:], recipeYAML: "", tokenizerFrom: RealModel.folder, overwrite: true)
-    fp = [:]
+    let dir = try out.checkpoint()
     let loaded = try ModelLoader.load(path: RealModel.folder)
     let raw = try String(contentsOfFile: Self.shared + "/wikitext-2-raw/wiki.test.raw", encoding: .utf8)
     let tokens = Array(try perplexityTokens(raw: String(raw.prefix(8000)), tokenizer: loaded.tokenizer, proto: .gptq).prefix(512))

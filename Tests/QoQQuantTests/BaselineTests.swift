@@ -26,7 +26,8 @@ import QoQTestSupport
       let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
       #expect(p.plan.smoothProjKeys == ["qkv_proj", "up_proj"])
       let out = try p.run()
-      let after = try lastLogits(try out.store.model(), PipelineTests.probe)
+      let store = try out.store()
+      let after = try lastLogits(try store.model(), PipelineTests.probe)
       #expect(relL2(after, before) < 1e-5, "\(name): \(relL2(after, before))")
       // Hand check of λ for layer 0, q/k/v: x = input_layernorm output over the same calibration samples.
       let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
@@ -46,7 +47,7 @@ import QoQTestSupport
           for r in 0..<(w.count / c.hiddenSize) { wmax = max(wmax, abs(w[r * c.hiddenSize + j])) }
         }
         let lam = pow(Double(xmax[j]), 0.85) / pow(Double(wmax), 0.15)
-        let g0 = Double(try orig.floats("model.layers.0.input_layernorm.weight")[j]), g1 = Double(out.store["model.layers.0.input_layernorm.weight"][j])
+        let g0 = Double(try orig.floats("model.layers.0.input_layernorm.weight")[j]), g1 = Double(store["model.layers.0.input_layernorm.weight"][j])
         #expect(abs(g0 / g1 - lam) < 1e-4 * lam, "\(name) channel \(j): λ \(g0 / g1) vs \(lam)")
       }
     }
@@ -80,7 +81,7 @@ import QoQTestSupport
                             flags: ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"])
     let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run()
     #expect(out.quantization.method == "smoothquant" && out.quantization.weight == .sym(bits: 8) && out.quantization.kvAsymmetric == false)
-    let a = try lastLogits(try QuantizationPipeline.fakeQuantModel(out), PipelineTests.probe)
+    let a = try lastLogits(try out.fakeQuantModel(), PipelineTests.probe)
     let b = try lastLogits(try ModelLoader.load(path: dir + "/model").model, PipelineTests.probe)
     #expect(relL2(a, b) < 0.1 && relL2(a, b) > 1e-6, "W8A8KV8 vs FP: \(relL2(a, b))")
   }
@@ -124,10 +125,10 @@ extension BaselineTests {
     let out = try p.run()
     #expect(out.quantization.method == "awq" && out.quantization.actBits == nil && out.quantization.weight == .asym(bits: 4, group: 16))
     #expect(lines.filter { $0.contains("AWQ α") }.count == c.numHiddenLayers)
-    let a = try lastLogits(try QuantizationPipeline.fakeQuantModel(out), PipelineTests.probe)
+    let a = try lastLogits(try out.fakeQuantModel(), PipelineTests.probe)
     let rtn = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [Self.recipesDir + "/rtn-w4a16-g64.yaml"],
                                                                                         flags: ["--wgts-group-shapes", "1,16"]), cacheRoot: nil).run()
-    let b = try lastLogits(try QuantizationPipeline.fakeQuantModel(rtn), PipelineTests.probe)
+    let b = try lastLogits(try rtn.fakeQuantModel(), PipelineTests.probe)
     let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, PipelineTests.probe)
     #expect(relL2(a, fp) < 0.2 && relL2(b, fp) < 0.2, "AWQ \(relL2(a, fp)), RTN \(relL2(b, fp))")
   }
@@ -152,7 +153,8 @@ extension BaselineTests {
     // Independent recomputation: the fake model with its KV quantization removed, run sample by sample.
     var noKV = out.quantization
     noKV.kvStaticScales = nil; noKV.kvBits = nil
-    let m = try noKV.fakeQuantModel(config: c, weights: out.store)
+    let store = try out.store()
+    let m = try noKV.fakeQuantModel(config: c, weights: store)
     let samples = try CalibrationData.samples(p.plan.calib, tokenizer: out.tokenizer)
     var km = [Float](repeating: 0, count: c.numHiddenLayers), vm = km
     for s in samples {
@@ -168,7 +170,7 @@ extension BaselineTests {
     }
     let cfg = try QuantizationConfig(json: out.quantization.json, what: "roundtrip")
     #expect(cfg.kvStaticScales == scales && !cfg.kvAsymmetric)
-    let staticModel = try out.quantization.fakeQuantModel(config: c, weights: out.store)
+    let staticModel = try out.quantization.fakeQuantModel(config: c, weights: store)
     #expect(staticModel.kvLayerQuantizers?.count == c.numHiddenLayers)
     let a = try lastLogits(staticModel, PipelineTests.probe), b = try lastLogits(m, PipelineTests.probe)
     #expect(relL2(a, b) > 0 && relL2(a, b) < 0.1)

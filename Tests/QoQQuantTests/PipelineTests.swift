@@ -28,6 +28,17 @@ func tempDir(_ name: String) -> String {
 
 func lastLogits(_ m: LlamaModel, _ t: [Int32]) throws -> [Float] { try m.lastLogits([t], caches: [KVCache(config: m.config)])[0] }
 
+/// Every tensor of a checkpoint folder as raw bytes with its dtype and shape (bit-for-bit comparisons).
+func checkpointBytes(_ dir: String) throws -> [String: String] {
+  let st = try CheckpointWeights(folder: dir)
+  var out: [String: String] = [:]
+  for n in st.names {
+    let i = try st.info(n)
+    out[n] = "\(i.dtype) \(i.shape) " + sha256Hex(Array(try st.raw(n)))
+  }
+  return out
+}
+
 func relL2(_ a: [Float], _ b: [Float]) -> Double {
   var n = 0.0, d = 0.0
   for i in 0..<a.count { n += Double(a[i] - b[i]) * Double(a[i] - b[i]); d += Double(b[i]) * Double(b[i]) }
@@ -61,11 +72,12 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
                           "--smooth-proj-beta", "0.7", "--smooth-proj-skips", "qkv_proj", "up_proj", "out_proj",
                           "--smooth-enable-attn"], calib: dir + "/calib.txt")
       let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run()
-      let after = try lastLogits(try out.store.model(), Self.probe)
+      let store = try out.store()
+      let after = try lastLogits(try store.model(), Self.probe)
       #expect(relL2(after, before) < 1e-5, "\(name): \(relL2(after, before))")
       // The transforms really changed the weights.
       let orig = try CheckpointWeights(folder: dir + "/model")
-      #expect(try orig.floats("model.layers.0.mlp.down_proj.weight") != out.store["model.layers.0.mlp.down_proj.weight"])
+      #expect(try orig.floats("model.layers.0.mlp.down_proj.weight") != store["model.layers.0.mlp.down_proj.weight"])
     }
   }
 
@@ -80,78 +92,66 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     let flags = Self.qoqTinyFlags + ["--smooth-proj-alpha", "0.3", "--smooth-proj-beta", "0.7"]
     let r = try recipe(flags, calib: dir + "/calib.txt")
     let one = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
-    var lines: [String] = []
-    one.log = { lines.append($0) }
     let fused = try one.run()
-    #expect(lines.contains { $0.contains("one calibration pass") })
+    #expect(one.timings.contains { $0.0 == "reorder+smooth+weights" })
     let two = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
     two.fuseCalibrationPasses = false
     let separate = try two.run()
+    #expect(two.timings.contains { $0.0 == "reorder+smooth" } && two.timings.contains { $0.0 == "weights" })
     var same = 0, total = 0
-    for (m, q) in separate.quantized {
-      let f = try #require(fused.quantized[m])
+    let fq = try fused.quantizedWeights()
+    for (m, q) in try separate.quantizedWeights() {
+      let f = try #require(fq[m])
       #expect(f.scale == q.scale && f.rowScale == q.rowScale, "\(m): static parameters differ")
       for i in q.codes.indices { total += 1; if f.codes[i] == q.codes[i] { same += 1 } }
     }
     #expect(Double(same) / Double(total) > 0.99, "codes equal: \(same)/\(total)")
-    let a = try lastLogits(try QuantizationPipeline.fakeQuantModel(fused), Self.probe)
-    let b = try lastLogits(try QuantizationPipeline.fakeQuantModel(separate), Self.probe)
+    let a = try lastLogits(try fused.fakeQuantModel(), Self.probe)
+    let b = try lastLogits(try separate.fakeQuantModel(), Self.probe)
     #expect(relL2(a, b) < 2e-2, "fused vs two passes: \(relL2(a, b))")
   }
 
-  /// A full QoQ run: the saved checkpoint, read back, is the same fake-quantized model as the in-memory one, and a
-  /// run stopped midway resumes from its cached stages with the same result.
+  /// A full QoQ run, streamed: a run stopped after layer 0 resumes at layer 1 and writes the same checkpoint bit for
+  /// bit as an uninterrupted run; a third run finds every layer saved; the saved checkpoint, read back, is the
+  /// run's fake-quantized model.
   @Test func quantizeSaveLoadAndResume() throws {
     let (_, c) = try tinyPipelineConfigs()[0]
     let dir = tempDir("q")
     try writeTinyCheckpoint(c, to: dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
-    let flags = Self.qoqTinyFlags
-    let r = try recipe(flags, calib: dir + "/calib.txt")
+    let r = try recipe(Self.qoqTinyFlags, calib: dir + "/calib.txt")
     // Uninterrupted reference run without a cache.
     let ref = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run()
-    #expect(ref.quantized.count == 2 * 7)
-    // A run "killed" after the smoothing stage, then rerun: finished stages come from the cache.
+    #expect(try ref.quantizedWeights().count == 2 * 7)
+    let refTensors = try checkpointBytes(try ref.checkpoint())
+    // A run "killed" after layer 0, then rerun: layer 0 comes from the work folder.
     let cache = dir + "/cache"
     let p1 = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
-    p1.stopAfter = "reorder+smooth"
+    p1.stopAfterLayer = 0
     #expect(throws: QoQError.self) { _ = try p1.run() }
     let p2 = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
-    var lines: [String] = []
-    p2.log = { lines.append($0) }
     let resumed = try p2.run()
-    #expect(lines.contains { $0.hasPrefix("rotation: cached") } && lines.contains { $0.hasPrefix("reorder+smooth: cached") })
-    #expect(!lines.contains { $0.hasPrefix("weights: cached") })
-    for (m, q) in ref.quantized { #expect(resumed.quantized[m]?.codes == q.codes, "\(m) codes differ after resume") }
-    // A third run is entirely cached.
+    #expect(p2.resumedLayers == 1)
+    #expect(try checkpointBytes(try resumed.checkpoint()) == refTensors, "resumed run differs from the uninterrupted one")
+    // A third run finds every layer saved.
     let p3 = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
-    var lines3: [String] = []
-    p3.log = { lines3.append($0) }
     let again = try p3.run()
-    #expect(lines3.contains { $0.hasPrefix("weights: cached") })
-    for (m, q) in ref.quantized { #expect(again.quantized[m]?.scale == q.scale) }
-    // Save, reload through the checkpoint reader, compare with the in-memory fake-quant model.
-    var fp: [String: [Float]] = [:], biases: [String: [Float]] = [:]
-    for (n, v) in ref.store.tensors {
-      let module = n.hasSuffix(".weight") ? String(n.dropLast(7)) : String(n.dropLast(5))
-      if ref.quantized[module] == nil { fp[n] = v } else if n.hasSuffix(".bias") { biases[module] = v }
-    }
-    try QuantizedCheckpoint.write(to: dir + "/out", config: ref.store.config, quantization: ref.quantization, fp: fp,
-                                  quantized: ref.quantized, biases: biases, recipeYAML: try r.yaml(),
-                                  tokenizerFrom: dir + "/model", overwrite: false)
+    #expect(p3.resumedLayers == c.numHiddenLayers)
+    #expect(try checkpointBytes(try again.checkpoint()) == refTensors)
+    // Save, reload through the checkpoint reader, compare with the run's fake-quant model.
+    try OutputFolder.write(dir + "/out", force: false, command: "quantize") { try ref.write(into: $0, recipeYAML: try r.yaml()) }
     let (loaded, qc) = try AnyModelLoader.load(path: dir + "/out")
     #expect(qc == ref.quantization)
-    let a = try lastLogits(loaded.model, Self.probe), b = try lastLogits(try QuantizationPipeline.fakeQuantModel(ref), Self.probe)
+    let a = try lastLogits(loaded.model, Self.probe), b = try lastLogits(try ref.fakeQuantModel(), Self.probe)
     #expect(a == b)
     #expect(FileManager.default.fileExists(atPath: dir + "/out/recipe.yaml"))
     // Quantization changed the model, but not beyond recognition.
     let fpLogits = try lastLogits(try ModelLoader.load(path: dir + "/model").model, Self.probe)
     let d = relL2(a, fpLogits)
     #expect(d > 1e-4 && d.isFinite, "quantized vs FP: \(d)")
-    // Writing over an existing folder without overwrite fails and leaves it intact.
+    // Writing over an existing folder without --force fails and leaves it intact.
     #expect(throws: QoQError.self) {
-      try QuantizedCheckpoint.write(to: dir + "/out", config: ref.store.config, quantization: ref.quantization, fp: fp,
-                                    quantized: ref.quantized, biases: biases, recipeYAML: "", tokenizerFrom: nil, overwrite: false)
+      try OutputFolder.write(dir + "/out", force: false, command: "quantize") { try ref.write(into: $0, recipeYAML: "") }
     }
     #expect(FileManager.default.fileExists(atPath: dir + "/out/model.safetensors"))
     let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }
@@ -202,9 +202,9 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     p.log = { lines.append($0) }
     let out = try p.run()
     #expect(lines.contains { $0.contains("SmoothAttention α") })
-    #expect(out.quantized.count == 14)
+    #expect(try out.quantizedWeights().count == 14)
     let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, PipelineTests.probe)
-    let q = try lastLogits(try QuantizationPipeline.fakeQuantModel(out), PipelineTests.probe)
+    let q = try lastLogits(try out.fakeQuantModel(), PipelineTests.probe)
     #expect(relL2(q, fp).isFinite && relL2(q, fp) > 1e-4)
   }
 }

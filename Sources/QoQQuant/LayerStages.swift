@@ -1,0 +1,246 @@
+// The per-layer stages of the streaming quantizer (deepcompressor.md §2): each runs on one decoder layer held in the
+// (lazy) weight store, with that layer's calibration inputs from a LayerwisePass, and leaves the layer transformed
+// and/or quantized in the store. Reorder and smoothing share one calibration pass: both are exact transforms whose
+// statistics (down_proj input absmax, post-RoPE Q/K absmax) are permuted, not changed, by reordering.
+import Foundation
+import QoQFormat
+import QoQIO
+import QoQModels
+
+extension QuantizationPipeline {
+  /// The model the calibration passes run for layer l: fp32, or bf16 linears when model.dtype is torch.bfloat16.
+  func calibrationModel(_ store: WeightStore, layer l: Int) throws -> LlamaModel {
+    guard plan.calibBF16 else { return try store.layerModel(l) }
+    return try store.layerModel(l) { _, w, out, inp, b in BF16Linear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
+  }
+
+  /// One calibration pass over layer l: down_proj input, post-RoPE Q/K absmax → reorder, SmoothAttention (Manual, or
+  /// GridSearch over deepcompressor's (α, β) candidates minimising the attention output error with K quantized),
+  /// SmoothLinear. `fused`: also accumulates the GPTQ Hessians and quantizes the layer right after its transforms
+  /// (returned). `advance`: the layer's FP outputs become the pass's inputs for the next layer.
+  func transformLayer(_ store: WeightStore, layer l: Int, pass: LayerwisePass, fused: Bool, advance: Bool) throws -> [String: QuantizedWeight] {
+    let model = try calibrationModel(store, layer: l)
+    let samples = pass.samples
+    let c = store.config
+    var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
+    let grid = plan.smoothAttn?.strategy == .gridSearch
+    let searchSeqs = min(samples.count, plan.smoothAttnSamples)
+    var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
+    var quantized: [String: QuantizedWeight] = [:]
+    func newHessians() -> [String: HessianAccumulator] {
+      fused ? ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
+               "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)] : [:]
+    }
+    var hs = newHessians()
+    let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
+    let smoothKeys = plan.smoothProj == nil ? [] : plan.smoothProjKeys
+    var attnIn = AbsMaxAccumulator(width: c.hiddenSize), mlpIn = AbsMaxAccumulator(width: c.hiddenSize)
+    var points: Set<LayerCapture.Point> = [.downInput, .qRope, .kRope]
+    if smoothKeys.contains("qkv_proj") { points.insert(.attnInput) }
+    if smoothKeys.contains("up_proj") { points.insert(.mlpInput) }
+    // AWQ: spans over every token, module inputs of the first sequences for the output-error searches.
+    let awq = plan.smoothProjAlphas != nil
+    let awqSeqs = min(samples.count, plan.smoothProjSamples)
+    var awqIn: [LayerCapture.Point: [Float]] = [:]
+    var oSpan = AbsMaxAccumulator(width: c.qDim)
+    var seen = 0
+    if awq { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
+    if grid || fused { points.insert(.attnInput) }
+    if fused { points.formUnion([.oProjInput, .mlpInput]) }
+    try pass.run(model: model, layer: l, points: points, advance: advance) { cap in
+      down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
+      if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
+      if awq {
+        oSpan.add(cap[.oProjInput])
+        let rows = cap[.attnInput].count / c.hiddenSize, per = rows / max(1, samples[0].count)
+        if seen < awqSeqs {
+          let take = min(per, awqSeqs - seen) * samples[0].count
+          for (pt, w) in [(LayerCapture.Point.attnInput, c.hiddenSize), (.oProjInput, c.qDim), (.mlpInput, c.hiddenSize), (.downInput, c.intermediateSize)] {
+            awqIn[pt, default: []] += cap[pt].prefix(take * w)
+          }
+        }
+        seen += per
+      }
+      for (name, p) in hessianPoints {
+        guard let acc = hs[name] else { continue }
+        let x = cap[p]
+        x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) }
+      }
+      if grid && searchInput.count < searchSeqs * samples[0].count * c.hiddenSize {
+        let need = searchSeqs * samples[0].count * c.hiddenSize - searchInput.count
+        searchInput += cap[.attnInput].prefix(need)
+      }
+    }
+    var dmax = down.values
+    if plan.reorder {
+      let perm = ReorderStage.apply(store, layer: l, downInputAbsMax: dmax)
+      dmax = perm.map { dmax[$0] }
+      hs["down"]?.inputPermutation = perm
+    }
+    if let sa = plan.smoothAttn {
+      var (alpha, beta) = (sa.alpha, sa.beta)
+      if sa.strategy == .gridSearch {
+        (alpha, beta) = try searchSmoothAttention(store, model: model, layer: l, qAbsMax: q.values, kAbsMax: k.values,
+                                                  h: searchInput, lengths: Array(samples.prefix(searchSeqs).map(\.count)))
+        log("layer \(l): SmoothAttention α = \(alpha), β = \(beta)")
+      }
+      if alpha != 0 || beta != 0 {
+        SmoothStage.attention(store, layer: l, qAbsMax: q.values, kAbsMax: k.values, alpha: alpha, beta: beta)
+      }
+    }
+    if let alphas = plan.smoothProjAlphas, let format = plan.weightFormat {
+      let chosen = try awqLayer(store, model: model, layer: l, format: format, keys: smoothKeys,
+                                attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
+                                downIn: awqIn[.downInput] ?? [], lengths: Array(samples.prefix(awqSeqs).map(\.count)),
+                                spans: (attnIn.values, oSpan.values, mlpIn.values, dmax), candidates: alphas)
+      log("layer \(l): AWQ α " + chosen.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+    } else if let sp = plan.smoothProj {
+      if smoothKeys.contains("down_proj") {
+        // (Evaluated before the assignment: `hs["down"]?.x = f()` would skip f() when there is no Hessian.)
+        let lam = SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
+        hs["down"]?.inputDivisor = lam
+      }
+      // SmoothQuant: norm → linears. The captured attention/MLP inputs are divided by λ; their Hessians too.
+      for (key, acc, h) in [("qkv_proj", attnIn, "attn"), ("up_proj", mlpIn, "mlp")] where smoothKeys.contains(key) {
+        let lam = SmoothStage.normLinear(store, layer: l, key: key, inputAbsMax: acc.values, alpha: sp.alpha, beta: sp.beta)
+        hs[h]?.inputDivisor = lam
+      }
+    }
+    if fused, let format = plan.weightFormat {
+      quantized = try quantizeLayer(store, layer: l, format: format, hessians: hs, sequences: samples.count)
+    }
+    return quantized
+  }
+
+  /// The (α, β) whose SmoothAttention gives the smallest attention-output error with K fake-quantized.
+  func searchSmoothAttention(_ store: WeightStore, model: LlamaModel, layer l: Int, qAbsMax: [Float], kAbsMax: [Float],
+                             h: [Float], lengths: [Int]) throws -> (Double, Double) {
+    guard let sa = plan.smoothAttn, let kb = plan.kvBits else { return (0, 0) }
+    let c = store.config, base = model.layers[l]
+    let kq = KVFakeQuant(bits: kb, group: plan.kvGroup ?? c.kvDim, asymmetric: plan.kvAsymmetric)
+    let reference = try model.attentionOutput(base, h: h, lengths: lengths)
+    var best = (0.0, 0.0), bestErr = Double.infinity
+    for (a, b) in SmoothStage.alphaBetaCandidates(alpha: sa.alpha, beta: sa.beta, grids: sa.grids) {
+      let (lq, lk) = (a == 0 && b == 0) ? ([Float](repeating: 1, count: c.qDim), [Float](repeating: 1, count: c.kvDim))
+        : SmoothStage.attentionScales(c, qAbsMax: qAbsMax, kAbsMax: kAbsMax, alpha: a, beta: b)
+      let t = SmoothStage.scaledQK(store, layer: l, lamQ: lq, lamKV: lk)
+      let layer = DecoderLayer(inputLayernorm: base.inputLayernorm, postAttentionLayernorm: base.postAttentionLayernorm,
+                               qProj: DenseLinear(weight: t.wq, outFeatures: c.qDim, inFeatures: c.hiddenSize, bias: t.bq),
+                               kProj: DenseLinear(weight: t.wk, outFeatures: c.kvDim, inFeatures: c.hiddenSize, bias: t.bk),
+                               vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
+      let y = try model.attentionOutput(layer, h: h, lengths: lengths, kvTransform: kq, keysOnly: true)
+      var e = 0.0
+      for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }
+      if e < bestErr { bestErr = e; best = (a, b) }
+    }
+    return best
+  }
+
+  /// Weight quantization of layer l with calibration (GPTQ Hessians and/or the weight range search) from the inputs
+  /// the pass holds for it, which then advance through the (transformed) FP layer. The store gets the dequantized
+  /// weights.
+  func weightLayer(_ store: WeightStore, layer l: Int, format: WeightFormat, pass: LayerwisePass) throws -> [String: QuantizedWeight] {
+    let c = store.config, s = pass.samples
+    let grid = plan.clipStrategy == .gridSearch
+    let model = try calibrationModel(store, layer: l)
+    // Grid search inputs: the 512-token subsample of each module input, and whole attention inputs of the first
+    // sequences for the q/k attention-output objective.
+    let totalRows = s.reduce(0) { $0 + $1.count }
+    let wanted = Set(RangeSearch.subsampleRows(total: totalRows))
+    let qkSeqs = min(s.count, plan.clipSamples)
+    var sub: [String: [Float]] = [:], qkInput: [Float] = []
+    var rowBase = 0
+    let hs: [String: HessianAccumulator] = plan.gptq == nil ? [:]
+      : ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
+         "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)]
+    let points: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
+    try pass.run(model: model, layer: l, points: [.attnInput, .oProjInput, .mlpInput, .downInput]) { cap in
+      var rows = 0
+      for (k, p) in points {
+        let x = cap[p]
+        let width = k == "o" ? c.qDim : k == "down" ? c.intermediateSize : c.hiddenSize
+        rows = x.count / width
+        if let acc = hs[k] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: rows) } }
+        if grid {
+          for r in 0..<rows where wanted.contains(rowBase + r) { sub[k, default: []] += x[(r * width)..<((r + 1) * width)] }
+          if k == "attn" && qkInput.count < qkSeqs * s[0].count * width {
+            qkInput += x.prefix(qkSeqs * s[0].count * width - qkInput.count)
+          }
+        }
+      }
+      rowBase += rows
+    }
+    var searched: [String: [Float]] = [:]
+    if grid {
+      let cands = RangeSearch.ratios(maxShrink: plan.clipMaxShrink, numGrids: plan.clipNumGrids)
+      let lengths = Array(s.prefix(qkSeqs).map(\.count))
+      let reference = try model.attentionOutput(model.layers[l], h: qkInput, lengths: lengths)
+      for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) && !plan.clipSkips.contains(key(m)) {
+        let (o, i) = store.linearShape(m)
+        if (m.hasSuffix("q_proj") || m.hasSuffix("k_proj")) && !plan.clipProducts {
+          searched[m] = [try RangeSearch.attentionOutputs(model: model, layer: l, store: store, module: m, format: format,
+                                                          h: qkInput, lengths: lengths, reference: reference, candidates: cands)]
+        } else {
+          let k = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : key(m) == "qkv_proj" ? "attn" : "mlp"
+          searched[m] = RangeSearch.productsError(weight: store[m + ".weight"], out: o, inp: i, format: format,
+                                                  inputs: sub[k] ?? [], candidates: cands)
+        }
+      }
+    }
+    return try quantizeLayer(store, layer: l, format: format, hessians: plan.gptq == nil ? nil : hs, sequences: s.count,
+                             searched: searched)
+  }
+
+  /// deepcompressor's module key of a linear (for skips).
+  func key(_ module: String) -> String {
+    if module.hasSuffix("q_proj") || module.hasSuffix("k_proj") || module.hasSuffix("v_proj") { return "qkv_proj" }
+    if module.hasSuffix("o_proj") { return "out_proj" }
+    if module.hasSuffix("gate_proj") || module.hasSuffix("up_proj") { return "up_proj" }
+    return "down_proj"
+  }
+
+  /// Quantizes the linears of layer l: static parameters from the (clipped) range, then GPTQ with the layer's
+  /// Hessians (keys attn, o, mlp, down) or round-to-nearest. The store gets the dequantized weights.
+  func quantizeLayer(_ store: WeightStore, layer l: Int, format: WeightFormat, hessians: [String: HessianAccumulator]?,
+                     sequences: Int, searched: [String: [Float]] = [:]) throws -> [String: QuantizedWeight] {
+    var out: [String: QuantizedWeight] = [:]
+    var inverses: [String: GPTQInverse] = [:]  // one per distinct input: q/k/v share, gate/up share
+    for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) {
+      let (o, i) = store.linearShape(m)
+      let w = store[m + ".weight"]
+      let ratios: [Float]? = searched[m] ?? (plan.clipRatio < 1 && !plan.clipSkips.contains(key(m)) ? [Float(plan.clipRatio)] : nil)
+      let qz = WeightQuantizer(weight: w, out: o, inp: i, format: format, ratios: ratios)
+      let q: QuantizedWeight
+      if let hs = hessians, let gopts = plan.gptq {
+        let hk = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
+        if inverses[hk] == nil {
+          inverses[hk] = try GPTQInverse(hessian: hs[hk]!.hessian(sequences: sequences), size: i, options: gopts)
+        }
+        q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
+      } else {
+        q = qz.rtn(w)
+      }
+      store[m + ".weight"] = q.dequantized()
+      out[m] = q
+    }
+    return out
+  }
+
+  /// SmoothQuant-static KV ranges of layer l: absmax of post-RoPE K and of V over the calibration set, through the
+  /// layer with quantized weights and activations (KV still FP), whose own stream (`pass`) carries the quantized
+  /// model's activations, as deepcompressor calibrates activation ranges after the weights. Scale =
+  /// fp16(absmax / qmax) (0 → 1); returns (K, V).
+  func staticKVScales(_ store: WeightStore, layer l: Int, quantization qc: QuantizationConfig, pass: LayerwisePass) throws -> [Float] {
+    var noKV = qc
+    noKV.kvBits = nil
+    let model = try store.layerModel(l, linearFactory: noKV.fakeQuantLinearFactory)
+    let qmax = Float((1 << ((qc.kvBits ?? 8) - 1)) - 1)
+    var km: Float = 0, vm: Float = 0
+    try pass.run(model: model, layer: l, points: [.kRope, .vOutput]) { cap in
+      for x in cap[.kRope] { km = max(km, abs(x)) }
+      for x in cap[.vOutput] { vm = max(vm, abs(x)) }
+    }
+    return [km, vm].map { m in let sc = fp16Round(m / qmax); return sc == 0 ? 1 : sc }
+  }
+}

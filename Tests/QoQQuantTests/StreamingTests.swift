@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+@testable import QoQFormat
+@testable import QoQIO
+@testable import QoQModels
+@testable import QoQQuant
+import QoQTestSupport
+
+/// The streaming quantizer (issue #12) against whole-model, in-memory references computed here.
+@Suite(.serialized) struct StreamingTests {
+  /// Rotation + RTN, streamed a layer at a time into a sharded checkpoint, equals bit for bit the whole model held in
+  /// memory, rotated by RotationStage.apply and quantized weight by weight: every tensor, on every family.
+  @Test func streamedRTNEqualsWholeModel() throws {
+    for (name, c) in try tinyPipelineConfigs() {
+      let dir = tempDir("stream-\(name)")
+      try writeTinyCheckpoint(c, to: dir + "/model")
+      let flags = ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-group-shapes", "1,16",
+                   "--wgts-scale-dtypes", "torch.float16", "--enable-rotation", "--rotation-transforms", "out_proj"]
+      let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags), cacheRoot: nil)
+      let out = try p.run()
+      // Shards of at most 40 kB (a unit larger than that is a shard of its own).
+      let limit = 40_000
+      let ckpt = try out.checkpoint(maxShardBytes: limit)
+      let files = try FileManager.default.contentsOfDirectory(atPath: ckpt).filter { $0.hasSuffix(".safetensors") }
+      #expect(files.count > 2 && FileManager.default.fileExists(atPath: ckpt + "/model.safetensors.index.json"), "\(name): \(files)")
+      for f in files {
+        let st = try SafeTensorsFile(path: ckpt + "/" + f)
+        let bytes = try st.names.reduce(0) { $0 + (try st.info($1).byteCount) }
+        let units = Set(st.names.map { $0.hasPrefix("model.layers.") ? String($0.split(separator: ".")[2])
+                                       : $0 == "model.embed_tokens.weight" ? "embed" : "head" })
+        #expect(bytes <= limit || units.count == 1, "\(name): \(f) holds \(bytes) bytes in \(units.count) units")
+      }
+      // The reference: the whole model in memory.
+      let ref = try WeightStore(config: c, source: try CheckpointWeights(folder: dir + "/model"))
+      try RotationStage.apply(ref, options: try #require(p.plan.rotation))
+      let format = try #require(p.plan.weightFormat)
+      var want: [String: [TensorBlob]] = [:]
+      for l in 0..<c.numHiddenLayers {
+        for m in ref.linearNames(layer: l) {
+          let (o, i) = ref.linearShape(m)
+          let w = ref[m + ".weight"]
+          want[m] = QuantizedCheckpoint.tensors(module: m, WeightQuantizer(weight: w, out: o, inp: i, format: format).rtn(w))
+        }
+      }
+      let st = try CheckpointWeights(folder: ckpt)
+      var seen = 0
+      for n in st.names {
+        let module = String(n[..<(n.lastIndex(of: ".") ?? n.endIndex)])
+        if let blobs = want[module], let b = blobs.first(where: { $0.name == n }) {
+          #expect(Data(try st.raw(n)) == b.data, "\(name): \(n)")
+        } else {
+          #expect(try st.floats(n) == ref[n], "\(name): \(n)")
+        }
+        seen += 1
+      }
+      #expect(seen == ref.tensors.count + want.values.reduce(0) { $0 + $1.count } - 7 * c.numHiddenLayers, "\(name): tensor count")
+    }
+  }
+
+  /// The calibration activations a streamed QoQ run saves after layer k equal, bit for bit, the residual stream of
+  /// the whole rotated FP model held in memory run to layer k on the same samples (the next layer sees FP outputs).
+  @Test func savedActivationsEqualWholeModel() throws {
+    let (_, c) = try tinyPipelineConfigs()[0]
+    let dir = tempDir("stream-act")
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let r = try Recipe.load(files: [], flags: PipelineTests.qoqTinyFlags + ["--calib-path", dir + "/calib.txt",
+                                                                             "--calib-num-samples", "4", "--calib-seq-length", "32"])
+    for stop in 0..<c.numHiddenLayers {
+      let cache = dir + "/cache-\(stop)"
+      let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
+      p.stopAfterLayer = stop
+      #expect(throws: QoQError.self) { _ = try p.run() }
+      let folder = try FileManager.default.contentsOfDirectory(atPath: cache).first { $0.hasPrefix("stream-") }!
+      let act = try SafeTensorsFile(path: cache + "/" + folder + "/activations.safetensors")
+      #expect(act.metadata["layer"] == String(stop))
+      // Whole model, rotated in memory, run layer by layer on the same batch.
+      let ref = try WeightStore(config: c, source: try CheckpointWeights(folder: dir + "/model"))
+      try RotationStage.apply(ref, options: try #require(p.plan.rotation))
+      let model = try ref.model()
+      let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
+      var x = try model.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
+      let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
+      for l in 0...stop { try model.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches) }
+      let got = try (0..<samples.count).flatMap { try act.floats("fp.\($0)") }
+      #expect(got == x, "activations after layer \(stop)")
+    }
+  }
+}
