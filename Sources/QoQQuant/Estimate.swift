@@ -1,7 +1,8 @@
 // What a `qoq quantize` run will cost, printed before the long work starts (issue #12, item 6), and the refusal when
-// the memory estimate exceeds what the machine has free (`--force` overrides). The pipeline holds the model as fp32
-// (the store), its quantized codes, the calibration activations of one layer, GPTQ's Hessians and a fake-quantized
-// model for evaluation: about nine bytes per parameter on SmolLM2 and Qwen2 (measured peak RSS), plus activations.
+// the memory estimate exceeds what the machine has free (`--force` overrides). The streaming pipeline holds one
+// decoder layer (fp32 in the store, its packed copy for the calibration pass, codes), the calibration activations
+// between layers, one chunk's captures and GPTQ's Hessians; the embedding and head phases hold one vocab × hidden
+// table. Evaluation inside `quantize` loads the whole fake-quantized model (fp32) beside nothing else.
 import Foundation
 import QoQModels
 
@@ -24,24 +25,29 @@ public struct RunEstimate: Sendable, Equatable {
 }
 
 extension QuantPlan {
-  /// Bytes per parameter the pipeline holds at its peak without evaluation (fp32 store, codes and scales, the
-  /// conversion of the source): measured 5.6–6.3 on Llama-3-8B-shaped models of 2 and 6 layers (RTN W4A16 g128);
-  /// evaluation builds a fake-quantized fp32 model beside it (`evalBytesPerParameter` more).
-  public static let bytesPerParameter = 6
+  /// Bytes per parameter of the layer being processed: fp32 in the store, the calibration pass's packed fp32 copy,
+  /// the dequantized and packed results (measured on Llama-3-8B-shaped layers).
+  public static let layerBytesPerParameter = 12
+  /// Evaluation builds the whole fake-quantized fp32 model.
   public static let evalBytesPerParameter = 4
 
   /// The estimate for this recipe on a model of `c`; `evaluate` adds the evaluation pass; `cores` the threads.
   public func estimate(_ c: LlamaConfiguration, evaluate: Bool, cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> RunEstimate {
     let h = c.hiddenSize, f = c.intermediateSize, L = c.numHiddenLayers
     let perLayer = h * (c.qDim + 2 * c.kvDim) + c.qDim * h + 3 * h * f
-    let embed = c.vocabSize * h * (c.tieWordEmbeddings ? 1 : 2)
-    let params = L * perLayer + embed
+    let table = c.vocabSize * h
+    let params = L * perLayer + table * (c.tieWordEmbeddings ? 1 : 2)
     let tokens = needsCalibration ? calib.numSamples * calib.seqLength : 0
-    // One layer's calibration activations (inputs, outputs, the widest intermediate) in fp32, and GPTQ's Hessians
-    // (Double) of the widest linear input when GPTQ runs.
-    var activations = tokens * (3 * h + f) * 4
-    if gptq != nil { activations += 2 * max(h, f) * max(h, f) * 8 }
-    let peak = (Self.bytesPerParameter + (evaluate ? Self.evalBytesPerParameter : 0)) * params + activations + (256 << 20)
+    // Activations between layers (fp32; a second stream for static KV ranges), one chunk of 4 sequences' captures
+    // (inputs, outputs, the widest intermediate), GPTQ's Hessians (Double) of the widest linear input.
+    let streams = kvStatic ? 2 : 1
+    let between = tokens * h * 4 * streams
+    var layerPhase = Self.layerBytesPerParameter * perLayer + min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 * (tokens > 0 ? 1 : 0)
+    if gptq != nil { layerPhase += 2 * max(h, f) * max(h, f) * 8 }
+    // The embedding phase: the table in fp32 and the samples' rows; the head phase: the table alone.
+    let peakQuantize = max(table * 4 + between, layerPhase + between)
+    let peakEval = evaluate ? Self.evalBytesPerParameter * params : 0
+    let peak = max(peakQuantize, peakEval) + (256 << 20)
     // FLOPs: the calibration passes (two forwards when GPTQ runs), GPTQ's updates (2·out·in² per linear), evaluation.
     var flops = Double(tokens) * 2 * Double(L * perLayer) * (gptq != nil ? 2 : 1)
     if gptq != nil {

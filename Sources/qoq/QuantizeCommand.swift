@@ -14,7 +14,8 @@ struct QuantizeCommand: ParsableCommand {
     qoq quantize CONFIG.yaml... --model-path PATH [--save-model DIR] [--skip-eval] [--eval-max-windows N] [FLAGS]
     Configs load in order on top of recipes/__default__.yaml; every recipe field is also a flag
     (quant.smooth.proj.alpha → --smooth-proj-alpha 0.05, booleans --enable-rotation / --no-enable-rotation).
-    Stage results are cached (--cache-root, default ~/.cache/qoq/quant-cache) so a rerun skips finished stages.
+    The model is streamed a decoder layer at a time; finished layers are kept under --cache-root (default
+    ~/.cache/qoq/quant-cache; none = a temporary folder) so a killed run resumes where it stopped.
     """)
 
   @Argument(parsing: .allUnrecognized, help: "Recipe files, then recipe flags.")

@@ -1,5 +1,5 @@
 // `qoq quantize` says what a run will cost before it starts, and refuses a run whose memory estimate exceeds what is
-// free (issue #12, item 6): a Llama-3-70B-shaped config is refused at once, before any weight is read.
+// free (issue #12, item 6): a Llama-3-70B-shaped config with evaluation is refused at once, before any weight is read.
 import Foundation
 import Testing
 import QoQIO
@@ -20,7 +20,10 @@ import QoQTestSupport
     let e = plan.estimate(c, evaluate: false, cores: 2)
     #expect(e.parameters == counted)
     #expect(e.parameters == 2 * (64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * 128) + 2 * 300 * 64)  // by hand
-    #expect(e.peakBytes == QuantPlan.bytesPerParameter * e.parameters + (256 << 20), "RTN needs no calibration activations")
+    // Streamed RTN: no calibration activations; the larger of one layer (12 B/parameter) and the fp32 embedding.
+    let perLayer = 64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * 128
+    #expect(e.peakBytes == max(12 * perLayer, 300 * 64 * 4) + (256 << 20))
+    #expect(plan.estimate(c, evaluate: true, cores: 2).peakBytes == 4 * e.parameters + (256 << 20), "evaluation holds the fp32 model")
   }
 
   @Test func oversizedRunIsRefusedBeforeLoading() async throws {
@@ -29,8 +32,9 @@ import QoQTestSupport
                                    numAttentionHeads: 64, numKeyValueHeads: 8, rmsNormEps: 1e-5, vocabSize: 128_256)
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     try c.jsonData().write(to: URL(fileURLWithPath: dir + "/config.json"))
-    let r = try await runQoQ(["quantize", repoRoot + "/recipes/rtn-w4a16-g128.yaml", "--model-path", dir, "--skip-eval",
-                              "--cache-root", "none"])
+    // Streaming quantizes it a layer at a time, but evaluating it inside `quantize` would hold the whole fp32 model.
+    let r = try await runQoQ(["quantize", repoRoot + "/recipes/rtn-w4a16-g128.yaml", "--model-path", dir,
+                              "--eval-dataset", dir + "/config.json", "--cache-root", "none"])
     #expect(!r.crashed && r.status == 1, "\(r.status) \(r.stderr)")
     #expect(r.stderr.contains("estimate: 70.55 B parameters"), "\(r.stderr)")
     #expect(r.stderr.contains("GB is free; pass --force to run anyway"), "\(r.stderr)")
