@@ -159,10 +159,13 @@ public final class EngineModel: @unchecked Sendable {
     }
     let embed = try st.floats("model.embed_tokens.weight")
     guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }
-    let headW = c.tieWordEmbeddings ? embed : try st.floats("lm_head.weight")
-    guard headW.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): lm_head.weight has the wrong size") }
+    let headName = c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
+    guard try st.info(headName).shape == [c.vocabSize, c.hiddenSize] else { throw QoQError("\(path): \(headName) has the wrong shape") }
+    // The int8 head is quantized from the checkpoint a block of rows at a time: no fp32 copy of the whole table.
+    let head = lmHead == .int8 ? try int8Head(c) { try st.floats(headName, rows: $0) }
+      : try makeHead(fp: c.tieWordEmbeddings ? embed : try st.floats(headName), layer: nil, c, lmHead)
     return try EngineModel(config: c, embed: embed, layers: layers, norm: try st.floats("model.norm.weight"),
-                           lmHead: try makeHead(fp: headW, layer: nil, c, lmHead), kvMode: kv, pageSize: pageSize,
+                           lmHead: head, kvMode: kv, pageSize: pageSize,
                            description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head")
   }
 
@@ -176,18 +179,28 @@ public final class EngineModel: @unchecked Sendable {
     switch p {
     case .fp32: return .fp(DenseLinear(weight: w, outFeatures: V, inFeatures: H))
     case .bf16: return .fp(BF16Linear(weight: w, outFeatures: V, inFeatures: H))
-    case .int8:
-      guard H % 32 == 0 else { throw QoQError("an int8 lm_head needs hidden_size divisible by 32") }
-      var codes = [UInt8](repeating: 128, count: V * H), scale = [Float](repeating: 1, count: V)
-      for o in 0..<V {
+    case .int8: return try int8Head(c) { r in Array(w[(r.lowerBound * H)..<(r.upperBound * H)]) }
+    }
+  }
+
+  /// The int8 LM head (W8A8, each output row symmetric: s = max|w|/127) from the fp32 rows `rows(range)` gives,
+  /// read 1024 rows at a time.
+  static func int8Head(_ c: LlamaConfiguration, rows: (Range<Int>) throws -> [Float]) throws -> EngineLinear {
+    let V = c.vocabSize, H = c.hiddenSize
+    guard H % 32 == 0 else { throw QoQError("an int8 lm_head needs hidden_size divisible by 32") }
+    var codes = [UInt8](repeating: 128, count: V * H), scale = [Float](repeating: 1, count: V)
+    for block in stride(from: 0, to: V, by: 1024) {
+      let r = block..<min(V, block + 1024)
+      let w = try rows(r)
+      for (t, o) in r.enumerated() {
         var m: Float = 0
-        for i in 0..<H { m = max(m, abs(w[o * H + i])) }
+        for i in 0..<H { m = max(m, abs(w[t * H + i])) }
         let s: Float = m == 0 ? 1 : m / 127
         scale[o] = s
-        for i in 0..<H { codes[o * H + i] = UInt8(Int(min(max((w[o * H + i] / s).rounded(.toNearestOrEven), -127), 127)) + 128) }
+        for i in 0..<H { codes[o * H + i] = UInt8(Int(min(max((w[t * H + i] / s).rounded(.toNearestOrEven), -127), 127)) + 128) }
       }
-      return .int(PackedW8A8(codes: codes, scale: scale, n: V, k: H))
     }
+    return .int(PackedW8A8(codes: codes, scale: scale, n: V, k: H))
   }
 }
 

@@ -204,6 +204,7 @@ public enum QuantizedCheckpoint {
     let want = packed4 ? [out, (inp + 1) / 2] : [out, inp]
     guard qi.dtype == .U8, qi.shape == want else { throw QoQError("\(what).qweight: expected U8 \(want), got \(qi.dtype) \(qi.shape)") }
     let raw = try st.raw(p + ".qweight")
+    defer { st.release(p + ".qweight") }  // the codes are copied out; keep the mapped pages out of RSS
     var codes = [UInt8](repeating: 0, count: out * inp)
     let qmax = UInt8((1 << format.bits) - 1)
     for o in 0..<out {

@@ -64,6 +64,15 @@ public final class CheckpointWeights: @unchecked Sendable {
     return try requireFinite(try f.floats(name), name: name, in: folder)
   }
 
+  /// Rows of a 2-D (or higher) tensor as float32, non-finite values refused (see SafeTensorsFile.floats(_:rows:)).
+  public func floats(_ name: String, rows: Range<Int>) throws -> [Float] {
+    guard let f = shardOf[name] else { throw QoQError("\(folder): missing tensor \(name)") }
+    return try requireFinite(try f.floats(name, rows: rows), name: name, in: folder)
+  }
+
+  /// Drops a tensor's mapped pages from the resident set once it has been copied out of `raw`.
+  public func release(_ name: String) { shardOf[name]?.release(name) }
+
   public func raw(_ name: String) throws -> UnsafeRawBufferPointer {
     guard let f = shardOf[name] else { throw QoQError("\(folder): missing tensor \(name)") }
     return try f.raw(name)

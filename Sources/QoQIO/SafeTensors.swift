@@ -116,15 +116,42 @@ public final class SafeTensorsFile: @unchecked Sendable {
     return UnsafeRawBufferPointer(rebasing: file.bytes[t.begin..<t.end])
   }
 
+  /// Rows [rows) of a tensor of two or more dimensions (rows along the first), converted to float32; the mapped
+  /// pages read are released afterwards (streaming a large table without an fp32 copy of all of it).
+  public func floats(_ name: String, rows: Range<Int>) throws -> [Float] {
+    let t = try info(name)
+    guard t.shape.count >= 2, rows.lowerBound >= 0, rows.upperBound <= t.shape[0] else {
+      throw QoQError("\(path): rows \(rows) of \(name) \(t.shape) are out of range")
+    }
+    let width = t.count / max(1, t.shape[0])
+    return converted(at: t.begin + rows.lowerBound * width * t.dtype.size, count: rows.count * width, dtype: t.dtype)
+  }
+
+  /// `count` elements of `dtype` at byte offset `begin`, converted to float32 16 MiB of source at a time, each piece's
+  /// mapped pages released once converted: reading a tensor never holds it twice (mapped and converted) in RSS.
+  func converted(at begin: Int, count n: Int, dtype: DType) -> [Float] {
+    let step = max(1, (16 << 20) / dtype.size)
+    return [Float](unsafeUninitializedCapacity: n) { buf, c in
+      var i = 0
+      while i < n {
+        let m = min(step, n - i), at = begin + i * dtype.size
+        convertToFloat(file.base! + at, dtype: dtype, count: m, into: buf.baseAddress! + i)
+        file.release(at, at + m * dtype.size)
+        i += m
+      }
+      c = n
+    }
+  }
+
+  /// Releases a tensor's mapped pages from this process's resident set (after reading it through `raw`).
+  public func release(_ name: String) {
+    if let t = try? info(name) { file.release(t.begin, t.end) }
+  }
+
   /// A tensor converted to float32 (a copy: its mapped pages are released afterwards).
   public func floats(_ name: String) throws -> [Float] {
     let t = try info(name)
-    let n = t.count
-    defer { file.release(t.begin, t.end) }
-    return [Float](unsafeUninitializedCapacity: n) { buf, c in
-      if n > 0 { convertToFloat(file.base! + t.begin, dtype: t.dtype, count: n, into: buf.baseAddress!) }
-      c = n
-    }
+    return converted(at: t.begin, count: t.count, dtype: t.dtype)
   }
 }
 

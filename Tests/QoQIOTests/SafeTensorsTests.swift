@@ -39,6 +39,39 @@ func safetensorsBytes(header: String, data: [UInt8], lengthOverride: UInt64? = n
     #expect(raw.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } % 8 == 0)
   }
 
+  /// Large tensors are converted in 16 MiB pieces with their mapped pages released: the values are those of a plain
+  /// element-by-element read (hand-computed here), rows of a table read alone equal its slice, a tensor read again
+  /// after its pages were released is unchanged, and streamed tensors round-trip.
+  @Test func chunkedReadsAndRowRanges() throws {
+    let p = tempPath("big.safetensors")
+    let rows = 5000, width = 1031  // 20.6 MB of f32, 10.3 MB of bf16: several pieces, awkward boundaries
+    let f = (0..<(rows * width)).map { Float($0 % 977) * 0.25 - 100 }
+    let bf = f.map { f32ToBF16($0) }
+    try SafeTensorsWriter.write(streamed: [
+      StreamedTensor(name: "t.f32", shape: [rows, width], floats: f),
+      StreamedTensor(name: "t.bf16", dtype: .BF16, shape: [rows, width], byteCount: bf.count * 2) { fh in
+        try fh.write(contentsOf: bf.withUnsafeBytes { Data($0) })
+      },
+    ], to: p)
+    let st = try SafeTensorsFile(path: p)
+    #expect(try st.floats("t.f32") == f)
+    #expect(try st.floats("t.bf16") == bf.map { bf16ToF32($0) })
+    for r in [0..<1, 17..<18, 1000..<3129, 4999..<5000, 0..<5000] {
+      #expect(try st.floats("t.f32", rows: r) == Array(f[(r.lowerBound * width)..<(r.upperBound * width)]), "rows \(r)")
+    }
+    st.release("t.f32")
+    #expect(try st.floats("t.f32") == f)
+    #expect(throws: QoQError.self) { _ = try st.floats("t.f32", rows: 4999..<5001) }
+    // A streamed tensor whose callback writes the wrong number of bytes fails the write and leaves no file.
+    let q = tempPath("short.safetensors")
+    #expect(throws: QoQError.self) {
+      try SafeTensorsWriter.write(streamed: [StreamedTensor(name: "x", dtype: .F32, shape: [4], byteCount: 16) { fh in
+        try fh.write(contentsOf: Data(count: 8))
+      }], to: q)
+    }
+    #expect(!FileManager.default.fileExists(atPath: q))
+  }
+
   @Test func halfConversionsAreExact() {
     // Every finite half converts to float and back unchanged; rounding is to nearest even.
     for bits in UInt16(0)...UInt16(0xFFFF) where (bits & 0x7C00) != 0x7C00 {
