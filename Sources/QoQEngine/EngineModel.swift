@@ -78,13 +78,23 @@ public final class EngineModel: @unchecked Sendable {
   /// asymmetric per (token, head), or unquantized (fp16 pages).
   public static func load(quantized path: String, pageSize: Int = 64, lmHead: LMHeadPrecision = .int8,
                           kvOverride: KVMode? = nil) throws -> EngineModel {
-    let cfgPath = path + "/config.json"
-    let root = try JSON.parseFile(cfgPath)
-    guard let qcJSON = root["quantization_config"], !qcJSON.isNull else {
+    try load(quantized: try ModelCheckpoint.open(path), pageSize: pageSize, lmHead: lmHead, kvOverride: kvOverride)
+  }
+
+  /// Any opened checkpoint: a quantized one for the integer kernels (`lmHead` default int8), an FP one through the
+  /// FP path (`fpKV` pages, `lmHead` default fp32).
+  public static func load(_ ckpt: ModelCheckpoint, pageSize: Int = 64, lmHead: LMHeadPrecision? = nil,
+                          fpKV: KVMode = .fp16) throws -> EngineModel {
+    if ckpt.kind == .quantized { return try load(quantized: ckpt, pageSize: pageSize, lmHead: lmHead ?? .int8) }
+    return try EngineModel(fp: try ckpt.referenceModel(), kvMode: fpKV, pageSize: pageSize, lmHead: lmHead ?? .fp32)
+  }
+
+  static func load(quantized ckpt: ModelCheckpoint, pageSize: Int, lmHead: LMHeadPrecision, kvOverride: KVMode? = nil) throws -> EngineModel {
+    let path = ckpt.path
+    guard let qc = ckpt.quantization, let st = ckpt.folder else {
       throw QoQError("\(path) is not a quantized checkpoint (config.json has no quantization_config)")
     }
-    let qc = try QuantizationConfig(json: qcJSON, what: cfgPath)
-    let c = try LlamaConfiguration.load(path: cfgPath)
+    let c = ckpt.config
     _ = try ModelRegistry.family(c.modelType)
     guard let wf = qc.weight else { throw QoQError("\(path): the checkpoint has no quantized weights; load it as an FP model") }
     func unsupported(_ why: String) -> QoQError {
@@ -112,7 +122,6 @@ public final class EngineModel: @unchecked Sendable {
     guard c.hiddenSize % 32 == 0 && c.intermediateSize % 32 == 0 && c.qDim % 32 == 0 else {
       throw unsupported("hidden/intermediate sizes not divisible by 32")
     }
-    let st = try CheckpointWeights(folder: path)
     func fused(_ modules: [String], inp: Int) throws -> EngineLinear {
       var codes: [UInt8] = [], scale: [Float] = [], zero: [Float] = [], s1: [Float] = [], bias: [Float] = []
       var n = 0, hasBias = false

@@ -236,20 +236,11 @@ public enum QuantizedCheckpoint {
 }
 
 /// Loads a model folder or GGUF: a quantized checkpoint becomes a fake-quantized model (dequantized weights,
-/// quantized activations and KV), anything else the FP model.
+/// quantized activations and KV), anything else the FP model (through ModelCheckpoint.open).
 public enum AnyModelLoader {
   public static func load(path: String) throws -> (LoadedModel, QuantizationConfig?) {
-    let cfgPath = path + "/config.json"
-    guard FileManager.default.fileExists(atPath: cfgPath), let root = try? JSON.parseFile(cfgPath),
-          let qc = root["quantization_config"], !qc.isNull else {
-      return (try ModelLoader.load(path: path), nil)
-    }
-    let quant = try QuantizationConfig(json: qc, what: cfgPath)
-    let config = try LlamaConfiguration.load(path: cfgPath)
-    let st = try CheckpointWeights(folder: path)
-    let source = QuantizedSource(st: st, config: config, quant: quant)
-    let model = try quant.fakeQuantModel(config: config, weights: source)
-    return (LoadedModel(model: model, tokenizer: try Tokenizer.load(folder: path), path: path), quant)
+    let ckpt = try ModelCheckpoint.open(path)
+    return (try ckpt.loaded(), ckpt.quantization)
   }
 }
 

@@ -9,8 +9,14 @@ public enum ConvertDType: String, Sendable, CaseIterable { case f32, f16, bf16 }
 
 public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDType = .f32, overwrite: Bool = false,
                             progress: ((Int, Int, String) -> Void)? = nil) throws {
+  try convertGGUFToHF(try GGUFFile(path: path), output: output, dtype: dtype, overwrite: overwrite, progress: progress)
+}
+
+/// The conversion of an opened GGUF (`qoq convert` opens it through ModelCheckpoint.open).
+public func convertGGUFToHF(_ g: GGUFFile, output: String, dtype: ConvertDType = .f32, overwrite: Bool = false,
+                            progress: ((Int, Int, String) -> Void)? = nil) throws {
+  let path = g.path
   try OutputFolder.check(output, force: overwrite, inputs: [path])
-  let g = try GGUFFile(path: path)
   let src = try GGUFWeights(g)
   let config = src.config
   try verifyTensors(src, config)
@@ -18,25 +24,25 @@ public func convertGGUFToHF(gguf path: String, output: String, dtype: ConvertDTy
   _ = try Tokenizer.load(tokenizerJSON: tokJSON, config: nil, what: path)  // must load before we write anything
 
   try OutputFolder.write(output, force: overwrite, inputs: [path], command: "convert") { tmp in
-    var blobs: [TensorBlob] = []
+    // Shards of at most 2 GiB, each written as soon as it is full: memory holds one shard, not the model.
+    let writer = ShardedSafeTensorsWriter(folder: tmp)
     let names = src.tensorNames.filter { !isIgnorable($0, config) }
     for (i, name) in names.enumerated() {
       progress?(i, names.count, name)
       let w = try src.floats(name)
       let shape = try src.shape(name)
       switch dtype {
-      case .f32: blobs.append(TensorBlob(name: name, shape: shape, floats: w))
+      case .f32: try writer.add(TensorBlob(name: name, shape: shape, floats: w))
       case .f16:
         let h = w.map { f32ToF16($0).littleEndian }
-        blobs.append(TensorBlob(name: name, dtype: .F16, shape: shape, data: h.withUnsafeBytes { Data($0) }))
+        try writer.add(TensorBlob(name: name, dtype: .F16, shape: shape, data: h.withUnsafeBytes { Data($0) }))
       case .bf16:
         let h = w.map { f32ToBF16($0).littleEndian }
-        blobs.append(TensorBlob(name: name, dtype: .BF16, shape: shape, data: h.withUnsafeBytes { Data($0) }))
+        try writer.add(TensorBlob(name: name, dtype: .BF16, shape: shape, data: h.withUnsafeBytes { Data($0) }))
       }
     }
     progress?(names.count, names.count, "writing")
-    try SafeTensorsWriter.write(blobs, to: tmp + "/model.safetensors")
-    blobs.removeAll()
+    try writer.finish()
     var cfg = config
     cfg.torchDtype = ["f32": "float32", "f16": "float16", "bf16": "bfloat16"][dtype.rawValue]!
     try atomicWrite(tmp + "/config.json", data: try cfg.jsonData())

@@ -25,9 +25,10 @@ public struct RunEstimate: Sendable, Equatable {
 }
 
 extension QuantPlan {
-  /// Bytes per parameter of the layer being processed: fp32 in the store, the calibration pass's packed fp32 copy,
-  /// the dequantized and packed results (measured on Llama-3-8B-shaped layers).
+  /// Bytes per parameter of the layer being processed: fp32 in the store, the calibration pass's packed fp32 copy
+  /// (when calibration runs), the codes and the dequantized weights (measured on Llama-3-8B/70B-shaped layers).
   public static let layerBytesPerParameter = 12
+  public static let layerBytesPerParameterRTN = 6
   /// Evaluation builds the whole fake-quantized fp32 model.
   public static let evalBytesPerParameter = 4
 
@@ -42,7 +43,7 @@ extension QuantPlan {
     // (inputs, outputs, the widest intermediate), GPTQ's Hessians (Double) of the widest linear input.
     let streams = kvStatic ? 2 : 1
     let between = tokens * h * 4 * streams
-    var layerPhase = Self.layerBytesPerParameter * perLayer + min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 * (tokens > 0 ? 1 : 0)
+    var layerPhase = (tokens > 0 ? Self.layerBytesPerParameter : Self.layerBytesPerParameterRTN) * perLayer + min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 * (tokens > 0 ? 1 : 0)
     if gptq != nil { layerPhase += 2 * max(h, f) * max(h, f) * 8 }
     // The embedding phase: the table in fp32 and the samples' rows; the head phase: the table alone.
     let peakQuantize = max(table * 4 + between, layerPhase + between)

@@ -31,7 +31,7 @@ extension QuantizationPipeline {
       fused ? ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
                "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)] : [:]
     }
-    var hs = newHessians()
+    let hs = newHessians()
     let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
     let smoothKeys = plan.smoothProj == nil ? [] : plan.smoothProjKeys
     var attnIn = AbsMaxAccumulator(width: c.hiddenSize), mlpIn = AbsMaxAccumulator(width: c.hiddenSize)

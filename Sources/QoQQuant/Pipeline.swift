@@ -43,15 +43,16 @@ public final class QuantizationPipeline {
     return r
   }
 
-  /// The FP source (HF folder or GGUF), its configuration and tokenizer; nothing is read but headers.
-  func openSource() throws -> (LlamaConfiguration, WeightSource, Tokenizer) {
-    if modelPath.hasSuffix(".gguf") {
-      let g = try GGUFFile(path: modelPath)
-      let src = try GGUFWeights(g)
-      return (src.config, src, try Tokenizer.load(gguf: g))
-    }
-    let config = try LlamaConfiguration.load(path: modelPath + "/config.json")
-    return (config, try CheckpointWeights(folder: modelPath), try Tokenizer.load(folder: modelPath))
+  var opened: ModelCheckpoint?
+
+  /// The FP source (HF folder or GGUF) through ModelCheckpoint.open, opened once (the command reads its
+  /// configuration for the estimate before the run); nothing is read but headers, config and tokenizer.
+  public func open() throws -> ModelCheckpoint {
+    if let o = opened { return o }
+    let o = try ModelCheckpoint.open(modelPath)
+    if o.kind == .quantized { throw QoQError("\(modelPath) is already a quantized checkpoint; quantize its FP source instead") }
+    opened = o
+    return o
   }
 
   /// Identity of the input model for the work folder's key: path, file sizes and modification times.
@@ -93,7 +94,8 @@ public final class QuantizationPipeline {
   }
 
   public func run() throws -> Output {
-    let (config, source, tokenizer) = try openSource()
+    let ckpt = try open()
+    let (config, source, tokenizer) = (ckpt.config, ckpt.weights, ckpt.tokenizer)
     try plan.check(config)
     let store = try WeightStore(config: config, source: source, lazy: true)
     let rotator = try plan.rotation.map { try Rotator(config: config, options: $0) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import QoQEngine
+import QoQFormat
 import QoQIO
 import QoQKernels
 import QoQModels
@@ -70,8 +71,7 @@ struct BenchCommand: ParsableCommand {
         rows.append(("bf16 gemm \(m)x\(n)x\(k)", 2.0 * Double(m * n * k) / median(Array(tb.dropFirst())) / 1e9, "GFLOPS"))
       }
       if let path = modelPath {
-        let loaded = try ModelLoader.load(path: path)
-        let model = loaded.model
+        let model = try ModelCheckpoint.open(path).referenceModel()
         let V = model.config.vocabSize
         let prompt = (0..<promptTokens).map { Int32(($0 * 7919 + 13) % V) }
         var pp: [Double] = []

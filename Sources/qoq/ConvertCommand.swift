@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QoQFormat
 import QoQInterop
 import QoQIO
 import QoQModels
@@ -60,7 +61,9 @@ struct ConvertCommand: ParsableCommand {
         try Interop.importDeepCompressor(quantPath: input, configFrom: configFrom!, to: output, runtime: runtime, overwrite: force)
       case (_, "qserve"): try Interop.importQServe(path: input, to: output, order: order, runtime: runtime, overwrite: force)
       default:
-        try convertGGUFToHF(gguf: input, output: output, dtype: ConvertDType(rawValue: dtype)!, overwrite: force) { i, n, name in
+        let ckpt = try ModelCheckpoint.open(input)
+        guard let g = ckpt.gguf else { throw QoQError("\(input): expected a .gguf file to convert to a Hugging Face folder (or pass --to/--from)") }
+        try convertGGUFToHF(g, output: output, dtype: ConvertDType(rawValue: dtype)!, overwrite: force) { i, n, name in
           Progress.update("\(Progress.bar(i, n)) \(i)/\(n) \(name)")
         }
         Progress.done()

@@ -35,15 +35,10 @@ struct EngineArguments: ParsableArguments {
 
   /// Loads a quantized checkpoint for the integer kernels, or an FP model (HF folder or GGUF).
   func loadModel(_ path: String) throws -> (EngineModel, Tokenizer) {
-    let cfg = path + "/config.json"
-    if FileManager.default.fileExists(atPath: cfg), let root = try? JSON.parseFile(cfg), let q = root["quantization_config"], !q.isNull {
-      let m = try EngineModel.load(quantized: path, pageSize: pageSize, lmHead: LMHeadPrecision(rawValue: lmHead ?? "int8")!)
-      return (m, try Tokenizer.load(folder: path))
-    }
-    let loaded = try ModelLoader.load(path: path)
-    let m = try EngineModel(fp: loaded.model, kvMode: KVMode(rawValue: kvCache)!, pageSize: pageSize,
-                            lmHead: LMHeadPrecision(rawValue: lmHead ?? "fp32")!)
-    return (m, loaded.tokenizer)
+    let ckpt = try ModelCheckpoint.open(path)
+    let m = try EngineModel.load(ckpt, pageSize: pageSize, lmHead: lmHead.flatMap(LMHeadPrecision.init(rawValue:)),
+                                 fpKV: KVMode(rawValue: kvCache)!)
+    return (m, ckpt.tokenizer)
   }
 
   var options: EngineOptions {

@@ -35,8 +35,9 @@ struct EvalCommand: ParsableCommand {
   }
 
   func runTasks() throws {
-    let (loaded, quant) = try AnyModelLoader.load(path: modelPath)
-    if let q = quant { note("quantized checkpoint (\(q.method)), fake-quantized") }
+    let ckpt = try ModelCheckpoint.open(modelPath)
+    if let q = ckpt.quantization { note("quantized checkpoint (\(q.method)), fake-quantized") }
+    let loaded = try ckpt.loaded()
     var ev = ZeroShotEvaluator(model: loaded.model, tokenizer: loaded.tokenizer)
     ev.batchSize = max(1, batchSize)
     var results: [JSONValue] = []
@@ -64,24 +65,25 @@ struct EvalCommand: ParsableCommand {
       guard let raw = try? String(contentsOfFile: dataset, encoding: .utf8) else {
         throw QoQError("\(dataset): cannot read the dataset (pass --dataset PATH to wiki.test.raw)")
       }
-      let (loaded, quant) = try AnyModelLoader.load(path: modelPath)
-      if let q = quant {
+      // Opened once; the engine packs the checkpoint itself, the reference path builds the (fake-quantized) model.
+      let ckpt = try ModelCheckpoint.open(modelPath)
+      if let q = ckpt.quantization {
         note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
       }
-      let tokens = try perplexityTokens(raw: raw, tokenizer: loaded.tokenizer, proto: p)
+      let tokens = try perplexityTokens(raw: raw, tokenizer: ckpt.tokenizer, proto: p)
       note("evaluating wikitext-2 (\(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
-      var evaluator = PerplexityEvaluator(model: loaded.model)
+      let evaluator: PerplexityEvaluator
       if engine {
-        let head = LMHeadPrecision(rawValue: lmHead)!
-        let m = quant == nil ? try EngineModel(fp: loaded.model, lmHead: head == .fp32 ? .fp32 : head)
-                             : try EngineModel.load(quantized: modelPath, lmHead: head)
+        let m = try EngineModel.load(ckpt, lmHead: LMHeadPrecision(rawValue: lmHead)!)
         let scorer = EngineScorer(model: m)
         scorer.integerScores = !fpScores
         note("engine: \(m.description)\(fpScores ? ", fp32 scores" : "")")
         evaluator = PerplexityEvaluator(scorer: scorer)
+      } else {
+        evaluator = PerplexityEvaluator(model: try ckpt.referenceModel())
       }
       let r = try evaluator.evaluate(
-        tokens: tokens, seqLen: seqLen, maxWindows: maxWindows, proto: p, bos: loaded.tokenizer.bosTokenId) { w, n, ppl in
+        tokens: tokens, seqLen: seqLen, maxWindows: maxWindows, proto: p, bos: ckpt.tokenizer.bosTokenId) { w, n, ppl in
         Progress.update("\(Progress.bar(w, n)) window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
       }
       Progress.done()

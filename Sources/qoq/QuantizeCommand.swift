@@ -64,9 +64,7 @@ struct QuantizeCommand: ParsableCommand {
       let inputs = [modelPath, plan.calib.path, plan.evalDataset]
       if !save.isEmpty { try OutputFolder.check(save, force: force, inputs: inputs) }
       // What the run will cost, before it starts; refused when it cannot fit in the memory that is free.
-      let config = modelPath.hasSuffix(".gguf") ? try GGUFWeights(try GGUFFile(path: modelPath)).config
-        : try LlamaConfiguration.load(path: modelPath + "/config.json")
-      let estimate = plan.estimate(config, evaluate: !skipEval)
+      let estimate = plan.estimate(try pipeline.open().config, evaluate: !skipEval)
       note(estimate.summary)
       if let free = availableMemoryBytes(), estimate.peakBytes > free {
         let msg = "the run needs about \(String(format: "%.1f", Double(estimate.peakBytes) / 1e9)) GB but "

@@ -1,0 +1,65 @@
+// One way to open a model (issue #12): a Hugging Face folder, a GGUF file, or a quantized checkpoint that
+// `qoq quantize --save-model` wrote. Opening reads headers, config and tokenizer only; the weights stay mapped until a
+// consumer asks: the quantizer streams `weights` a layer at a time, evaluation builds `referenceModel()` (FP, or
+// fake-quantized for a quantized checkpoint), the engine packs the quantized tensors from `folder` directly.
+// quantize, eval, generate, serve, bench and convert all open their model here.
+import Foundation
+import QoQIO
+import QoQModels
+import QoQTokenizers
+
+public final class ModelCheckpoint: @unchecked Sendable {
+  public enum Kind: Sendable, Equatable { case huggingFace, gguf, quantized }
+  public let path: String
+  public let kind: Kind
+  public let config: LlamaConfiguration
+  public let tokenizer: Tokenizer
+  /// FP tensors by HF name (a quantized checkpoint's linears dequantized as they are read).
+  public let weights: WeightSource
+  /// The quantized checkpoint's configuration; nil for FP models.
+  public let quantization: QuantizationConfig?
+  /// The safetensors folder behind a HF or quantized checkpoint (nil for GGUF).
+  public let folder: CheckpointWeights?
+  /// The parsed GGUF file (nil for folders).
+  public let gguf: GGUFFile?
+
+  init(path: String, kind: Kind, config: LlamaConfiguration, tokenizer: Tokenizer, weights: WeightSource,
+       quantization: QuantizationConfig?, folder: CheckpointWeights?, gguf: GGUFFile?) {
+    self.path = path; self.kind = kind; self.config = config; self.tokenizer = tokenizer; self.weights = weights
+    self.quantization = quantization; self.folder = folder; self.gguf = gguf
+  }
+
+  public static func open(_ path: String) throws -> ModelCheckpoint {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw QoQError("\(path): no such file or folder") }
+    if !isDir.boolValue {
+      guard path.hasSuffix(".gguf") else { throw QoQError("\(path): expected a Hugging Face model folder or a .gguf file") }
+      let g = try GGUFFile(path: path)
+      let src = try GGUFWeights(g)
+      return ModelCheckpoint(path: path, kind: .gguf, config: src.config, tokenizer: try Tokenizer.load(gguf: g), weights: src,
+                             quantization: nil, folder: nil, gguf: g)
+    }
+    let cfgPath = path + "/config.json"
+    let config = try LlamaConfiguration.load(path: cfgPath)
+    let root = try JSON.parseFile(cfgPath)
+    let st = try CheckpointWeights(folder: path)
+    let tokenizer = try Tokenizer.load(folder: path)
+    if let qj = root["quantization_config"], !qj.isNull {
+      let quant = try QuantizationConfig(json: qj, what: cfgPath)
+      return ModelCheckpoint(path: path, kind: .quantized, config: config, tokenizer: tokenizer,
+                             weights: QuantizedSource(st: st, config: config, quant: quant), quantization: quant, folder: st, gguf: nil)
+    }
+    return ModelCheckpoint(path: path, kind: .huggingFace, config: config, tokenizer: tokenizer, weights: st,
+                           quantization: nil, folder: st, gguf: nil)
+  }
+
+  /// The reference model in memory: FP, or for a quantized checkpoint its fake-quantized model (dequantized weights,
+  /// quantized activations and KV).
+  public func referenceModel() throws -> LlamaModel {
+    if let q = quantization { return try q.fakeQuantModel(config: config, weights: weights) }
+    return try LlamaModel(config: config, weights: weights)
+  }
+
+  /// The reference model with its tokenizer (evaluation helpers take this pair).
+  public func loaded() throws -> LoadedModel { LoadedModel(model: try referenceModel(), tokenizer: tokenizer, path: path) }
+}
