@@ -200,7 +200,7 @@ extension EngineModel {
           }
         }
         pagedAttention(f, kPages: pages[tk.chunk].0, vPages: pages[tk.chunk].1, head: tk.kvh, q: qbuf, qStride: D,
-                       nq: tk.count * g, visible: visible, scale: scale, integerScores: integerScores, out: obuf,
+                       nq: tk.count * g, visible: visible, scale: scale, integerScores: integerScores && !L.exactScores, out: obuf,
                        outStride: D, scratch: sc)
         for i in 0..<tk.count {
           for j in 0..<g { (attn + (tk.row0 + tk.i0 + i) * Q + (tk.kvh * g + j) * D).update(from: obuf + (i * g + j) * D, count: D) }

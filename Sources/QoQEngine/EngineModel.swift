@@ -23,8 +23,16 @@ public final class EngineLayer: @unchecked Sendable {
   public let oProj: EngineLinear              // H × Q
   public let gateUpProj: EngineLinear         // 2·I × H: gate_proj then up_proj rows
   public let downProj: EngineLinear           // H × I
-  init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear) {
+  /// Attention scores in fp32 even where integer (int8 query) scores are asked for: the layer's K bias reaches
+  /// `EngineLayer.largeKBias`. A query rounded to int8 errs by up to max|q|/254 per channel, and that error is
+  /// multiplied by K; with Qwen2's K biases (up to ~±150 on a few channels) it moves scores by whole units, while the
+  /// quantizer's fake-quantized model (and QServe) keep the query exact (issue #19: engine ≠ fake-quant with KV4).
+  public let exactScores: Bool
+  /// |b_k| from which a layer keeps exact scores (Llama and Mistral have no K bias; Qwen2.5 has up to ~145).
+  public static let largeKBias: Float = 16
+  init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?) {
     inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d
+    exactScores = (kBias ?? []).contains { abs($0) >= Self.largeKBias }
   }
 }
 
@@ -64,7 +72,8 @@ public final class EngineModel: @unchecked Sendable {
     let c = m.config
     let layers = m.layers.map { l in
       EngineLayer(l.inputLayernorm, l.postAttentionLayernorm,
-                  .fp(StackedLinear([l.qProj, l.kProj, l.vProj])), .fp(l.oProj), .fp(StackedLinear([l.gateProj, l.upProj])), .fp(l.downProj))
+                  .fp(StackedLinear([l.qProj, l.kProj, l.vProj])), .fp(l.oProj), .fp(StackedLinear([l.gateProj, l.upProj])), .fp(l.downProj),
+                  kBias: (l.kProj as? DenseLinear)?.bias)
     }
     let head = c.tieWordEmbeddings ? m.embedTokens : nil
     try self.init(config: c, embed: m.embedTokens, layers: layers, norm: m.norm,
@@ -115,7 +124,9 @@ public final class EngineModel: @unchecked Sendable {
     if let kb = qc.kvBits {
       guard kb == 4 || kb == 8 else { throw unsupported("\(kb)-bit KV cache") }
       guard qc.kvAsymmetric else { throw unsupported("symmetric KV quantization") }
-      guard qc.kvGroup == nil || qc.kvGroup == c.headDim else { throw unsupported("KV group \(qc.kvGroup!) ≠ head_dim \(c.headDim)") }
+      // nil = one group per token over every KV head: the same as per head only with a single KV head.
+      let kg = qc.kvGroup ?? c.kvDim
+      guard kg == c.headDim else { throw unsupported("KV group \(kg) ≠ head_dim \(c.headDim)") }
       kv = kb == 4 ? .kv4 : .kv8
     }
     if let o = kvOverride { kv = o }
@@ -164,7 +175,8 @@ public final class EngineModel: @unchecked Sendable {
         try fused([p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"], inp: c.hiddenSize),
         try fused([p + "self_attn.o_proj"], inp: c.qDim),
         try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
-        try fused([p + "mlp.down_proj"], inp: c.intermediateSize)))
+        try fused([p + "mlp.down_proj"], inp: c.intermediateSize),
+        kBias: st.contains(p + "self_attn.k_proj.bias") ? try st.floats(p + "self_attn.k_proj.bias") : nil))
     }
     let embed = try st.floats("model.embed_tokens.weight")
     guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }
@@ -175,7 +187,8 @@ public final class EngineModel: @unchecked Sendable {
       : try makeHead(fp: c.tieWordEmbeddings ? embed : try st.floats(headName), layer: nil, c, lmHead)
     return try EngineModel(config: c, embed: embed, layers: layers, norm: try st.floats("model.norm.weight"),
                            lmHead: head, kvMode: kv, pageSize: pageSize,
-                           description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head")
+                           description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head"
+                             + (layers.contains { $0.exactScores } ? ", fp32 attention scores in layers with large K biases" : ""))
   }
 
   /// The LM head in the chosen precision; int8 quantizes each output row symmetrically (s = max|w|/127).

@@ -14,7 +14,7 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
   public let inFeatures: Int
   public let outFeatures: Int
   let packed: PackedMatrix
-  let bias: [Float]?
+  public let bias: [Float]?
 
   public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
     precondition(weight.count == outFeatures * inFeatures)

@@ -126,30 +126,30 @@ func choleskyLower(_ a: inout [Double], _ n: Int) -> Bool {
   }
 }
 
-/// H⁻¹ from its lower Cholesky factor L (torch.cholesky_inverse): L⁻¹ by rows, then H⁻¹ = L⁻ᵀ·L⁻¹ as a sum of
-/// rank-one updates of L⁻¹'s rows (both loops vectorize).
-func choleskyInverse(_ l: [Double], _ n: Int) -> [Double] {
-  var li = [Double](repeating: 0, count: n * n)
+/// H⁻¹ from its lower Cholesky factor L (torch.cholesky_inverse): L⁻¹ by rows, computed in place of L (row i of L⁻¹
+/// needs row i of L and the rows of L⁻¹ above it), then H⁻¹ = L⁻ᵀ·L⁻¹ as a sum of rank-one updates of L⁻¹'s rows
+/// (both loops vectorize). `l` holds L⁻¹ afterwards; one n×n buffer besides it (n = 14336 is 1.6 GB a buffer).
+func choleskyInverse(_ l: inout [Double], _ n: Int) -> [Double] {
   var inv = [Double](repeating: 0, count: n * n)
-  l.withUnsafeBufferPointer { lb in
-    li.withUnsafeMutableBufferPointer { lib in
-      let L = lb.baseAddress!, X = lib.baseAddress!
-      // Row i of L⁻¹: (e_i − Σ_{k<i} L[i][k]·X[k, :]) / L[i][i], nonzero on 0...i.
-      for i in 0..<n {
-        let xi = X + i * n
-        xi[i] = 1
-        for k in 0..<i where L[i * n + k] != 0 { axpyD(-L[i * n + k], X + k * n, xi, k + 1) }
-        let d = 1 / L[i * n + i]
-        for j in 0...i { xi[j] *= d }
+  let row = UnsafeMutablePointer<Double>.allocate(capacity: max(1, n)); defer { row.deallocate() }
+  l.withUnsafeMutableBufferPointer { lb in
+    let X = lb.baseAddress!
+    // Row i of L⁻¹: (e_i − Σ_{k<i} L[i][k]·X[k, :]) / L[i][i], nonzero on 0...i.
+    for i in 0..<n {
+      let xi = X + i * n
+      row.update(repeating: 0, count: i + 1)
+      row[i] = 1
+      for k in 0..<i where xi[k] != 0 { axpyD(-xi[k], X + k * n, row, k + 1) }
+      let d = 1 / xi[i]
+      for j in 0...i { xi[j] = row[j] * d }
+    }
+    inv.withUnsafeMutableBufferPointer { ib in
+      let Y = ib.baseAddress!
+      for k in 0..<n {
+        let xk = X + k * n
+        for i in 0...k where xk[i] != 0 { axpyD(xk[i], xk, Y + i * n, i + 1) }
       }
-      inv.withUnsafeMutableBufferPointer { ib in
-        let Y = ib.baseAddress!
-        for k in 0..<n {
-          let xk = X + k * n
-          for i in 0...k where xk[i] != 0 { axpyD(xk[i], xk, Y + i * n, i + 1) }
-        }
-        for i in 0..<n { for j in 0..<i { Y[j * n + i] = Y[i * n + j] } }
-      }
+      for i in 0..<n { for j in 0..<i { Y[j * n + i] = Y[i * n + j] } }
     }
   }
   return inv
@@ -164,33 +164,37 @@ public struct GPTQInverse: Sendable {
   public let damping: Double
   public let dead: [Int]
 
+  /// Memory: besides `h0`, two n×n Double buffers at a time (the damped, permuted copy that becomes L and L⁻¹, and
+  /// H⁻¹ that becomes U in place), so an 8B model's down_proj (n = 14336) needs 3 × 1.6 GB, not 7×.
   public init(hessian h0: [Double], size n: Int, options: GPTQOptions = GPTQOptions()) throws {
     self.n = n
-    var h = h0
-    var deadCols: [Int] = []
-    for i in 0..<n where h[i * n + i] == 0 { h[i * n + i] = 1; deadCols.append(i) }
-    dead = deadCols
-    let perm = (0..<n).sorted { a, b in
-      let da = h[a * n + a], db = h[b * n + b]
-      return da != db ? da > db : a < b
-    }
+    // Dead inputs (zero diagonal) get a unit diagonal; the permutation sorts the diagonal in descending order.
+    let diag = (0..<n).map { h0[$0 * n + $0] == 0 ? 1 : h0[$0 * n + $0] }
+    dead = (0..<n).filter { h0[$0 * n + $0] == 0 }
+    let perm = (0..<n).sorted { a, b in diag[a] != diag[b] ? diag[a] > diag[b] : a < b }
     permutation = perm
-    var hp = [Double](repeating: 0, count: n * n)
-    for i in 0..<n { for j in 0..<n { hp[i * n + j] = h[perm[i] * n + perm[j]] } }
-    var meanDiag = 0.0
-    for i in 0..<n { meanDiag += hp[i * n + i] }
-    meanDiag /= Double(n)
+    let meanDiag = diag.reduce(0, +) / Double(n)
     var damp = options.dampPercentage * meanDiag
     var result: [Double]? = nil
     for _ in 0..<max(1, options.numInvTries) {
-      var a = hp
-      for i in 0..<n { a[i * n + i] += damp }
+      // a = P·H·Pᵀ + damp·I, rebuilt from h0 for each try.
+      var a = [Double](repeating: 0, count: n * n)
+      a.withUnsafeMutableBufferPointer { ab in
+        for i in 0..<n {
+          let src = perm[i] * n, dst = i * n
+          for j in 0..<n { ab[dst + j] = h0[src + perm[j]] }
+          ab[dst + i] = diag[perm[i]] + damp
+        }
+      }
       if choleskyLower(&a, n) {
-        var hinv = choleskyInverse(a, n)
+        var hinv = choleskyInverse(&a, n)
+        a = []
         if choleskyLower(&hinv, n) {
-          var u = [Double](repeating: 0, count: n * n)
-          for i in 0..<n { for j in i..<n { u[i * n + j] = hinv[j * n + i] } }
-          result = u
+          // U = (lower factor of H⁻¹)ᵀ, transposed in place (choleskyLower zeroed the upper triangle).
+          hinv.withUnsafeMutableBufferPointer { u in
+            for i in 0..<n { for j in (i + 1)..<max(i + 1, n) { u.swapAt(i * n + j, j * n + i) } }
+          }
+          result = hinv
           break
         }
       }

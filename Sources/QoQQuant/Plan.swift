@@ -249,6 +249,17 @@ public struct QuantPlan: Sendable {
     if let kg = kvGroup, c.kvDim % kg != 0 || (kg > c.headDim && kg % c.headDim != 0) {
       throw QoQError("recipe: KV group size \(kg) does not fit kv_heads·head_dim = \(c.kvDim) (head_dim \(c.headDim))")
     }
+    // QoQ's asymmetric KV4/KV8 is per (token, head) in QServe and in our engine: a group wider than one head (a
+    // 128 group on a head_dim-64 model, or a whole token with several KV heads) would be measured by the fake
+    // quantizer but could not be served, so it is refused here, before any work (issue #19).
+    if kvBits != nil && kvAsymmetric && !kvStatic {
+      let g = kvGroup ?? c.kvDim
+      if g > c.headDim {
+        throw QoQError("recipe: KV groups of \(g) channels span \(g / c.headDim) heads of this model (head_dim \(c.headDim)); "
+                       + "asymmetric KV is quantized per head: use --opts-group-shapes 1,\(c.headDim)"
+                       + (c.headDim == 64 ? " (or recipes/qoq-g64.yaml)" : ""))
+      }
+    }
     if rotation != nil && !(rotation!.random) {
       _ = try HadamardRotation(size: c.hiddenSize)
       _ = try HadamardRotation(size: c.headDim)

@@ -16,7 +16,24 @@ func engineConfigs() throws -> [(String, LlamaConfiguration)] {
                                       numAttentionHeads: 4, numKeyValueHeads: 1, rmsNormEps: 1e-6, ropeTheta: 1e6, vocabSize: 120)),
    ("qwen2-tied-bias", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 64, numHiddenLayers: 2,
                                               numAttentionHeads: 2, numKeyValueHeads: 2, rmsNormEps: 1e-6, ropeTheta: 1e6,
-                                              vocabSize: 90, tieWordEmbeddings: true))]
+                                              vocabSize: 90, tieWordEmbeddings: true)),
+   // Qwen2 as it ships (issue #19): GQA and K biases up to ~±150 on a few channels (see writeQuantizedTiny).
+   ("qwen2-gqa-kbias", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
+                                              numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
+                                              ropeTheta: 1e6, vocabSize: 90))]
+}
+
+/// Qwen2-like K biases: every 7th channel of k_proj's bias gets ±150 (the sign alternating), the magnitude
+/// Qwen2.5's real checkpoints carry on a few channels per head.
+func largeKBiases(_ dir: String, _ c: LlamaConfiguration) throws {
+  let st = try SafeTensorsFile(path: dir + "/model.safetensors")
+  var blobs: [TensorBlob] = []
+  for n in st.names {
+    var v = try st.floats(n)
+    if n.hasSuffix("k_proj.bias") { for j in stride(from: 0, to: v.count, by: 7) { v[j] += (j / 7) % 2 == 0 ? 150 : -150 } }
+    blobs.append(TensorBlob(name: n, shape: try st.info(n).shape, floats: v))
+  }
+  try SafeTensorsWriter.write(blobs, to: dir + "/model.safetensors")
 }
 
 func engineTempDir(_ name: String) -> String {
@@ -28,6 +45,7 @@ func engineTempDir(_ name: String) -> String {
 /// Writes a tiny FP model and its RTN-quantized checkpoint (every linear in `format`, 8-bit activations, KV bits).
 func writeQuantizedTiny(_ c: LlamaConfiguration, format: WeightFormat, actBits: Int? = 8, kvBits: Int? = 4, dir: String) throws -> String {
   try writeTinyCheckpoint(c, to: dir + "/fp")
+  if dir.contains("kbias") { try largeKBiases(dir + "/fp", c) }
   let st = try CheckpointWeights(folder: dir + "/fp")
   var fp: [String: [Float]] = [:], quantized: [String: QuantizedWeight] = [:], biases: [String: [Float]] = [:]
   for name in st.names {
@@ -89,6 +107,8 @@ final class EngineHarness {
         let quantError = relL2(want.last!, fpLogits)
         let m = try EngineModel.load(quantized: path, lmHead: .fp32)
         #expect(m.kvFormat.mode == (kv == 4 ? .kv4 : .kv8))
+        // Large K biases keep exact scores (an int8 query's error times |k| ~150 moved scores by whole units).
+        #expect(m.layers.allSatisfy { $0.exactScores == name.contains("kbias") }, "\(name)")
         for integer in [false, true] {
           let h = try EngineHarness(m)
           let got = try m.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .all)], pool: h.pool,

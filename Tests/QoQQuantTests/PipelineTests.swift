@@ -179,6 +179,16 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     let r3 = try recipe(["--enable-reorder"], calib: dir + "/missing.txt")
     do { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r3, cacheRoot: nil).run(); Issue.record("accepted") }
     catch let e as QoQError { #expect(e.message.contains("does not exist")) }
+    // Asymmetric KV groups wider than one head (head_dim 16, 2 KV heads) are refused before any work (issue #19):
+    // 32-wide groups, and one group per token over both heads.
+    let (_, gqa) = try tinyPipelineConfigs()[0]
+    try writeTinyCheckpoint(gqa, to: dir + "/gqa")
+    for g in ["1,32", "1,-1"] {
+      let rk = try recipe(["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", g, "--opts-skips", "attn_q"],
+                          calib: dir + "/calib.txt")
+      do { _ = try QuantizationPipeline(modelPath: dir + "/gqa", recipe: rk, cacheRoot: nil).run(); Issue.record("KV groups \(g) accepted") }
+      catch let e as QoQError { #expect(e.message.contains("span 2 heads") && e.message.contains("--opts-group-shapes 1,16"), "\(e.message)") }
+    }
     // Unsupported architecture in config.json.
     try Data(#"{"model_type":"gpt2","hidden_size":64}"#.utf8).write(to: URL(fileURLWithPath: dir + "/model/config.json"))
     do { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r3, cacheRoot: nil).run(); Issue.record("accepted") }
