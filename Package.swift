@@ -116,7 +116,7 @@ let package = Package(
                 swiftSettings: isaOnly),
     // Hostile input, class by class (issue #13): the real binary, files built to break it, the server under abuse.
     .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer", "QoQQuant",
-                                                        "QoQEngine", "QoQScheduler", "QoQTestSupport"],
+                                                        "QoQEval", "QoQFormat", "QoQEngine", "QoQScheduler", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

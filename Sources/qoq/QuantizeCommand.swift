@@ -35,6 +35,9 @@ struct QuantizeCommand: ParsableCommand {
       // memory estimate exceeds what is free.
       let force = args.contains("--force")
       args.removeAll { $0 == "--force" }
+      // --kv-ablation (not a recipe field): also evaluate the same quantized weights with KV16 and KV8 (issue #19).
+      let kvAblation = args.contains("--kv-ablation")
+      args.removeAll { $0 == "--kv-ablation" }
       var files: [String] = []
       var i = 0
       while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
@@ -97,18 +100,33 @@ struct QuantizeCommand: ParsableCommand {
       }
       if !skipEval {
         // Evaluated from the checkpoint itself, as `qoq eval` would load it.
-        let (loaded, _) = try AnyModelLoader.load(path: evalFolder)
+        let ckpt = try ModelCheckpoint.open(evalFolder)
         guard let raw = try? String(contentsOfFile: plan.evalDataset, encoding: .utf8) else { throw QoQError("\(plan.evalDataset): cannot read") }
         let tokens = try perplexityTokens(raw: raw, tokenizer: out.tokenizer, proto: .gptq)
-        let r = try PerplexityEvaluator(model: loaded.model).evaluate(tokens: tokens, seqLen: plan.evalSeqLen,
-                                                                      maxWindows: plan.evalWindows > 0 ? plan.evalWindows : nil) { w, n, ppl in
-          Progress.update("\(Progress.bar(w, n)) evaluating window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
+        func evaluate(_ q: QuantizationConfig, _ label: String) throws -> PerplexityResult {
+          let r = try PerplexityEvaluator(model: try q.fakeQuantModel(config: ckpt.config, weights: ckpt.weights))
+            .evaluate(tokens: tokens, seqLen: plan.evalSeqLen, maxWindows: plan.evalWindows > 0 ? plan.evalWindows : nil) { w, n, ppl in
+              Progress.update("\(Progress.bar(w, n)) evaluating\(label) window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
+            }
+          Progress.done()
+          print("wikitext-2 gptq seq_len=\(r.seqLen) windows=\(r.windows)/\(r.windowsAvailable)\(label): perplexity \(String(format: "%.4f", r.perplexity))")
+          return r
         }
-        Progress.done()
-        print("wikitext-2 gptq seq_len=\(r.seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity))")
+        let r = try evaluate(out.quantization, "")
         results["wikitext2_ppl"] = .double(r.perplexity)
         results["eval_windows"] = .int(r.windows)
         results["eval_seq_len"] = .int(r.seqLen)
+        // The KV cost as one number: the same weights and activations with the KV cache at 16 and 8 bits.
+        if kvAblation, let kb = out.quantization.kvBits {
+          var ab = JSONObject()
+          for bits in [16, 8] where bits > kb {
+            var q = out.quantization
+            q.kvBits = bits == 16 ? nil : bits
+            q.kvStaticScales = nil
+            ab["kv\(bits)"] = .double(try evaluate(q, " (same weights, KV\(bits))").perplexity)
+          }
+          results["kv_ablation"] = .object(ab)
+        }
         if !save.isEmpty { try atomicWrite(save + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8)) }
       }
       if let rp = resultsPath {

@@ -18,6 +18,8 @@ struct TableCommand: ParsableCommand {
   @Option(help: "Windows of 2048 tokens to score (0 = all).") var evalMaxWindows: Int = 8
   @Option(help: "WikiText-2 raw test file.") var evalDataset: String = "../shared/data/wikitext-2-raw/wiki.test.raw"
   @Option(help: "Calibration text file.") var calibPath: String = "../shared/data/calibration/wikitext-2-valid.tokens.txt"
+  @Flag(help: "KV-only ablation: each recipe with a quantized KV cache also gets rows for the same weights with KV16 and KV8.")
+  var kvAblation = false
   @Option(parsing: .remaining, help: "Extra flags passed to every `qoq quantize` (after --).") var extra: [String] = []
 
   func validate() throws {
@@ -90,24 +92,31 @@ struct TableCommand: ParsableCommand {
         let res = output + "/\(name).json"
         let recipeText = files.map { (try? String(contentsOfFile: $0, encoding: .utf8)) ?? "" }.joined(separator: "\n---\n")
         let stamp = output + "/\(name).recipe-source"
-        let fresh = FileManager.default.fileExists(atPath: res) && (try? String(contentsOfFile: stamp, encoding: .utf8)) == recipeText + extra.joined(separator: " ")
+        let flags = extra + (kvAblation ? ["--kv-ablation"] : [])
+        let fresh = FileManager.default.fileExists(atPath: res) && (try? String(contentsOfFile: stamp, encoding: .utf8)) == recipeText + flags.joined(separator: " ")
         if fresh {
           note("\(name): already computed (\(res))")
         } else {
           note("\(name): qoq quantize \(r) (log: \(output)/\(name).log)")
           var a = ["quantize"] + files + ["--model-path", modelPath, "--calib-path", calibPath, "--eval-dataset", evalDataset,
                    "--eval-max-windows", "\(evalMaxWindows)", "--results-json", res]
-          a += extra
+          a += flags
           let status = try runSelf(a, log: output + "/\(name).log")
           guard status == 0, FileManager.default.fileExists(atPath: res) else {
             note("\(name): failed (exit \(status)); see \(output)/\(name).log")
             rows.append((Self.method(r), "?", name, nil, nil))
             continue
           }
-          try atomicWrite(stamp, data: Data((recipeText + extra.joined(separator: " ")).utf8))
+          try atomicWrite(stamp, data: Data((recipeText + flags.joined(separator: " ")).utf8))
         }
         let j = try JSON.parseFile(res)
         rows.append((Self.method(r), Self.precision(j["quantization"]), name, j["wikitext2_ppl"]?.double, j["quantize_seconds"]?.double))
+        // KV ablation rows: the same quantized weights, the KV cache at 16 and 8 bits (precision label rewritten).
+        let precision = Self.precision(j["quantization"])
+        for bits in [16, 8] {
+          guard let ppl = j["kv_ablation"]?["kv\(bits)"]?.double, let kv = precision.range(of: #"KV\d+"#, options: .regularExpression) else { continue }
+          rows.append((Self.method(r), precision.replacingCharacters(in: kv, with: "KV\(bits)") + " (same weights)", name, ppl, nil))
+        }
       }
       var md = "| method | precision | recipe | WikiText-2 PPL (GPTQ protocol, 2048, \(evalMaxWindows > 0 ? "\(evalMaxWindows) windows" : "all windows")) | quantize time |\n|---|---|---|---|---|\n"
       for row in rows {
