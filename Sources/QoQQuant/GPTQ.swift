@@ -14,6 +14,9 @@ public final class HessianAccumulator: @unchecked Sendable {
 
   public init(size: Int) { self.size = size; h = [Float](repeating: 0, count: size * size) }
 
+  /// Frees the accumulated matrix once its Hessian has been taken (an 8B model's down_proj input holds 0.8 GB).
+  public func release() { h = [] }
+
   /// Adds rows x (rows, size). Only the lower triangle is accumulated (column blocks of 128, rows from the block
   /// down), half the work of a full XᵀX; `hessian` mirrors it.
   public func add(_ x: UnsafePointer<Float>, rows: Int) {

@@ -19,7 +19,8 @@ extension QuantizationPipeline {
   /// SmoothLinear. `fused`: also accumulates the GPTQ Hessians and quantizes the layer right after its transforms
   /// (returned). `advance`: the layer's FP outputs become the pass's inputs for the next layer.
   func transformLayer(_ store: WeightStore, layer l: Int, pass: LayerwisePass, fused: Bool, advance: Bool) throws -> [String: QuantizedWeight] {
-    let model = try calibrationModel(store, layer: l)
+    // Released before GPTQ: its packed fp32 copy of the layer is not needed to quantize.
+    var calibration: LlamaModel? = try calibrationModel(store, layer: l)
     let samples = pass.samples
     let c = store.config
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
@@ -47,7 +48,7 @@ extension QuantizationPipeline {
     if awq { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
     if grid || fused { points.insert(.attnInput) }
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
-    try pass.run(model: model, layer: l, points: points, advance: advance) { cap in
+    try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
       if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
       if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
@@ -81,7 +82,7 @@ extension QuantizationPipeline {
     if let sa = plan.smoothAttn {
       var (alpha, beta) = (sa.alpha, sa.beta)
       if sa.strategy == .gridSearch {
-        (alpha, beta) = try searchSmoothAttention(store, model: model, layer: l, qAbsMax: q.values, kAbsMax: k.values,
+        (alpha, beta) = try searchSmoothAttention(store, model: calibration!, layer: l, qAbsMax: q.values, kAbsMax: k.values,
                                                   h: searchInput, lengths: Array(samples.prefix(searchSeqs).map(\.count)))
         log("layer \(l): SmoothAttention α = \(alpha), β = \(beta)")
       }
@@ -90,7 +91,7 @@ extension QuantizationPipeline {
       }
     }
     if let alphas = plan.smoothProjAlphas, let format = plan.weightFormat {
-      let chosen = try awqLayer(store, model: model, layer: l, format: format, keys: smoothKeys,
+      let chosen = try awqLayer(store, model: calibration!, layer: l, format: format, keys: smoothKeys,
                                 attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
                                 downIn: awqIn[.downInput] ?? [], lengths: Array(samples.prefix(awqSeqs).map(\.count)),
                                 spans: (attnIn.values, oSpan.values, mlpIn.values, dmax), candidates: alphas)
@@ -107,6 +108,7 @@ extension QuantizationPipeline {
         hs[h]?.inputDivisor = lam
       }
     }
+    calibration = nil
     if fused, let format = plan.weightFormat {
       quantized = try quantizeLayer(store, layer: l, format: format, hessians: hs, sequences: samples.count)
     }
@@ -215,7 +217,11 @@ extension QuantizationPipeline {
       if let hs = hessians, let gopts = plan.gptq {
         let hk = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
         if inverses[hk] == nil {
+          // Modules come grouped by input (q/k/v, o, gate/up, down): the previous input's factor and accumulator
+          // are done, so one input's matrices are held at a time.
+          inverses = [:]
           inverses[hk] = try GPTQInverse(hessian: hs[hk]!.hessian(sequences: sequences), size: i, options: gopts)
+          hs[hk]!.release()
         }
         q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
       } else {

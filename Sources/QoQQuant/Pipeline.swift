@@ -129,6 +129,7 @@ public final class QuantizationPipeline {
     if work.unit("embed") == nil { _ = try embeddingUnit(work, source: source, config: config, rotator: rotator, samples: nil) }
     resumedLayers = start
     if start > 0 { log("resuming at layer \(start) of \(L) (\(work.path))") }
+    else if !work.temporary { log("finished layers are kept in \(work.path): a killed run resumes there") }
     for l in start..<L {
       try time("load") { try store.load(layer: l) }
       if let r = rotator { time("rotation") { r.rotateLayer(store, layer: l) } }
