@@ -43,7 +43,9 @@ extension QuantPlan {
     // (inputs, outputs, the widest intermediate), GPTQ's Hessians (Double) of the widest linear input.
     let streams = kvStatic ? 2 : 1
     let between = tokens * h * 4 * streams
-    var layerPhase = (tokens > 0 ? Self.layerBytesPerParameter : Self.layerBytesPerParameterRTN) * perLayer + min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 * (tokens > 0 ? 1 : 0)
+    let layerBytes = tokens > 0 ? Self.layerBytesPerParameter : Self.layerBytesPerParameterRTN
+    let captures = tokens > 0 ? min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 : 0
+    var layerPhase = layerBytes * perLayer + captures
     if gptq != nil { layerPhase += 2 * max(h, f) * max(h, f) * 8 }
     // The embedding phase: the table in fp32 and the samples' rows; the head phase: the table alone.
     let peakQuantize = max(table * 4 + between, layerPhase + between)

@@ -109,7 +109,8 @@ struct QuantizeCommand: ParsableCommand {
               Progress.update("\(Progress.bar(w, n)) evaluating\(label) window \(w)/\(n)  ppl \(String(format: "%.4f", ppl))")
             }
           Progress.done()
-          print("wikitext-2 gptq seq_len=\(r.seqLen) windows=\(r.windows)/\(r.windowsAvailable)\(label): perplexity \(String(format: "%.4f", r.perplexity))")
+          let ppl = String(format: "%.4f", r.perplexity)
+          print("wikitext-2 gptq seq_len=\(r.seqLen) windows=\(r.windows)/\(r.windowsAvailable)\(label): perplexity \(ppl)")
           return r
         }
         let r = try evaluate(out.quantization, "")

@@ -93,7 +93,8 @@ struct TableCommand: ParsableCommand {
         let recipeText = files.map { (try? String(contentsOfFile: $0, encoding: .utf8)) ?? "" }.joined(separator: "\n---\n")
         let stamp = output + "/\(name).recipe-source"
         let flags = extra + (kvAblation ? ["--kv-ablation"] : [])
-        let fresh = FileManager.default.fileExists(atPath: res) && (try? String(contentsOfFile: stamp, encoding: .utf8)) == recipeText + flags.joined(separator: " ")
+        let fresh = FileManager.default.fileExists(atPath: res)
+          && (try? String(contentsOfFile: stamp, encoding: .utf8)) == recipeText + flags.joined(separator: " ")
         if fresh {
           note("\(name): already computed (\(res))")
         } else {
@@ -114,7 +115,8 @@ struct TableCommand: ParsableCommand {
         // KV ablation rows: the same quantized weights, the KV cache at 16 and 8 bits (precision label rewritten).
         let precision = Self.precision(j["quantization"])
         for bits in [16, 8] {
-          guard let ppl = j["kv_ablation"]?["kv\(bits)"]?.double, let kv = precision.range(of: #"KV\d+"#, options: .regularExpression) else { continue }
+          guard let ppl = j["kv_ablation"]?["kv\(bits)"]?.double,
+                let kv = precision.range(of: #"KV\d+"#, options: .regularExpression) else { continue }
           rows.append((Self.method(r), precision.replacingCharacters(in: kv, with: "KV\(bits)") + " (same weights)", name, ppl, nil))
         }
       }
