@@ -30,26 +30,18 @@ public final class ModelCheckpoint: @unchecked Sendable {
   }
 
   public static func open(_ path: String) throws -> ModelCheckpoint {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw QoQError("\(path): no such file or folder") }
-    if !isDir.boolValue {
-      guard path.hasSuffix(".gguf") else { throw QoQError("\(path): expected a Hugging Face model folder or a .gguf file") }
-      let g = try GGUFFile(path: path)
-      let src = try GGUFWeights(g)
-      return ModelCheckpoint(path: path, kind: .gguf, config: src.config, tokenizer: try Tokenizer.load(gguf: g), weights: src,
-                             quantization: nil, folder: nil, gguf: g)
+    let src = try ModelLoader.open(path: path)
+    guard let st = src.folder else {
+      return ModelCheckpoint(path: path, kind: .gguf, config: src.config, tokenizer: src.tokenizer, weights: src.weights,
+                             quantization: nil, folder: nil, gguf: src.gguf)
     }
     let cfgPath = path + "/config.json"
-    let config = try LlamaConfiguration.load(path: cfgPath)
-    let root = try JSON.parseFile(cfgPath)
-    let st = try CheckpointWeights(folder: path)
-    let tokenizer = try Tokenizer.load(folder: path)
-    if let qj = root["quantization_config"], !qj.isNull {
+    if let qj = try JSON.parseFile(cfgPath)["quantization_config"], !qj.isNull {
       let quant = try QuantizationConfig(json: qj, what: cfgPath)
-      return ModelCheckpoint(path: path, kind: .quantized, config: config, tokenizer: tokenizer,
-                             weights: QuantizedSource(st: st, config: config, quant: quant), quantization: quant, folder: st, gguf: nil)
+      return ModelCheckpoint(path: path, kind: .quantized, config: src.config, tokenizer: src.tokenizer,
+                             weights: QuantizedSource(st: st, config: src.config, quant: quant), quantization: quant, folder: st, gguf: nil)
     }
-    return ModelCheckpoint(path: path, kind: .huggingFace, config: config, tokenizer: tokenizer, weights: st,
+    return ModelCheckpoint(path: path, kind: .huggingFace, config: src.config, tokenizer: src.tokenizer, weights: st,
                            quantization: nil, folder: st, gguf: nil)
   }
 

@@ -49,17 +49,25 @@ public final class ShardedSafeTensorsWriter {
     }
     let n = shards.count
     var names: [String] = []
-    var map: [(String, JSONValue)] = []
     for (i, s) in shards.enumerated() {
-      let name = String(format: "model-%05d-of-%05d.safetensors", i + 1, n)
+      let name = shardFileName(i, of: n)
       try fm.moveItem(atPath: folder + "/" + s.file, toPath: folder + "/" + name)
       names.append(name)
-      for t in s.names { map.append((t, .string(name))) }
     }
-    map.sort { $0.0 < $1.0 }
-    let index = JSONObject([("metadata", .object(JSONObject([("total_size", .int(totalBytes))]))),
-                            ("weight_map", .object(JSONObject(map)))])
-    try atomicWrite(folder + "/model.safetensors.index.json", data: Data(JSON.serialize(.object(index), pretty: true).utf8))
+    try writeShardIndex(folder: folder, shards: zip(names, shards.map(\.names)).map { ($0, $1) }, totalBytes: totalBytes)
     return names
   }
+}
+
+/// Hugging Face's name of shard i (0-based) of n: `model-00001-of-00003.safetensors`.
+public func shardFileName(_ i: Int, of n: Int) -> String { String(format: "model-%05d-of-%05d.safetensors", i + 1, n) }
+
+/// `model.safetensors.index.json`: metadata.total_size and the weight_map (tensor → shard file), sorted by tensor.
+public func writeShardIndex(folder: String, shards: [(file: String, tensors: [String])], totalBytes: Int) throws {
+  var map: [(String, JSONValue)] = []
+  for s in shards { for t in s.tensors { map.append((t, .string(s.file))) } }
+  map.sort { $0.0 < $1.0 }
+  let index = JSONObject([("metadata", .object(JSONObject([("total_size", .int(totalBytes))]))),
+                          ("weight_map", .object(JSONObject(map)))])
+  try atomicWrite(folder + "/model.safetensors.index.json", data: Data(JSON.serialize(.object(index), pretty: true).utf8))
 }

@@ -92,9 +92,9 @@ final class WorkFolder: @unchecked Sendable {
       groups[groups.count - 1].append(f); size += bytes
     }
     let n = groups.count
-    var names: [String] = [], map: [(String, JSONValue)] = [], total = 0
+    var shards: [(file: String, tensors: [String])] = [], total = 0
     for (i, g) in groups.enumerated() {
-      let name = n == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", i + 1, n)
+      let name = n == 1 ? "model.safetensors" : shardFileName(i, of: n)
       var tensors: [StreamedTensor] = []
       for f in g {
         for t in f.names {
@@ -102,19 +102,14 @@ final class WorkFolder: @unchecked Sendable {
           tensors.append(StreamedTensor(name: t, dtype: info.dtype, shape: info.shape, byteCount: info.byteCount) { fh in
             try Self.copy(f, info, to: fh)
           })
-          map.append((t, .string(name)))
           total += info.byteCount
         }
       }
       try SafeTensorsWriter.write(streamed: tensors, metadata: metadata, to: folder + "/" + name)
-      names.append(name)
+      shards.append((name, tensors.map(\.name)))
     }
-    if n > 1 {
-      map.sort { $0.0 < $1.0 }
-      let index = JSONObject([("metadata", .object(JSONObject([("total_size", .int(total))]))), ("weight_map", .object(JSONObject(map)))])
-      try atomicWrite(folder + "/model.safetensors.index.json", data: Data(JSON.serialize(.object(index), pretty: true).utf8))
-    }
-    return names
+    if n > 1 { try writeShardIndex(folder: folder, shards: shards, totalBytes: total) }
+    return shards.map(\.file)
   }
 
   /// Copies one tensor's bytes in 64 MiB pieces, releasing the mapped pages after each (bounded RSS).
