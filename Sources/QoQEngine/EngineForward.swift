@@ -163,6 +163,7 @@ extension EngineModel {
         let row = qkv + (r0 + i) * W, pos = ch.start + i
         rope.apply(row, heads: c.numAttentionHeads, pos: pos)
         rope.apply(row + Q, heads: c.numKeyValueHeads, pos: pos)
+        if let kc = L.kCenter { for j in 0..<KV { row[Q + j] -= kc[j] } }
         let b = ch.blockTable[pos / P]
         for kvh in 0..<c.numKeyValueHeads {
           kvFormat.store(row + Q + kvh * D, page: pool.page(li, b, key: true), head: kvh, slot: pos % P, isKey: true)

@@ -30,9 +30,14 @@ public final class EngineLayer: @unchecked Sendable {
   public let exactScores: Bool
   /// |b_k| from which a layer keeps exact scores (Llama and Mistral have no K bias; Qwen2.5 has up to ~145).
   public static let largeKBias: Float = 16
-  init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?) {
+  /// Subtracted from post-RoPE keys before they enter the cache (kv_heads·head_dim; checkpoints with key_center).
+  /// Softmax ignores the per-query shift q·c this causes, so scores need no correction.
+  public let kCenter: [Float]?
+  init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?,
+       kCenter: [Float]? = nil) {
     inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d
     exactScores = (kBias ?? []).contains { abs($0) >= Self.largeKBias }
+    self.kCenter = kCenter
   }
 }
 
@@ -176,7 +181,8 @@ public final class EngineModel: @unchecked Sendable {
         try fused([p + "self_attn.o_proj"], inp: c.qDim),
         try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
         try fused([p + "mlp.down_proj"], inp: c.intermediateSize),
-        kBias: st.contains(p + "self_attn.k_proj.bias") ? try st.floats(p + "self_attn.k_proj.bias") : nil))
+        kBias: st.contains(p + "self_attn.k_proj.bias") ? try st.floats(p + "self_attn.k_proj.bias") : nil,
+        kCenter: qc.kvKeyCenter ? try qc.keyCenter(st, layer: i, c) : nil))
     }
     let embed = try st.floats("model.embed_tokens.weight")
     guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }
@@ -188,7 +194,8 @@ public final class EngineModel: @unchecked Sendable {
     return try EngineModel(config: c, embed: embed, layers: layers, norm: try st.floats("model.norm.weight"),
                            lmHead: head, kvMode: kv, pageSize: pageSize,
                            description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head"
-                             + (layers.contains { $0.exactScores } ? ", fp32 attention scores in layers with large K biases" : ""))
+                             + (layers.contains { $0.exactScores } ? ", fp32 attention scores in layers with large K biases" : "")
+                             + (qc.kvKeyCenter ? ", centered keys" : ""))
   }
 
   /// The LM head in the chosen precision; int8 quantizes each output row symmetrically (s = max|w|/127).

@@ -36,6 +36,24 @@ public final class KVFakeQuant: KVTransform, @unchecked Sendable {
   }
 }
 
+/// Key centering (issue #19): post-RoPE keys minus a calibrated per-channel constant c are quantized, then c is added
+/// back. Exact without quantization — q·(k − c) = q·k − q·c shifts every score of a query by the same amount, which
+/// softmax ignores — so the engine may keep k − c in its cache. It removes what a constant K bias leaves after RoPE
+/// on the slowly rotating channels (Qwen2's K biases reach ±350 there), which otherwise sets every KV4 group's range.
+public final class CenteredKeys: KVTransform, @unchecked Sendable {
+  public let inner: KVTransform
+  public let center: [Float]  // (kv_heads · head_dim)
+
+  public init(_ inner: KVTransform, center: [Float]) { self.inner = inner; self.center = center }
+
+  public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
+    precondition(width == center.count, "key center has \(center.count) channels, keys have \(width)")
+    for r in 0..<rows { for i in 0..<width { x[r * width + i] -= center[i] } }
+    inner.apply(x, rows: rows, width: width)
+    for r in 0..<rows { for i in 0..<width { x[r * width + i] += center[i] } }
+  }
+}
+
 /// Static symmetric per-tensor KV fake quantization with a calibrated scale (SmoothQuant's static KV8):
 /// x̂ = s·clamp(rne(x/s), −qmax, qmax), qmax = 2^(b−1) − 1.
 public final class StaticKVQuant: KVTransform, @unchecked Sendable {

@@ -22,6 +22,9 @@ public struct QuantizationConfig: Sendable, Equatable {
   public var kvAsymmetric = true
   /// Static per-tensor KV scales, (K, V) per layer in layer order; nil = dynamic per-token KV quantization.
   public var kvStaticScales: [Float]?
+  /// Keys are centered before quantization: each layer's checkpoint holds `self_attn.k_center` (kv_heads·head_dim),
+  /// subtracted from post-RoPE K (`CenteredKeys`; issue #19). Only with dynamic asymmetric KV.
+  public var kvKeyCenter = false
   public var notQuantized: [String] = []
 
   public init(method: String, weight: WeightFormat?, actBits: Int?, kvBits: Int?, kvGroup: Int?, kvAsymmetric: Bool = true) {
@@ -49,6 +52,7 @@ public struct QuantizationConfig: Sendable, Equatable {
         var o = JSONObject([("bits", .int(b)), ("group_size", .int(kvGroup ?? -1)), ("asymmetric", .bool(kvAsymmetric)),
                             ("dynamic", .bool(kvStaticScales == nil)), ("key", .string("post_rope"))])
         if let s = kvStaticScales { o["static_scales"] = .array(s.map { .double(Double($0)) }) }
+        if kvKeyCenter { o["key_center"] = .string("k_center") }
         return .object(o)
       } ?? .null),
       ("modules_not_quantized", .array(notQuantized.map { .string($0) })),
@@ -89,6 +93,11 @@ public struct QuantizationConfig: Sendable, Equatable {
         guard !kvAsymmetric else { throw bad("static KV scales are symmetric (asymmetric must be false)") }
         kvStaticScales = a.map { Float($0.double!) }
       }
+      if let kc = k["key_center"], !kc.isNull {
+        guard kc.string == "k_center" else { throw bad("kv_cache key_center must be \"k_center\" (the per-layer tensor name)") }
+        guard kvAsymmetric && kvStaticScales == nil else { throw bad("kv_cache key_center needs dynamic asymmetric KV") }
+        kvKeyCenter = true
+      }
     }
     notQuantized = v["modules_not_quantized"]?.array?.compactMap(\.string) ?? []
   }
@@ -116,10 +125,26 @@ extension QuantizationConfig {
         }
         model.kvLayerQuantizers = (0..<config.numHiddenLayers).map { (StaticKVQuant(scale: s[2 * $0], bits: kb), StaticKVQuant(scale: s[2 * $0 + 1], bits: kb)) }
       } else {
-        model.kvQuantizer = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
+        let kq = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
+        if kvKeyCenter {
+          model.kvLayerQuantizers = try (0..<config.numHiddenLayers).map { (CenteredKeys(kq, center: try keyCenter(weights, layer: $0, config)), kq) }
+        } else {
+          model.kvQuantizer = kq
+        }
       }
     }
     return model
+  }
+
+  /// Layer l's key center (kv_heads·head_dim floats, finite) from a checkpoint with `key_center`.
+  public func keyCenter(_ weights: WeightSource, layer l: Int, _ c: LlamaConfiguration) throws -> [Float] {
+    let name = "model.layers.\(l).self_attn.k_center"
+    let v: [Float]
+    do { v = try weights.floats(name) } catch { throw QoQError("quantization_config says key_center, but \(name) cannot be read: \(error)") }
+    guard v.count == c.kvDim, v.allSatisfy(\.isFinite) else {
+      throw QoQError("\(name) must hold \(c.kvDim) finite values (has \(v.count))")
+    }
+    return v
   }
 }
 
@@ -258,7 +283,7 @@ public final class QuantizedSource: WeightSource {
     var names: [String] = []
     for n in st.names {
       if n.hasSuffix(".qweight") { let m = String(n.dropLast(8)); modules.insert(m); names.append(m + ".weight") }
-      else if n.hasSuffix(".scales") || n.hasSuffix(".zeros") || n.hasSuffix(".s1") { continue }
+      else if n.hasSuffix(".scales") || n.hasSuffix(".zeros") || n.hasSuffix(".s1") || n.hasSuffix(".k_center") { continue }
       else { names.append(n) }
     }
     quantizedModules = modules

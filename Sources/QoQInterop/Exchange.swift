@@ -31,6 +31,10 @@ public enum Interop {
     case .asym(let b, let g): guard b == 4, g == nil else { throw QoQError("\(src): QServe takes progressive g128 or per-channel uint4 weights, not \(wf)") }
     case .sym: throw QoQError("\(src): W8A8 export to QServe is not supported (\(wf))")
     }
+    if q.kvKeyCenter {
+      warnings.append("QServe does not center keys: its KV4 cache will quantize the uncentered keys (exact in FP, less accurate "
+                      + "in KV4 than this checkpoint in our engine); self_attn.k_center is not exported")
+    }
     for n in st.names where n.hasSuffix("norm.weight") {
       if try st.floats(n).contains(where: { $0 != 1 }) && !allowUnfoldedNorms {
         throw QoQError("\(src): \(n) is not all ones; QServe skips norm weights, so they must be folded (quantize with rotation), or pass --allow-unfolded-norms")
@@ -96,7 +100,7 @@ public enum Interop {
     var blobs: [TensorBlob] = []
     for n in st.names {
       let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
-      if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
+      if (quantized.contains(m) && !n.hasSuffix(".bias")) || n.hasSuffix(".k_center") { continue }
       let info = try st.info(n)
       blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
     }

@@ -56,7 +56,7 @@ public final class LlamaModel: @unchecked Sendable {
   let rope: RotaryEmbedding
   /// Fake quantization of post-RoPE K and of V before they enter the cache (KV4/KV8 simulation); nil = FP.
   public var kvQuantizer: KVTransform?
-  /// Per-layer (K, V) quantizers with calibrated static ranges (SmoothQuant's static KV8); overrides kvQuantizer.
+  /// Per-layer (K, V) quantizers (static KV8 ranges, centered keys); overrides kvQuantizer.
   public var kvLayerQuantizers: [(k: KVTransform, v: KVTransform)]?
 
   public init(config: LlamaConfiguration, embedTokens: [Float], layers: [DecoderLayer], norm: [Float],

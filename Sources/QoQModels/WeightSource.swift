@@ -65,6 +65,7 @@ public func tensorShape(_ name: String, _ c: LlamaConfiguration) -> [Int] {
   let h = c.hiddenSize
   if name == "model.embed_tokens.weight" || name == "lm_head.weight" { return [c.vocabSize, h] }
   if name.hasSuffix("layernorm.weight") || name == "model.norm.weight" { return [h] }
+  if name.hasSuffix("self_attn.k_center") { return [c.kvDim] }  // quantized checkpoints with centered keys
   let isBias = name.hasSuffix(".bias")
   let out: Int, inp: Int
   if name.contains("q_proj") { (out, inp) = (c.qDim, h) }

@@ -133,6 +133,24 @@ public final class LayerwisePass {
 }
 
 /// Per-channel max |x| over rows (streaming).
+/// Per-channel minimum and maximum over rows (N, width) — the key-centering statistics (issue #19).
+public struct MinMaxAccumulator: Sendable {
+  public private(set) var minimum: [Float]
+  public private(set) var maximum: [Float]
+  public init(width: Int) {
+    minimum = [Float](repeating: .infinity, count: width); maximum = [Float](repeating: -.infinity, count: width)
+  }
+  public mutating func add(_ x: [Float]) {
+    let w = minimum.count
+    for r in 0..<(x.count / w) {
+      for i in 0..<w { let v = x[r * w + i]; minimum[i] = min(minimum[i], v); maximum[i] = max(maximum[i], v) }
+    }
+  }
+  /// The midrange c = (max + min)/2 (0 for a channel never seen) and the centered span (max − min)/2 = max|x − c|.
+  public var center: [Float] { zip(minimum, maximum).map { $0 <= $1 ? ($0 + $1) / 2 : 0 } }
+  public var centeredSpan: [Float] { zip(minimum, maximum).map { $0 <= $1 ? ($1 - $0) / 2 : 0 } }
+}
+
 public struct AbsMaxAccumulator: Sendable {
   public private(set) var values: [Float]
   public init(width: Int) { values = [Float](repeating: 0, count: width) }

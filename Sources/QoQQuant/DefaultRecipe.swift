@@ -77,6 +77,10 @@ quant:
     group_shapes: [[1, -1]]
     scale_dtypes: [null]
     skips: []
+    # not in deepcompressor (issue #19): subtract a calibrated per-channel constant from post-RoPE keys before
+    # quantizing them (exact: softmax ignores a per-query shift). auto = on for models with attention biases
+    # (Qwen2) when the recipe has SmoothAttention; always; never (deepcompressor's behaviour).
+    center_keys: auto
   enable_rotation: false
   rotation:
     random: false

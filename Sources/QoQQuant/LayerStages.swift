@@ -24,6 +24,8 @@ extension QuantizationPipeline {
     let samples = pass.samples
     let c = store.config
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
+    let centering = plan.centersKeys(c)
+    var kRange = MinMaxAccumulator(width: centering ? c.kvDim : 0)
     let grid = plan.smoothAttn?.strategy == .gridSearch
     let searchSeqs = min(samples.count, plan.smoothAttnSamples)
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
@@ -50,6 +52,7 @@ extension QuantizationPipeline {
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      if centering { kRange.add(cap[.kRope]) }
       if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
       if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
       if awq {
@@ -79,17 +82,24 @@ extension QuantizationPipeline {
       dmax = perm.map { dmax[$0] }
       hs["down"]?.inputPermutation = perm
     }
+    // Key centering: the midrange c of each post-RoPE key channel is what the cache subtracts; smoothing then sees the
+    // centered span max|k − c| instead of max|k|, and c is divided by the same λ as the keys.
+    let center = centering ? kRange.center : nil
+    let kSpan = centering ? kRange.centeredSpan : k.values
+    var lamKV = [Float](repeating: 1, count: c.kvDim)
     if let sa = plan.smoothAttn {
       var (alpha, beta) = (sa.alpha, sa.beta)
       if sa.strategy == .gridSearch {
-        (alpha, beta) = try searchSmoothAttention(store, model: calibration!, layer: l, qAbsMax: q.values, kAbsMax: k.values,
-                                                  h: searchInput, lengths: Array(samples.prefix(searchSeqs).map(\.count)))
+        (alpha, beta) = try searchSmoothAttention(store, model: calibration!, layer: l, qAbsMax: q.values, kAbsMax: kSpan,
+                                                  keyCenter: center, h: searchInput,
+                                                  lengths: Array(samples.prefix(searchSeqs).map(\.count)))
         log("layer \(l): SmoothAttention α = \(alpha), β = \(beta)")
       }
       if alpha != 0 || beta != 0 {
-        SmoothStage.attention(store, layer: l, qAbsMax: q.values, kAbsMax: k.values, alpha: alpha, beta: beta)
+        lamKV = SmoothStage.attention(store, layer: l, qAbsMax: q.values, kAbsMax: kSpan, alpha: alpha, beta: beta).kv
       }
     }
+    if let center { keyCenters[l] = zip(center, lamKV).map { $0 / $1 } }
     if let alphas = plan.smoothProjAlphas, let format = plan.weightFormat {
       let chosen = try awqLayer(store, model: calibration!, layer: l, format: format, keys: smoothKeys,
                                 attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
@@ -117,7 +127,7 @@ extension QuantizationPipeline {
 
   /// The (α, β) whose SmoothAttention gives the smallest attention-output error with K fake-quantized.
   func searchSmoothAttention(_ store: WeightStore, model: LlamaModel, layer l: Int, qAbsMax: [Float], kAbsMax: [Float],
-                             h: [Float], lengths: [Int]) throws -> (Double, Double) {
+                             keyCenter: [Float]?, h: [Float], lengths: [Int]) throws -> (Double, Double) {
     guard let sa = plan.smoothAttn, let kb = plan.kvBits else { return (0, 0) }
     let c = store.config, base = model.layers[l]
     let kq = KVFakeQuant(bits: kb, group: plan.kvGroup ?? c.kvDim, asymmetric: plan.kvAsymmetric)
@@ -131,7 +141,8 @@ extension QuantizationPipeline {
                                qProj: DenseLinear(weight: t.wq, outFeatures: c.qDim, inFeatures: c.hiddenSize, bias: t.bq),
                                kProj: DenseLinear(weight: t.wk, outFeatures: c.kvDim, inFeatures: c.hiddenSize, bias: t.bk),
                                vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
-      let y = try model.attentionOutput(layer, h: h, lengths: lengths, kvTransform: kq, keysOnly: true)
+      let kt: KVTransform = keyCenter.map { CenteredKeys(kq, center: zip($0, lk).map { $0 / $1 }) } ?? kq
+      let y = try model.attentionOutput(layer, h: h, lengths: lengths, kvTransform: kt, keysOnly: true)
       var e = 0.0
       for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }
       if e < bestErr { bestErr = e; best = (a, b) }

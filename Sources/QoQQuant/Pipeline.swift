@@ -27,6 +27,8 @@ public final class QuantizationPipeline {
   public var fuseCalibrationPasses = true
   /// Layers the last run found saved in the work folder and did not recompute.
   public private(set) var resumedLayers = 0
+  /// Each layer's key center (kv_heads·head_dim, in the smoothed key space) while it is processed; saved with the layer.
+  var keyCenters: [Int: [Float]] = [:]
 
   public init(modelPath: String, recipe: Recipe, cacheRoot: String?) throws {
     self.modelPath = modelPath
@@ -103,8 +105,9 @@ public final class QuantizationPipeline {
     let L = config.numHiddenLayers, H = config.hiddenSize
     let work = try WorkFolder(root: cacheRoot, key: runKey)
     var qc = quantizationConfig
+    qc.kvKeyCenter = plan.centersKeys(config)
     // The passes: the FP stream for transforms and weight calibration, the quantized stream for static KV ranges.
-    let transforms = plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil
+    let transforms = plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil || qc.kvKeyCenter
     let weightCalib = plan.weightFormat != nil && (plan.gptq != nil || plan.clipStrategy == .gridSearch)
     var streams: [String] = []
     if transforms || weightCalib { streams.append("fp") }
@@ -144,6 +147,7 @@ public final class QuantizationPipeline {
         if !passes.isEmpty { try work.saveActivations(after: l, passes.mapValues(\.hidden), hiddenSize: H) }
       }
       store.drop(layer: l)
+      keyCenters[l] = nil
       progress("layers", l + 1, L)
       if stopAfterLayer == l { throw QoQError("stopped after layer \(l)") }
     }
@@ -193,6 +197,7 @@ public final class QuantizationPipeline {
     for n in store.layerTensorNames(l) where !(n.hasSuffix(".weight") && quantized[String(n.dropLast(7))] != nil) {
       out.append(StreamedTensor(name: n, shape: tensorShape(n, store.config), floats: store[n]))
     }
+    if let kc = keyCenters[l] { out.append(StreamedTensor(name: "model.layers.\(l).self_attn.k_center", shape: [kc.count], floats: kc)) }
     return out
   }
 

@@ -26,6 +26,9 @@ public struct QuantPlan: Sendable {
   public var kvAsymmetric = true
   /// Static per-tensor KV ranges calibrated once (SmoothQuant-static).
   public var kvStatic = false
+  /// Key centering (quant.opts.center_keys, not a deepcompressor field): auto, always, never.
+  public enum KeyCentering: String, Sendable { case auto, always, never }
+  public var centerKeys = KeyCentering.never
   public var rotation: RotationOptions?
   public var reorder = false
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
@@ -156,6 +159,12 @@ public struct QuantPlan: Sendable {
       kvBits = b
       kvGroup = shapes[0][1] == -1 ? nil : shapes[0][1]
       kvAsymmetric = !signed
+      let ck = try r.string("quant.opts.center_keys") ?? "never"
+      guard let kc = KeyCentering(rawValue: ck) else { throw bad("quant.opts.center_keys must be auto, always or never (got \(ck))") }
+      centerKeys = kc
+      if kc == .always && (signed || kvStatic) {
+        throw bad("quant.opts.center_keys: always needs dynamic asymmetric KV (unsigned dtype, not static)")
+      }
       if !signed { guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") } }
     }
     // Transforms.
@@ -233,9 +242,21 @@ public struct QuantPlan: Sendable {
     guard evalSeqLen > 1, evalWindows >= 0 else { throw bad("eval.max_seq_length must be > 1 and eval.max_windows ≥ 0") }
   }
 
-  /// Whether any stage needs calibration data.
+  /// Whether any stage needs calibration data (key centering: only on a model where it resolves on).
   public var needsCalibration: Bool {
     reorder || smoothAttn != nil || smoothProj != nil || gptq != nil || clipStrategy == .gridSearch || kvStatic
+      || centerKeys == .always
+  }
+
+  /// Whether post-RoPE keys are centered on this model: `always`, or `auto` on a model with attention biases whose
+  /// recipe has SmoothAttention (QoQ's KV4 recipes on Qwen2); never with static or symmetric KV.
+  public func centersKeys(_ c: LlamaConfiguration) -> Bool {
+    guard kvBits != nil, kvAsymmetric, !kvStatic else { return false }
+    switch centerKeys {
+    case .always: return true
+    case .never: return false
+    case .auto: return c.attentionBias && smoothAttn != nil
+    }
   }
 
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).

@@ -75,17 +75,17 @@ public enum SmoothStage {
     return (wq, bq, wk, bk)
   }
 
-  /// SmoothAttention: Q·diag(λ), K·diag(λ)⁻¹ fused into q/k. Returns λ per query channel.
+  /// SmoothAttention: Q·diag(λ), K·diag(λ)⁻¹ fused into q/k. Returns λ per query and per key channel.
   @discardableResult
   public static func attention(_ s: WeightStore, layer l: Int, qAbsMax q: [Float], kAbsMax k: [Float],
-                               alpha: Double, beta: Double) -> [Float] {
+                               alpha: Double, beta: Double) -> (q: [Float], kv: [Float]) {
     let (lamQ, lamKV) = attentionScales(s.config, qAbsMax: q, kAbsMax: k, alpha: alpha, beta: beta)
     let t = scaledQK(s, layer: l, lamQ: lamQ, lamKV: lamKV)
     let p = "model.layers.\(l).self_attn."
     s[p + "q_proj.weight"] = t.wq; s[p + "k_proj.weight"] = t.wk
     if let b = t.bq { s[p + "q_proj.bias"] = b }
     if let b = t.bk { s[p + "k_proj.bias"] = b }
-    return lamQ
+    return (lamQ, lamKV)
   }
 
   /// deepcompressor's (α, β) candidates for SmoothAttention/SmoothLinear grid searches

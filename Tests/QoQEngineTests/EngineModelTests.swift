@@ -20,7 +20,11 @@ func engineConfigs() throws -> [(String, LlamaConfiguration)] {
    // Qwen2 as it ships (issue #19): GQA and K biases up to ~±150 on a few channels (see writeQuantizedTiny).
    ("qwen2-gqa-kbias", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
                                               numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
-                                              ropeTheta: 1e6, vocabSize: 90))]
+                                              ropeTheta: 1e6, vocabSize: 90)),
+   // The same with centered keys (quantization_config key_center, self_attn.k_center subtracted before the cache).
+   ("qwen2-gqa-kbias-center", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
+                                                     numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
+                                                     ropeTheta: 1e6, vocabSize: 90))]
 }
 
 /// Qwen2-like K biases: every 7th channel of k_proj's bias gets ±150 (the sign alternating), the magnitude
@@ -59,6 +63,14 @@ func writeQuantizedTiny(_ c: LlamaConfiguration, format: WeightFormat, actBits: 
   }
   var q = QuantizationConfig(method: "rtn", weight: format, actBits: actBits, kvBits: kvBits, kvGroup: kvBits == nil ? nil : c.headDim)
   q.kvAsymmetric = true
+  if dir.contains("center") && kvBits != nil {
+    // Any constant is exact (softmax ignores the shift); the K bias plus an offset is near the keys' midrange on the
+    // slowly rotating channels and far from it elsewhere, so both cases reach the cache.
+    q.kvKeyCenter = true
+    for l in 0..<c.numHiddenLayers {
+      fp["model.layers.\(l).self_attn.k_center"] = biases["model.layers.\(l).self_attn.k_proj"]!.enumerated().map { $1 + Float($0 % 5) - 2 }
+    }
+  }
   try QuantizedCheckpoint.write(to: dir + "/q", config: c, quantization: q, fp: fp, quantized: quantized, biases: biases,
                                 recipeYAML: "", tokenizerFrom: dir + "/fp", overwrite: true)
   return dir + "/q"
@@ -109,6 +121,7 @@ final class EngineHarness {
         #expect(m.kvFormat.mode == (kv == 4 ? .kv4 : .kv8))
         // Large K biases keep exact scores (an int8 query's error times |k| ~150 moved scores by whole units).
         #expect(m.layers.allSatisfy { $0.exactScores == name.contains("kbias") }, "\(name)")
+        #expect(m.layers.allSatisfy { ($0.kCenter != nil) == name.contains("center") }, "\(name)")
         for integer in [false, true] {
           let h = try EngineHarness(m)
           let got = try m.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .all)], pool: h.pool,

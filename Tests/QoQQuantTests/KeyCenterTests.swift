@@ -1,0 +1,123 @@
+import Foundation
+import Testing
+@testable import QoQFormat
+@testable import QoQIO
+@testable import QoQModels
+@testable import QoQQuant
+import QoQTestSupport
+
+/// Key centering (issue #19): post-RoPE keys minus a calibrated per-channel midrange before KV quantization.
+@Suite(.serialized) struct KeyCenterTests {
+  /// Leaves keys alone: the FP model seen through CenteredKeys.
+  final class Identity: KVTransform, @unchecked Sendable {
+    func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {}
+  }
+
+  /// A tiny Qwen2 model (GQA, head_dim 32, θ = 1e6) whose K biases are ±150 on the slowest rotary pairs (channels
+  /// 13–15 of each half), where Qwen2.5-Coder-1.5B's are (±350 on channels 58–63 and 122–127 of layer 0).
+  static func kBiasModel(_ dir: String) throws -> LlamaConfiguration {
+    let c = try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
+                                   numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
+                                   ropeTheta: 1e6, vocabSize: 300)
+    try writeTinyCheckpoint(c, to: dir)
+    let st = try SafeTensorsFile(path: dir + "/model.safetensors")
+    var blobs: [TensorBlob] = []
+    for n in st.names {
+      var v = try st.floats(n)
+      if n.hasSuffix("k_proj.bias") {
+        for h in 0..<c.numKeyValueHeads { for j in [13, 14, 15, 29, 30, 31] { v[h * 32 + j] += (j + h) % 2 == 0 ? 150 : -150 } }
+      }
+      blobs.append(TensorBlob(name: n, shape: try st.info(n).shape, floats: v))
+    }
+    try SafeTensorsWriter.write(blobs, to: dir + "/model.safetensors")
+    return c
+  }
+
+  /// Hand-computed statistics, and CenteredKeys = subtract, quantize, add back.
+  @Test func statisticsAndTransform() {
+    var acc = MinMaxAccumulator(width: 4)
+    acc.add([300, 300.5, 1, -1, 299.5, 300, -1, 1])
+    #expect(acc.center == [299.75, 300.25, 0, 0])
+    #expect(acc.centeredSpan == [0.25, 0.25, 1, 1])
+    #expect(MinMaxAccumulator(width: 2).center == [0, 0])  // nothing seen: no shift
+    var x: [Float] = [300, 300.5, 1, -1, 299.5, 300, -1, 1]
+    CenteredKeys(Identity(), center: acc.center).apply(&x, rows: 2, width: 4)
+    #expect(x == [300, 300.5, 1, -1, 299.5, 300, -1, 1])
+    // KV4 over one group of 4: uncentered, the ±300 channels set a step of ~20 and the ±1 channels round to 0 or
+    // ±20; centered, every channel spans ≤ 2 and the error is at most half a step of 2/15.
+    var plain = x, centered = x
+    KVFakeQuant(bits: 4, group: 4).apply(&plain, rows: 2, width: 4)
+    CenteredKeys(KVFakeQuant(bits: 4, group: 4), center: acc.center).apply(&centered, rows: 2, width: 4)
+    let errPlain = zip(plain, x).map { abs($0 - $1) }.max()!, errCentered = zip(centered, x).map { abs($0 - $1) }.max()!
+    #expect(errPlain > 0.5 && errCentered <= 1.0 / 15 + 1e-4, "plain \(errPlain) centered \(errCentered)")
+  }
+
+  /// Centering is exact in FP: any constant subtracted from post-RoPE keys leaves the logits unchanged (softmax
+  /// ignores a per-query shift), checked against the model without it at every prompt position.
+  @Test func centeringIsExactInFP() throws {
+    let dir = tempDir("kcenter-exact")
+    let c = try Self.kBiasModel(dir + "/model")
+    let fp = try ModelLoader.load(path: dir + "/model").model
+    let prompt: [Int32] = [3, 17, 250, 9, 41, 120, 7, 7, 88, 199, 5, 64]
+    let want = try (1...prompt.count).map { try fp.lastLogits([Array(prompt[0..<$0])], caches: [KVCache(config: c)])[0] }
+    var rng = SplitMix64(seed: 7)
+    fp.kvLayerQuantizers = (0..<c.numHiddenLayers).map { _ in
+      (CenteredKeys(Identity(), center: (0..<c.kvDim).map { _ in Float.random(in: -200...200, using: &rng) }), Identity())
+    }
+    for t in 1...prompt.count {
+      let got = try fp.lastLogits([Array(prompt[0..<t])], caches: [KVCache(config: c)])[0]
+      #expect(relL2(got, want[t - 1]) < 1e-5, "position \(t)")
+    }
+  }
+
+  /// QoQ's KV-side recipe (rotation, SmoothAttention, UINT4 KV per head, weights FP) on the K-bias model: `auto`
+  /// centers keys on this Qwen2 model and saves k_center; the center is the midrange of the saved (smoothed) model's
+  /// own post-RoPE keys on the calibration data, recomputed here from a forward pass; and the KV4 error against FP
+  /// shrinks well below the uncentered run's.
+  @Test func pipelineCentersKeys() throws {
+    let dir = tempDir("kcenter-pipe")
+    let c = try Self.kBiasModel(dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let flags = ["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,32", "--opts-skips", "attn_q",
+                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-smooth", "--smooth-enable-attn",
+                 "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"]
+    let fp = try ModelLoader.load(path: dir + "/model").model
+    let prompt: [Int32] = [3, 17, 250, 9, 41, 120, 7, 7, 88, 199, 5, 64, 12, 230, 77, 31]
+    let fpLogits = try fp.lastLogits([prompt], caches: [KVCache(config: c)])[0]
+    var errors: [String: Double] = [:]
+    for mode in ["never", "auto"] {
+      let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags + ["--opts-center-keys", mode]),
+                                       cacheRoot: nil)
+      let out = try p.run()
+      #expect(out.quantization.kvKeyCenter == (mode == "auto"))
+      let ckpt = try out.checkpoint()
+      let st = try CheckpointWeights(folder: ckpt)
+      #expect(st.names.filter { $0.hasSuffix("k_center") }.count == (mode == "auto" ? c.numHiddenLayers : 0))
+      let loaded = try AnyModelLoader.load(path: ckpt).0.model
+      errors[mode] = relL2(try loaded.lastLogits([prompt], caches: [KVCache(config: c)])[0], fpLogits)
+      guard mode == "auto" else { continue }
+      // The saved model without KV quantization, its post-RoPE keys captured on the calibration samples.
+      let plain = try AnyModelLoader.load(path: ckpt).0.model
+      plain.kvQuantizer = nil; plain.kvLayerQuantizers = nil
+      let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
+      var x = try plain.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
+      let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
+      for l in 0..<c.numHiddenLayers {
+        let cap = LayerCapture([.kRope])
+        try plain.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches, capture: cap)
+        let k = cap[.kRope]
+        var lo = [Float](repeating: .infinity, count: c.kvDim), hi = [Float](repeating: -.infinity, count: c.kvDim)
+        for r in 0..<(k.count / c.kvDim) { for j in 0..<c.kvDim { lo[j] = min(lo[j], k[r * c.kvDim + j]); hi[j] = max(hi[j], k[r * c.kvDim + j]) } }
+        let center = try st.floats("model.layers.\(l).self_attn.k_center")
+        var worst: Float = 0
+        for j in 0..<c.kvDim {
+          let mid = (lo[j] + hi[j]) / 2
+          worst = max(worst, abs(center[j] - mid) / max(1, abs(hi[j]) + abs(lo[j])))
+        }
+        #expect(worst < 1e-4, "layer \(l): center differs from the keys' midrange by \(worst)")
+        #expect(center.map(abs).max()! > 20, "layer \(l): the bias channels' center")
+      }
+    }
+    #expect(errors["auto"]! < errors["never"]! / 2, "KV4 error vs FP: \(errors)")
+  }
+}
