@@ -35,9 +35,21 @@ struct QuantizeCommand: ParsableCommand {
       // memory estimate exceeds what is free.
       let force = args.contains("--force")
       args.removeAll { $0 == "--force" }
-      // --kv-ablation (not a recipe field): also evaluate the same quantized weights with KV16 and KV8 (issue #19).
-      let kvAblation = args.contains("--kv-ablation")
+      // --kv-ablation (not a recipe field): also evaluate the same quantized weights with KV16 and KV8 (issue #19);
+      // --kv-ablation-bits 16 (or 8) evaluates only that one.
+      var kvAblation = args.contains("--kv-ablation")
       args.removeAll { $0 == "--kv-ablation" }
+      var ablationBits = [16, 8]
+      if let k = args.firstIndex(of: "--kv-ablation-bits") {
+        guard k + 1 < args.count else { throw QoQError("--kv-ablation-bits needs 16, 8 or 16,8") }
+        let bits = args[k + 1].split(separator: ",").map { Int($0) }
+        guard !bits.isEmpty, bits.allSatisfy({ $0 == 16 || $0 == 8 }) else {
+          throw QoQError("--kv-ablation-bits takes 16, 8 or 16,8 (got \(args[k + 1]))")
+        }
+        ablationBits = bits.compactMap { $0 }
+        kvAblation = true
+        args.removeSubrange(k...(k + 1))
+      }
       var files: [String] = []
       var i = 0
       while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
@@ -120,7 +132,7 @@ struct QuantizeCommand: ParsableCommand {
         // The KV cost as one number: the same weights and activations with the KV cache at 16 and 8 bits.
         if kvAblation, let kb = out.quantization.kvBits {
           var ab = JSONObject()
-          for bits in [16, 8] where bits > kb {
+          for bits in ablationBits where bits > kb {
             var q = out.quantization
             q.kvBits = bits == 16 ? nil : bits
             q.kvStaticScales = nil
