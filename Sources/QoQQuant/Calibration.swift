@@ -2,7 +2,8 @@
 // Data: documents from a text file (one per non-empty line) or JSONL ({"text": …} per line), shuffled with seed 42,
 // tokenized with the tokenizer's default special tokens, long ones cut to a random window, then concatenated and
 // split into `numSamples` chunks of `seqLength`. (deepcompressor shuffles with HF datasets' permutation, which we
-// cannot reproduce bit for bit; the procedure is otherwise the same.)
+// cannot reproduce bit for bit; the procedure is otherwise the same. Its exact output can be fed in as token ids
+// instead: CalibrationIDs.swift.)
 // Pass: each layer runs on the outputs of the previous layer *before* that layer was quantized, so transforms see
 // FP-propagated inputs; statistics are reduced chunk by chunk, so memory stays bounded.
 import Foundation
@@ -45,6 +46,7 @@ public enum CalibrationData {
   /// `numSamples` sequences of `seqLength` tokens.
   public static func samples(_ o: CalibrationOptions, tokenizer: Tokenizer) throws -> [[Int32]] {
     guard o.numSamples > 0, o.seqLength > 1 else { throw QoQError("calibration needs num_samples > 0 and seq_length > 1") }
+    if try isIDFile(o.path) { return try idSamples(o, vocabSize: tokenizer.vocabSize) }
     var docs = try documents(path: o.path)
     var shuffle = SplitMix64(seed: 42)
     docs.shuffle(using: &shuffle)
