@@ -134,8 +134,8 @@ public final class LayerwisePass {
   }
 }
 
-/// Per-channel max |x| over rows (streaming).
-/// Per-channel minimum and maximum over rows (N, width) — the key-centering statistics (issue #19).
+/// Per-channel minimum and maximum over rows (N, width): post-RoPE key statistics — the span SmoothAttention scales
+/// and, with key centering (issue #19), the midrange the cache subtracts.
 public struct MinMaxAccumulator: Sendable {
   public private(set) var minimum: [Float]
   public private(set) var maximum: [Float]
@@ -151,7 +151,11 @@ public struct MinMaxAccumulator: Sendable {
   /// The midrange c = (max + min)/2 (0 for a channel never seen) and the centered span (max − min)/2 = max|x − c|.
   public var center: [Float] { zip(minimum, maximum).map { $0 <= $1 ? ($0 + $1) / 2 : 0 } }
   public var centeredSpan: [Float] { zip(minimum, maximum).map { $0 <= $1 ? ($1 - $0) / 2 : 0 } }
+  /// max |x| (0 for a channel never seen), as AbsMaxAccumulator gives it.
+  public var absMax: [Float] { zip(minimum, maximum).map { Swift.max(0, $1, -$0) } }
 }
+
+/// Per-channel max |x| over rows (streaming).
 
 public struct AbsMaxAccumulator: Sendable {
   public private(set) var values: [Float]

@@ -23,9 +23,8 @@ extension QuantizationPipeline {
     var calibration: LlamaModel? = try calibrationModel(store, layer: l)
     let samples = pass.samples
     let c = store.config
-    var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = AbsMaxAccumulator(width: c.kvDim)
+    var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
     let centering = plan.centersKeys(c)
-    var kRange = MinMaxAccumulator(width: centering ? c.kvDim : 0)
     let grid = plan.smoothAttn?.strategy == .gridSearch
     let searchSeqs = min(samples.count, plan.smoothAttnSamples)
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
@@ -52,7 +51,6 @@ extension QuantizationPipeline {
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
-      if centering { kRange.add(cap[.kRope]) }
       if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
       if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
       if awq {
@@ -84,8 +82,8 @@ extension QuantizationPipeline {
     }
     // Key centering: the midrange c of each post-RoPE key channel is what the cache subtracts; smoothing then sees the
     // centered span max|k − c| instead of max|k|, and c is divided by the same λ as the keys.
-    let center = centering ? kRange.center : nil
-    let kSpan = centering ? kRange.centeredSpan : k.values
+    let center = centering ? k.center : nil
+    let kSpan = centering ? k.centeredSpan : k.absMax
     var lamKV = [Float](repeating: 1, count: c.kvDim)
     if let sa = plan.smoothAttn {
       var (alpha, beta) = (sa.alpha, sa.beta)

@@ -39,6 +39,7 @@ import QoQTestSupport
     acc.add([300, 300.5, 1, -1, 299.5, 300, -1, 1])
     #expect(acc.center == [299.75, 300.25, 0, 0])
     #expect(acc.centeredSpan == [0.25, 0.25, 1, 1])
+    #expect(acc.absMax == [300, 300.5, 1, 1])
     #expect(MinMaxAccumulator(width: 2).center == [0, 0])  // nothing seen: no shift
     var x: [Float] = [300, 300.5, 1, -1, 299.5, 300, -1, 1]
     CenteredKeys(Identity(), center: acc.center).apply(&x, rows: 2, width: 4)
