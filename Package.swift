@@ -29,7 +29,7 @@ let avx512Flags = avx2Flags + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx51
   + (cpuFlags.contains("avx_vnni") ? ["-mavxvnni"] : [])
 let isaClang: [String] = isaChoice == "avx512" ? avx512Flags : isaChoice == "avx2" ? avx2Flags : []
 let isa: [String] = isaClang.flatMap { ["-Xcc", $0] }
-let isaDefines: [SwiftSetting] = isaChoice == "avx512" ? [.define("QOQ_AVX512")] : []
+let isaDefines: [SwiftSetting] = isaChoice == "avx512" ? [.define("QOQ_AVX512")] : isaChoice == "avx2" ? [.define("QOQ_AVX2")] : []
 // The start-up check in CShim knows which features this build needs.
 let shimDefines: [CSetting] = isaChoice == "avx512" ? [.define("QOQ_REQUIRE_AVX512")] : isaChoice == "avx2" ? [.define("QOQ_REQUIRE_AVX2")] : []
 #else
@@ -80,7 +80,7 @@ let package = Package(
     // The serving core without HTTP: the engine on its own thread, OpenAI request/response shapes, metrics.
     .target(name: "QoQServing", dependencies: ["QoQEngine", "QoQScheduler", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
     // The OpenAI-compatible HTTP server on Hummingbird: routes, API key, limits, SSE streaming, graceful drain.
-    .target(name: "QoQServer", dependencies: ["QoQServing", "QoQEngine", "QoQScheduler", "QoQIO", "QoQTokenizers",
+    .target(name: "QoQServer", dependencies: ["QoQServing", "QoQEngine", "QoQKernels", "QoQScheduler", "QoQIO", "QoQTokenizers",
                                           .product(name: "Hummingbird", package: "hummingbird"),
                                           .product(name: "HummingbirdCore", package: "hummingbird"),
                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -6,7 +6,7 @@
 //  - fp32: K decoded 16 tokens at a time into a [D][16] tile, 16 scores per FMA chain (any mode; the reference).
 // Softmax in fp32, then out_i = Σ_t p_it·v̂_t with each token's V decoded once for all queries.
 import Foundation
-#if QOQ_AVX512
+#if QOQ_AVX512 || QOQ_AVX2
 import _Builtin_intrinsics.intel
 #endif
 
@@ -50,8 +50,8 @@ public func pagedAttention(_ f: KVPageFormat, kPages: [UnsafeRawPointer], vPages
   let scores = sc.scores
   let useInt = integerScores && f.mode == .kv4
   if useInt { for i in 0..<nq { quantizeQuery(q + i * qStride, D, sc.q8 + i * D, sc.qInfo + 2 * i) } }
-  #if !QOQ_AVX512
-  // Without VNNI the integer-score function is computed in fp32 from the int8 query (q8 · sq), as the twin does: the
+  #if !QOQ_AVX512 && !QOQ_AVX2
+  // Without VNNI or AVX2 the integer-score function is computed in fp32 from the int8 query (q8 · sq), as the twin does: the
   // same scores as the integer kernel up to fp32 rounding.
   var qDequant: [Float] = []
   if useInt { qDequant = (0..<(nq * D)).map { Float(sc.q8[$0]) * sc.qInfo[2 * ($0 / D)] } }
@@ -59,11 +59,11 @@ public func pagedAttention(_ f: KVPageFormat, kPages: [UnsafeRawPointer], vPages
   // Scores, 16 tokens at a time.
   for tg in 0..<(stride / 16) {
     let page = kPages[tg * 16 / P], t0 = tg * 16 % P
-    #if QOQ_AVX512
+    #if QOQ_AVX512 || QOQ_AVX2
     if useInt { scoresInt4(f, page, h, t0, sc, nq: nq, scale: scale, out: scores + tg * 16, ldo: stride); continue }
     #endif
     decodeKTile(f, page, h, t0, sc.tile)
-    #if !QOQ_AVX512
+    #if !QOQ_AVX512 && !QOQ_AVX2
     if useInt {
       qDequant.withUnsafeBufferPointer { qd in
         for i in 0..<nq { scoresFromTile(sc.tile, qd.baseAddress! + i * D, D, scale, scores + i * stride + tg * 16) }
@@ -126,6 +126,8 @@ public func pagedAttentionReference(_ f: KVPageFormat, kPages: [UnsafeRawPointer
   #if QOQ_AVX512
   let va = _mm512_set1_ps(a)
   for d in stride(from: 0, to: n, by: 16) { _mm512_storeu_ps(y + d, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d))) }
+  #elseif QOQ_AVX2
+  axpyAVX2(a, x, y, n)
   #else
   for d in 0..<n { y[d] += a * x[d] }
   #endif
@@ -155,6 +157,8 @@ func decodeKTile(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: In
       }
     }
   }
+  #elseif QOQ_AVX2
+  decodeKTileAVX2(f, page, h, t0, tile)
   #else
   for d in 0..<D { for t in 0..<16 { tile[d * 16 + t] = f.load(page: page, head: h, slot: t0 + t, channel: d, isKey: true) } }
   #endif
@@ -170,6 +174,8 @@ func decodeKTile(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: In
     b = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(tile + (d + 1) * 16), b)
   }
   _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_add_ps(a, b), _mm512_set1_ps(scale)))
+  #elseif QOQ_AVX2
+  scoresFromTileAVX2(tile, q, D, scale, out)
   #else
   for t in 0..<16 { var s: Float = 0; for d in 0..<D { s += q[d] * tile[d * 16 + t] }; out[t] = s * scale }
   #endif
@@ -225,6 +231,8 @@ func decodeVRow(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t: Int,
       _mm512_storeu_ps(row + d, _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32((codes + t * D + d).loadUnaligned(as: __m128i.self))), s, z))
     }
   }
+  #elseif QOQ_AVX2
+  decodeVRowAVX2(f, page, h, t, row)
   #else
   for d in 0..<D { row[d] = f.load(page: page, head: h, slot: t, channel: d, isKey: false) }
   #endif

@@ -1,11 +1,13 @@
 // Machine ceilings measured at run time (qserve.md §8.2): the denominators of the kernel efficiency claims.
+import CShim
 import Foundation
-#if QOQ_AVX512
+#if QOQ_AVX512 || QOQ_AVX2
 import _Builtin_intrinsics.intel
 #endif
 
 /// vpdpbusd peak of one thread, in int8 GOPS (2 ops per multiply-accumulate, 64 per instruction): 12 independent
-/// accumulator chains. 0 on machines without VNNI-512.
+/// accumulator chains. AVX2 builds time vpmaddubsw instead (32 multiply-adds per ymm, the multiply of the AVX2
+/// kernels; their widening vpmaddwd comes on top). 0 on builds with neither.
 public func measureVNNIPeak(iterations: Int = 10_000_000) -> Double {
   #if QOQ_AVX512
   let a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2)
@@ -22,6 +24,22 @@ public func measureVNNIPeak(iterations: Int = 10_000_000) -> Double {
   s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)))
   let sink = _mm512_reduce_add_epi32(s)
   return sink == 1 ? 0 : Double(iterations) * 12 * 64 * 2 / dt / 1e9
+  #elseif QOQ_AVX2
+  // Each chain feeds its own output back as the unsigned operand, so nothing can be hoisted out of the loop.
+  let b = _mm256_set1_epi8(-2)
+  var c0 = _mm256_set1_epi8(3), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0
+  let t = Date()
+  for _ in 0..<iterations {
+    c0 = _mm256_maddubs_epi16(c0, b); c1 = _mm256_maddubs_epi16(c1, b); c2 = _mm256_maddubs_epi16(c2, b)
+    c3 = _mm256_maddubs_epi16(c3, b); c4 = _mm256_maddubs_epi16(c4, b); c5 = _mm256_maddubs_epi16(c5, b)
+    c6 = _mm256_maddubs_epi16(c6, b); c7 = _mm256_maddubs_epi16(c7, b); c8 = _mm256_maddubs_epi16(c8, b)
+    c9 = _mm256_maddubs_epi16(c9, b); c10 = _mm256_maddubs_epi16(c10, b); c11 = _mm256_maddubs_epi16(c11, b)
+  }
+  let dt = Date().timeIntervalSince(t)
+  var s = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(c0, c1), _mm256_add_epi16(c2, c3)), _mm256_add_epi16(_mm256_add_epi16(c4, c5), _mm256_add_epi16(c6, c7)))
+  s = _mm256_add_epi16(s, _mm256_add_epi16(_mm256_add_epi16(c8, c9), _mm256_add_epi16(c10, c11)))
+  let sink = unsafeBitCast(s, to: SIMD16<Int16>.self).wrappedSum()
+  return sink == 1 ? 0 : Double(iterations) * 12 * 32 * 2 / dt / 1e9
   #else
   return 0
   #endif
@@ -61,6 +79,25 @@ public func measureReadBandwidth(bytes: Int = 1 << 30, rounds: Int = 5) -> Doubl
           }
         }
         if _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a, b), _mm512_add_epi32(c, d))) == 1 { print("") }
+        #elseif QOQ_AVX2
+        // The same two loops with 256-bit loads (the second feeds vpmaddubsw as the AVX2 GEMV does).
+        var a = _mm256_setzero_si256(), b = a, c = a, d = a
+        var p = lo
+        if variant == 0 {
+          while p + 128 <= hi {
+            a = _mm256_add_epi32(a, load256(buf, p)); b = _mm256_add_epi32(b, load256(buf, p + 32))
+            c = _mm256_add_epi32(c, load256(buf, p + 64)); d = _mm256_add_epi32(d, load256(buf, p + 96))
+            p += 128
+          }
+        } else {
+          let x = _mm256_set1_epi32(0x0102_0304)
+          while p + 64 <= hi {
+            a = _mm256_add_epi16(a, nibbleDot(load256(buf, p), x, x)); b = _mm256_add_epi16(b, nibbleDot(load256(buf, p + 32), x, x))
+            p += 64
+          }
+        }
+        let t = unsafeBitCast(_mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)), to: SIMD8<Int32>.self)
+        if t.wrappedSum() == 1 { print("") }
         #else
         var s: UInt64 = 0
         var p = lo
@@ -73,3 +110,6 @@ public func measureReadBandwidth(bytes: Int = 1 << 30, rounds: Int = 5) -> Doubl
   }
   return best
 }
+
+/// The kernel variant this build runs: "avx512" (VNNI/BF16), "avx2" (vpmaddubsw/FMA) or "portable" (scalar twins).
+public var kernelISA: String { String(cString: qoq_build_isa()) }

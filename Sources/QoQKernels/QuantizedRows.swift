@@ -44,6 +44,9 @@ public final class QuantizedRows: @unchecked Sendable {
     var vm = _mm512_setzero_ps()
     while i + 16 <= k { vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_loadu_ps(x + i))); i += 16 }
     amax = _mm512_reduce_max_ps(vm)
+    #elseif QOQ_AVX2
+    i = k / 8 * 8
+    amax = absMaxAVX2(x, i)
     #endif
     while i < k { amax = max(amax, abs(x[i])); i += 1 }
     var s = f16Round(amax / 127)
@@ -66,6 +69,8 @@ public final class QuantizedRows: @unchecked Sendable {
       bs[b0 / 32] = _mm512_reduce_add_epi32(acc)
       b0 += 32
     }
+    #elseif QOQ_AVX2
+    quantizeCodesAVX2(x, s, k, c, bs)
     #else
     while b0 < k {
       var acc: Int32 = 0

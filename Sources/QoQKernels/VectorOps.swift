@@ -1,6 +1,6 @@
 // Row-wise vector kernels used by the FP forward pass. Each has a scalar twin in `Reference`.
 import Foundation
-#if QOQ_AVX512
+#if QOQ_AVX512 || QOQ_AVX2
 import _Builtin_intrinsics.intel
 #endif
 
@@ -9,6 +9,8 @@ import _Builtin_intrinsics.intel
 @inline(__always) func vmax(_ a: V16, _ b: V16) -> V16 {
   #if QOQ_AVX512
   return _mm512_max_ps(a, b)
+  #elseif QOQ_AVX2
+  return V16(lowHalf: _mm256_max_ps(a.lowHalf, b.lowHalf), highHalf: _mm256_max_ps(a.highHalf, b.highHalf))
   #else
   return pointwiseMax(a, b)
   #endif
@@ -16,6 +18,8 @@ import _Builtin_intrinsics.intel
 @inline(__always) func vmin(_ a: V16, _ b: V16) -> V16 {
   #if QOQ_AVX512
   return _mm512_min_ps(a, b)
+  #elseif QOQ_AVX2
+  return V16(lowHalf: _mm256_min_ps(a.lowHalf, b.lowHalf), highHalf: _mm256_min_ps(a.highHalf, b.highHalf))
   #else
   return pointwiseMin(a, b)
   #endif
@@ -23,6 +27,8 @@ import _Builtin_intrinsics.intel
 @inline(__always) func hmax(_ a: V16) -> Float {
   #if QOQ_AVX512
   return _mm512_reduce_max_ps(a)
+  #elseif QOQ_AVX2
+  return _mm256_max_ps(a.lowHalf, a.highHalf).max()
   #else
   return a.max()
   #endif

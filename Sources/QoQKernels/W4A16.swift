@@ -17,6 +17,10 @@ extension PackedW4A8 {
       forEachWeightRun(range, blockBytes: self.k * 8, tokens: m) { r, rows, run in
         self.fpKernel4(x, gs, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
       }
+      #elseif QOQ_AVX2
+      forEachWeightRun(range, blockBytes: self.k * 8, tokens: m) { r, rows, run in
+        self.fpKernel4AVX2(x, gs, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
+      }
       #else
       for r in 0..<m { for rb in range { self.referenceFP(x, gs, r, rb, y, ldy) } }
       #endif

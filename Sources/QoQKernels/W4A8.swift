@@ -100,6 +100,12 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
           self.kernel4(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
         }
       }
+      #elseif QOQ_AVX2
+      if m == 1 { self.kernel1AVX2(a, range.lowerBound, range.upperBound, y, ldy) } else {
+        forEachWeightRun(range, blockBytes: self.k * 8, tokens: m) { r, rows, run in
+          self.kernel4AVX2(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
+        }
+      }
       #else
       self.reference(a, rows: 0..<m, blocks: range, y, ldy)
       #endif

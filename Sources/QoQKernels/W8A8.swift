@@ -39,6 +39,10 @@ public final class PackedW8A8: IntLinearKernel, @unchecked Sendable {
       forEachWeightRun(range, blockBytes: self.k * 16, tokens: m) { r, rows, run in
         self.kernel4(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
       }
+      #elseif QOQ_AVX2
+      forEachWeightRun(range, blockBytes: self.k * 16, tokens: m) { r, rows, run in
+        self.kernelAVX2(a, r, run.lowerBound, run.upperBound, y, ldy, rows: rows)
+      }
       #else
       for r in 0..<m { for rb in range { self.referenceBlock(a, r, rb, y, ldy) } }
       #endif

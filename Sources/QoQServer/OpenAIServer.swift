@@ -13,6 +13,7 @@ import NIOCore
 import NIOHTTP1
 import QoQEngine
 import QoQIO
+import QoQKernels
 import QoQScheduler
 import QoQServing
 import QoQTokenizers
@@ -101,7 +102,7 @@ public enum OpenAIServer {
   static func addRoutes(_ router: Router<ServerContext>, _ s: ServerState) {
     let health: @Sendable (Request, ServerContext) async throws -> Response = { _, _ in
       if s.service.isDraining { throw APIError(503, "the server is shutting down", type: "unavailable_error") }
-      return jsonResponse(.object(JSONObject([("status", .string("ok"))])))
+      return jsonResponse(.object(JSONObject([("status", .string("ok")), ("kernels", .string(kernelISA))])))
     }
     router.get("/health", use: health)
     router.get("/v1/health", use: health)

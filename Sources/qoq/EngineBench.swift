@@ -36,8 +36,8 @@ enum KernelBench {
       ThreadPool.shared.run2 { t in if t < threads { peaks[t] = measureVNNIPeak() } }
       peakAll = max(peakAll, peaks[0] + peaks[1])
     }
-    rows.append(("vnni peak (1 thread)", peak1, "GOPS"))
-    rows.append(("vnni peak (\(threads) threads)", peakAll, "GOPS"))
+    rows.append(("int8 peak (1 thread, \(kernelISA))", peak1, "GOPS"))
+    rows.append(("int8 peak (\(threads) threads)", peakAll, "GOPS"))
     // GEMV (decode, M = 1): bytes of codes + group parameters streamed per call.
     let shapes: [(String, Int, Int)] = [("SmolLM2 gate_up", 3072, 576), ("SmolLM2 down", 576, 1536),
                                         ("Llama-3-8B qkv", 6144, 4096), ("Llama-3-8B o", 4096, 4096),
@@ -73,7 +73,7 @@ enum KernelBench {
           tg.append(Date().timeIntervalSince(t) / Double(calls))
         }
         let gops = 2 * Double(m * n * k) / Array(tg.dropFirst()).min()! / 1e9
-        rows.append(("w4a8 gemm M=\(m) \(name) \(n)x\(k)", gops, "GOPS (\(String(format: "%.0f", 100 * gops / peakAll))% of vnni peak)"))
+        rows.append(("w4a8 gemm M=\(m) \(name) \(n)x\(k)", gops, "GOPS (\(String(format: "%.0f", 100 * gops / peakAll))% of int8 peak)"))
       }
     }
     return rows

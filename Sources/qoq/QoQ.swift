@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import QoQIO
+import QoQKernels
 
 @main
 struct QoQ: AsyncParsableCommand {
@@ -22,6 +23,7 @@ struct QoQ: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "qoq",
     abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",
+    version: "qoq (kernels: \(kernelISA))",
     subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self, TableCommand.self,
                   BenchCommand.self, ServeCommand.self, SynthCommand.self])
 }

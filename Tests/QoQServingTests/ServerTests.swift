@@ -92,7 +92,9 @@ final class LiveServer: @unchecked Sendable {
 @Suite(.serialized) struct ServerTests {
   @Test func endpointsAndResponses() async throws {
     let srv = try await LiveServer()
-    #expect(try await srv.request("/health", method: "GET").json?["status"]?.string == "ok")
+    let health = try await srv.request("/health", method: "GET").json
+    #expect(health?["status"]?.string == "ok")
+    #expect(["avx512", "avx2", "portable"].contains(health?["kernels"]?.string ?? ""))
     let models = try await srv.request("/v1/models", method: "GET")
     #expect(models.json?["data"]?.array?.first?["id"]?.string == "qoq" && models.json?["object"]?.string == "list")
 
