@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "cshim.h"
 // Start-up CPU check (hardening issue, class 7): a binary built for AVX-512 VNNI/BF16 or AVX2 that runs on a CPU
 // without those instructions would die with SIGILL at its first kernel (or earlier: the compiler vectorizes any
@@ -91,4 +92,16 @@ __attribute__((constructor)) static void qoq_check_cpu(void) {
 #else
 int qoq_cpu_has(const char *name) { (void)name; return 0; }
 const char *qoq_build_isa(void) { return "portable"; }
+#endif
+
+#if defined(__linux__)
+#include <sched.h>
+int qoq_affinity_cpus(void) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+  return CPU_COUNT(&set);
+}
+#else
+int qoq_affinity_cpus(void) { return 0; }
 #endif

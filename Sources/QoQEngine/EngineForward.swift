@@ -57,11 +57,20 @@ public final class Workspace: @unchecked Sendable {
   var gu = UnsafeMutablePointer<Float>.allocate(capacity: 1)    // (cap, 2·I)
   let act: UnsafeMutablePointer<Float>                          // (I) SiLU·mul staging
   var aH: QuantizedRows?, aQ: QuantizedRows?, aI: QuantizedRows?
-  let scratch: [AttentionScratch]
+  /// One attention scratch per thread that has taken part so far.
+  private(set) var scratch: [AttentionScratch]
+  let headDim: Int
 
   public init(config c: LlamaConfiguration) {
-    scratch = [AttentionScratch(headDim: c.headDim), AttentionScratch(headDim: c.headDim)]
+    headDim = c.headDim
+    scratch = [AttentionScratch(headDim: c.headDim)]
     act = .allocate(capacity: c.intermediateSize)
+  }
+
+  /// n parts for the attention loop, with a scratch for each (made on first use).
+  func parts(_ n: Int) -> Int {
+    while scratch.count < n { scratch.append(AttentionScratch(headDim: headDim)) }
+    return n
   }
   deinit { for p in [x, h, tmp, qkv, attn, gu, act] { p.deallocate() } }
 
@@ -185,9 +194,8 @@ extension EngineModel {
     let pages = chunks.map { ch in (ch.blockTable.map { UnsafeRawPointer(pool.page(li, $0, key: true)) },
                                     ch.blockTable.map { UnsafeRawPointer(pool.page(li, $0, key: false)) }) }
     let scale = 1 / Float(D).squareRoot(), f = kvFormat
-    let parts = ThreadPool.shared.threads
-    ThreadPool.shared.run2 { t in
-      guard t < parts else { return }
+    let parts = ws.parts(ThreadPool.shared.threads)
+    ThreadPool.shared.run(parts: parts) { t in
       let sc = ws.scratch[t]
       let qbuf = UnsafeMutablePointer<Float>.allocate(capacity: 16 * g * D); defer { qbuf.deallocate() }
       let obuf = UnsafeMutablePointer<Float>.allocate(capacity: 16 * g * D); defer { obuf.deallocate() }

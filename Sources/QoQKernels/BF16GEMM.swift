@@ -34,14 +34,16 @@ public final class PackedMatrixBF16: @unchecked Sendable {
   deinit { data.deallocate() }
 }
 
-/// C = bf16(A)·bf16(W)ᵀ (or += when accumulate), fp32 accumulation. Two threads split the output panels.
+/// C = bf16(A)·bf16(W)ᵀ (or += when accumulate), fp32 accumulation. The pool's threads split the output panels.
 public func bgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrixBF16, c: UnsafeMutablePointer<Float>, ldc: Int,
                   accumulate: Bool = false) {
   if m <= 0 || b.n <= 0 { return }
   let pool = ThreadPool.shared
   if pool.threads > 1 && b.panels >= 2 && Double(m) * Double(b.n) * Double(b.k) >= 4e6 {
-    let half = b.panels / 2
-    pool.run2 { t in bgemmBlock(m: m, a: a, lda: lda, b: b, panels: t == 0 ? 0..<half : half..<b.panels, c: c, ldc: ldc, accumulate: accumulate) }
+    let parts = min(pool.threads, b.panels)
+    pool.run(parts: parts) { t in
+      bgemmBlock(m: m, a: a, lda: lda, b: b, panels: (b.panels * t / parts)..<(b.panels * (t + 1) / parts), c: c, ldc: ldc, accumulate: accumulate)
+    }
   } else {
     bgemmBlock(m: m, a: a, lda: lda, b: b, panels: 0..<b.panels, c: c, ldc: ldc, accumulate: accumulate)
   }

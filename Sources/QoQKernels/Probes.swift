@@ -58,7 +58,7 @@ public func measureReadBandwidth(bytes: Int = 1 << 30, rounds: Int = 5) -> Doubl
   for variant in 0..<2 {
     for _ in 0..<rounds {
       let t = Date()
-      ThreadPool.shared.run2 { tid in
+      ThreadPool.shared.run(parts: parts) { tid in
         guard tid < parts else { return }
         let lo = n / 512 * tid / parts * 512, hi = n / 512 * (tid + 1) / parts * 512
         #if QOQ_AVX512

@@ -88,10 +88,11 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
   let big = Double(m) * Double(n) * Double(k) >= 4e6
   if m == 1 {
     if big && pool.threads > 1 && panelCount >= 8 {
-      let half = (panelCount / 4 + 1) / 2 * 4  // a multiple of 4 panels for the first thread
-      pool.run2 { t in
-        let p0 = t == 0 ? 0 : half, p1 = t == 0 ? half : panelCount
-        gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1, n: n, k: k)
+      // Boundaries on multiples of 4 panels (the GEMV's unit), at most one part per 4 panels.
+      let parts = min(pool.threads, panelCount / 4)
+      pool.run(parts: parts) { t in
+        let p0 = min(panelCount, (panelCount / 4 * t / parts) * 4), p1 = t == parts - 1 ? panelCount : min(panelCount, (panelCount / 4 * (t + 1) / parts) * 4)
+        if p1 > p0 { gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1, n: n, k: k) }
       }
     } else {
       gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: 0..<panelCount, n: n, k: k)
@@ -100,15 +101,16 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
   }
   if big && pool.threads > 1 {
     if panelCount >= 2 {
-      let half = panelCount / 2
-      pool.run2 { t in
-        sgemmBlock(m: m, a: a, lda: lda, b: b, panels: t == 0 ? 0..<half : half..<panelCount, n: n, k: k, c: c,
+      let parts = min(pool.threads, panelCount)
+      pool.run(parts: parts) { t in
+        sgemmBlock(m: m, a: a, lda: lda, b: b, panels: (panelCount * t / parts)..<(panelCount * (t + 1) / parts), n: n, k: k, c: c,
                    ldc: ldc, accumulate: accumulate)
       }
     } else {
-      let half = (m / 2 + 7) / 8 * 8
-      pool.run2 { t in
-        let r0 = t == 0 ? 0 : half, r1 = t == 0 ? half : m
+      // Row blocks of 8 (the micro-kernel's height) split between the threads.
+      let parts = min(pool.threads, (m + 7) / 8)
+      pool.run(parts: parts) { t in
+        let r0 = min(m, (m + 7) / 8 * t / parts * 8), r1 = t == parts - 1 ? m : min(m, (m + 7) / 8 * (t + 1) / parts * 8)
         if r1 > r0 {
           sgemmBlock(m: r1 - r0, a: a + r0 * lda, lda: lda, b: b, panels: 0..<panelCount, n: n, k: k, c: c + r0 * ldc,
                      ldc: ldc, accumulate: accumulate)

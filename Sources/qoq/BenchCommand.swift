@@ -10,6 +10,7 @@ struct BenchCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "bench",
     abstract: "Benchmarks: FP kernels and model (default), W4A8 kernels vs measured ceilings (--kernels), the engine (--engine).")
+  @OptionGroup var threadsOption: ThreadsOption
 
   @Option(name: [.customShort("m"), .long], help: "Model folder or .gguf (omit to run kernel benchmarks only).")
   var modelPath: String?
@@ -30,6 +31,7 @@ struct BenchCommand: ParsableCommand {
   func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
 
   func run() throws {
+    threadsOption.apply()
     try runReportingErrors {
       var rows: [(String, Double, String)] = []
       rows.append(("threads", Double(ThreadPool.shared.threads), "count"))

@@ -48,3 +48,15 @@ struct EngineArguments: ParsableArguments {
     return o
   }
 }
+
+/// `-t/--threads N`, shared by every subcommand that computes: the kernels' thread count. The default is every CPU
+/// this process may use (affinity mask, cgroup quota); QOQ_THREADS sets the default too.
+struct ThreadsOption: ParsableArguments {
+  @Option(name: [.short, .long], help: "Threads (default: every CPU this process may use, or QOQ_THREADS).") var threads: Int?
+
+  func validate() throws {
+    if let t = threads, !(1...1024).contains(t) { throw ValidationError("--threads must be in 1…1024") }
+  }
+
+  func apply() { if let t = threads { ThreadPool.shared.setThreads(t) } }
+}

@@ -29,12 +29,12 @@ enum KernelBench {
     let bw = measureReadBandwidth()
     rows.append(("read bandwidth (\(threads) threads, 1 GiB)", bw, "GB/s"))
     let peak1 = [measureVNNIPeak(), measureVNNIPeak(), measureVNNIPeak()].max()!
-    let peaks = UnsafeMutablePointer<Double>.allocate(capacity: 2); defer { peaks.deallocate() }
-    peaks.initialize(repeating: 0, count: 2)
+    let peaks = UnsafeMutablePointer<Double>.allocate(capacity: threads); defer { peaks.deallocate() }
+    peaks.initialize(repeating: 0, count: threads)
     var peakAll = 0.0
     for _ in 0..<3 {
-      ThreadPool.shared.run2 { t in if t < threads { peaks[t] = measureVNNIPeak() } }
-      peakAll = max(peakAll, peaks[0] + peaks[1])
+      ThreadPool.shared.run(parts: threads) { t in peaks[t] = measureVNNIPeak() }
+      peakAll = max(peakAll, (0..<threads).reduce(0) { $0 + peaks[$1] })
     }
     rows.append(("int8 peak (1 thread, \(kernelISA))", peak1, "GOPS"))
     rows.append(("int8 peak (\(threads) threads)", peakAll, "GOPS"))

@@ -10,6 +10,7 @@ struct EvalCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "eval",
     abstract: "WikiText-2 perplexity (GPTQ protocol by default, as the QoQ/AWQ/GPTQ papers report it).")
+  @OptionGroup var threadsOption: ThreadsOption
 
   @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(help: "WikiText-2 raw test file (wiki.test.raw).") var dataset: String = "../shared/data/wikitext-2-raw/wiki.test.raw"
@@ -59,6 +60,7 @@ struct EvalCommand: ParsableCommand {
   }
 
   func run() throws {
+    threadsOption.apply()
     try runReportingErrors {
       if !tasks.isEmpty { try runTasks(); return }
       let p = PerplexityProtocol(rawValue: proto)!

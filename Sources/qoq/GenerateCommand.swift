@@ -9,6 +9,7 @@ struct GenerateCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "generate",
     abstract: "Generate text with the engine (W4A8 kernels for quantized checkpoints), several prompts batched in flight.")
+  @OptionGroup var threadsOption: ThreadsOption
 
   @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(name: [.short, .long], help: "Prompt text (repeat for several prompts).") var prompt: [String] = []
@@ -49,6 +50,7 @@ struct GenerateCommand: ParsableCommand {
   }
 
   func run() throws {
+    threadsOption.apply()
     try runReportingErrors {
       let texts = try prompts()
       let (model, tok) = try engine.loadModel(modelPath)

@@ -3,6 +3,7 @@ import Foundation
 import QoQEval
 import QoQFormat
 import QoQIO
+import QoQKernels
 import QoQModels
 import QoQQuant
 
@@ -25,6 +26,12 @@ struct QuantizeCommand: ParsableCommand {
     try runReportingErrors {
       // --results-json PATH (not a recipe field): also write the results there (used by `qoq table`).
       var args = args
+      // -t/--threads N (not a recipe field): the kernels' thread count, as in the other subcommands.
+      if let k = args.firstIndex(where: { $0 == "-t" || $0 == "--threads" }) {
+        guard k + 1 < args.count, let t = Int(args[k + 1]), (1...1024).contains(t) else { throw QoQError("--threads needs a count in 1…1024") }
+        ThreadPool.shared.setThreads(t)
+        args.removeSubrange(k...(k + 1))
+      }
       var resultsPath: String?
       if let k = args.firstIndex(of: "--results-json") {
         guard k + 1 < args.count else { throw QoQError("--results-json needs a path") }

@@ -15,6 +15,7 @@ struct ServeCommand: AsyncParsableCommand {
       --api-key-file) and put a reverse proxy in front; the server never reads files named in requests.
       SIGTERM or SIGINT: stop accepting, finish the requests in flight, exit 0.
       """)
+  @OptionGroup var threadsOption: ThreadsOption
 
   @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(help: "Address to bind.") var host = "127.0.0.1"
@@ -51,6 +52,7 @@ struct ServeCommand: AsyncParsableCommand {
   }
 
   func run() async throws {
+    threadsOption.apply()
     var o = ServerOptions()
     o.host = host; o.port = port; o.publicMetrics = publicMetrics; o.parseSpecialInPrompts = promptSpecials == "parse"
     o.modelId = servedModelName ?? URL(fileURLWithPath: modelPath).lastPathComponent

@@ -92,25 +92,45 @@ func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
     #expect(maxRelError(out, ref) < 1e-5)
   }
 
-  @Test func twoThreadSplitEqualsOneThread() {
-    // Big enough to take the two-thread path; the result is bit-identical to single-threaded.
-    let m = 70, n = 300, k = 400
+  /// The pool's split over 2, 3 and 5 threads (GEMM by panels and by rows, GEMV by 4-panel units, BF16 GEMM) is
+  /// bit-identical to one thread: every output element is computed by exactly one thread in the same order.
+  @Test(arguments: [2, 3, 5])
+  func threadSplitEqualsOneThread(_ threads: Int) {
+    let m = 70, n = 1100, k = 400
     let a = randomFloats(m * k, seed: 31), w = randomFloats(n * k, seed: 32)
-    let packed = PackedMatrix(nk: w, n: n, k: k)
-    var one = [Float](repeating: 0, count: m * n), two = one, gv1 = [Float](repeating: 0, count: n), gv2 = gv1
-    let pool = ThreadPool.shared, saved = pool.threads
-    a.withUnsafeBufferPointer { ap in
-      pool.setThreads(1)
-      one.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
-      gv1.withUnsafeMutableBufferPointer { sgemm(m: 1, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
-      pool.setThreads(2)
-      two.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
-      gv2.withUnsafeMutableBufferPointer { sgemm(m: 1, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+    let packed = PackedMatrix(nk: w, n: n, k: k), narrow = PackedMatrix(nk: w, n: 20, k: k)
+    let pb = w.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: n, k: k) }
+    func run() -> [[Float]] {
+      var c = [Float](repeating: 0, count: m * n), gv = [Float](repeating: 0, count: n), rows = [Float](repeating: 0, count: m * 20)
+      var bc = c
+      a.withUnsafeBufferPointer { ap in
+        c.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+        gv.withUnsafeMutableBufferPointer { sgemm(m: 1, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n) }
+        rows.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: narrow, c: $0.baseAddress!, ldc: 20) }
+        bc.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: pb, c: $0.baseAddress!, ldc: n) }
+      }
+      return [c, gv, rows, bc]
     }
+    // The shared pool (the kernels use it); other tests running meanwhile get bit-identical results either way.
+    let pool = ThreadPool.shared, saved = pool.threads
+    pool.setThreads(1)
+    let one = run()
+    pool.setThreads(threads)
+    let many = run()
     pool.setThreads(saved)
-    #expect(one == two)
-    #expect(gv1 == gv2)
-    #expect(Array(one.prefix(n)) == gv1)
+    for i in 0..<4 { #expect(one[i] == many[i], "result \(i) with \(threads) threads") }
+    #expect(Array(one[0].prefix(n)) == one[1])
+  }
+
+  /// Every part runs exactly once, on as many threads as asked (workers are added as needed), repeatedly.
+  @Test func poolRunsEveryPartOnce() {
+    let pool = ThreadPool(threads: 6)
+    let hits = UnsafeMutablePointer<Int>.allocate(capacity: 64); defer { hits.deallocate() }
+    for parts in [1, 2, 6, 3, 9, 1, 7] {
+      hits.initialize(repeating: 0, count: 64)
+      pool.run(parts: parts) { t in hits[t] += 1 }
+      #expect((0..<parts).allSatisfy { hits[$0] == 1 } && (parts..<64).allSatisfy { hits[$0] == 0 }, "\(parts) parts")
+    }
   }
 }
 

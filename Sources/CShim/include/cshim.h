@@ -16,3 +16,5 @@ static inline __attribute__((always_inline)) void shim_prefetch(const void *p) {
 int qoq_cpu_has(const char *name);
 /// The instruction set this build was compiled for: "avx512", "avx2" or "portable".
 const char *qoq_build_isa(void);
+/// CPUs this process may run on (sched_getaffinity: taskset, cpusets); 0 where unknown.
+int qoq_affinity_cpus(void);
