@@ -62,12 +62,14 @@ extension QuantPlan {
       let windows = evalWindows > 0 ? evalWindows : 140  // WikiText-2 test ≈ 140 windows of 2048 for Llama-like tokenizers
       flops += Double(windows * evalSeqLen) * 2 * Double(params)
     }
-    // GPTQ's Cholesky inverse of each input's Hessian (Double): n³ per distinct input (qkv, o, gate/up, down) at
-    // ~1.75e9 n³-units per second per core. Measured: it is most of a QoQ layer here (Qwen2.5-1.5B, n = 8960: ~210 of
-    // ~270 s per layer; Llama-3-8B shape, n = 14336: ~900 of 2822 s at 128 × 1024 tokens).
+    // GPTQ's inverse of each input's Hessian (Double, blocked and threaded: Cholesky then triangular inverse): n³ per
+    // distinct input (qkv, o, gate/up, down) at ~8e9 n³-units per second per core; the sgemm-bound passes at ~70
+    // GFLOPS per core. Fitted on Zen 4 (AVX-512, 2 cores): QoQ g128 on Qwen2.5-1.5B at 64 × 1024 tokens took 122 s
+    // per layer (it was ~270 s at 16 × 1024 on Zen 2 with the unblocked scalar inverse, most of it the n = 8960
+    // inverse).
     let cubic = gptq == nil ? 0 : Double(L) * (2 * pow(Double(h), 3) + pow(Double(c.qDim), 3) + pow(Double(f), 3))
     // Plus loading, converting and quantizing every weight: ~30 ns per parameter on one core (measured with RTN).
-    let seconds = (flops / 30e9 + cubic / 1.75e9 + Double(params) * 3e-8) / Double(max(1, cores))
+    let seconds = (flops / 70e9 + cubic / 8e9 + Double(params) * 3e-8) / Double(max(1, cores))
     return RunEstimate(parameters: params, peakBytes: peak, seconds: seconds)
   }
 }
