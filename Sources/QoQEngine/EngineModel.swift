@@ -41,8 +41,10 @@ public final class EngineLayer: @unchecked Sendable {
   }
 }
 
-/// How the LM head is stored: fp32 (exact), bf16 (half the bytes), int8 (W8A8 per output row, a quarter).
-public enum LMHeadPrecision: String, Sendable, CaseIterable { case fp32, bf16, int8 }
+/// How the LM head is stored: fp32 (exact), bf16 (half the bytes), int8 (W8A8 per output row, a quarter), int4
+/// (W4A8 in QoQ's progressive format, round-to-nearest, groups of 128: an eighth — the decode step's largest read on
+/// large-vocabulary models such as Qwen2's 151,936 tokens).
+public enum LMHeadPrecision: String, Sendable, CaseIterable { case fp32, bf16, int8, int4 }
 
 public final class EngineModel: @unchecked Sendable {
   public let config: LlamaConfiguration
@@ -190,6 +192,7 @@ public final class EngineModel: @unchecked Sendable {
     guard try st.info(headName).shape == [c.vocabSize, c.hiddenSize] else { throw QoQError("\(path): \(headName) has the wrong shape") }
     // The int8 head is quantized from the checkpoint a block of rows at a time: no fp32 copy of the whole table.
     let head = lmHead == .int8 ? try int8Head(c) { try st.floats(headName, rows: $0) }
+      : lmHead == .int4 ? try int4Head(vocab: c.vocabSize, hidden: c.hiddenSize) { try st.floats(headName, rows: $0) }
       : try makeHead(fp: c.tieWordEmbeddings ? embed : try st.floats(headName), layer: nil, c, lmHead)
     return try EngineModel(config: c, embed: embed, layers: layers, norm: try st.floats("model.norm.weight"),
                            lmHead: head, kvMode: kv, pageSize: pageSize,
@@ -209,6 +212,7 @@ public final class EngineModel: @unchecked Sendable {
     case .fp32: return .fp(DenseLinear(weight: w, outFeatures: V, inFeatures: H))
     case .bf16: return .fp(BF16Linear(weight: w, outFeatures: V, inFeatures: H))
     case .int8: return try int8Head(c) { r in Array(w[(r.lowerBound * H)..<(r.upperBound * H)]) }
+    case .int4: return try int4Head(vocab: V, hidden: H) { r in Array(w[(r.lowerBound * H)..<(r.upperBound * H)]) }
     }
   }
 
@@ -221,6 +225,7 @@ public final class EngineModel: @unchecked Sendable {
     for block in stride(from: 0, to: V, by: 1024) {
       let r = block..<min(V, block + 1024)
       let w = try rows(r)
+      try checkHeadRows(w, r, H)
       for (t, o) in r.enumerated() {
         var m: Float = 0
         for i in 0..<H { m = max(m, abs(w[t * H + i])) }
@@ -230,6 +235,42 @@ public final class EngineModel: @unchecked Sendable {
       }
     }
     return .int(PackedW8A8(codes: codes, scale: scale, n: V, k: H))
+  }
+
+  static func checkHeadRows(_ w: [Float], _ r: Range<Int>, _ H: Int) throws {
+    guard w.count == r.count * H else { throw QoQError("lm_head rows \(r): \(w.count) values, expected \(r.count) × \(H)") }
+    guard w.allSatisfy(\.isFinite) else { throw QoQError("lm_head rows \(r) hold NaN or infinite values") }
+  }
+
+  /// The int4 LM head: each output row quantized as QoQ's progressive weights (deepcompressor.md §3.2) by
+  /// round-to-nearest — s1 = fp16(max|w|/P) with the protective range P, u = clamp(w/s1, ±P), then per group of 128
+  /// (64 or 32 where hidden_size needs it) integer s2 and z, q = clamp(rne((u+z)/s2), 0, 15) — run by the W4A8
+  /// kernels. Read 1024 rows at a time: no fp32 copy of the whole table.
+  static func int4Head(vocab V: Int, hidden H: Int, rows: (Range<Int>) throws -> [Float]) throws -> EngineLinear {
+    guard let g = [128, 64, 32].first(where: { H % $0 == 0 }) else { throw QoQError("an int4 lm_head needs hidden_size divisible by 32") }
+    let ng = H / g, P = Float(protectiveRange())
+    var codes = [UInt8](repeating: 0, count: V * H), s1 = [Float](repeating: 1, count: V)
+    var s2 = [Float](repeating: 1, count: V * ng), z = [Float](repeating: 0, count: V * ng)
+    var u = [Float](repeating: 0, count: H)
+    for block in stride(from: 0, to: V, by: 1024) {
+      let r = block..<min(V, block + 1024)
+      let w = try rows(r)
+      try checkHeadRows(w, r, H)
+      w.withUnsafeBufferPointer { wp in
+        for (t, o) in r.enumerated() {
+          let row = UnsafeBufferPointer(rebasing: wp[(t * H)..<((t + 1) * H)])
+          let a = ProgressiveRowQuant.levelOne(row: row, protective: P)
+          s1[o] = a
+          for i in 0..<H { u[i] = min(max(row[i] / a, -P), P) }
+          for j in 0..<ng {
+            let (s, zz) = u.withUnsafeBufferPointer { ProgressiveRowQuant.group(UnsafeBufferPointer(rebasing: $0[(j * g)..<((j + 1) * g)])) }
+            s2[o * ng + j] = s; z[o * ng + j] = zz
+            for i in (j * g)..<((j + 1) * g) { codes[o * H + i] = UInt8(min(max(rne((u[i] + zz) / s), 0), 15)) }
+          }
+        }
+      }
+    }
+    return .int(PackedW4A8(progressiveCodes: codes, s2: s2, z: z, s1: s1, n: V, k: H, group: g))
   }
 }
 

@@ -14,6 +14,10 @@ import _Builtin_intrinsics.intel
   _mm256_set1_epi32(p.loadUnaligned(fromByteOffset: o, as: Int32.self))
 }
 @inline(__always) func load256(_ p: UnsafeRawPointer, _ o: Int = 0) -> __m256i { p.loadUnaligned(fromByteOffset: o, as: __m256i.self) }
+/// 8 int8 group parameters widened to int32 lanes.
+@inline(__always) func int8x8(_ p: UnsafePointer<Int8>) -> __m256i {
+  _mm256_cvtepi8_epi32(_mm_set1_epi64x(UnsafeRawPointer(p).loadUnaligned(as: Int64.self)))
+}
 @inline(__always) func loadPS(_ p: UnsafePointer<Float>) -> __m256 { _mm256_loadu_ps(p) }
 /// Σ of u8·s8 products over each 4-byte lane, widened to int32 (the AVX2 spelling of vpdpbusd without accumulate).
 @inline(__always) func widen16(_ s: __m256i) -> __m256i { _mm256_madd_epi16(s, _mm256_set1_epi16(1)) }
@@ -39,7 +43,7 @@ extension PackedW4A8 {
 
   /// Group epilogue of 8 rows whose parameters start at gp (s2/s at gp, z at gp + 16), Σx of the group = s.
   @inline(__always) func epilogueInt(_ t: __m256i, _ p: __m256i, _ gp: Int, _ s: Int32) -> __m256i {
-    _mm256_add_epi32(t, _mm256_sub_epi32(_mm256_mullo_epi32(p, load256(gi + gp)), _mm256_mullo_epi32(load256(gi + gp + 16), _mm256_set1_epi32(s))))
+    _mm256_add_epi32(t, _mm256_sub_epi32(_mm256_mullo_epi32(p, int8x8(gi + gp)), _mm256_mullo_epi32(int8x8(gi + gp + 16), _mm256_set1_epi32(s))))
   }
   @inline(__always) func epilogueFP(_ t: __m256, _ p: __m256i, _ gp: Int, _ s: Int32) -> __m256 {
     _mm256_fnmadd_ps(loadPS(gf + gp + 16), _mm256_set1_ps(Float(s)), _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), loadPS(gf + gp), t))

@@ -17,7 +17,7 @@ struct EngineArguments: ParsableArguments {
   @Option(help: "Tokens per KV page.") var pageSize: Int = 64
   @Option(help: "Scheduler: chunked (decodes + prefill chunks each step) or qserve-v0 (prefill-only or decode-only steps).")
   var policy: String = "chunked"
-  @Option(help: "LM head precision: fp32, bf16 or int8 (default: int8 for quantized checkpoints, fp32 for FP models).")
+  @Option(help: "LM head precision: fp32, bf16, int8 or int4 (default: int8 for quantized checkpoints, fp32 for FP models).")
   var lmHead: String?
   @Option(help: "KV cache of FP models: fp16, kv8 or kv4 (quantized checkpoints use their own).") var kvCache: String = "fp16"
   @Flag(help: "fp32 attention scores over KV4 pages instead of integer (int8 query) scores.") var fpScores = false
@@ -29,7 +29,7 @@ struct EngineArguments: ParsableArguments {
     if let n = numKvBlocks, n <= 0 { throw ValidationError("--num-kv-blocks must be positive") }
     guard pageSize >= 16, pageSize % 16 == 0, pageSize <= 1024 else { throw ValidationError("--page-size must be a multiple of 16 in 16…1024") }
     guard SchedulerPolicy(rawValue: policy) != nil else { throw ValidationError("--policy must be chunked or qserve-v0") }
-    if let h = lmHead, LMHeadPrecision(rawValue: h) == nil { throw ValidationError("--lm-head must be fp32, bf16 or int8") }
+    if let h = lmHead, LMHeadPrecision(rawValue: h) == nil { throw ValidationError("--lm-head must be fp32, bf16, int8 or int4") }
     guard KVMode(rawValue: kvCache) != nil else { throw ValidationError("--kv-cache must be fp16, kv8 or kv4") }
   }
 

@@ -21,7 +21,7 @@ struct EvalCommand: ParsableCommand {
   @Flag(help: "Print the result as JSON.") var json = false
   @Flag(help: "Run through the inference engine (integer W4A8 kernels, paged KV cache) instead of the fake-quantized model.")
   var engine = false
-  @Option(help: "Engine: LM head precision (fp32, bf16, int8).") var lmHead: String = "fp32"
+  @Option(help: "Engine: LM head precision (fp32, bf16, int8, int4).") var lmHead: String = "fp32"
   @Flag(help: "Engine: fp32 attention scores over the KV4 pages instead of integer (int8 query) scores.") var fpScores = false
   @Option(name: [.customLong("tasks"), .customLong("eval-tasks")], parsing: .upToNextOption,
           help: "Zero-shot tasks instead of perplexity: NAME=FILE.jsonl (or FILE.jsonl, named after the file); see README for the format.")
@@ -32,7 +32,7 @@ struct EvalCommand: ParsableCommand {
     guard PerplexityProtocol(rawValue: proto) != nil else { throw ValidationError("--protocol must be gptq or llamacpp") }
     guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2") }
     if let m = maxWindows, m <= 0 { throw ValidationError("--max-windows must be positive") }
-    guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16 or int8") }
+    guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16, int8 or int4") }
   }
 
   func runTasks() throws {

@@ -229,3 +229,54 @@ final class EngineHarness {
     #expect(throws: QoQError.self) { _ = try EngineModel.load(quantized: dir) }
   }
 }
+
+/// The int4 LM head against a hand-written progressive round-to-nearest (deepcompressor.md §3.2: s1 = fp16(max|w|/120),
+/// u = clamp(w/s1, ±120), per group s2 = max(1, rne((max u − min u)/15)), z = rne(−min u), q = clamp(rne((u+z)/s2), 0, 15),
+/// ŵ = s1·(q·s2 − z)) and an fp64 product with the int8 activations, on awkward vocabulary sizes and each group width.
+@Suite struct Int4HeadTests {
+  @Test(arguments: [(37, 128), (17, 96), (1, 64), (129, 256)])
+  func int4HeadMatchesHandWrittenProgressiveRTN(_ vocab: Int, _ hidden: Int) throws {
+    var w = randomFloats(vocab * hidden, seed: UInt64(vocab * 1000 + hidden), scale: 0.05)
+    for o in stride(from: 0, to: vocab, by: 5) { w[o * hidden + (o * 7) % hidden] = 0.9 }  // an outlier in some rows
+    guard case .int(let head) = try EngineModel.int4Head(vocab: vocab, hidden: hidden, rows: { Array(w[($0.lowerBound * hidden)..<($0.upperBound * hidden)]) })
+    else { Issue.record("the int4 head is not an integer kernel"); return }
+    let g = hidden % 128 == 0 ? 128 : hidden % 64 == 0 ? 64 : 32
+    var wHat = [Double](repeating: 0, count: vocab * hidden)
+    for o in 0..<vocab {
+      let row = w[(o * hidden)..<((o + 1) * hidden)]
+      // Float arithmetic, as the format specifies it (fp16 s1, fp32 u), so rounding ties fall the same way.
+      let s1 = Float(Float16(row.map { abs($0) }.max()! / 120))
+      let u = row.map { min(max($0 / s1, -120), 120) }
+      for j in 0..<(hidden / g) {
+        let grp = u[(j * g)..<((j + 1) * g)]
+        let s2 = max(1, ((grp.max()! - grp.min()!) / 15).rounded(.toNearestOrEven)), z = (-grp.min()!).rounded(.toNearestOrEven)
+        for i in grp.indices {
+          let q = min(max(((u[i] + z) / s2).rounded(.toNearestOrEven), 0), 15)
+          wHat[o * hidden + i] = Double(s1) * Double(q * s2 - z)
+          // Within half a step, plus what rounding s2 down (≤ 7.5 units over 15 steps) and z (½) may clip.
+          #expect(abs(wHat[o * hidden + i] - Double(w[o * hidden + i])) <= Double(s1) * (Double(s2) * 0.5 + 8) + 1e-6, "row \(o) input \(i)")
+        }
+      }
+    }
+    let x = randomFloats(3 * hidden, seed: 99)
+    let a = QuantizedRows(capacity: 3, k: hidden)
+    x.withUnsafeBufferPointer { for r in 0..<3 { a.quantizeRow(r, $0.baseAddress! + r * hidden) } }
+    a.m = 3
+    var y = [Float](repeating: .nan, count: 3 * vocab)
+    y.withUnsafeMutableBufferPointer { head.forward(a, $0.baseAddress!, ldy: vocab) }
+    for r in 0..<3 {
+      for o in 0..<vocab {
+        var ref = 0.0
+        for i in 0..<hidden { ref += wHat[o * hidden + i] * Double(a.codes[r * hidden + i]) }
+        ref *= Double(a.scale[r])
+        #expect(abs(Double(y[r * vocab + o]) - ref) <= 1e-5 * max(1, abs(ref)), "token \(r) output \(o): \(y[r * vocab + o]) vs \(ref)")
+      }
+    }
+  }
+
+  @Test func int4HeadRefusesNonFiniteWeights() {
+    var w = randomFloats(3 * 64, seed: 5)
+    w[70] = .nan
+    #expect(throws: QoQError.self) { try EngineModel.int4Head(vocab: 3, hidden: 64) { Array(w[($0.lowerBound * 64)..<($0.upperBound * 64)]) } }
+  }
+}
