@@ -8,7 +8,8 @@
 # Decode at batch 1 is also given as a share of the memory roofline: bytes of weights streamed per token (from the
 # checkpoint's config.json: packed 4-bit codes + group parameters + the int8 LM head) × tokens/s over the read
 # bandwidth `qoq bench --kernels` measures.
-# Usage: bench_size.sh LABEL QOQ_CHECKPOINT LLAMA_Q4_0.gguf   (env: SAMPLES, THREADS, PP, TG, INPUT, OUTPUT, BATCHES)
+# Usage: bench_size.sh LABEL QOQ_CHECKPOINT LLAMA_Q4_0.gguf   (env: SAMPLES, THREADS, PP, TG, INPUT, OUTPUT, BATCHES,
+# INT4_HEAD=1: the engine also with its int4 LM head, as a second qoq column)
 # Writes $OUT/LABEL.jsonl (one JSON object per measurement) and prints the Markdown table (report_size.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +29,10 @@ echo "{\"label\": \"$LABEL\", \"checkpoint\": \"$CKPT\", \"gguf\": \"$GGUF\", \"
 "$QOQ" bench --kernels --repeats 3 --json 2>/dev/null | rec kernels 0
 for r in $(seq 1 "$SAMPLES"); do
   echo "round $r/$SAMPLES" >&2
-  "$QOQ" bench --engine -m "$CKPT" --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats 2 --json 2>/dev/null | rec qoq "$r"
+  "$QOQ" bench --engine -m "$CKPT" --lm-head int8 --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats 2 --json 2>/dev/null | rec qoq "$r"
+  if [ -n "${INT4_HEAD:-}" ]; then
+    "$QOQ" bench --engine -m "$CKPT" --lm-head int4 --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats 2 --json 2>/dev/null | rec qoq-int4 "$r"
+  fi
   for kv in f16 q4_0; do
     "$BIN/llama-bench" -m "$GGUF" -t "$THREADS" -p "$PP" -n "$TG" -r 1 -fa 1 -ctk "$kv" -ctv "$kv" -o json 2>/dev/null | rec "llamacpp-bench-$kv" "$r"
   done
