@@ -173,6 +173,7 @@ extension EngineModel {
         rope.apply(row, heads: c.numAttentionHeads, pos: pos)
         rope.apply(row + Q, heads: c.numKeyValueHeads, pos: pos)
         if let kc = L.kCenter { for j in 0..<KV { row[Q + j] -= kc[j] } }
+        if L.rotateKeys { for h in 0..<(c.numAttentionHeads + c.numKeyValueHeads) { walshHadamard(row + h * D, D) } }
         let b = ch.blockTable[pos / P]
         for kvh in 0..<c.numKeyValueHeads {
           kvFormat.store(row + Q + kvh * D, page: pool.page(li, b, key: true), head: kvh, slot: pos % P, isKey: true)

@@ -33,11 +33,14 @@ public final class EngineLayer: @unchecked Sendable {
   /// Subtracted from post-RoPE keys before they enter the cache (kv_heads·head_dim; checkpoints with key_center).
   /// Softmax ignores the per-query shift q·c this causes, so scores need no correction.
   public let kCenter: [Float]?
+  /// Each head of Q and of the (centered) K is rotated by the normalized Walsh–Hadamard matrix before scores and the
+  /// cache (checkpoints with key_rotation): (H·q)·(H·k) = q·k, and the KV4 groups quantize the rotated keys.
+  public let rotateKeys: Bool
   init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?,
-       kCenter: [Float]? = nil) {
+       kCenter: [Float]? = nil, rotateKeys: Bool = false) {
     inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d
     exactScores = (kBias ?? []).contains { abs($0) >= Self.largeKBias }
-    self.kCenter = kCenter
+    self.kCenter = kCenter; self.rotateKeys = rotateKeys
   }
 }
 
@@ -174,6 +177,7 @@ public final class EngineModel: @unchecked Sendable {
         return .int(PackedW8A8(codes: codes, scale: scale, n: n, k: inp, bias: b))
       }
     }
+    if qc.kvKeyRotation { try qc.checkKeyRotation(c) }
     var layers: [EngineLayer] = []
     for i in 0..<c.numHiddenLayers {
       let p = "model.layers.\(i)."
@@ -184,7 +188,7 @@ public final class EngineModel: @unchecked Sendable {
         try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
         try fused([p + "mlp.down_proj"], inp: c.intermediateSize),
         kBias: st.contains(p + "self_attn.k_proj.bias") ? try st.floats(p + "self_attn.k_proj.bias") : nil,
-        kCenter: qc.kvKeyCenter ? try qc.keyCenter(st, layer: i, c) : nil))
+        kCenter: qc.kvKeyCenter ? try qc.keyCenter(st, layer: i, c) : nil, rotateKeys: qc.kvKeyRotation))
     }
     let embed = try st.floats("model.embed_tokens.weight")
     guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }
@@ -198,7 +202,7 @@ public final class EngineModel: @unchecked Sendable {
                            lmHead: head, kvMode: kv, pageSize: pageSize,
                            description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head"
                              + (layers.contains { $0.exactScores } ? ", fp32 attention scores in layers with large K biases" : "")
-                             + (qc.kvKeyCenter ? ", centered keys" : ""))
+                             + (qc.kvKeyCenter ? ", centered keys" : "") + (qc.kvKeyRotation ? ", Hadamard-rotated keys" : ""))
   }
 
   /// The LM head in the chosen precision; int8 quantizes each output row symmetrically (s = max|w|/127).

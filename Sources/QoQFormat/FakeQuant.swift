@@ -54,6 +54,25 @@ public final class CenteredKeys: KVTransform, @unchecked Sendable {
   }
 }
 
+/// Key rotation (issue #19, beyond deepcompressor; QuaRot's online K rotation): each head of the keys is rotated by the
+/// normalized Walsh–Hadamard matrix H before quantization and back after, k̂ = Hᵀ·Q(H·k). The engine keeps H·k in its
+/// cache and rotates the query the same way; (H·q)·(H·k) = q·k, so it is exact without quantization. It spreads what
+/// centering and SmoothAttention leave of K's outlier channels over all head_dim channels of the KV4 group. Wrapped
+/// by CenteredKeys when both are on: the cache holds H·(k − c).
+public final class RotatedKeys: KVTransform, @unchecked Sendable {
+  public let inner: KVTransform
+  public let headDim: Int
+
+  public init(_ inner: KVTransform, headDim: Int) { self.inner = inner; self.headDim = headDim }
+
+  public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
+    precondition(width % headDim == 0, "keys of width \(width) are not whole heads of \(headDim)")
+    for h in stride(from: 0, to: rows * width, by: headDim) { walshHadamard(x + h, headDim) }
+    inner.apply(x, rows: rows, width: width)
+    for h in stride(from: 0, to: rows * width, by: headDim) { walshHadamard(x + h, headDim) }
+  }
+}
+
 /// Static symmetric per-tensor KV fake quantization with a calibrated scale (SmoothQuant's static KV8):
 /// x̂ = s·clamp(rne(x/s), −qmax, qmax), qmax = 2^(b−1) − 1.
 public final class StaticKVQuant: KVTransform, @unchecked Sendable {

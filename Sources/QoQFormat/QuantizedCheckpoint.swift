@@ -25,6 +25,9 @@ public struct QuantizationConfig: Sendable, Equatable {
   /// Keys are centered before quantization: each layer's checkpoint holds `self_attn.k_center` (kv_heads·head_dim),
   /// subtracted from post-RoPE K (`CenteredKeys`; issue #19). Only with dynamic asymmetric KV.
   public var kvKeyCenter = false
+  /// Each head of post-RoPE K (after centering) and Q is rotated by the normalized Walsh–Hadamard matrix before the
+  /// KV cache (`RotatedKeys`; issue #19): `"key_rotation": "hadamard"`. Only with dynamic KV and a power-of-two head_dim.
+  public var kvKeyRotation = false
   public var notQuantized: [String] = []
 
   public init(method: String, weight: WeightFormat?, actBits: Int?, kvBits: Int?, kvGroup: Int?, kvAsymmetric: Bool = true) {
@@ -53,6 +56,7 @@ public struct QuantizationConfig: Sendable, Equatable {
                             ("dynamic", .bool(kvStaticScales == nil)), ("key", .string("post_rope"))])
         if let s = kvStaticScales { o["static_scales"] = .array(s.map { .double(Double($0)) }) }
         if kvKeyCenter { o["key_center"] = .string("k_center") }
+        if kvKeyRotation { o["key_rotation"] = .string("hadamard") }
         return .object(o)
       } ?? .null),
       ("modules_not_quantized", .array(notQuantized.map { .string($0) })),
@@ -98,6 +102,11 @@ public struct QuantizationConfig: Sendable, Equatable {
         guard kvAsymmetric && kvStaticScales == nil else { throw bad("kv_cache key_center needs dynamic asymmetric KV") }
         kvKeyCenter = true
       }
+      if let kr = k["key_rotation"], !kr.isNull {
+        guard kr.string == "hadamard" else { throw bad("kv_cache key_rotation must be \"hadamard\"") }
+        guard kvStaticScales == nil else { throw bad("kv_cache key_rotation needs dynamic KV") }
+        kvKeyRotation = true
+      }
     }
     notQuantized = v["modules_not_quantized"]?.array?.compactMap(\.string) ?? []
   }
@@ -126,14 +135,25 @@ extension QuantizationConfig {
         model.kvLayerQuantizers = (0..<config.numHiddenLayers).map { (StaticKVQuant(scale: s[2 * $0], bits: kb), StaticKVQuant(scale: s[2 * $0 + 1], bits: kb)) }
       } else {
         let kq = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
+        if kvKeyRotation { try checkKeyRotation(config) }
+        let kr: KVTransform = kvKeyRotation ? RotatedKeys(kq, headDim: config.headDim) : kq
         if kvKeyCenter {
-          model.kvLayerQuantizers = try (0..<config.numHiddenLayers).map { (CenteredKeys(kq, center: try keyCenter(weights, layer: $0, config)), kq) }
+          model.kvLayerQuantizers = try (0..<config.numHiddenLayers).map { (CenteredKeys(kr, center: try keyCenter(weights, layer: $0, config)), kq) }
+        } else if kvKeyRotation {
+          model.kvLayerQuantizers = (0..<config.numHiddenLayers).map { _ in (kr, kq) }
         } else {
           model.kvQuantizer = kq
         }
       }
     }
     return model
+  }
+
+  /// Key rotation needs whole power-of-two heads (the Walsh–Hadamard order).
+  public func checkKeyRotation(_ c: LlamaConfiguration) throws {
+    guard c.headDim > 0 && c.headDim & (c.headDim - 1) == 0 else {
+      throw QoQError("quantization_config: kv_cache key_rotation needs a power-of-two head_dim (this model's is \(c.headDim))")
+    }
   }
 
   /// Layer l's key center (kv_heads·head_dim floats, finite) from a checkpoint with `key_center`.

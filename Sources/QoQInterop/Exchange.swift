@@ -35,6 +35,10 @@ public enum Interop {
       warnings.append("QServe does not center keys: its KV4 cache will quantize the uncentered keys (exact in FP, less accurate "
                       + "in KV4 than this checkpoint in our engine); self_attn.k_center is not exported")
     }
+    if q.kvKeyRotation {
+      warnings.append("QServe does not rotate keys: its KV4 cache will quantize the unrotated keys (exact in FP, less accurate "
+                      + "in KV4 than this checkpoint in our engine)")
+    }
     for n in st.names where n.hasSuffix("norm.weight") {
       if try st.floats(n).contains(where: { $0 != 1 }) && !allowUnfoldedNorms {
         throw QoQError("\(src): \(n) is not all ones; QServe skips norm weights, so they must be folded (quantize with rotation), or pass --allow-unfolded-norms")

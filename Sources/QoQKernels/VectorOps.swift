@@ -207,3 +207,19 @@ public func measureFMAPeak(iterations: Int = 20_000_000) -> Double {
   let sink = (a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11).sum()
   return sink.isNaN ? 0 : Double(iterations) * 12 * 32 / dt / 1e9
 }
+
+/// In place, x ← H·x with H the normalized Sylvester Walsh–Hadamard matrix of order n (a power of two): H is
+/// orthogonal and symmetric, so applying it twice gives x back. Key rotation (issue #19) applies it to each head of
+/// post-RoPE Q and K, which leaves every score q·k unchanged and spreads K's outlier channels over the head.
+public func walshHadamard(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+  precondition(n > 0 && n & (n - 1) == 0, "Walsh–Hadamard order \(n) is not a power of two")
+  var h = 1
+  while h < n {
+    for i in stride(from: 0, to: n, by: 2 * h) {
+      for j in i..<(i + h) { let a = x[j], b = x[j + h]; x[j] = a + b; x[j + h] = a - b }
+    }
+    h *= 2
+  }
+  let s = 1 / Float(n).squareRoot()
+  for i in 0..<n { x[i] *= s }
+}

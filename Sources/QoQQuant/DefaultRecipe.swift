@@ -81,6 +81,10 @@ quant:
     # quantizing them (exact: softmax ignores a per-query shift). auto = on for models with attention biases
     # (Qwen2) when the recipe has SmoothAttention; always; never (deepcompressor's behaviour).
     center_keys: auto
+    # not in deepcompressor (issue #19): rotate each head of post-RoPE Q and K by the normalized Walsh–Hadamard
+    # matrix before the KV cache (exact: q·k is unchanged), spreading K's outlier channels over the KV4 group.
+    # auto = on where keys are centered; always; never (deepcompressor's behaviour).
+    rotate_keys: auto
   enable_rotation: false
   rotation:
     random: false

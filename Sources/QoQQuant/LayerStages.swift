@@ -139,7 +139,8 @@ extension QuantizationPipeline {
                                qProj: DenseLinear(weight: t.wq, outFeatures: c.qDim, inFeatures: c.hiddenSize, bias: t.bq),
                                kProj: DenseLinear(weight: t.wk, outFeatures: c.kvDim, inFeatures: c.hiddenSize, bias: t.bk),
                                vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
-      let kt: KVTransform = keyCenter.map { CenteredKeys(kq, center: zip($0, lk).map { $0 / $1 }) } ?? kq
+      let kr: KVTransform = plan.rotatesKeys(c) ? RotatedKeys(kq, headDim: c.headDim) : kq
+      let kt: KVTransform = keyCenter.map { CenteredKeys(kr, center: zip($0, lk).map { $0 / $1 }) } ?? kr
       let y = try model.attentionOutput(layer, h: h, lengths: lengths, kvTransform: kt, keysOnly: true)
       var e = 0.0
       for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }

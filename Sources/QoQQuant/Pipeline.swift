@@ -77,9 +77,22 @@ public final class QuantizationPipeline {
     return JSON.serialize(v ?? .null)
   }
 
-  /// The run's key: the model, every quant field, the seed, the calibration precision and the pass structure.
+  /// The quant section as the key sees it. rotate_keys acts on the KV cache only (the engine and the fake-quantized
+  /// model), so the layer units do not depend on it, except where SmoothAttention's GridSearch judges α with the keys
+  /// quantized: there it stays in the key.
+  var quantKeySection: String {
+    guard plan.smoothAttn?.strategy != .gridSearch, var q = recipe.tree["quant"]?.object, var o = q["opts"]?.object else {
+      return section("quant")
+    }
+    o["rotate_keys"] = nil
+    q["opts"] = .object(o)
+    return JSON.serialize(.object(q))
+  }
+
+  /// The run's key: the model, every quant field that shapes a layer, the seed, the calibration precision and the
+  /// pass structure.
   var runKey: String {
-    sha256Hex(Array(("stream-v1|" + modelIdentity() + "|quant:" + section("quant") + "|seed:\(plan.seed)"
+    sha256Hex(Array(("stream-v1|" + modelIdentity() + "|quant:" + quantKeySection + "|seed:\(plan.seed)"
                      + (plan.calibBF16 ? "|dtype:bf16" : "") + (fuseCalibrationPasses ? "" : "|two-pass")).utf8))
   }
 
@@ -106,6 +119,7 @@ public final class QuantizationPipeline {
     let work = try WorkFolder(root: cacheRoot, key: runKey)
     var qc = quantizationConfig
     qc.kvKeyCenter = plan.centersKeys(config)
+    qc.kvKeyRotation = plan.rotatesKeys(config)
     // The passes: the FP stream for transforms and weight calibration, the quantized stream for static KV ranges.
     let transforms = plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil || qc.kvKeyCenter
     let weightCalib = plan.weightFormat != nil && (plan.gptq != nil || plan.clipStrategy == .gridSearch)

@@ -29,6 +29,8 @@ public struct QuantPlan: Sendable {
   /// Key centering (quant.opts.center_keys, not a deepcompressor field): auto, always, never.
   public enum KeyCentering: String, Sendable { case auto, always, never }
   public var centerKeys = KeyCentering.never
+  /// quant.opts.rotate_keys (issue #19): Walsh–Hadamard rotation of each head of post-RoPE Q and K before the KV cache.
+  public var rotateKeys = KeyCentering.never
   public var rotation: RotationOptions?
   public var reorder = false
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
@@ -165,6 +167,10 @@ public struct QuantPlan: Sendable {
       if kc == .always && (signed || kvStatic) {
         throw bad("quant.opts.center_keys: always needs dynamic asymmetric KV (unsigned dtype, not static)")
       }
+      let rk = try r.string("quant.opts.rotate_keys") ?? "never"
+      guard let kr = KeyCentering(rawValue: rk) else { throw bad("quant.opts.rotate_keys must be auto, always or never (got \(rk))") }
+      rotateKeys = kr
+      if kr == .always && kvStatic { throw bad("quant.opts.rotate_keys: always needs dynamic KV (not static)") }
       if !signed { guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") } }
     }
     // Transforms.
@@ -259,6 +265,18 @@ public struct QuantPlan: Sendable {
     }
   }
 
+  /// Whether each head of post-RoPE Q and K is Hadamard-rotated before the KV cache: `always`, or `auto` where keys are
+  /// centered (the K-bias families: centering removes the bias, the rotation spreads the outlier channels that remain);
+  /// never with static KV scales.
+  public func rotatesKeys(_ c: LlamaConfiguration) -> Bool {
+    guard kvBits != nil, !kvStatic else { return false }
+    switch rotateKeys {
+    case .always: return true
+    case .never: return false
+    case .auto: return centersKeys(c) && c.headDim & (c.headDim - 1) == 0
+    }
+  }
+
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).
   public func check(_ c: LlamaConfiguration) throws {
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width
@@ -280,6 +298,9 @@ public struct QuantPlan: Sendable {
                        + "asymmetric KV is quantized per head: use --opts-group-shapes 1,\(c.headDim)"
                        + (c.headDim == 64 ? " (or recipes/qoq-g64.yaml)" : ""))
       }
+    }
+    if rotatesKeys(c) && c.headDim & (c.headDim - 1) != 0 {
+      throw QoQError("recipe: quant.opts.rotate_keys needs a power-of-two head_dim (this model's is \(c.headDim)); use never")
     }
     if rotation != nil && !(rotation!.random) {
       _ = try HadamardRotation(size: c.hiddenSize)

@@ -24,7 +24,12 @@ func engineConfigs() throws -> [(String, LlamaConfiguration)] {
    // The same with centered keys (quantization_config key_center, self_attn.k_center subtracted before the cache).
    ("qwen2-gqa-kbias-center", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
                                                      numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
-                                                     ropeTheta: 1e6, vocabSize: 90))]
+                                                     ropeTheta: 1e6, vocabSize: 90)),
+   // And with key rotation (key_rotation hadamard): the engine rotates q and the centered k per head, the fake path
+   // rotates k, quantizes and rotates back.
+   ("qwen2-gqa-kbias-center-rotate", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
+                                                            numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
+                                                            ropeTheta: 1e6, vocabSize: 90))]
 }
 
 /// Qwen2-like K biases: every 7th channel of k_proj's bias gets ±150 (the sign alternating), the magnitude
@@ -71,6 +76,7 @@ func writeQuantizedTiny(_ c: LlamaConfiguration, format: WeightFormat, actBits: 
       fp["model.layers.\(l).self_attn.k_center"] = biases["model.layers.\(l).self_attn.k_proj"]!.enumerated().map { $1 + Float($0 % 5) - 2 }
     }
   }
+  q.kvKeyRotation = dir.contains("rotate") && kvBits != nil
   try QuantizedCheckpoint.write(to: dir + "/q", config: c, quantization: q, fp: fp, quantized: quantized, biases: biases,
                                 recipeYAML: "", tokenizerFrom: dir + "/fp", overwrite: true)
   return dir + "/q"
@@ -122,6 +128,7 @@ final class EngineHarness {
         // Large K biases keep exact scores (an int8 query's error times |k| ~150 moved scores by whole units).
         #expect(m.layers.allSatisfy { $0.exactScores == name.contains("kbias") }, "\(name)")
         #expect(m.layers.allSatisfy { ($0.kCenter != nil) == name.contains("center") }, "\(name)")
+        #expect(m.layers.allSatisfy { $0.rotateKeys == name.contains("rotate") }, "\(name)")
         for integer in [false, true] {
           let h = try EngineHarness(m)
           let got = try m.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .all)], pool: h.pool,

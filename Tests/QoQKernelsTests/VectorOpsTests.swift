@@ -19,6 +19,24 @@ import QoQTestSupport
     }
   }
 
+  /// The fast Walsh–Hadamard transform against the explicit Sylvester matrix H_n[i][j] = (−1)^popcount(i & j) / √n,
+  /// and H·H = I (it is its own inverse).
+  @Test(arguments: [1, 2, 8, 32, 128])
+  func walshHadamardMatchesMatrix(_ n: Int) {
+    var rng = SystemRandomNumberGenerator()
+    let x = (0..<n).map { _ in Float.random(in: -3...3, using: &rng) }
+    var y = x
+    y.withUnsafeMutableBufferPointer { walshHadamard($0.baseAddress!, n) }
+    for i in 0..<n {
+      var want = 0.0
+      for j in 0..<n { want += ((i & j).nonzeroBitCount % 2 == 0 ? 1 : -1) * Double(x[j]) }
+      want /= Double(n).squareRoot()
+      #expect(abs(Double(y[i]) - want) < 1e-5, "n \(n) row \(i): \(y[i]) vs \(want)")
+    }
+    y.withUnsafeMutableBufferPointer { walshHadamard($0.baseAddress!, n) }
+    for i in 0..<n { #expect(abs(y[i] - x[i]) < 1e-5) }
+  }
+
   @Test func softmaxAndLogSumExp() {
     var x: [Float] = [1, 2, 3, -1000]
     let lse = logSumExp(x, 4)

@@ -53,6 +53,25 @@ import QoQTestSupport
     #expect(errPlain > 0.5 && errCentered <= 1.0 / 15 + 1e-4, "plain \(errPlain) centered \(errCentered)")
   }
 
+  /// RotatedKeys by hand on one head of 4 channels, KV4 over the head: in k = (100, 1, −2, 3) the outlier sets a step of
+  /// 102/15 = 6.8, so the small channels err by up to 3; rotated, H·k = (51, 47, 50, 52) has a step of 1/3, each rotated
+  /// channel errs by ≤ 1/6 and, back through H (entries ±½), each channel of k by ≤ 4 · ½ · 1/6 = 1/3.
+  @Test func rotatedKeysByHand() {
+    let k: [Float] = [100, 1, -2, 3]
+    var plain = k, rotated = k
+    KVFakeQuant(bits: 4, group: 4).apply(&plain, rows: 1, width: 4)
+    RotatedKeys(KVFakeQuant(bits: 4, group: 4), headDim: 4).apply(&rotated, rows: 1, width: 4)
+    // H·k by hand: rows (+,+,+,+), (+,−,+,−), (+,+,−,−), (+,−,−,+) over 2.
+    let hk: [Float] = [51, 47, 50, 52]
+    var q = hk
+    KVFakeQuant(bits: 4, group: 4).apply(&q, rows: 1, width: 4)
+    let back: [Float] = [(q[0] + q[1] + q[2] + q[3]) / 2, (q[0] - q[1] + q[2] - q[3]) / 2, (q[0] + q[1] - q[2] - q[3]) / 2,
+                         (q[0] - q[1] - q[2] + q[3]) / 2]
+    for i in 0..<4 { #expect(abs(rotated[i] - back[i]) < 1e-4, "channel \(i): \(rotated[i]) vs \(back[i])") }
+    #expect(zip(rotated, k).map { abs($0 - $1) }.max()! <= 1.0 / 3 + 1e-3)
+    #expect(zip(plain, k).map { abs($0 - $1) }.max()! > 2)
+  }
+
   /// Centering is exact in FP: any constant subtracted from post-RoPE keys leaves the logits unchanged (softmax
   /// ignores a per-query shift), checked against the model without it at every prompt position.
   @Test func centeringIsExactInFP() throws {
@@ -91,9 +110,14 @@ import QoQTestSupport
                                        cacheRoot: nil)
       let out = try p.run()
       #expect(out.quantization.kvKeyCenter == (mode == "auto"))
+      // rotate_keys auto follows centering (issue #19); config.json says so and reads back.
+      #expect(out.quantization.kvKeyRotation == (mode == "auto"))
       let ckpt = try out.checkpoint()
       let st = try CheckpointWeights(folder: ckpt)
       #expect(st.names.filter { $0.hasSuffix("k_center") }.count == (mode == "auto" ? c.numHiddenLayers : 0))
+      let back = try QuantizationConfig(json: try JSON.parse(try String(contentsOfFile: ckpt + "/config.json", encoding: .utf8), what: "config.json")["quantization_config"]!,
+                                        what: "config.json")
+      #expect(back.kvKeyRotation == (mode == "auto"))
       let loaded = try AnyModelLoader.load(path: ckpt).0.model
       errors[mode] = relL2(try loaded.lastLogits([prompt], caches: [KVCache(config: c)])[0], fpLogits)
       guard mode == "auto" else { continue }

@@ -3,6 +3,7 @@ import Testing
 @testable import QoQIO
 @testable import QoQQuant
 @testable import QoQFormat
+import QoQModels
 
 let recipesDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .deletingLastPathComponent().appendingPathComponent("recipes").path
@@ -38,6 +39,23 @@ func writeTemp(_ text: String, _ name: String) -> String {
     let gchn = try QuantPlan(try Recipe.load(files: [recipesDir + "/qoq-gchn.yaml"], flags: [
       "--wgts-calib-range-strategy", "Manual", "--smooth-attn-strategy", "Manual", "--smooth-attn-beta", "0"]))
     #expect(gchn.weightFormat == .asym(bits: 4, group: nil) && gchn.smoothProj?.alpha == 0.1)
+    // Key rotation (issue #19): auto follows centering — on for a Qwen2 model with K biases, off for Llama and for
+    // recipes without KV quantization; never/always force it; other words are refused.
+    let qwen = try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 1,
+                                      numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6, vocabSize: 90)
+    let llama = try LlamaConfiguration(modelType: "llama", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 1,
+                                       numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6, vocabSize: 90)
+    let odd = try LlamaConfiguration(modelType: "qwen2", hiddenSize: 96, intermediateSize: 96, numHiddenLayers: 1,
+                                     numAttentionHeads: 2, numKeyValueHeads: 2, headDim: 48, rmsNormEps: 1e-6, vocabSize: 90)
+    #expect(g128.rotatesKeys(qwen) && !g128.rotatesKeys(llama) && !g128.rotatesKeys(odd))
+    #expect(!rtn.rotatesKeys(qwen))
+    let never = try QuantPlan(try Recipe.load(files: [recipesDir + "/qoq-g128.yaml"], flags: ["--opts-rotate-keys", "never"]))
+    #expect(!never.rotatesKeys(qwen) && never.centersKeys(qwen))
+    let always = try QuantPlan(try Recipe.load(files: [recipesDir + "/rtn-w4a8kv4-g64.yaml"], flags: ["--opts-rotate-keys", "always"]))
+    #expect(always.rotatesKeys(llama))
+    #expect(throws: QoQError("recipe: quant.opts.rotate_keys must be auto, always or never (got sideways)")) {
+      try QuantPlan(try Recipe.load(files: [recipesDir + "/qoq-g128.yaml"], flags: ["--opts-rotate-keys", "sideways"]))
+    }
   }
 
   @Test func flagsFollowOmniconfigNames() throws {

@@ -6,6 +6,7 @@
 #   awq           recipes/awq.yaml (W4A16 g128)
 #   rtn-w4a8kv4   recipes/rtn-w4a8kv4-g128.yaml, with the same weights at KV16 (the KV4 cost)
 #   qoq           recipes/qoq-g128.yaml, with the same weights at KV16
+#   qoq-norot     the same without key rotation (--opts-rotate-keys never: deepcompressor's KV side plus centering)
 # Env: WINDOWS (8), SAMPLES/SEQ (calibration; default: each recipe's own), ROWS (all of the above), OUT (results
 # folder, default /tmp/qoq-qwen-table; rows already there are not rerun), SAVE (a folder: each row's checkpoint is saved
 # there as SAVE/<row>, for the engine checks), MODEL (the GGUF). Not part of CI: the QoQ
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-${QOQ_CACHE:-$HOME/.cache/qoq}/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf}"
-WINDOWS="${WINDOWS:-8}"; OUT="${OUT:-/tmp/qoq-qwen-table}"; ROWS="${ROWS:-rtn-w4a16 awq rtn-w4a8kv4 qoq}"
+WINDOWS="${WINDOWS:-8}"; OUT="${OUT:-/tmp/qoq-qwen-table}"; ROWS="${ROWS:-rtn-w4a16 awq rtn-w4a8kv4 qoq-norot qoq}"
 CAL="${CAL:-../shared/data/calibration/wikitext-2-valid.tokens.txt}"
 [ -f "$MODEL" ] || { echo "bench_qwen_table: $MODEL missing (bash scripts/setup_qwen.sh)" >&2; exit 2; }
 swift build -c release --product qoq >&2
@@ -29,6 +30,7 @@ for row in $ROWS; do
     awq) args=(recipes/awq.yaml "${CALIB[@]}") ;;
     rtn-w4a8kv4) args=(recipes/rtn-w4a8kv4-g128.yaml "${CALIB[@]}" --kv-ablation-bits 16) ;;
     qoq) args=(recipes/qoq-g128.yaml "${CALIB[@]}" --kv-ablation-bits 16) ;;
+    qoq-norot) args=(recipes/qoq-g128.yaml "${CALIB[@]}" --kv-ablation-bits 16 --opts-rotate-keys never) ;;
     *) echo "bench_qwen_table: unknown row $row" >&2; exit 2 ;;
   esac
   save=(); [ -n "${SAVE:-}" ] && save=(--save-model "$SAVE/$row")
