@@ -245,7 +245,8 @@ final class EngineHarness {
   func int4HeadMatchesHandWrittenProgressiveRTN(_ vocab: Int, _ hidden: Int) throws {
     var w = randomFloats(vocab * hidden, seed: UInt64(vocab * 1000 + hidden), scale: 0.05)
     for o in stride(from: 0, to: vocab, by: 5) { w[o * hidden + (o * 7) % hidden] = 0.9 }  // an outlier in some rows
-    guard case .int(let head) = try EngineModel.int4Head(vocab: vocab, hidden: hidden, rows: { Array(w[($0.lowerBound * hidden)..<($0.upperBound * hidden)]) })
+    let rows = { (r: Range<Int>) in Array(w[(r.lowerBound * hidden)..<(r.upperBound * hidden)]) }
+    guard case .int(let head) = try EngineModel.int4Head(vocab: vocab, hidden: hidden, rows: rows)
     else { Issue.record("the int4 head is not an integer kernel"); return }
     let g = hidden % 128 == 0 ? 128 : hidden % 64 == 0 ? 64 : 32
     var wHat = [Double](repeating: 0, count: vocab * hidden)

@@ -115,8 +115,8 @@ import QoQTestSupport
       let ckpt = try out.checkpoint()
       let st = try CheckpointWeights(folder: ckpt)
       #expect(st.names.filter { $0.hasSuffix("k_center") }.count == (mode == "auto" ? c.numHiddenLayers : 0))
-      let back = try QuantizationConfig(json: try JSON.parse(try String(contentsOfFile: ckpt + "/config.json", encoding: .utf8), what: "config.json")["quantization_config"]!,
-                                        what: "config.json")
+      let cfg = try JSON.parse(try String(contentsOfFile: ckpt + "/config.json", encoding: .utf8), what: "config.json")
+      let back = try QuantizationConfig(json: cfg["quantization_config"]!, what: "config.json")
       #expect(back.kvKeyRotation == (mode == "auto"))
       let loaded = try AnyModelLoader.load(path: ckpt).0.model
       errors[mode] = relL2(try loaded.lastLogits([prompt], caches: [KVCache(config: c)])[0], fpLogits)
