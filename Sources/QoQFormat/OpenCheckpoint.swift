@@ -45,6 +45,20 @@ public final class ModelCheckpoint: @unchecked Sendable {
                            quantization: nil, folder: st, gguf: nil)
   }
 
+  /// The same checkpoint with its KV cache at `bits` (4 or 8; nil = unquantized, fp16 pages in the engine) instead of
+  /// the recorded setting: the KV-only ablation of issue #19 (same weights and activations), for `qoq eval --kv-bits`.
+  /// Static KV scales are dropped (they belong to the recorded bit width); centering and rotation stay, as both are
+  /// exact in FP. A checkpoint without KV quantization gets per-head asymmetric groups.
+  public func withKVBits(_ bits: Int?) throws -> ModelCheckpoint {
+    guard var q = quantization else { throw QoQError("\(path): a KV bit width applies to quantized checkpoints only") }
+    if let b = bits { guard b == 4 || b == 8 else { throw QoQError("KV cache bits must be 4, 8 or 16 (got \(b))") } }
+    if bits != nil && q.kvBits == nil { q.kvGroup = config.headDim; q.kvAsymmetric = true }
+    q.kvBits = bits
+    q.kvStaticScales = nil
+    return ModelCheckpoint(path: path, kind: kind, config: config, tokenizer: tokenizer, weights: weights, quantization: q,
+                           folder: folder, gguf: gguf)
+  }
+
   /// The reference model in memory: FP, or for a quantized checkpoint its fake-quantized model (dequantized weights,
   /// quantized activations and KV).
   public func referenceModel() throws -> LlamaModel {

@@ -23,6 +23,8 @@ struct EvalCommand: ParsableCommand {
   var engine = false
   @Option(help: "Engine: LM head precision (fp32, bf16, int8, int4).") var lmHead: String = "fp32"
   @Flag(help: "Engine: fp32 attention scores over the KV4 pages instead of integer (int8 query) scores.") var fpScores = false
+  @Option(help: "Quantized checkpoint: the same weights with the KV cache at 4, 8 or 16 bits (16 = unquantized).")
+  var kvBits: Int?
   @Option(name: [.customLong("tasks"), .customLong("eval-tasks")], parsing: .upToNextOption,
           help: "Zero-shot tasks instead of perplexity: NAME=FILE.jsonl (or FILE.jsonl, named after the file); see README for the format.")
   var tasks: [String] = []
@@ -33,6 +35,7 @@ struct EvalCommand: ParsableCommand {
     guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2") }
     if let m = maxWindows, m <= 0 { throw ValidationError("--max-windows must be positive") }
     guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16, int8 or int4") }
+    if let b = kvBits, ![4, 8, 16].contains(b) { throw ValidationError("--kv-bits must be 4, 8 or 16") }
   }
 
   func runTasks() throws {
@@ -68,7 +71,8 @@ struct EvalCommand: ParsableCommand {
         throw QoQError("\(dataset): cannot read the dataset (pass --dataset PATH to wiki.test.raw)")
       }
       // Opened once; the engine packs the checkpoint itself, the reference path builds the (fake-quantized) model.
-      let ckpt = try ModelCheckpoint.open(modelPath)
+      var ckpt = try ModelCheckpoint.open(modelPath)
+      if let b = kvBits { ckpt = try ckpt.withKVBits(b == 16 ? nil : b) }
       if let q = ckpt.quantization {
         note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
       }
@@ -92,6 +96,8 @@ struct EvalCommand: ParsableCommand {
       if json {
         let o = JSONObject([
           ("model", .string(modelPath)), ("protocol", .string(p.rawValue)), ("seq_len", .int(seqLen)),
+          ("path", .string(engine ? "engine" : "reference")), ("lm_head", engine ? .string(lmHead) : .null),
+          ("kv_bits", ckpt.quantization.map { q in q.kvBits.map { .int($0) } ?? .int(16) } ?? .null),
           ("windows", .int(r.windows)), ("windows_available", .int(r.windowsAvailable)), ("tokens", .int(r.totalTokens)),
           ("perplexity", .double(r.perplexity)), ("standard_error", .double(r.standardError)),
           ("mean_ce", .array(r.meanCE.map { .double($0) })), ("seconds", .double(r.seconds)),

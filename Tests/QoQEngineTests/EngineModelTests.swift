@@ -143,6 +143,35 @@ final class EngineHarness {
     }
   }
 
+  /// `qoq eval --kv-bits`: the KV4 checkpoint with its KV cache overridden to 8 bits computes exactly what a checkpoint
+  /// written with KV8 from the same weights computes (fake-quantized and on the engine, bit for bit); overridden to
+  /// 16 it equals the same weights without KV quantization to fp32 rounding (centering and rotation are exact in FP).
+  @Test func kvBitsOverrideEqualsACheckpointWrittenWithThoseBits() throws {
+    let p = Self.prompt
+    let (name, c) = try engineConfigs().first { $0.0 == "qwen2-gqa-kbias-center-rotate" }!
+    let base = engineTempDir(name)
+    let kv4 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: .progressive(group: 32, protective: 120), kvBits: 4, dir: base + "/a"))
+    let kv8 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: .progressive(group: 32, protective: 120), kvBits: 8, dir: base + "/b"))
+    let kv16 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: .progressive(group: 32, protective: 120), kvBits: nil, dir: base + "/c"))
+    func fake(_ m: ModelCheckpoint) throws -> [Float] { try m.referenceModel().lastLogits([p], caches: [KVCache(config: c)])[0] }
+    func engine(_ m: ModelCheckpoint) throws -> [Float] {
+      let e = try EngineModel.load(m, lmHead: .fp32), h = try EngineHarness(e)
+      return try e.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .last)], pool: h.pool, workspace: h.ws)
+    }
+    let as8 = try kv4.withKVBits(8)
+    #expect(as8.quantization?.kvBits == 8 && as8.quantization?.kvKeyRotation == true && as8.quantization?.kvKeyCenter == true)
+    #expect(try EngineModel.load(as8).kvFormat.mode == .kv8)
+    #expect(try fake(as8) == fake(kv8))
+    #expect(try engine(as8) == engine(kv8))
+    let as16 = try kv4.withKVBits(nil)
+    #expect(try EngineModel.load(as16).kvFormat.mode == .fp16)
+    #expect(relL2(try fake(as16), try fake(kv16)) < 1e-4)
+    #expect(relL2(try fake(as16), try fake(kv4)) > 1e-4)  // KV4 itself moved the logits: the override is not a no-op
+    #expect(throws: QoQError.self) { try kv4.withKVBits(5) }
+    let fp = try ModelCheckpoint.open(base + "/a/fp")
+    #expect(throws: QoQError.self) { try fp.withKVBits(8) }
+  }
+
   /// W4A16 (uint4 weights, fp32 activations; AWQ/GPTQ-style checkpoints): no activation codes to flip, so with
   /// fp16 KV pages the engine equals the fake-quantized model to fp32 rounding at every position (the kernel's
   /// s·Σq·x − z·Σx form cancels more than a dot product of dequantized weights: ~1e-5, not 1e-7).
