@@ -122,7 +122,7 @@ public final class EngineModel: @unchecked Sendable {
     }
     switch wf {
     case .progressive(let g, _): guard g % 32 == 0 else { throw unsupported("weight group size \(g)") }
-    case .asym(let b, let g): guard b == 4 else { throw unsupported("\(b)-bit asymmetric weights") }
+    case .asym(let b, let g, _): guard b == 4 else { throw unsupported("\(b)-bit asymmetric weights") }
       if let g { guard g % 32 == 0 else { throw unsupported("weight group size \(g)") } }
     case .sym(let b): guard b == 8 else { throw unsupported("\(b)-bit symmetric weights") }
     }
@@ -163,7 +163,7 @@ public final class EngineModel: @unchecked Sendable {
           g = gg
           let ng = inp / gg
           for o in 0..<n { for j in 0..<ng { sc[o * ng + j] = s1[o] * scale[o * ng + j]; zr[o * ng + j] = s1[o] * zero[o * ng + j] } }
-        case .asym(_, let gg): g = gg ?? inp
+        case .asym(_, let gg, _): g = gg ?? inp
         case .sym: break
         }
         return .fp(W4A16Linear(PackedW4A8(asymCodes: codes, scale: sc, zero: zr, n: n, k: inp, group: g, bias: b)))
@@ -171,7 +171,7 @@ public final class EngineModel: @unchecked Sendable {
       switch wf {
       case .progressive(let g, _):
         return .int(PackedW4A8(progressiveCodes: codes, s2: scale, z: zero, s1: s1, n: n, k: inp, group: g, bias: b))
-      case .asym(_, let g):
+      case .asym(_, let g, _):
         return .int(PackedW4A8(asymCodes: codes, scale: scale, zero: zero, n: n, k: inp, group: g ?? inp, bias: b))
       case .sym:
         return .int(PackedW8A8(codes: codes, scale: scale, n: n, k: inp, bias: b))

@@ -50,7 +50,9 @@ public struct AsymGroupQuant: Equatable, Sendable {
 
   public init(scale: Float, zero: Float) { self.scale = scale; self.zero = zero }
 
-  public init(range w: UnsafeBufferPointer<Float>, qmax: Float, ratio: Float = 1) {
+  /// `preScale`: the zero is an integer zero point zp = clamp(round(−min/s), 0, qmax) held as zp·s (exact in fp32),
+  /// so code() is clamp(round(x/s + zp)) and dequant() (q − zp)·s, deepcompressor's PreScale domain.
+  public init(range w: UnsafeBufferPointer<Float>, qmax: Float, ratio: Float = 1, preScale: Bool = false) {
     var lo = Float.infinity, hi = -Float.infinity
     for x in w { lo = min(lo, x); hi = max(hi, x) }
     if w.isEmpty { lo = 0; hi = 0 }
@@ -58,7 +60,7 @@ public struct AsymGroupQuant: Equatable, Sendable {
     var s = fp16Round((hi - lo) / qmax)
     if s == 0 { s = 1 }
     scale = s
-    zero = fp16Round(-lo)
+    zero = preScale ? min(max(rne(-lo / s), 0), qmax) * s : fp16Round(-lo)
   }
 
   @inline(__always) public func code(_ x: Float, qmax: Float) -> Float { min(max(rne((x + zero) / scale), 0), qmax) }

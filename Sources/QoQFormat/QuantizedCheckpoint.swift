@@ -2,7 +2,8 @@
 // folder whose model.safetensors holds, for every quantized linear P (e.g. model.layers.0.mlp.down_proj):
 //   P.qweight  U8  (out, in/2) two 4-bit codes per byte, low nibble = even column (8-bit codes: (out, in))
 //   P.scales   F16 (out, groups) fp16 scale (asym, sym)  |  I8 (out, groups) integer s2 (progressive)
-//   P.zeros    F16 (out, groups) fp16 post-scale zero (asym)  |  I8 (out, groups) integer z (progressive)
+//   P.zeros    F16 (out, groups) fp16 post-scale zero (asym)  |  U8 (out, groups) integer zero point (asym PreScale)
+//              |  I8 (out, groups) integer z (progressive)
 //   P.s1       F16 (out) per-channel scale (progressive only)
 //   P.bias     F32 (out) when the layer has one
 // and every other tensor (embeddings, norms, lm_head) in F32 under its HF name. config.json carries a
@@ -39,8 +40,9 @@ public struct QuantizationConfig: Sendable, Equatable {
     var w: JSONValue = .null
     if let f = weight {
       switch f {
-      case .asym(let b, let g):
-        w = .object(JSONObject([("format", .string("asym")), ("bits", .int(b)), ("group_size", .int(g ?? -1)), ("zero_point", .string("post_scale")), ("scale_dtype", .string("float16"))]))
+      case .asym(let b, let g, let pre):
+        w = .object(JSONObject([("format", .string("asym")), ("bits", .int(b)), ("group_size", .int(g ?? -1)),
+                                ("zero_point", .string(pre ? "pre_scale" : "post_scale")), ("scale_dtype", .string("float16"))]))
       case .progressive(let g, let p):
         w = .object(JSONObject([("format", .string("progressive")), ("bits", .int(4)), ("group_size", .int(g)), ("protective_range", .int(p)), ("zero_point", .string("post_scale")), ("scale_dtype", .string("float16, int8"))]))
       case .sym(let b):
@@ -72,7 +74,10 @@ public struct QuantizationConfig: Sendable, Equatable {
       guard let f = w["format"]?.string, let b = w["bits"]?.int, let g = w["group_size"]?.int else { throw bad("weight needs format, bits, group_size") }
       guard b >= 2 && b <= 8 else { throw bad("weight bits \(b) not supported") }
       switch f {
-      case "asym": weight = .asym(bits: b, group: g == -1 ? nil : g)
+      case "asym":
+        let zp = w["zero_point"]?.string ?? "post_scale"
+        guard zp == "post_scale" || zp == "pre_scale" else { throw bad("weight zero_point \(zp) (post_scale or pre_scale)") }
+        weight = .asym(bits: b, group: g == -1 ? nil : g, preScale: zp == "pre_scale")
       case "progressive":
         guard b == 4, g > 0, let p = w["protective_range"]?.int, p > 0, p <= 127 else { throw bad("progressive weights need bits 4, a group and protective_range") }
         weight = .progressive(group: g, protective: p)
@@ -227,9 +232,14 @@ public enum QuantizedCheckpoint {
     func f16(_ x: [Float]) -> Data { x.map { f32ToF16($0).littleEndian }.withUnsafeBytes { Data($0) } }
     func i8(_ x: [Float]) -> Data { Data(x.map { UInt8(bitPattern: Int8($0)) }) }
     switch q.format {
-    case .asym:
+    case .asym(_, _, let pre):
       blobs.append(TensorBlob(name: p + ".scales", dtype: .F16, shape: [out, ng], data: f16(q.scale)))
-      blobs.append(TensorBlob(name: p + ".zeros", dtype: .F16, shape: [out, ng], data: f16(q.zero)))
+      if pre {  // zero = zp·s exactly: store the integer zero point
+        blobs.append(TensorBlob(name: p + ".zeros", dtype: .U8, shape: [out, ng],
+                                data: Data(zip(q.zero, q.scale).map { UInt8(min(max(($0 / $1).rounded(), 0), 255)) })))
+      } else {
+        blobs.append(TensorBlob(name: p + ".zeros", dtype: .F16, shape: [out, ng], data: f16(q.zero)))
+      }
     case .progressive:
       blobs.append(TensorBlob(name: p + ".scales", dtype: .I8, shape: [out, ng], data: i8(q.scale)))
       blobs.append(TensorBlob(name: p + ".zeros", dtype: .I8, shape: [out, ng], data: i8(q.zero)))
@@ -265,9 +275,14 @@ public enum QuantizedCheckpoint {
       return try st.floats(p + name)
     }
     switch format {
-    case .asym:
+    case .asym(_, _, let pre):
+      let scale = try load(".scales", .F16, [out, ng])
+      guard pre else { return QuantizedWeight(format: format, outFeatures: out, inFeatures: inp, codes: codes,
+                                              scale: scale, zero: try load(".zeros", .F16, [out, ng]), rowScale: []) }
+      let zp = try load(".zeros", .U8, [out, ng])
+      guard zp.allSatisfy({ $0 <= Float(qmax) }) else { throw QoQError("\(what).zeros: zero point exceeds \(format.bits) bits") }
       return QuantizedWeight(format: format, outFeatures: out, inFeatures: inp, codes: codes,
-                             scale: try load(".scales", .F16, [out, ng]), zero: try load(".zeros", .F16, [out, ng]), rowScale: [])
+                             scale: scale, zero: zip(zp, scale).map { $0 * $1 }, rowScale: [])
     case .progressive:
       let s2 = try load(".scales", .I8, [out, ng])
       guard s2.allSatisfy({ $0 >= 1 && $0 <= 127 }) else { throw QoQError("\(what).scales: s2 must be in 1…127") }
@@ -332,7 +347,7 @@ extension QuantizedCheckpoint {
   public static func tensorsForCache(module m: String, _ q: QuantizedWeight) -> [TensorBlob] {
     let (kind, bits, group, prot): (Int32, Int32, Int32, Int32)
     switch q.format {
-    case .asym(let b, let g): (kind, bits, group, prot) = (0, Int32(b), Int32(g ?? -1), 0)
+    case .asym(let b, let g, let pre): (kind, bits, group, prot) = (pre ? 3 : 0, Int32(b), Int32(g ?? -1), 0)
     case .progressive(let g, let p): (kind, bits, group, prot) = (1, 4, Int32(g), Int32(p))
     case .sym(let b): (kind, bits, group, prot) = (2, Int32(b), -1, 0)
     }
@@ -354,7 +369,7 @@ extension QuantizedCheckpoint {
       guard f.count == 6 else { throw QoQError("\(st.path): bad cached format for \(m)") }
       let format: WeightFormat
       switch f[0] {
-      case 0: format = .asym(bits: f[1], group: f[2] == -1 ? nil : f[2])
+      case 0, 3: format = .asym(bits: f[1], group: f[2] == -1 ? nil : f[2], preScale: f[0] == 3)
       case 1: format = .progressive(group: f[2], protective: f[3])
       case 2: format = .sym(bits: f[1])
       default: throw QoQError("\(st.path): unknown cached format \(f[0])")

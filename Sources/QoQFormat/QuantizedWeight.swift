@@ -4,8 +4,10 @@ import QoQIO
 
 /// How a weight is quantized.
 public enum WeightFormat: Sendable, Equatable, CustomStringConvertible {
-  /// uint-b, asymmetric, post-scale zero, fp16 scale and zero; `group` nil = one group per output channel.
-  case asym(bits: Int, group: Int?)
+  /// uint-b, asymmetric, fp16 scale; `group` nil = one group per output channel. PostScale (deepcompressor's default):
+  /// a real fp16 zero in value units, ŵ = q·s − z. `preScale`: an integer zero point zp in code units, ŵ = (q − zp)·s
+  /// (deepcompressor's PreScale; what compressed-tensors, GPTQ and AWQ's integer qzeros store).
+  case asym(bits: Int, group: Int?, preScale: Bool = false)
   /// QoQ progressive: fp16 per-channel s1 with protective range P, then uint4 groups with int8 s2 and integer z.
   case progressive(group: Int, protective: Int)
   /// sint-b symmetric per output channel (SmoothQuant W8): s = fp16(max|w|/(2^(b−1)−1)).
@@ -13,7 +15,7 @@ public enum WeightFormat: Sendable, Equatable, CustomStringConvertible {
 
   public var description: String {
     switch self {
-    case .asym(let b, let g): return "uint\(b)-asym-\(g.map { "g\($0)" } ?? "per-channel")"
+    case .asym(let b, let g, let pre): return "uint\(b)-asym-\(g.map { "g\($0)" } ?? "per-channel")\(pre ? "-prescale" : "")"
     case .progressive(let g, let p): return "progressive-uint4-g\(g)-P\(p)"
     case .sym(let b): return "sint\(b)-sym-per-channel"
     }
@@ -22,7 +24,7 @@ public enum WeightFormat: Sendable, Equatable, CustomStringConvertible {
   /// Group width along the input for a layer with `inFeatures` inputs.
   public func groupSize(_ inFeatures: Int) -> Int {
     switch self {
-    case .asym(_, let g): return g ?? inFeatures
+    case .asym(_, let g, _): return g ?? inFeatures
     case .progressive(let g, _): return g
     case .sym: return inFeatures
     }
@@ -30,7 +32,7 @@ public enum WeightFormat: Sendable, Equatable, CustomStringConvertible {
 
   public var bits: Int {
     switch self {
-    case .asym(let b, _), .sym(let b): return b
+    case .asym(let b, _, _), .sym(let b): return b
     case .progressive: return 4
     }
   }

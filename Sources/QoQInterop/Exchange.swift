@@ -28,7 +28,9 @@ public enum Interop {
     var warnings: [String] = []
     switch wf {
     case .progressive(let g, _): if g != 128 { warnings.append("QServe's per-group kernels use groups of 128; this checkpoint has \(g)") }
-    case .asym(let b, let g): guard b == 4, g == nil else { throw QoQError("\(src): QServe takes progressive g128 or per-channel uint4 weights, not \(wf)") }
+    case .asym(let b, let g, let pre): guard b == 4, g == nil, !pre else {
+      throw QoQError("\(src): QServe takes progressive g128 or per-channel uint4 weights with PostScale (fp16) zeros, not \(wf)")
+    }
     case .sym: throw QoQError("\(src): W8A8 export to QServe is not supported (\(wf))")
     }
     if q.kvKeyCenter {
@@ -76,8 +78,8 @@ public enum Interop {
   public static func exportTinyChat(from src: String, to dst: String, overwrite: Bool) throws {
     try OutputFolder.check(dst, force: overwrite, inputs: [src])
     let (c, q, st) = try open(src)
-    guard case .asym(4, let g?) = q.weight, g == 128 else {
-      throw QoQError("\(src): TinyChat takes uint4 asymmetric weights in groups of 128 (W4A16 g128), not \(q.weight.map { "\($0)" } ?? "FP")")
+    guard case .asym(4, let g?, false) = q.weight, g == 128 else {
+      throw QoQError("\(src): TinyChat takes uint4 asymmetric weights in groups of 128 (W4A16 g128, PostScale zeros), not \(q.weight.map { "\($0)" } ?? "FP")")
     }
     if q.actBits != nil { throw QoQError("\(src): TinyChat runs W4A16; this checkpoint quantizes activations too") }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to tinychat") { tmp in

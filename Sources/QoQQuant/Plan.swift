@@ -84,8 +84,10 @@ public struct QuantPlan: Sendable {
           guard zp == nil, g == -1 else { throw bad("signed weights are supported symmetric and per channel (SmoothQuant W8)") }
           weightFormat = .sym(bits: b)
         } else {
-          guard zp == "PostScale" else { throw bad("quant.wgts.zero_point \(zp ?? "null") is not supported for unsigned weights (PostScale)") }
-          weightFormat = .asym(bits: b, group: g == -1 ? nil : g)
+          guard zp == "PostScale" || zp == "PreScale" else {
+            throw bad("quant.wgts.zero_point \(zp ?? "null") is not supported for unsigned weights (PostScale or PreScale)")
+          }
+          weightFormat = .asym(bits: b, group: g == -1 ? nil : g, preScale: zp == "PreScale")
         }
       } else if shapes.count == 2 {
         guard !signed, b == 4, shapes[0][1] == -1, shapes[1][1] > 0, zp == "PostScale",

@@ -26,14 +26,14 @@ public struct WeightQuantizer: Sendable {
     var rs = [Float]()
     let qm: Float
     switch format {
-    case .asym(let b, _):
+    case .asym(let b, _, let pre):
       let qmax = Float((1 << b) - 1)
       qm = qmax
       w.withUnsafeBufferPointer { wb in
         for o in 0..<out {
           for g in 0..<ng {
             let lo = g * gs, n = min(gs, inp - lo)
-            let p = AsymGroupQuant(range: UnsafeBufferPointer(rebasing: wb[(o * inp + lo)..<(o * inp + lo + n)]), qmax: qmax, ratio: ratio(o, g))
+            let p = AsymGroupQuant(range: UnsafeBufferPointer(rebasing: wb[(o * inp + lo)..<(o * inp + lo + n)]), qmax: qmax, ratio: ratio(o, g), preScale: pre)
             sc[o * ng + g] = p.scale; zr[o * ng + g] = p.zero
           }
         }
@@ -87,9 +87,10 @@ public struct WeightQuantizer: Sendable {
   @inline(__always) public func quantize(_ x: Float, row o: Int, column i: Int) -> (code: UInt8, value: Float) {
     let g = o * groups + i / groupSize
     switch format {
-    case .asym:
+    case .asym(_, _, let pre):
       let s = scale[g], z = zero[g]
-      let q = min(max(rne((x + z) / s), 0), qmax)
+      // PreScale: z = zp·s exactly, so z / s is the integer zero point.
+      let q = min(max(rne(pre ? x / s + z / s : (x + z) / s), 0), qmax)
       return (UInt8(q), q * s - z)
     case .progressive(_, let p):
       let s = scale[g], z = zero[g], xc = min(max(x, -Float(p)), Float(p))

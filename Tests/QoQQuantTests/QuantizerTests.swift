@@ -17,6 +17,21 @@ import QoQTestSupport
     #expect(q.dequantized() == [0 * s - 1, 5 * s - 1, 8 * s - 1, 15 * s - 1])
   }
 
+  @Test func preScaleHandComputed() {
+    // deepcompressor's PreScale: s = fp16(3/15), zp = round(1/s) = round(5.0012) = 5, q = clamp(round(w/s + zp)),
+    // ŵ = (q − zp)·s; the zero is held as zp·s (exact in fp32). PostScale on the same row gives z = 1 (above).
+    let w: [Float] = [-1, 0, 0.5, 2]
+    let s: Float = 0.199951171875
+    let qz = WeightQuantizer(weight: w, out: 1, inp: 4, format: .asym(bits: 4, group: nil, preScale: true))
+    #expect(qz.scale == [s] && qz.zero == [5 * s])
+    let q = qz.rtn(w)
+    #expect(q.codes == [0, 5, 8, 15])
+    #expect(q.dequantized() == [-5 * s, 0, 3 * s, 10 * s])
+    let plan = try? QuantPlan(try Recipe.load(files: [recipesDir + "/rtn-w4a16-g128.yaml"], flags: ["--wgts-zero-point", "PreScale"]))
+    #expect(plan?.weightFormat == .asym(bits: 4, group: 128, preScale: true))
+    #expect(throws: QoQError.self) { try QuantPlan(try Recipe.load(files: [recipesDir + "/rtn-w4a16-g128.yaml"], flags: ["--wgts-zero-point", "Mid"])) }
+  }
+
   @Test func roundHalfToEvenAndZeroScale() {
     // Range [0, 15] → s = 1, z = 0: 2.5 → 2 and 3.5 → 4 (ties to even).
     let w: [Float] = [0, 2.5, 3.5, 15]
