@@ -10,7 +10,9 @@ transformers and compressed-tensors; not used by CI).
 Usage: check_compressed_tensors.py OUR_CKPT EXPORT_DIR TOKENS.i32.bin OUR_PPL [WINDOWS]
 Prints one JSON object.
 """
-import json, math, sys, time
+import json, math, os, sys, time
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np
 import torch
@@ -55,8 +57,13 @@ for m in modules:
     n_exact += int(d == 0)
 
 t0 = time.time()
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(ct_dir, torch_dtype=torch.float32)
+from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+# dequantize=True: compressed-tensors' decompressor runs on every checkpoint weight at load. (transformers 5.25 with
+# compressed-tensors 0.20.1 builds the compressed skeleton with an unpacked weight_zero_point, (out, groups), and then
+# refuses the packed (out/8, groups) tensor that compressed-tensors' own compress() writes: the default load fails the
+# same way for llm-compressor's asymmetric checkpoints.)
+model = AutoModelForCausalLM.from_pretrained(ct_dir, dtype=torch.float32,
+                                             quantization_config=CompressedTensorsConfig(dequantize=True))
 model.eval()
 load_s = time.time() - t0
 ids = np.fromfile(tokens_path, dtype="<i4")
