@@ -127,11 +127,7 @@ extension Interop {
       var cfg = try JSON.parse(c.jsonData(), what: "config")
       if var o = cfg.object { o["quantization_config"] = .object(qcfg); cfg = .object(o) }
       try atomicWrite(tmp + "/config.json", data: Data(JSON.serialize(cfg, pretty: true).utf8))
-      let fm = FileManager.default
-      for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja"]
-      where fm.fileExists(atPath: src + "/" + f) {
-        try fm.copyItem(atPath: src + "/" + f, toPath: tmp + "/" + f)
-      }
+      try copyTokenizerFiles(from: src, to: tmp)
     }
     return warnings
   }

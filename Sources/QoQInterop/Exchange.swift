@@ -130,8 +130,13 @@ public enum Interop {
       cfg = .object(o)
     }
     try atomicWrite(dst + "/config.json", data: Data(JSON.serialize(cfg, pretty: true).utf8))
+    try copyTokenizerFiles(from: src, to: dst)
+  }
+
+  /// Tokenizer, generation config and chat template files beside a checkpoint, copied when present.
+  static func copyTokenizerFiles(from src: String, to dst: String) throws {
     let fm = FileManager.default
-    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model"]
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja"]
     where fm.fileExists(atPath: src + "/" + f) {
       try fm.copyItem(atPath: src + "/" + f, toPath: dst + "/" + f)
     }

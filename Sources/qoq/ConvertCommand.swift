@@ -15,7 +15,7 @@ struct ConvertCommand: ParsableCommand {
   @Option(name: [.short, .long], help: "Output folder.") var output: String
   @Option(help: "GGUF: stored weight type f32, f16 or bf16 (dequantized GGUF weights are exact only in f32).")
   var dtype: String = "f32"
-  @Option(help: "Export our quantized checkpoint: qserve (W4A8 progressive g128 or per-channel), tinychat (W4A16 g128) or compressed-tensors (vLLM/SGLang: W4A16 PreScale, W8A8).")
+  @Option(help: "Export our quantized checkpoint: qserve (W4A8 progressive g128 or per-channel), tinychat (W4A16 g128), compressed-tensors (vLLM/SGLang: W4A16 PreScale, W8A8) or mlx (mlx-lm affine, groups 32/64/128).")
   var to: String?
   @Option(help: "Import into our format: deepcompressor (model.pt + scale.pt; needs --config-from) or qserve.")
   var from: String?
@@ -34,7 +34,9 @@ struct ConvertCommand: ParsableCommand {
       throw ValidationError("--dtype must be one of \(ConvertDType.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     guard to == nil || from == nil else { throw ValidationError("give --to or --from, not both") }
-    if let t = to, !["qserve", "tinychat", "compressed-tensors"].contains(t) { throw ValidationError("--to must be qserve, tinychat or compressed-tensors") }
+    if let t = to, !["qserve", "tinychat", "compressed-tensors", "mlx"].contains(t) {
+      throw ValidationError("--to must be qserve, tinychat, compressed-tensors or mlx")
+    }
     if let f = from, !["deepcompressor", "qserve"].contains(f) { throw ValidationError("--from must be deepcompressor or qserve") }
     if from == "deepcompressor" && configFrom == nil { throw ValidationError("--from deepcompressor needs --config-from HF_FOLDER (config and tokenizer)") }
     if let o = s2Order, S2Order(rawValue: o) == nil { throw ValidationError("--s2-order must be qserve or deepcompressor") }
@@ -59,6 +61,8 @@ struct ConvertCommand: ParsableCommand {
       case ("tinychat", _): try Interop.exportTinyChat(from: input, to: output, overwrite: force)
       case ("compressed-tensors", _):
         for w in try Interop.exportCompressedTensors(from: input, to: output, overwrite: force) { note("note: \(w)") }
+      case ("mlx", _):
+        for w in try Interop.exportMLX(from: input, to: output, overwrite: force) { note("note: \(w)") }
       case (_, "deepcompressor"):
         try Interop.importDeepCompressor(quantPath: input, configFrom: configFrom!, to: output, runtime: runtime, overwrite: force)
       case (_, "qserve"): try Interop.importQServe(path: input, to: output, order: order, runtime: runtime, overwrite: force)
