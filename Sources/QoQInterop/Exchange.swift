@@ -69,7 +69,12 @@ public enum Interop {
       try SafeTensorsWriter.write(blobs, metadata: ["format": "pt", "qoq_exported_to": "qserve", "qoq_s2_order": order.rawValue,
                                                     "qoq_group_size": "\(wf.groupSize(1 << 20) == 1 << 20 ? -1 : wf.groupSize(1 << 20))"],
                                   to: tmp + "/model.safetensors")
-      try copySideFiles(from: src, to: tmp, config: c, quantization: q, note: "qserve")
+      // SGLang's QoQ loader (python/sglang/srt/layers/quantization/qoq.py, QoQConfig.from_config) reads
+      // quant_method "qoq", "wbits" and "group_size" (128, or -1 per channel) from this block; our own method name
+      // stays in "qoq_method".
+      let g = wf.groupSize(1 << 20) == 1 << 20 ? -1 : wf.groupSize(1 << 20)
+      try copySideFiles(from: src, to: tmp, config: c, quantization: q, note: "qserve",
+                        extra: [("quant_method", .string("qoq")), ("qoq_method", .string(q.method)), ("wbits", .int(4)), ("group_size", .int(g))])
     }
     return warnings
   }
@@ -120,12 +125,17 @@ public enum Interop {
     return (try LlamaConfiguration.load(path: cfg), try QuantizationConfig(json: qj, what: cfg), try CheckpointWeights(folder: src))
   }
 
-  /// config.json (with the quantization block, marking the target format) and tokenizer files.
-  static func copySideFiles(from src: String, to dst: String, config c: LlamaConfiguration, quantization q: QuantizationConfig, note: String) throws {
+  /// config.json (with the quantization block, marking the target format, plus `extra` keys) and tokenizer files.
+  static func copySideFiles(from src: String, to dst: String, config c: LlamaConfiguration, quantization q: QuantizationConfig, note: String,
+                            extra: [(String, JSONValue)] = []) throws {
     var cfg = try JSON.parse(c.jsonData(), what: "config")
     if var o = cfg.object {
       var qj = q.json
-      if var qo = qj.object { qo["packed_for"] = .string(note); qj = .object(qo) }
+      if var qo = qj.object {
+        qo["packed_for"] = .string(note)
+        for (k, v) in extra { qo[k] = v }
+        qj = .object(qo)
+      }
       o["quantization_config"] = qj
       cfg = .object(o)
     }

@@ -134,6 +134,18 @@ func weights(_ path: String) throws -> [String: QuantizedWeight] {
       _ = try Interop.exportQServe(from: src, to: q, order: order, allowUnfoldedNorms: false, overwrite: false)
       let st = try SafeTensorsFile(path: q + "/model.safetensors")
       #expect(try st.info("model.layers.0.mlp.down_proj.qweight").dtype == .I8)
+      // What SGLang's QoQ loader reads (qoq.py: QoQConfig.from_config and QoQLinearMethod.create_weights).
+      let qc = try JSON.parseFile(q + "/config.json")["quantization_config"]!
+      let g: Int = { if case .progressive(let g, _) = format { return g }; return -1 }()
+      #expect(qc["quant_method"]?.string == "qoq" && qc["wbits"]?.int == 4 && qc["group_size"]?.int == g)
+      let m = "model.layers.1.mlp.down_proj", (o, i) = (c.hiddenSize, c.intermediateSize)
+      #expect(try st.info(m + ".qweight").shape == [o, i / 2] && st.info(m + ".s1_scales").shape == [o] && st.info(m + ".s1_scales").dtype == .F16)
+      if g > 0 {
+        #expect(try st.info(m + ".s2_scales").shape == [i / g, o] && st.info(m + ".s2_zeros").shape == [i / g, o])
+        #expect(try st.info(m + ".s2_scales").dtype == .I8 && st.info(m + ".s2_zeros").dtype == .I8)
+      } else {
+        #expect(try st.info(m + ".s1_szeros").shape == [o] && st.info(m + ".s1_szeros").dtype == .F16)
+      }
       try Interop.importQServe(path: q, to: back, order: nil, runtime: RuntimeQuantization(), overwrite: false)
       let again = try weights(back)
       for (m, w) in orig {
