@@ -9,12 +9,12 @@
 # checkpoint's config.json: packed 4-bit codes + group parameters + the int8 LM head) × tokens/s over the read
 # bandwidth `qoq bench --kernels` measures.
 # Usage: bench_size.sh LABEL QOQ_CHECKPOINT LLAMA_Q4_0.gguf   (env: SAMPLES, THREADS, PP, TG, INPUT, OUTPUT, BATCHES,
-# INT4_HEAD=1: the engine also with its int4 LM head, as a second qoq column)
+# INT4_HEAD=1: the engine also with its int4 LM head, as a second qoq column; REPEATS: qoq bench --repeats, default 2)
 # Writes $OUT/LABEL.jsonl (one JSON object per measurement) and prints the Markdown table (report_size.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LABEL=$1 CKPT=$2 GGUF=$3
-SAMPLES=${SAMPLES:-5} THREADS=${THREADS:-2} PP=${PP:-512} TG=${TG:-128}
+SAMPLES=${SAMPLES:-5} THREADS=${THREADS:-2} PP=${PP:-512} TG=${TG:-128} REPEATS=${REPEATS:-2}
 INPUT=${INPUT:-128} OUTPUT=${OUTPUT:-64} BATCHES=${BATCHES:-1,4,16}
 OUT=${QOQ_SIZE_OUT:-$HOME/.cache/qoq/bench-size}; mkdir -p "$OUT"
 BIN=$(bash scripts/bench/setup_llamacpp_native.sh)
@@ -29,9 +29,9 @@ echo "{\"label\": \"$LABEL\", \"checkpoint\": \"$CKPT\", \"gguf\": \"$GGUF\", \"
 "$QOQ" bench --kernels --repeats 3 --json 2>/dev/null | rec kernels 0
 for r in $(seq 1 "$SAMPLES"); do
   echo "round $r/$SAMPLES" >&2
-  "$QOQ" bench --engine -m "$CKPT" --lm-head int8 --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats 2 --json 2>/dev/null | rec qoq "$r"
+  "$QOQ" bench --engine -m "$CKPT" --lm-head int8 --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats "$REPEATS" --json 2>/dev/null | rec qoq "$r"
   if [ -n "${INT4_HEAD:-}" ]; then
-    "$QOQ" bench --engine -m "$CKPT" --lm-head int4 --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats 2 --json 2>/dev/null | rec qoq-int4 "$r"
+    "$QOQ" bench --engine -m "$CKPT" --lm-head int4 --pp "$PP" --tg "$TG" --input-len "$INPUT" --output-len "$OUTPUT" --batches "$BATCHES" --repeats "$REPEATS" --json 2>/dev/null | rec qoq-int4 "$r"
   fi
   for kv in f16 q4_0; do
     "$BIN/llama-bench" -m "$GGUF" -t "$THREADS" -p "$PP" -n "$TG" -r 1 -fa 1 -ctk "$kv" -ctv "$kv" -o json 2>/dev/null | rec "llamacpp-bench-$kv" "$r"
