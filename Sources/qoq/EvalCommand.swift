@@ -14,6 +14,8 @@ struct EvalCommand: ParsableCommand {
 
   @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(help: "WikiText-2 raw test file (wiki.test.raw).") var dataset: String = "../shared/data/wikitext-2-raw/wiki.test.raw"
+  @Option(help: "Dataset format: auto (.jsonl → jsonl; .raw or a WikiText heading → wikitext; else text), wikitext, text or jsonl.")
+  var datasetFormat: String = "auto"
   @Option(help: "Window length in tokens.") var seqLen: Int = 2048
   @Option(help: "Score only the first N windows.") var maxWindows: Int?
   @Option(name: .customLong("protocol"), help: "gptq (HF rows joined by \\n\\n, full windows) or llamacpp (second half of each chunk).")
@@ -33,6 +35,9 @@ struct EvalCommand: ParsableCommand {
   func validate() throws {
     guard PerplexityProtocol(rawValue: proto) != nil else { throw ValidationError("--protocol must be gptq or llamacpp") }
     guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2") }
+    guard datasetFormat == "auto" || DatasetFormat(rawValue: datasetFormat) != nil else {
+      throw ValidationError("--dataset-format must be auto, wikitext, text or jsonl")
+    }
     if let m = maxWindows, m <= 0 { throw ValidationError("--max-windows must be positive") }
     guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16, int8 or int4") }
     if let b = kvBits, ![4, 8, 16].contains(b) { throw ValidationError("--kv-bits must be 4, 8 or 16") }
@@ -67,17 +72,15 @@ struct EvalCommand: ParsableCommand {
     try runReportingErrors {
       if !tasks.isEmpty { try runTasks(); return }
       let p = PerplexityProtocol(rawValue: proto)!
-      guard let raw = try? String(contentsOfFile: dataset, encoding: .utf8) else {
-        throw QoQError("\(dataset): cannot read the dataset (pass --dataset PATH to wiki.test.raw)")
-      }
+      let data = try EvalDataset(path: dataset, format: DatasetFormat(rawValue: datasetFormat))
       // Opened once; the engine packs the checkpoint itself, the reference path builds the (fake-quantized) model.
       var ckpt = try ModelCheckpoint.open(modelPath)
       if let b = kvBits { ckpt = try ckpt.withKVBits(b == 16 ? nil : b) }
       if let q = ckpt.quantization {
         note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
       }
-      let tokens = try perplexityTokens(raw: raw, tokenizer: ckpt.tokenizer, proto: p)
-      note("evaluating wikitext-2 (\(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
+      let tokens = try data.tokens(ckpt.tokenizer, proto: p)
+      note("evaluating \(dataset) (\(data.format.rawValue) text, \(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
       let evaluator: PerplexityEvaluator
       if engine {
         let m = try EngineModel.load(ckpt, lmHead: LMHeadPrecision(rawValue: lmHead)!)
@@ -95,7 +98,8 @@ struct EvalCommand: ParsableCommand {
       Progress.done()
       if json {
         let o = JSONObject([
-          ("model", .string(modelPath)), ("protocol", .string(p.rawValue)), ("seq_len", .int(seqLen)),
+          ("model", .string(modelPath)), ("dataset", .string(dataset)), ("dataset_format", .string(data.format.rawValue)),
+          ("protocol", .string(p.rawValue)), ("seq_len", .int(seqLen)),
           ("path", .string(engine ? "engine" : "reference")), ("lm_head", engine ? .string(lmHead) : .null),
           ("kv_bits", ckpt.quantization.map { q in q.kvBits.map { .int($0) } ?? .int(16) } ?? .null),
           ("windows", .int(r.windows)), ("windows_available", .int(r.windowsAvailable)), ("tokens", .int(r.totalTokens)),
@@ -108,7 +112,7 @@ struct EvalCommand: ParsableCommand {
         }
         print(JSON.serialize(.object(out), pretty: true))
       } else {
-        print("wikitext-2 \(p.rawValue) seq_len=\(seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity)) ± \(String(format: "%.4f", r.standardError))  (\(String(format: "%.1f", r.seconds)) s, \(String(format: "%.2f", r.seconds / Double(r.windows))) s/window)")
+        print("\(data.format == .wikitext ? "wikitext-2" : (dataset as NSString).lastPathComponent) \(p.rawValue) seq_len=\(seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity)) ± \(String(format: "%.4f", r.standardError))  (\(String(format: "%.1f", r.seconds)) s, \(String(format: "%.2f", r.seconds / Double(r.windows))) s/window)")
       }
     }
   }

@@ -120,8 +120,9 @@ struct QuantizeCommand: ParsableCommand {
       if !skipEval {
         // Evaluated from the checkpoint itself, as `qoq eval` would load it.
         let ckpt = try ModelCheckpoint.open(evalFolder)
-        guard let raw = try? String(contentsOfFile: plan.evalDataset, encoding: .utf8) else { throw QoQError("\(plan.evalDataset): cannot read") }
-        let tokens = try perplexityTokens(raw: raw, tokenizer: out.tokenizer, proto: .gptq)
+        let data = try EvalDataset(path: plan.evalDataset)
+        note("evaluating \(plan.evalDataset) (\(data.format.rawValue) text, gptq protocol)")
+        let tokens = try data.tokens(out.tokenizer, proto: .gptq)
         func evaluate(_ q: QuantizationConfig, _ label: String) throws -> PerplexityResult {
           let r = try PerplexityEvaluator(model: try q.fakeQuantModel(config: ckpt.config, weights: ckpt.weights))
             .evaluate(tokens: tokens, seqLen: plan.evalSeqLen, maxWindows: plan.evalWindows > 0 ? plan.evalWindows : nil) { w, n, ppl in
