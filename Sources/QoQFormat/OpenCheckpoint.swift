@@ -29,7 +29,9 @@ public final class ModelCheckpoint: @unchecked Sendable {
     self.quantization = quantization; self.folder = folder; self.gguf = gguf
   }
 
-  public static func open(_ path: String) throws -> ModelCheckpoint {
+  /// `path`: a folder, a .gguf file, or a Hugging Face id (ORG/NAME[@REVISION]) found in the hub cache (HubCache).
+  public static func open(_ given: String) throws -> ModelCheckpoint {
+    let path = try HubCache.resolve(given)
     let src = try ModelLoader.open(path: path)
     guard let st = src.folder else {
       return ModelCheckpoint(path: path, kind: .gguf, config: src.config, tokenizer: src.tokenizer, weights: src.weights,

@@ -61,8 +61,9 @@ struct QuantizeCommand: ParsableCommand {
       var i = 0
       while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
       let recipe = try Recipe.load(files: files, flags: Array(args[i...]))
-      let modelPath = try ModelName.resolve(path: try recipe.string("model.path"), name: try recipe.string("model.name"),
-                                            root: try recipe.string("model.root"))
+      let named = try ModelName.resolve(path: try recipe.string("model.path"), name: try recipe.string("model.name"),
+                                        root: try recipe.string("model.root"))
+      let modelPath = try HubCache.resolve(named)  // a Hugging Face id (ORG/NAME) found in the hub cache
       guard FileManager.default.fileExists(atPath: modelPath) else { throw QoQError("model \(modelPath) does not exist") }
       let save = try recipe.string("save_model") ?? ""
       if save == "true" || save == "default" { throw QoQError("--save-model takes a folder path") }
