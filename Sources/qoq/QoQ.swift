@@ -12,6 +12,10 @@ struct QoQ: AsyncParsableCommand {
     if ProcessInfo.processInfo.environment["QOQ_REPORT_PEAK_RSS"] == "1" {
       atexit { FileHandle.standardError.write(Data("peak_rss_kb=\(Int(peakRSSGB() * 1_048_576))\n".utf8)) }
     }
+    if let message = unknownSubcommandMessage(Array(CommandLine.arguments.dropFirst())) {
+      FileHandle.standardError.write(Data((message + "\n").utf8))
+      Foundation.exit(2)
+    }
     do {
       var command = try parseAsRoot()
       if var asyncCommand = command as? AsyncParsableCommand { try await asyncCommand.run() } else { try command.run() }
@@ -26,6 +30,30 @@ struct QoQ: AsyncParsableCommand {
     version: "qoq (kernels: \(kernelISA))",
     subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self, TableCommand.self,
                   BenchCommand.self, ServeCommand.self, SynthCommand.self])
+}
+
+/// `qoq genrate …` → "unknown command 'genrate'. Did you mean 'generate'?" (ArgumentParser alone would complain about
+/// the first option instead). nil when the first argument is an option or a known command.
+func unknownSubcommandMessage(_ args: [String]) -> String? {
+  guard let first = args.first, !first.hasPrefix("-") else { return nil }
+  let names = QoQ.configuration.subcommands.compactMap { $0.configuration.commandName } + ["help"]
+  guard !names.contains(first) else { return nil }
+  let ranked = names.map { ($0, editDistance(first.lowercased(), $0)) }.sorted { $0.1 < $1.1 }
+  let hint = ranked[0].1 <= max(2, first.count / 3) ? " Did you mean '\(ranked[0].0)'?" : ""
+  return "error: unknown command '\(first)'.\(hint) Commands: \(names.joined(separator: ", "))."
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), for command suggestions.
+func editDistance(_ a: String, _ b: String) -> Int {
+  let x = Array(a), y = Array(b)
+  if x.isEmpty || y.isEmpty { return max(x.count, y.count) }
+  var prev = Array(0...y.count), cur = [Int](repeating: 0, count: y.count + 1)
+  for i in 1...x.count {
+    cur[0] = i
+    for j in 1...y.count { cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1)) }
+    swap(&prev, &cur)
+  }
+  return prev[y.count]
 }
 
 /// Runs a body and turns its errors into a clean exit with a one-line message (no stack trace, no Foundation dump).
