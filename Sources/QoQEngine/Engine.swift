@@ -66,7 +66,12 @@ public final class Engine {
   struct Request {
     var sampler: Sampler
     var stopIds: Set<Int32>
-    var emitted = ""    // text already reported
+    /// Text streamed so far, and its length in scalars.
+    var emitted = ""
+    var emittedScalars = 0
+    /// Decoded text not streamed yet: the trailing scalars that could still begin a stop string.
+    var pending = ""
+    var detokenizer = IncrementalDetokenizer()
     /// The request's stop strings, fed each step only the newly stable scalars (linear time in the text).
     var stopMatcher: StopStringMatcher
     var promptCount: Int
@@ -199,35 +204,34 @@ public final class Engine {
         events.append(.logprobs(id: ch.id, prompt: false, entries: [e]))
       }
       var reason: FinishReason? = scheduler.finishReason(of: ch.id)
-      if req.stopIds.contains(token) { reason = .stop }
-      let generated = scheduler.generated(of: ch.id) ?? []
-      var text = try decodeText(reason == .stop && req.stopIds.contains(token) ? Array(generated.dropLast()) : generated)
-      // Stop strings: only the scalars not yet fed go through the matcher; a trailing U+FFFD (a UTF-8 sequence still
-      // incomplete) waits for the next token unless the request ends now.
-      let scalars = text.unicodeScalars
-      var stableEnd = scalars.count
-      if reason == nil && text.hasSuffix("\u{FFFD}") { stableEnd -= 1 }
-      if stableEnd > req.stopMatcher.consumed {
-        let from = scalars.index(scalars.startIndex, offsetBy: req.stopMatcher.consumed)
-        let to = scalars.index(scalars.startIndex, offsetBy: stableEnd)
-        if let cut = req.stopMatcher.feed(scalars[from..<to]) {
-          text = String(scalars.prefix(cut)); reason = .stop
-        }
+      let stopToken = req.stopIds.contains(token)
+      if stopToken { reason = .stop }
+      let all = scheduler.tokens(of: ch.id) ?? []  // no copy: the generated ids are a slice of it
+      let generated = all[min(req.promptCount, all.count)...]
+      let textIds = stopToken ? generated.dropLast() : generated
+      // Only the new text is decoded and fed to the stop strings (linear in the length of the output).
+      let piece = try req.detokenizer.next(textIds, flush: reason != nil, decode: decodeText)
+      req.pending += piece
+      if !piece.isEmpty, let cut = req.stopMatcher.feed(piece.unicodeScalars) {
+        // The stop string starts at scalar `cut` of the whole text; it was held back, so it is in `pending`.
+        req.pending = String(req.pending.unicodeScalars.prefix(max(0, cut - req.emittedScalars)))
+        reason = .stop
       }
-      // Report only text that can no longer change: no trailing partial UTF-8, no possible stop-string prefix.
-      var stable = text
-      if reason == nil {
-        let drop = (scalars.count - stableEnd) + req.stopMatcher.holdback
-        if drop > 0 { stable = String(stable.unicodeScalars.dropLast(drop)) }
-      }
+      // Stream what can no longer change: all of it when the request ends, else all but a possible stop-string prefix.
+      let hold = reason == nil ? req.stopMatcher.holdback : 0
+      let waiting = req.pending.unicodeScalars.count
       var delta = ""
-      if stable.unicodeScalars.count > req.emitted.unicodeScalars.count, stable.hasPrefix(req.emitted) {
-        delta = String(stable.unicodeScalars.dropFirst(req.emitted.unicodeScalars.count)); req.emitted = stable
+      if waiting > hold {
+        delta = String(req.pending.unicodeScalars.prefix(waiting - hold))
+        req.pending = String(req.pending.unicodeScalars.dropFirst(waiting - hold))
+        req.emitted += delta
+        req.emittedScalars += waiting - hold
       }
+      let text = req.emitted
       events.append(.token(id: ch.id, token: token, text: delta))
       if let r = reason {
         if scheduler.finishReason(of: ch.id) == nil { scheduler.finish(id: ch.id, reason: r) }
-        let toks = r == .stop && req.stopIds.contains(token) ? Array(generated.dropLast()) : generated
+        let toks = Array(stopToken ? generated.dropLast() : generated)
         events.append(.finished(id: ch.id, reason: scheduler.finishReason(of: ch.id) ?? r, text: text, tokens: toks))
         requests[ch.id] = nil
         scheduler.forget(id: ch.id)
