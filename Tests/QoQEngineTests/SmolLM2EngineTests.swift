@@ -15,10 +15,18 @@ enum RealModel {
     let env = ProcessInfo.processInfo.environment
     return (env["QOQ_CACHE"] ?? (env["HOME"] ?? "/root") + "/.cache/qoq") + "/smollm2/hf"
   }
+  static var available: Bool { FileManager.default.fileExists(atPath: folder + "/model.safetensors") }
   static func require() -> Bool {
-    if FileManager.default.fileExists(atPath: folder + "/model.safetensors") { return true }
+    if available { return true }
     if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("SmolLM2 missing in CI: run scripts/setup.sh") }
     return false
+  }
+}
+
+extension Trait where Self == ConditionTrait {
+  /// Runs where the model is set up (and always in CI, where its absence fails the test); skipped visibly elsewhere.
+  static var needsSmolLM2: Self {
+    .enabled(if: RealModel.available || ProcessInfo.processInfo.environment["CI"] == "true", "needs SmolLM2: bash scripts/setup.sh")
   }
 }
 
@@ -37,7 +45,7 @@ enum RealModel {
   /// or KV code changes a few predictions of one short window), so the bound is 3× that measured sensitivity
   /// (at least 0.5%); a wrong scale, layout or mask moves it by far more. The stable, full-size check is the QoQ
   /// checkpoint over 8 × 2048 tokens in BENCHMARKS.md (engine within 0.3%).
-  @Test(arguments: ["w4a16kv4", "w8a8kv8", "w4a8kv4rot"])
+  @Test(.needsSmolLM2, arguments: ["w4a16kv4", "w8a8kv8", "w4a8kv4rot"])
   func engineMatchesFakeQuantOnSmolLM2(_ variant: String) async throws {
     guard RealModel.require() else { return }
     let (wantQ, pert, got) = try await onOwnThread { try Self.engineAndFakeQuant(variant) }
@@ -95,7 +103,7 @@ struct QuantizedPerturbed {
 
 extension SmolLM2EngineTests {
   /// The FP engine (fp32 linears, FP16 KV pages) on the real model equals the reference forward within 0.1%.
-  @Test func fpEngineMatchesReferenceOnSmolLM2() async throws {
+  @Test(.needsSmolLM2) func fpEngineMatchesReferenceOnSmolLM2() async throws {
     guard RealModel.require() else { return }
     let (got, want) = try await onOwnThread { try Self.fpEngineAndReference() }
     #expect(abs(got - want) / want < 0.001, "FP engine \(got) vs reference \(want)")

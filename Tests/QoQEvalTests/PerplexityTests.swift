@@ -37,9 +37,11 @@ import QoQTestSupport
   @Test func gptqTextIsTheHFJoin() throws {
     // Blank lines (" \n") become empty rows; rows keep their "\n"; rows are joined by "\n\n".
     #expect(wikitextGPTQText(raw: " \n = A = \n \n b c\n") == "\n\n = A = \n\n\n\n\n b c\n")
-    // The real file: pinned size and sha256 from ../shared/data/README.md.
+  }
+
+  /// The real file: pinned size and sha256 from ../shared/data/README.md.
+  @Test(.needsWikiText) func gptqTextOfTheRealFile() throws {
     let path = sharedData + "/wikitext-2-raw/wiki.test.raw"
-    guard FileManager.default.fileExists(atPath: path) else { return }
     let text = wikitextGPTQText(raw: try String(contentsOfFile: path, encoding: .utf8))
     #expect(text.utf8.count == 1_296_370)
     #expect(sha256Hex(Array(text.utf8)) == "696cca6b65a171b0a358a4be6732cdfdf2dd6164a32e20fd70e3c13fc4dfae83")

@@ -49,7 +49,8 @@ import Testing
   }
 
   /// The real SmolLM2 GGUF: shapes, types and value statistics equal gguf-py's (skipped without the model).
-  @Test func realSmolLM2Tensors() throws {
+  @Test(.enabled(if: smolGGUF != nil, "needs the SmolLM2 GGUF: bash scripts/setup.sh"))
+  func realSmolLM2Tensors() throws {
     guard let path = smolGGUF else { return }
     let g = try GGUFFile(path: path)
     let fx = try JSON.parseFile(fixturesRoot + "/gguf/smollm2_tensors.json")
