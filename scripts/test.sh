@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls exactly this): sets up the default model (the real-model tests need it),
 # runs the bounded fuzzer over every parser, the `openai` Python client against `qoq serve` (skipped if PyPI's
-# openai package cannot be installed), then the whole test suite.
+# openai package cannot be installed), then the whole test suite. Prints the wall time of each phase at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-QOQ_BUILD=debug bash scripts/setup.sh
-swift build --product qoq-fuzz
-"$(swift build --show-bin-path)/qoq-fuzz" --seconds "${QOQ_FUZZ_SECONDS:-30}"
-swift build --product qoq
-bash scripts/test_openai_client.sh
-swift test
+TIMES=()
+phase() {  # phase NAME COMMAND...: runs it and records its wall time
+  local name=$1 t0; shift
+  t0=$(date +%s)
+  "$@"
+  TIMES+=("$name: $(( $(date +%s) - t0 )) s")
+}
+phase "setup (model, debug build)" env QOQ_BUILD=debug bash scripts/setup.sh
+phase "fuzzer build" swift build --product qoq-fuzz
+phase "fuzzer" "$(swift build --show-bin-path)/qoq-fuzz" --seconds "${QOQ_FUZZ_SECONDS:-30}"
+phase "qoq build" swift build --product qoq
+phase "openai client" bash scripts/test_openai_client.sh
+phase "swift test" swift test
+echo "test.sh phases:"; printf '  %s\n' "${TIMES[@]}"
