@@ -15,17 +15,37 @@ public final class ThreadPool: @unchecked Sendable {
   /// Threads taking part (1 = caller only): QOQ_THREADS, else `availableCPUs()`.
   public private(set) var threads: Int
   private let generation = Atomic<Int>(0)
-  /// Workers done with the current generation.
-  private let finished = Atomic<Int>(0)
   /// Held by the caller currently using the workers; a second concurrent caller runs every part itself.
   private let busy = Atomic<Bool>(false)
-  private var job: ((Int) -> Void)?
-  /// Parts of the current job (workers with a higher index only report back).
-  private var parts = 0
+  /// The job of the current generation (guarded by `mutex`); workers keep a reference while they drain it.
+  private var current: Job?
   private var workers = 0
   private var mutex = pthread_mutex_t()
   private var cond = pthread_cond_t()
   private let spinLimit = 200_000
+
+  /// One parallel-for: parts are claimed from `next` by whichever thread is free (the caller included), so a worker
+  /// that the OS has not scheduled yet — a busy neighbour on the machine — delays nothing: the others take its parts
+  /// (issue #18). `body` is only called for claimed parts < count, and the caller returns only when all of them are
+  /// done, so a worker that wakes late finds nothing left to claim and never calls it.
+  private final class Job: @unchecked Sendable {
+    /// The caller's closure, on its stack: valid until every part is done (a raw pointer, so a late worker holding the
+    /// job holds no reference to it).
+    let body: UnsafeRawPointer
+    let count: Int
+    let next = Atomic<Int>(0)
+    let done = Atomic<Int>(0)
+    init(_ body: UnsafeRawPointer, count: Int) { self.body = body; self.count = count }
+    func drain() {
+      let f = body.assumingMemoryBound(to: ((Int) -> Void).self)
+      while true {
+        let p = next.add(1, ordering: .relaxed).oldValue
+        if p >= count { return }
+        f.pointee(p)
+        done.add(1, ordering: .releasing)
+      }
+    }
+  }
 
   public static let shared: ThreadPool = {
     let env = ProcessInfo.processInfo.environment["QOQ_THREADS"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil }
@@ -55,25 +75,25 @@ public final class ThreadPool: @unchecked Sendable {
     return max(1, n)
   }
 
-  private func startWorker(_ index: Int) {
+  private func startWorker() {
     var tid = pthread_t()
     // The worker starts from the generation current now (before the job that needed it is published), so a thread
     // that is scheduled late still sees that job.
-    let box = Unmanaged.passRetained(WorkerStart(pool: self, index: index, seen: generation.load(ordering: .acquiring))).toOpaque()
+    let box = Unmanaged.passRetained(WorkerStart(pool: self, seen: generation.load(ordering: .acquiring))).toOpaque()
     pthread_create(&tid, nil, { arg in
       let start = Unmanaged<WorkerStart>.fromOpaque(arg!).takeRetainedValue()
-      start.pool.workerLoop(start.index, seen: start.seen)
+      start.pool.workerLoop(seen: start.seen)
       return nil
     }, box)
     pthread_detach(tid)
   }
 
   private final class WorkerStart {
-    let pool: ThreadPool, index: Int, seen: Int
-    init(pool: ThreadPool, index: Int, seen: Int) { self.pool = pool; self.index = index; self.seen = seen }
+    let pool: ThreadPool, seen: Int
+    init(pool: ThreadPool, seen: Int) { self.pool = pool; self.seen = seen }
   }
 
-  private func workerLoop(_ index: Int, seen start: Int) {
+  private func workerLoop(seen start: Int) {
     var seen = start
     while true {
       var spins = 0
@@ -90,43 +110,56 @@ public final class ThreadPool: @unchecked Sendable {
         g = generation.load(ordering: .acquiring)
       }
       seen = g
-      if index < parts { job?(index) }
-      finished.add(1, ordering: .releasing)
+      pthread_mutex_lock(&mutex)
+      let job = current
+      pthread_mutex_unlock(&mutex)
+      job?.drain()
     }
   }
 
-  /// Runs body(t) for every t in 0..<threads: t = 0 on the caller, the others on the workers (or all on the caller
-  /// when single-threaded or when another thread is using the workers). Safe to call from several threads at once.
+  /// Runs body(t) for every t in 0..<threads, each exactly once (on the caller or a worker; all on the caller when
+  /// single-threaded or when another thread is using the workers). Safe to call from several threads at once.
   public func runAll(_ body: (Int) -> Void) { run(parts: threads, body) }
 
-  /// Runs body(t) for every t in 0..<n (n ≥ 1; workers are added as needed).
+  /// Runs body(t) for every t in 0..<n (n ≥ 1), each exactly once, at most `threads` at a time. Which thread runs
+  /// a part is not fixed: per-part scratch must be indexed by t (never by thread).
   public func run(parts n: Int, _ body: (Int) -> Void) {
-    if n < 2 || !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
+    if n < 2 || threads < 2 || !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
       for t in 0..<n { body(t) }
       return
     }
     defer { busy.store(false, ordering: .releasing) }
     // Workers are created once (the first time this many are needed) and live as long as the process.
-    while workers < n - 1 { workers += 1; startWorker(workers) }
-    let all = workers
+    while workers < min(n, threads) - 1 { workers += 1; startWorker() }
     withoutActuallyEscaping(body) { b in
-      job = b; parts = n
-      finished.store(0, ordering: .relaxed)
-      generation.add(1, ordering: .acquiringAndReleasing)
-      pthread_mutex_lock(&mutex)
-      pthread_cond_broadcast(&cond)
-      pthread_mutex_unlock(&mutex)
-      b(0)
-      while finished.load(ordering: .acquiring) != all { shim_pause() }
-      job = nil
+      let fn = b
+      withUnsafePointer(to: fn) { runJob(Job(UnsafeRawPointer($0), count: n)) }
     }
+  }
+
+  private func runJob(_ job: Job) {
+    pthread_mutex_lock(&mutex)
+    current = job
+    generation.add(1, ordering: .acquiringAndReleasing)
+    pthread_cond_broadcast(&cond)
+    pthread_mutex_unlock(&mutex)
+    job.drain()
+    // Parts claimed by workers: spin briefly, then yield the CPU (a worker may be waiting for it).
+    var spins = 0
+    while job.done.load(ordering: .acquiring) != job.count {
+      if spins < 4096 { shim_pause(); spins += 1 } else { sched_yield() }
+    }
+    pthread_mutex_lock(&mutex)
+    if current === job { current = nil }
+    pthread_mutex_unlock(&mutex)
   }
 }
 
 extension ThreadPool {
-  /// Splits 0..<count into one contiguous range per thread and runs body on each (empty ranges are skipped).
+  /// Splits 0..<count into contiguous ranges, four per thread so that a thread slowed by a neighbour leaves its
+  /// share to the others, and runs body on each (empty ranges are skipped). Each element is in exactly one range.
   public func parts(_ count: Int, _ body: (Range<Int>) -> Void) {
-    let n = threads
+    let n = max(1, threads < 2 ? 1 : min(count, threads * 4))
     run(parts: n) { t in
       let lo = count * t / n, hi = count * (t + 1) / n
       if lo < hi { body(lo..<hi) }

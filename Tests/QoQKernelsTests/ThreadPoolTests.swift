@@ -1,0 +1,73 @@
+import Foundation
+import CShim
+import Synchronization
+import Testing
+@testable import QoQKernels
+
+/// Per-slot counters (each slot is written only by the part that owns it; a part run twice would count 2).
+final class Slots: @unchecked Sendable {
+  let p: UnsafeMutablePointer<Int>, n: Int
+  init(_ n: Int) { self.n = n; p = .allocate(capacity: max(1, n)); p.initialize(repeating: 0, count: max(1, n)) }
+  deinit { p.deallocate() }
+  var all: [Int] { Array(UnsafeBufferPointer(start: p, count: n)) }
+}
+
+/// The pool hands parts to whichever thread is free (issue #18): every part runs exactly once, at most `threads` at a
+/// time, ranges cover every element once, and a part that stalls (a thread the OS does not schedule) leaves the
+/// remaining parts to the other threads.
+@Suite struct ThreadPoolTests {
+  @Test(arguments: [1, 2, 3, 5]) func everyPartRunsOnceAndConcurrencyIsBounded(_ threads: Int) {
+    let pool = ThreadPool(threads: threads)
+    for n in [1, 2, 3, 17, 129] {
+      let counts = Slots(n)
+      let active = Atomic<Int>(0), peak = Atomic<Int>(0)
+      pool.run(parts: n) { t in
+        let now = active.add(1, ordering: .acquiringAndReleasing).newValue
+        var p = peak.load(ordering: .relaxed)
+        while now > p, !peak.compareExchange(expected: p, desired: now, ordering: .relaxed).exchanged { p = peak.load(ordering: .relaxed) }
+        counts.p[t] += 1
+        for _ in 0..<200 { shim_pause() }
+        active.subtract(1, ordering: .acquiringAndReleasing)
+      }
+      #expect(counts.all == [Int](repeating: 1, count: n), "threads \(threads) parts \(n)")
+      #expect(peak.load(ordering: .relaxed) <= threads)
+    }
+  }
+
+  @Test(arguments: [1, 2, 5]) func rangesCoverEveryElementOnce(_ threads: Int) {
+    let pool = ThreadPool(threads: threads)
+    for count in [0, 1, 3, 17, 129, 1000] {
+      let hits = Slots(count)
+      pool.parts(count) { r in for i in r { hits.p[i] += 1 } }
+      #expect(hits.all == [Int](repeating: 1, count: count), "threads \(threads) count \(count)")
+    }
+  }
+
+  /// One part blocks until every other part has run: with parts claimed dynamically the other threads (the caller
+  /// included) take them all; with parts bound to threads this would deadlock whenever the blocked part held a thread
+  /// another part needed.
+  @Test func aStalledPartDoesNotHoldTheOthers() {
+    let pool = ThreadPool(threads: 2)
+    let n = 64
+    let done = Atomic<Int>(0)
+    pool.run(parts: n) { t in
+      if t == 0 {
+        while done.load(ordering: .acquiring) < n - 1 { shim_pause() }
+      }
+      done.add(1, ordering: .releasing)
+    }
+    #expect(done.load(ordering: .relaxed) == n)
+  }
+
+  /// Callers on several threads at once: one gets the workers, the others run their parts inline; all complete.
+  @Test func concurrentCallers() async {
+    final class Counter: Sendable { let v = Atomic<Int>(0) }
+    let pool = ThreadPool(threads: 3), total = Counter()
+    await withTaskGroup(of: Void.self) { g in
+      for _ in 0..<8 {
+        g.addTask { for _ in 0..<50 { pool.run(parts: 7) { _ in total.v.add(1, ordering: .relaxed) } } }
+      }
+    }
+    #expect(total.v.load(ordering: .relaxed) == 8 * 50 * 7)
+  }
+}
