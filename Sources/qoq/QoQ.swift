@@ -28,7 +28,8 @@ struct QoQ: AsyncParsableCommand {
     commandName: "qoq",
     abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",
     version: "qoq (kernels: \(kernelISA))",
-    subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self, TableCommand.self,
+    subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, ChatCommand.self, TokenizeCommand.self,
+                  TableCommand.self,
                   BenchCommand.self, ServeCommand.self, SynthCommand.self])
 }
 

@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import QoQEngine
+import QoQIO
+import QoQScheduler
+import QoQTokenizers
+
+/// `qoq chat -m MODEL`: a multi-turn conversation in the terminal (issue #16) with the model's own chat template,
+/// an optional system prompt, streamed answers and the speed of each. Lines are read from stdin, so it also runs under
+/// a pipe or a script: `/reset` starts over (the system prompt stays), `/exit` (or end of input) leaves.
+struct ChatCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "chat",
+    abstract: "Interactive chat with the model's chat template: streamed answers, /reset, /exit.")
+  @OptionGroup var threadsOption: ThreadsOption
+
+  @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.") var modelPath: String
+  @Option(help: "System prompt for the conversation.") var systemPrompt: String?
+  @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Most tokens per answer.") var maxTokens: Int = 512
+  @Option(help: "Sampling temperature (0 = greedy).") var temp: Float = 0.7
+  @Option(help: "Top-k (0 = off).") var topK: Int = 0
+  @Option(help: "Top-p nucleus (1 = off).") var topP: Float = 0.95
+  @Option(help: "Min-p (0 = off).") var minP: Float = 0
+  @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1
+  @Option(name: [.short, .long], help: "Random seed (answer i uses seed + i).") var seed: UInt64 = 0
+  @OptionGroup var engine: EngineArguments
+
+  func validate() throws {
+    guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
+  }
+
+  func run() throws {
+    threadsOption.apply()
+    try runReportingErrors {
+      let (model, tok) = try engine.loadModel(modelPath)
+      let e = try Engine(model: model, tokenizer: tok, options: engine.options)
+      let template = try ChatTemplate.forModel(path: modelPath) ?? ChatTemplate.chatML
+      let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
+      let vars: [String: TemplateValue] = ["bos_token": .string(bos), "eos_token": .string(eos)]
+      let system: [(role: String, content: String)] = systemPrompt.map { [("system", $0)] } ?? []
+      var history = system
+      var turn = 0
+      let interactive = isatty(0) != 0
+      note("chat with \(modelPath) (\(model.description)); /reset starts over, /exit leaves")
+      while true {
+        if interactive { FileHandle.standardOutput.write(Data("> ".utf8)) }
+        guard let line = readLine(strippingNewline: true) else { break }
+        let input = line.trimmingCharacters(in: .whitespaces)
+        if input.isEmpty { continue }
+        if input == "/exit" || input == "/quit" { break }
+        if input == "/reset" { history = system; note("(conversation reset)"); continue }
+        history.append(("user", line))
+        var ids = try template.encodeChat(history, tokenizer: tok, vars: vars).ids
+        // Keep the conversation within the context: drop the oldest turns (never the system prompt or this message).
+        while ids.count + maxTokens > model.config.maxPositionEmbeddings && history.count > system.count + 1 {
+          history.remove(at: system.count)
+          ids = try template.encodeChat(history, tokenizer: tok, vars: vars).ids
+        }
+        var p = SamplingParams()
+        p.temperature = temp; p.topK = topK; p.topP = topP; p.minP = minP; p.repetitionPenalty = repeatPenalty
+        p.seed = seed &+ UInt64(turn); p.maxTokens = maxTokens
+        turn += 1
+        let t0 = Date()
+        var first: Double?, count = 0, answer = ""
+        do {
+          _ = try e.add(prompt: ids, params: p)
+          _ = try e.runToCompletion { ev in
+            switch ev {
+            case .token(_, _, let delta):
+              if first == nil { first = Date().timeIntervalSince(t0) }
+              count += 1
+              FileHandle.standardOutput.write(Data(delta.utf8))
+            case .finished(_, _, let text, _): answer = text
+            case .rejected(_, let reason): note("rejected: \(reason)")
+            case .logprobs: break
+            }
+          }
+        } catch let err as QoQError {
+          note("error: \(err.message)")
+          history.removeLast()
+          continue
+        }
+        FileHandle.standardOutput.write(Data("\n".utf8))
+        history.append(("assistant", answer))
+        let dt = Date().timeIntervalSince(t0), ttft = first ?? dt
+        note(String(format: "[%d prompt tokens in %.2f s (%.1f tok/s); %d generated at %.1f tok/s]", ids.count, ttft,
+                    Double(ids.count) / max(ttft, 1e-9), count, Double(max(0, count - 1)) / max(dt - ttft, 1e-9)))
+      }
+    }
+  }
+}
