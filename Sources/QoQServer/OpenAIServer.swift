@@ -104,6 +104,12 @@ public enum OpenAIServer {
       if s.service.isDraining { throw APIError(503, "the server is shutting down", type: "unavailable_error") }
       return jsonResponse(.object(JSONObject([("status", .string("ok")), ("kernels", .string(kernelISA))])))
     }
+    router.get("/") { _, _ in
+      var headers = HTTPFields()
+      headers[.contentType] = "text/html; charset=utf-8"
+      headers[.contentSecurityPolicy] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
+      return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: ChatPage.html(model: s.options.modelId))))
+    }
     router.get("/health", use: health)
     router.get("/v1/health", use: health)
     router.get("/v1/models") { _, _ in
@@ -271,7 +277,8 @@ struct AuthMiddleware: RouterMiddleware {
   func handle(_ req: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
     guard let key else { return try await next(req, context) }
     let path = req.uri.path
-    if path == "/health" || path == "/v1/health" || (publicMetrics && path == "/metrics") { return try await next(req, context) }
+    // The chat page holds no secret (its API calls carry the key), so a browser can load it.
+    if path == "/" || path == "/health" || path == "/v1/health" || (publicMetrics && path == "/metrics") { return try await next(req, context) }
     var given: String?
     if let a = req.headers[.authorization] {
       let parts = a.split(separator: " ", maxSplits: 1)

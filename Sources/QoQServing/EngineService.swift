@@ -37,7 +37,13 @@ public final class EngineService: @unchecked Sendable {
     var firstToken: Date?
     var lastToken: Date?
     var cancelled = false
+    var promptTokens = 0
+    var generatedTokens = 0
   }
+
+  /// One line per finished request (id, outcome, tokens in and out, time to first token, decode speed, total time),
+  /// e.g. written to stderr by `qoq serve`; nil: no log. Called on the engine thread.
+  public var requestLog: (@Sendable (String) -> Void)?
 
   public init(engine: Engine, maxQueued: Int = 256, requestTimeout: TimeInterval? = nil) {
     self.engine = engine; self.maxQueued = maxQueued; self.requestTimeout = requestTimeout
@@ -114,6 +120,7 @@ public final class EngineService: @unchecked Sendable {
         do {
           let id = try engine.add(prompt: r.prompt, params: r.params, ignoreEOS: r.ignoreEOS, logprobs: r.logprobs)
           r.ticket.engineId = id
+          r.ticket.promptTokens = r.prompt.count
           streams[id] = (r.cont, r.ticket)
           metrics.promptTokens.add(Double(r.prompt.count))
         } catch {
@@ -160,6 +167,7 @@ public final class EngineService: @unchecked Sendable {
           if t.firstToken == nil { t.firstToken = now; metrics.ttft.observe(now.timeIntervalSince(t.arrival)) }
           else if let last = t.lastToken { metrics.itl.observe(now.timeIntervalSince(last)) }
           t.lastToken = now
+          t.generatedTokens += 1
           metrics.generatedTokens.add(1)
           delivered.yield(c, e)
         case .finished(let id, let reason, _, _):
@@ -183,6 +191,14 @@ public final class EngineService: @unchecked Sendable {
     guard let (c, t) = streams.removeValue(forKey: id) else { return }
     metrics.requests.add(1, label: outcome)
     if let now { metrics.e2e.observe(now.timeIntervalSince(t.arrival)) }
+    if let log = requestLog {
+      let end = now ?? Date(), total = end.timeIntervalSince(t.arrival)
+      let ttft = t.firstToken.map { $0.timeIntervalSince(t.arrival) }
+      let decode = t.firstToken.flatMap { f in t.lastToken.map { $0.timeIntervalSince(f) } } ?? 0
+      let speed = t.generatedTokens > 1 && decode > 0 ? String(format: "%.1f", Double(t.generatedTokens - 1) / decode) : "-"
+      log(String(format: "request %d %@: %d prompt + %d generated tokens, first token %@, %@ tok/s, %.3f s", id, outcome,
+                 t.promptTokens, t.generatedTokens, ttft.map { String(format: "%.3f s", $0) } ?? "-", speed, total))
+    }
     if let e = last { out.yield(c, e) }
     out.finish(c)
   }

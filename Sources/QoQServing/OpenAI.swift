@@ -213,6 +213,13 @@ public enum OpenAIParse {
   /// A chat request from a body already parsed (and size-checked) as a JSON object.
   public static func chat(json v: JSONValue, limits: ServingLimits) throws -> ChatRequest {
     guard let ms = v["messages"]?.array, !ms.isEmpty else { throw APIError(400, "messages must be a non-empty list", param: "messages") }
+    // Features the engine does not have are refused by name rather than ignored (an ignored schema would return
+    // free text to a client that parses JSON, an ignored tool list a reply that never calls the tool).
+    for (k, what) in [("tools", "tool calling"), ("functions", "function calling"), ("response_format", "structured output (response_format)")] {
+      if let x = v[k], !x.isNull, !(k == "response_format" && x["type"]?.string == "text") {
+        throw APIError(400, "\(what) is not supported by this server", param: k)
+      }
+    }
     var messages: [(String, String)] = []
     for (i, m) in ms.enumerated() {
       guard let role = m["role"]?.string, ["system", "user", "assistant", "tool"].contains(role) else {

@@ -23,6 +23,7 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: "Model id clients pass as `model` (default: the checkpoint's folder or file name).") var servedModelName: String?
   @Option(help: "File holding the API key (first line). The QOQ_API_KEY environment variable also sets it.") var apiKeyFile: String?
   @Flag(help: "Serve /metrics without the API key.") var publicMetrics = false
+  @Flag(inversion: .prefixedNo, help: "One stderr line per finished request (tokens, time to first token, tok/s).") var logRequests = true
   @Option(help: "Largest request body in bytes (413 beyond).") var maxBodyBytes = 1 << 20
   @Option(help: "Largest max_tokens a request may ask for (also the default, fitted to the context).") var maxTokensLimit = 4096
   @Option(help: "Requests waiting for the engine beyond which new ones get 429.") var maxQueued = 256
@@ -75,6 +76,7 @@ struct ServeCommand: AsyncParsableCommand {
       note("engine: \(model.description); resident \(String(format: "%.2f", currentRSSGB())) GiB after load, peak \(String(format: "%.2f", peakRSSGB())) GiB")
       service = EngineService(engine: try Engine(model: model, tokenizer: tok, options: engine.options), maxQueued: maxQueued,
                               requestTimeout: requestTimeout)
+      if logRequests { service.requestLog = { line in note(line) } }
       tokenizer = tok
       template = try ChatTemplate.forModel(path: modelPath)
       if template == nil { note("the model has no chat template: /v1/chat/completions uses ChatML") }

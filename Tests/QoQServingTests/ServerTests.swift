@@ -176,6 +176,8 @@ final class LiveServer: @unchecked Sendable {
       ("/v1/completions", big, 413, nil),
       ("/v1/completions", #"{"model":"gpt-4","prompt":"x"}"#, 404, "model"),
       ("/v1/chat/completions", #"{"messages":"hi"}"#, 400, "messages"),
+      ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, 400, "tools"),
+      ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#, 400, "response_format"),
       ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"max_tokens":100000}"#, 400, "max_tokens"),
       ("/v1/nothing", "{}", 404, nil),
     ]
@@ -206,6 +208,13 @@ final class LiveServer: @unchecked Sendable {
       #expect(try await srv.request(path, method: method, headers: [("authorization", "Bearer sk-test-124")]).status == 401)
       #expect(try await srv.request(path, method: method, headers: [("authorization", "Bearer sk-test-123")]).status == 200)
     }
+    // The chat page loads without the key (it holds none); the API it calls does not.
+    let page = try await srv.request("/", method: "GET")
+    #expect(page.status == 200 && page.text.contains("<!doctype html>") && page.text.contains("/v1/chat/completions"))
+    #expect(page.text.contains("const MODEL = ") && page.text.contains("Authorization"))
+    // A model name cannot close the script: "</" is escaped inside the JSON string.
+    let hostile = ChatPage.html(model: "m</script><img src=x onerror=alert(1)>")
+    #expect(!hostile.contains("m</script>") && hostile.contains(#"m<\/script>"#))
     let c = try await srv.request("/v1/completions", body: #"{"prompt":"x","max_tokens":1}"#, headers: [("authorization", "Bearer wrong")])
     #expect(c.status == 401)
     #expect(try await srv.request("/v1/completions", body: #"{"prompt":"x","max_tokens":1}"#, headers: [("x-api-key", "sk-test-123")]).status == 200)

@@ -73,6 +73,25 @@ func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64) throws -> Engine {
 }
 
 @Suite(.serialized) struct EngineServiceTests {
+  /// The request log: one line per finished request with its token counts and timings.
+  @Test func requestLogLines() async throws {
+    final class Lines: @unchecked Sendable {
+      let lock = NSLock(); var store: [String] = []
+      func add(_ l: String) { lock.withLock { store.append(l) } }
+      var all: [String] { lock.withLock { store } }
+    }
+    let service = EngineService(engine: try tinyEngine(), maxQueued: 10)
+    let lines = Lines()
+    service.requestLog = { l in lines.add(l) }
+    var p = SamplingParams(); p.maxTokens = 5
+    let (_, stream) = try service.submit(prompt: [3, 5, 6, 7], params: p, ignoreEOS: true)
+    for await _ in stream {}
+    let got = lines.all
+    #expect(got.count == 1)
+    #expect(got.first?.contains("length: 4 prompt + 5 generated tokens, first token ") == true, "\(got)")
+    #expect(got.first?.hasPrefix("request ") == true && got.first?.contains(" tok/s, ") == true)
+  }
+
   /// Many concurrent clients, some of which go away midway: every other request finishes with its tokens, the
   /// cancelled ones free their pages, the metrics count what happened, and no page is leaked.
   @Test func concurrentClientsAndCancellation() async throws {
