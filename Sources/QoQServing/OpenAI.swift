@@ -33,7 +33,36 @@ public struct ServingLimits: Sendable {
   public var maxPrompts = 64
   /// Most choices (`n`) per prompt.
   public var maxChoices = 4
+  /// Sampling values a request gets when it does not set them: OpenAI's defaults, or the model's
+  /// generation_config.json (`SamplingDefaults.load`), as vLLM serves them.
+  public var defaults = SamplingDefaults()
   public init() {}
+}
+
+/// temperature, top_p, top_k, min_p and repetition_penalty for requests that leave them out.
+public struct SamplingDefaults: Sendable, Equatable {
+  public var temperature = 1.0, topP = 1.0, topK = 0, minP = 0.0, repetitionPenalty = 1.0
+  public init() {}
+
+  /// The values a model folder's generation_config.json sets (the fields vLLM's `--generation-config auto` reads);
+  /// the others keep OpenAI's defaults. A missing file gives the defaults; a value out of range is an error naming it.
+  public static func load(folder: String) throws -> SamplingDefaults {
+    var d = SamplingDefaults()
+    let path = folder + "/generation_config.json"
+    guard FileManager.default.fileExists(atPath: path) else { return d }
+    let v = try JSON.parseFile(path)
+    func number(_ k: String, _ ok: (Double) -> Bool) throws -> Double? {
+      guard let x = v[k], !x.isNull else { return nil }
+      guard let n = x.double, n.isFinite, ok(n) else { throw QoQError("\(path): \(k) is out of range") }
+      return n
+    }
+    if let t = try number("temperature", { $0 >= 0 && $0 <= 2 }) { d.temperature = t }
+    if let t = try number("top_p", { $0 > 0 && $0 <= 1 }) { d.topP = t }
+    if let t = try number("top_k", { $0 >= 0 && $0 <= 1e6 && $0 == $0.rounded() }) { d.topK = Int(t) }
+    if let t = try number("min_p", { $0 >= 0 && $0 <= 1 }) { d.minP = t }
+    if let t = try number("repetition_penalty", { $0 > 0 && $0 <= 10 }) { d.repetitionPenalty = t }
+    return d
+  }
 }
 
 public enum PromptInput: Equatable, Sendable {
@@ -103,11 +132,12 @@ public enum OpenAIParse {
     p.maxTokens = try integer("max_tokens") ?? integer("max_completion_tokens") ?? defaultMaxTokens
     guard p.maxTokens >= 0 else { throw APIError(400, "max_tokens must not be negative", param: "max_tokens") }
     guard p.maxTokens <= limits.maxTokens else { throw APIError(400, "max_tokens \(p.maxTokens) exceeds the server's limit of \(limits.maxTokens)", param: "max_tokens") }
-    p.temperature = Float(try number("temperature") ?? 1)
-    p.topP = Float(try number("top_p") ?? 1)
-    p.topK = try integer("top_k") ?? 0
-    p.minP = Float(try number("min_p") ?? 0)
-    p.repetitionPenalty = Float(try number("repetition_penalty") ?? number("repeat_penalty") ?? 1)
+    let d = limits.defaults
+    p.temperature = Float(try number("temperature") ?? d.temperature)
+    p.topP = Float(try number("top_p") ?? d.topP)
+    p.topK = try integer("top_k") ?? d.topK
+    p.minP = Float(try number("min_p") ?? d.minP)
+    p.repetitionPenalty = Float(try number("repetition_penalty") ?? number("repeat_penalty") ?? d.repetitionPenalty)
     if let s = try integer("seed") { p.seed = UInt64(bitPattern: Int64(s)) }
     for (k, path) in [("presence_penalty", \SamplingParams.presencePenalty), ("frequency_penalty", \SamplingParams.frequencyPenalty)] {
       if let x = try number(k) {

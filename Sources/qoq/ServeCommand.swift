@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import QoQEngine
 import QoQIO
+import QoQModels
 import QoQServer
 import QoQServing
 import QoQTokenizers
@@ -23,6 +24,8 @@ struct ServeCommand: AsyncParsableCommand {
   @Option(help: "Model id clients pass as `model` (default: the checkpoint's folder or file name).") var servedModelName: String?
   @Option(help: "File holding the API key (first line). The QOQ_API_KEY environment variable also sets it.") var apiKeyFile: String?
   @Flag(help: "Serve /metrics without the API key.") var publicMetrics = false
+  @Option(help: "Sampling defaults for requests that leave them out: auto (the model's generation_config.json, as vLLM) or none (OpenAI's).")
+  var generationConfig = "auto"
   @Flag(inversion: .prefixedNo, help: "One stderr line per finished request (tokens, time to first token, tok/s).") var logRequests = true
   @Option(help: "Largest request body in bytes (413 beyond).") var maxBodyBytes = 1 << 20
   @Option(help: "Largest max_tokens a request may ask for (also the default, fitted to the context).") var maxTokensLimit = 4096
@@ -44,6 +47,7 @@ struct ServeCommand: AsyncParsableCommand {
   func validate() throws {
     guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0…65535") }
     guard ["parse", "text"].contains(promptSpecials) else { throw ValidationError("--prompt-specials must be parse or text") }
+    guard ["auto", "none"].contains(generationConfig) else { throw ValidationError("--generation-config must be auto or none") }
     for (v, n) in [(maxBodyBytes, "--max-body-bytes"), (maxTokensLimit, "--max-tokens-limit"), (maxQueued, "--max-queued"),
                    (maxConnections, "--max-connections"),
                    (maxConnectionsPerPeer, "--max-connections-per-peer")] where v <= 0 { throw ValidationError("\(n) must be positive") }
@@ -77,6 +81,17 @@ struct ServeCommand: AsyncParsableCommand {
       service = EngineService(engine: try Engine(model: model, tokenizer: tok, options: engine.options), maxQueued: maxQueued,
                               requestTimeout: requestTimeout)
       if logRequests { service.requestLog = { line in note(line) } }
+      if generationConfig == "auto" {
+        var isDir: ObjCBool = false
+        let folder = try HubCache.resolve(modelPath)
+        if FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue {
+          o.limits.defaults = try SamplingDefaults.load(folder: folder)
+          let d = o.limits.defaults
+          if d != SamplingDefaults() {
+            note("sampling defaults from generation_config.json: temperature \(d.temperature), top_p \(d.topP), top_k \(d.topK), min_p \(d.minP), repetition_penalty \(d.repetitionPenalty)")
+          }
+        }
+      }
       tokenizer = tok
       template = try ChatTemplate.forModel(path: modelPath)
       if template == nil { note("the model has no chat template: /v1/chat/completions uses ChatML") }
