@@ -80,7 +80,7 @@ struct EvalCommand: ParsableCommand {
         note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
       }
       let tokens = try data.tokens(ckpt.tokenizer, proto: p)
-      note("evaluating \(dataset) (\(data.format.rawValue) text, \(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
+      note("evaluating \(dataset) (format \(data.format.rawValue), \(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
       let evaluator: PerplexityEvaluator
       if engine {
         let m = try EngineModel.load(ckpt, lmHead: LMHeadPrecision(rawValue: lmHead)!)

@@ -70,17 +70,47 @@ func runReportingErrors(_ body: () throws -> Void) throws {
   }
 }
 
-/// Progress lines on stderr, only when stderr is a terminal (or QOQ_PROGRESS=1).
-struct Progress {
-  static let enabled = isatty(2) != 0 || ProcessInfo.processInfo.environment["QOQ_PROGRESS"] == "1"
+/// Progress on stderr: on a terminal one line redrawn in place; in a log (stderr redirected) a line every
+/// QOQ_PROGRESS_INTERVAL seconds (default 30), plus the first and the last step of each task, so a long job is never
+/// silent (issue #16). `bar` adds elapsed time and an ETA from the task's own pace. QOQ_PROGRESS=1 forces the
+/// terminal form, QOQ_PROGRESS=0 turns progress off.
+enum Progress {
+  static let mode: String = ProcessInfo.processInfo.environment["QOQ_PROGRESS"] ?? (isatty(2) != 0 ? "1" : "log")
+  static let interval: Double = ProcessInfo.processInfo.environment["QOQ_PROGRESS_INTERVAL"].flatMap(Double.init) ?? 30
+  private static let lock = NSLock()
+  nonisolated(unsafe) private static var lastLog = Date.distantPast
+  nonisolated(unsafe) private static var start = Date(), lastDone = -1, lastTotal = -1, forceNext = false
+
   static func update(_ s: String) {
-    guard enabled else { return }
-    FileHandle.standardError.write(Data("\r\u{1B}[K\(s)".utf8))
+    lock.lock(); defer { lock.unlock() }
+    switch mode {
+    case "0": return
+    case "1": FileHandle.standardError.write(Data("\r\u{1B}[K\(s)".utf8))
+    default:
+      let now = Date()
+      guard forceNext || now.timeIntervalSince(lastLog) >= interval else { return }
+      forceNext = false; lastLog = now
+      FileHandle.standardError.write(Data((s + "\n").utf8))
+    }
   }
-  static func done() { if enabled { FileHandle.standardError.write(Data("\n".utf8)) } }
+  static func done() { if mode == "1" { FileHandle.standardError.write(Data("\n".utf8)) } }
+
   static func bar(_ done: Int, _ total: Int, width: Int = 30) -> String {
+    lock.lock(); defer { lock.unlock() }
+    let now = Date()
+    if total != lastTotal || done < lastDone { start = now; forceNext = true }  // a new task
+    if done >= total { forceNext = true }
+    lastDone = done; lastTotal = total
     let f = total > 0 ? min(width, done * width / total) : 0
-    return "[" + String(repeating: "#", count: f) + String(repeating: ".", count: width - f) + "]"
+    let elapsed = now.timeIntervalSince(start)
+    var timing = " " + clock(elapsed)
+    if done > 0 && done < total { timing += ", ETA " + clock(elapsed / Double(done) * Double(total - done)) }
+    return "[" + String(repeating: "#", count: f) + String(repeating: ".", count: width - f) + "]" + timing
+  }
+
+  static func clock(_ t: Double) -> String {
+    let s = Int(t.rounded())
+    return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s / 60 % 60) : s >= 60 ? String(format: "%dm%02ds", s / 60, s % 60) : "\(s)s"
   }
 }
 

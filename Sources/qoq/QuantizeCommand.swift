@@ -122,7 +122,7 @@ struct QuantizeCommand: ParsableCommand {
         // Evaluated from the checkpoint itself, as `qoq eval` would load it.
         let ckpt = try ModelCheckpoint.open(evalFolder)
         let data = try EvalDataset(path: plan.evalDataset)
-        note("evaluating \(plan.evalDataset) (\(data.format.rawValue) text, gptq protocol)")
+        note("evaluating \(plan.evalDataset) (format \(data.format.rawValue), gptq protocol)")
         let tokens = try data.tokens(out.tokenizer, proto: .gptq)
         func evaluate(_ q: QuantizationConfig, _ label: String) throws -> PerplexityResult {
           let r = try PerplexityEvaluator(model: try q.fakeQuantModel(config: ckpt.config, weights: ckpt.weights))

@@ -57,8 +57,8 @@ func startQoQ(_ args: [String], env: [String: String], stdin: String?, then: @es
   p.executableURL = URL(fileURLWithPath: bin)
   p.arguments = args
   var e = ProcessInfo.processInfo.environment
+  e["QOQ_PROGRESS"] = "0"  // quiet unless a test asks for progress
   for (k, v) in env { e[k] = v }
-  e["QOQ_PROGRESS"] = "0"
   p.environment = e
   let dir = scratch("cli-\(UUID().uuidString.prefix(8))")
   let outPath = dir + "/out", errPath = dir + "/err"

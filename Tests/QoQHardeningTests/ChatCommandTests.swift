@@ -42,3 +42,25 @@ import Testing
     #expect(bad.status == 1 && bad.stderr.contains("missing"))
   }
 }
+
+/// Progress in a log (stderr not a terminal): the first and last step of a task always, the rest at most every
+/// QOQ_PROGRESS_INTERVAL seconds, with elapsed time and an ETA; QOQ_PROGRESS=0 silences it (issue #16).
+@Suite struct ProgressLogTests {
+  @Test func longJobsAreNotSilentInALog() async throws {
+    let dir = try ChatCommandTests.tinyModel()
+    let text = dir + "/../text.txt"
+    try String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 40).write(toFile: text, atomically: true, encoding: .utf8)
+    let args = ["eval", "-m", dir, "--dataset", text, "--seq-len", "32", "--max-windows", "5"]
+    let r = try await runQoQ(args, env: ["QOQ_PROGRESS": "log", "QOQ_PROGRESS_INTERVAL": "1000"])
+    #expect(r.status == 0, "\(r.stderr)")
+    let lines = r.stderr.split(separator: "\n").filter { $0.contains(" window ") }
+    #expect(lines.count == 2, "\(r.stderr)")
+    #expect(lines.first?.contains("window 1/5") == true && lines.first?.contains("ETA") == true)
+    #expect(lines.last?.contains("window 5/5") == true)
+    #expect(r.stderr.contains("format text"))
+    let every = try await runQoQ(args, env: ["QOQ_PROGRESS": "log", "QOQ_PROGRESS_INTERVAL": "0"])
+    #expect(every.stderr.split(separator: "\n").filter { $0.contains(" window ") }.count == 5)
+    let off = try await runQoQ(args, env: ["QOQ_PROGRESS": "0"])
+    #expect(off.status == 0 && !off.stderr.contains(" window "))
+  }
+}
