@@ -5,11 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIMES=()
-phase() {  # phase NAME COMMAND...: runs it and records its wall time
-  local name=$1 t0; shift
+report() { report; }
+phase() {  # phase NAME COMMAND...: runs it and records its wall time; a failure stops here, after the report
+  local name=$1 t0 rc=0; shift
   t0=$(date +%s)
-  "$@"
-  TIMES+=("$name: $(( $(date +%s) - t0 )) s")
+  "$@" || rc=$?
+  TIMES+=("$name: $(( $(date +%s) - t0 )) s$([ $rc -ne 0 ] && echo " (failed, exit $rc)")")
+  if [ $rc -ne 0 ]; then report; exit $rc; fi
 }
 phase "setup (model, debug build)" env QOQ_BUILD=debug bash scripts/setup.sh
 phase "fuzzer build" swift build --product qoq-fuzz
@@ -17,4 +19,4 @@ phase "fuzzer" "$(swift build --show-bin-path)/qoq-fuzz" --seconds "${QOQ_FUZZ_S
 phase "qoq build" swift build --product qoq
 phase "openai client" bash scripts/test_openai_client.sh
 phase "swift test" swift test
-echo "test.sh phases:"; printf '  %s\n' "${TIMES[@]}"
+report

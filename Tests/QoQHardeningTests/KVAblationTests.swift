@@ -30,8 +30,10 @@ import QoQTestSupport
     var q = try #require(ckpt.quantization)
     #expect(q.kvBits == 4)
     q.kvBits = nil
-    let raw = try String(contentsOfFile: dir + "/text.txt", encoding: .utf8)
-    let tokens = try perplexityTokens(raw: raw, tokenizer: ckpt.tokenizer, proto: .gptq)
+    // The same text the quantize run evaluated (a plain .txt: read as one string, not rewritten as WikiText).
+    let data = try EvalDataset(path: dir + "/text.txt")
+    #expect(data.format == .text)
+    let tokens = try data.tokens(ckpt.tokenizer, proto: .gptq)
     let want = try PerplexityEvaluator(model: try q.fakeQuantModel(config: c, weights: ckpt.weights))
       .evaluate(tokens: tokens, seqLen: 64).perplexity
     #expect(abs(kv16 - want) <= 1e-9 * want, "KV16 \(kv16) vs independent \(want)")

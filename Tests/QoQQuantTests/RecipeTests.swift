@@ -88,7 +88,7 @@ func writeTemp(_ text: String, _ name: String) -> String {
       ([], ["--calib-num-samples", "many"], "takes a number"),
       ([], ["--calib-num-samples", "0"], "must be positive"),
       ([], ["--wgts-dtype", "uint9"], "not supported"),
-      ([], ["--wgts-dtype", "uint4", "--wgts-zero-point", "PreScale"], "PostScale"),
+      ([], ["--wgts-dtype", "uint4", "--wgts-zero-point", "Midpoint"], "PostScale or PreScale"),
       ([], ["--ipts-dtype", "sint8", "--ipts-static"], "static"),
       ([], ["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,64"], "attn_q"),
       ([], ["--enable-rotation", "--rotation-transforms", "down_proj"], "not supported"),

@@ -26,10 +26,11 @@ final class LiveServer: @unchecked Sendable {
   static let sharedClient = HTTPClient(eventLoopGroupProvider: .singleton)
   var client: HTTPClient { Self.sharedClient }
 
-  init(options o: ServerOptions = ServerOptions(), blocks: Int = 64, maxNumSeqs: Int = 64, maxQueued: Int = 256) async throws {
+  init(options o: ServerOptions = ServerOptions(), blocks: Int = 64, maxNumSeqs: Int = 64, maxQueued: Int = 256, hidden: Int = 64,
+       layers: Int = 2) async throws {
     var opts = o
     opts.port = 0
-    let engine = try tinyEngine(blocks: blocks, maxNumSeqs: maxNumSeqs)
+    let engine = try tinyEngine(blocks: blocks, maxNumSeqs: maxNumSeqs, hidden: hidden, layers: layers)
     service = EngineService(engine: engine, maxQueued: maxQueued, requestTimeout: opts.requestTimeout)
     let (ports, cont) = AsyncStream<Int>.makeStream()
     let app = OpenAIServer.application(service: service, tokenizer: engine.tokenizer!, template: nil, options: opts) { cont.yield($0) }
@@ -260,7 +261,7 @@ final class LiveServer: @unchecked Sendable {
 
   /// Beyond the queue bound a request gets 429 with Retry-After; the others are unaffected.
   @Test func queueBoundGives429() async throws {
-    let srv = try await LiveServer(maxNumSeqs: 1, maxQueued: 1)
+    let srv = try await LiveServer(maxNumSeqs: 1, maxQueued: 1, hidden: 256, layers: 6)
     let long = #"{"prompt":"a","max_tokens":1800,"ignore_eos":true,"stream":true}"#
     let first = Task { try await srv.stream("/v1/completions", body: long) { _ in true } }
     for _ in 0..<300 where srv.service.snapshot.running < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
@@ -343,9 +344,19 @@ final class LiveServer: @unchecked Sendable {
     // Chat with n = 2 and a template variable the ChatML template ignores.
     let chat = try await srv.request("/v1/chat/completions", body: #"{"messages":[{"role":"user","content":"hi"}],"n":2,"max_tokens":3,"chat_template_kwargs":{"enable_thinking":false}}"#)
     #expect(chat.json?["choices"]?.array?.count == 2 && chat.json?["usage"]?["completion_tokens"]?.int == 6, "\(chat.text)")
-    // A long stream meets the 50 ms ping interval at least once.
-    let slow = try await srv.stream("/v1/completions", body: #"{"prompt":"p","max_tokens":1500,"stream":true,"ignore_eos":true}"#) { _ in true }
+    // A stream with nothing to say meets the 50 ms ping interval: every generated token is the biased one, and a stop
+    // string made of 1400 of them (and a character never generated) holds the text back until the end.
+    let one = try await srv.request("/detokenize", body: #"{"tokens":[65]}"#).json?["prompt"]?.string ?? ""
+    let held = JSON.serialize(.string(String(repeating: one, count: 900) + "\u{7}"))
+    let quiet = #"{"prompt":"p","max_tokens":1500,"stream":true,"stream_options":{"include_usage":true},"ignore_eos":true,"logit_bias":{"65":100},"stop":["#
+      + held + "]}"
+    let slow = try await srv.stream("/v1/completions", body: quiet) { _ in true }
     #expect(slow.events.last == "[DONE]" && slow.pings > 0, "\(slow.pings) pings")
+    let slowChunks = slow.events.dropLast().compactMap { try? JSON.parse(Data($0.utf8), what: "chunk") }
+    let streamed = slowChunks.map { $0["choices"]?[0]?["text"]?.string ?? "" }.joined()
+    let generated = slowChunks.last?["usage"]?["completion_tokens"]?.int ?? -1
+    // All of it arrives, in order (the context limit ends it before max_tokens on this tiny model).
+    #expect(generated > 900 && streamed == String(repeating: one, count: generated), "\(streamed.count) characters, \(generated) tokens")
     let m = try await srv.request("/metrics", method: "GET")
     #expect(m.text.contains("qoq_e2e_request_latency_seconds_count"))
     _ = try await srv.waitIdle()

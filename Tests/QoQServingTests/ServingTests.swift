@@ -7,8 +7,10 @@ import QoQModels
 import QoQScheduler
 import QoQTestSupport
 
-func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64) throws -> Engine {
-  let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 2,
+/// `hidden`/`layers`: a larger model where a test needs a request that is still running a while later (its steps
+/// cost milliseconds instead of microseconds; the engine's text path is linear, so length alone no longer does it).
+func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64, hidden: Int = 64, layers: Int = 2) throws -> Engine {
+  let c = try LlamaConfiguration(modelType: "llama", hiddenSize: hidden, intermediateSize: hidden * 3 / 2, numHiddenLayers: layers, numAttentionHeads: 2,
                                  numKeyValueHeads: 1, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 10000, vocabSize: 256)
   let dir = NSTemporaryDirectory() + "qoq-serving-\(UInt64.random(in: 0..<UInt64.max))"
   try writeTinyCheckpoint(c, to: dir)
