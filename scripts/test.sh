@@ -10,7 +10,7 @@ phase() {  # phase NAME COMMAND...: runs it and records its wall time; a failure
   local name=$1 t0 rc=0; shift
   t0=$(date +%s)
   "$@" || rc=$?
-  TIMES+=("$name: $(( $(date +%s) - t0 )) s$([ $rc -ne 0 ] && echo " (failed, exit $rc)")")
+  TIMES+=("$name: $(( $(date +%s) - t0 )) s$([ $rc -ne 0 ] && echo " (failed, exit $rc)" || true)")
   if [ $rc -ne 0 ]; then report; exit $rc; fi
 }
 phase "setup (model, debug build)" env QOQ_BUILD=debug bash scripts/setup.sh
