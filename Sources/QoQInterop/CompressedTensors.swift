@@ -90,15 +90,13 @@ extension Interop {
 
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to compressed-tensors") { tmp in
       var blobs = try passThrough(st, c)
-      for m in modules(c) {
-        let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
-        let w = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
-        let ng = w.groups
+      try forEachLinear(st, c, wf) { m, w in
+        let (out, inp, ng) = (w.outFeatures, w.inFeatures, w.groups)
         blobs.append(TensorBlob(name: m + ".weight_scale", dtype: .F16, shape: [out, ng], data: f16(w.scale)))
         if case .sym = wf {
           let signed = w.codes.map { Int8(Int($0) - 128) }
           blobs.append(TensorBlob(name: m + ".weight", dtype: .I8, shape: [out, inp], data: i8(signed)))
-          continue
+          return
         }
         var zp = [UInt8](repeating: 0, count: out * ng)
         for k in zp.indices {

@@ -48,10 +48,8 @@ public enum Interop {
     }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to qserve") { tmp in
       var blobs = try passThrough(st, c)
-      for m in modules(c) {
-        let out = try st.info(m + ".qweight").shape[0]
-        let inp = tensorShape(m + ".weight", c)[1]
-        let w = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
+      try forEachLinear(st, c, wf) { m, w in
+        let (out, inp) = (w.outFeatures, w.inFeatures)
         blobs.append(TensorBlob(name: m + ".qweight", dtype: .I8, shape: [out, inp / 2], data: Data(try QServePacking.pack(w.codes, n: out, k: inp))))
         switch wf {
         case .progressive(let g, _):
@@ -89,9 +87,8 @@ public enum Interop {
     if q.actBits != nil { throw QoQError("\(src): TinyChat runs W4A16; this checkpoint quantizes activations too") }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to tinychat") { tmp in
       var blobs = try passThrough(st, c)
-      for m in modules(c) {
-        let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
-        let w = try QuantizedCheckpoint.readWeight(st, module: m, format: q.weight!, out: out, inp: inp)
+      try forEachLinear(st, c, q.weight!) { m, w in
+        let (out, inp) = (w.outFeatures, w.inFeatures)
         let words = try TinyChatPacking.pack(w.codes, n: out, k: inp)
         blobs.append(TensorBlob(name: m + ".qweight", dtype: .I16, shape: [out / 4, inp], data: words.withUnsafeBytes { Data($0) }))
         let ng = inp / g, pad = TinyChatPacking.paddedGroups(ng)
@@ -102,6 +99,15 @@ public enum Interop {
       }
       try SafeTensorsWriter.write(blobs, metadata: ["format": "pt", "qoq_exported_to": "tinychat"], to: tmp + "/model.safetensors")
       try copySideFiles(from: src, to: tmp, config: c, quantization: q, note: "tinychat")
+    }
+  }
+
+  /// Each quantized linear of the checkpoint read back (codes and parameters), in layer order: body(module, weight).
+  static func forEachLinear(_ st: CheckpointWeights, _ c: LlamaConfiguration, _ wf: WeightFormat,
+                            _ body: (String, QuantizedWeight) throws -> Void) throws {
+    for m in modules(c) {
+      let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
+      try body(m, try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp))
     }
   }
 

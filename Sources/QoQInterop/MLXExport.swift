@@ -31,10 +31,8 @@ extension Interop {
     if !f16Params { warnings.append("scales and biases are stored in float32: \(wf)'s exact values are not all fp16") }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to mlx") { tmp in
       var blobs = try passThrough(st, c)
-      for m in modules(c) {
-        let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
-        let w = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
-        let ng = w.groups
+      try forEachLinear(st, c, wf) { m, w in
+        let (out, inp, ng) = (w.outFeatures, w.inFeatures, w.groups)
         var scales = [Float](repeating: 0, count: out * ng), biases = scales
         for o in 0..<out {
           for j in 0..<ng {

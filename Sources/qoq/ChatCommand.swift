@@ -17,12 +17,7 @@ struct ChatCommand: ParsableCommand {
   @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.") var modelPath: String
   @Option(help: "System prompt for the conversation.") var systemPrompt: String?
   @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Most tokens per answer.") var maxTokens: Int = 512
-  @Option(help: "Sampling temperature (0 = greedy).") var temp: Float = 0.7
-  @Option(help: "Top-k (0 = off).") var topK: Int = 0
-  @Option(help: "Top-p nucleus (1 = off).") var topP: Float = 0.95
-  @Option(help: "Min-p (0 = off).") var minP: Float = 0
-  @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1
-  @Option(name: [.short, .long], help: "Random seed (answer i uses seed + i).") var seed: UInt64 = 0
+  @OptionGroup var sampling: SamplingOptions
   @OptionGroup var engine: EngineArguments
 
   func validate() throws {
@@ -56,9 +51,7 @@ struct ChatCommand: ParsableCommand {
           history.remove(at: system.count)
           ids = try template.encodeChat(history, tokenizer: tok, vars: vars).ids
         }
-        var p = SamplingParams()
-        p.temperature = temp; p.topK = topK; p.topP = topP; p.minP = minP; p.repetitionPenalty = repeatPenalty
-        p.seed = seed &+ UInt64(turn); p.maxTokens = maxTokens
+        let p = sampling.params(index: turn, maxTokens: maxTokens, temp: 0.7, topP: 0.95)
         turn += 1
         let t0 = Date()
         var first: Double?, count = 0, answer = ""

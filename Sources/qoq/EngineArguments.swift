@@ -60,3 +60,21 @@ struct ThreadsOption: ParsableArguments {
 
   func apply() { if let t = threads { ThreadPool.shared.setThreads(t) } }
 }
+
+/// Sampling flags shared by `generate` and `chat` (one grammar). Unset values take the command's defaults: greedy for
+/// generate, temperature 0.7 / top-p 0.95 for chat.
+struct SamplingOptions: ParsableArguments {
+  @Option(help: "Sampling temperature (0 = greedy; default: generate 0, chat 0.7).") var temp: Float?
+  @Option(help: "Top-k (0 = off).") var topK: Int = 0
+  @Option(help: "Top-p nucleus (1 = off; default: generate 1, chat 0.95).") var topP: Float?
+  @Option(help: "Min-p (0 = off).") var minP: Float = 0
+  @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1
+  @Option(name: [.short, .long], help: "Random seed (request or answer i uses seed + i).") var seed: UInt64 = 0
+
+  func params(index: Int, maxTokens: Int, temp defaultTemp: Float, topP defaultTopP: Float) -> SamplingParams {
+    var p = SamplingParams()
+    p.temperature = temp ?? defaultTemp; p.topK = topK; p.topP = topP ?? defaultTopP; p.minP = minP
+    p.repetitionPenalty = repeatPenalty; p.seed = seed &+ UInt64(index); p.maxTokens = maxTokens
+    return p
+  }
+}

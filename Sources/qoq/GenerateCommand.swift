@@ -15,12 +15,7 @@ struct GenerateCommand: ParsableCommand {
   @Option(name: [.short, .long], help: "Prompt text (repeat for several prompts).") var prompt: [String] = []
   @Option(help: "File of prompts: one per line, or JSON lines with a \"prompt\" field (.jsonl).") var promptsFile: String?
   @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Tokens to generate per prompt.") var maxTokens: Int = 64
-  @Option(help: "Sampling temperature (0 = greedy).") var temp: Float = 0
-  @Option(help: "Top-k (0 = off).") var topK: Int = 0
-  @Option(help: "Top-p nucleus (1 = off).") var topP: Float = 1
-  @Option(help: "Min-p (0 = off).") var minP: Float = 0
-  @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1
-  @Option(name: [.short, .long], help: "Random seed (request i uses seed + i).") var seed: UInt64 = 0
+  @OptionGroup var sampling: SamplingOptions
   @Option(help: "Stop string (repeatable).") var stop: [String] = []
   @Flag(help: "Wrap each prompt in the model's chat template (tokenizer_config.json or GGUF; ChatML when it has none).") var chat = false
   @Flag(help: "Keep going past end-of-sequence tokens.") var ignoreEos = false
@@ -64,9 +59,8 @@ struct GenerateCommand: ParsableCommand {
       let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
       for (i, t) in texts.enumerated() {
         let vars: [String: TemplateValue] = ["bos_token": .string(bos), "eos_token": .string(eos)]
-        var p = SamplingParams()
-        p.temperature = temp; p.topK = topK; p.topP = topP; p.minP = minP; p.repetitionPenalty = repeatPenalty
-        p.seed = seed &+ UInt64(i); p.maxTokens = maxTokens; p.stopStrings = stop
+        var p = sampling.params(index: i, maxTokens: maxTokens, temp: 0, topP: 1)
+        p.stopStrings = stop
         do {
           // --chat: the prompt is a user message, inert (only the template's markup is special; it places BOS itself).
           let toks = try template.map { try $0.encodeChat([("user", t)], tokenizer: tok, vars: vars).ids }
