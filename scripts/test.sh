@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIMES=()
-report() { report; }
+report() {  # the wall time of each phase run so far
+  echo "== phase times =="
+  local t
+  for t in "${TIMES[@]}"; do echo "  $t"; done
+}
 phase() {  # phase NAME COMMAND...: runs it and records its wall time; a failure stops here, after the report
   local name=$1 t0 rc=0; shift
   t0=$(date +%s)
