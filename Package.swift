@@ -86,7 +86,7 @@ let package = Package(
                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                           .product(name: "HTTPTypes", package: "swift-http-types")], swiftSettings: isaOnly),
     // Interop: QServe / TinyChat export, deepcompressor (torch.save files) and QServe import.
-    .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels"], swiftSettings: fast),
+    .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels", "QoQTokenizers"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
@@ -112,7 +112,8 @@ let package = Package(
     .testTarget(name: "QoQServingTests", dependencies: ["QoQServing", "QoQServer", "QoQEngine",
                                                        .product(name: "AsyncHTTPClient", package: "async-http-client"), "QoQScheduler", "QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
-    .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport"],
+    .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport",
+                                                       "QoQTokenizers"],
                 swiftSettings: isaOnly),
     // Hostile input, class by class (issue #13): the real binary, files built to break it, the server under abuse.
     .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer", "QoQQuant",

@@ -69,28 +69,50 @@ public func unpermuteRows(_ w: [Float], heads: Int, cols: Int) -> [Float] {
   return out
 }
 
+/// llama.cpp's per-block tensor names → HF's (both directions read this one table).
+let ggufBlockNames: [String: String] = [
+  "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+  "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
+  "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
+  "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+  "attn_v.bias": "self_attn.v_proj.bias", "attn_output.bias": "self_attn.o_proj.bias",
+  "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+  "ffn_down.weight": "mlp.down_proj.weight",
+]
+let ggufGlobalNames: [String: String] = [
+  "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+  "output.weight": "lm_head.weight", "rope_freqs.weight": "model.rotary_emb.inv_freq",
+]
+let hfBlockNames = Dictionary(uniqueKeysWithValues: ggufBlockNames.map { ($1, $0) })
+
 /// llama.cpp tensor name → HF name (nil when unknown).
 func hfName(ggufName n: String) -> String? {
-  switch n {
-  case "token_embd.weight": return "model.embed_tokens.weight"
-  case "output_norm.weight": return "model.norm.weight"
-  case "output.weight": return "lm_head.weight"
-  case "rope_freqs.weight": return "model.rotary_emb.inv_freq"
-  default: break
-  }
+  if let g = ggufGlobalNames[n] { return g }
   let parts = n.split(separator: ".", maxSplits: 2).map(String.init)
-  guard parts.count == 3, parts[0] == "blk", let i = Int(parts[1]) else { return nil }
-  let table: [String: String] = [
-    "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias", "attn_output.bias": "self_attn.o_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-  ]
-  guard let rest = table[parts[2]] else { return nil }
+  guard parts.count == 3, parts[0] == "blk", let i = Int(parts[1]), let rest = ggufBlockNames[parts[2]] else { return nil }
   return "model.layers.\(i).\(rest)"
+}
+
+/// HF tensor name → llama.cpp's (nil when llama.cpp has no such tensor); the inverse of hfName(ggufName:).
+public func ggufName(hfName n: String) -> String? {
+  if let g = ggufGlobalNames.first(where: { $0.value == n && $0.key != "rope_freqs.weight" })?.key { return g }
+  let parts = n.split(separator: ".", maxSplits: 3).map(String.init)
+  guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let i = Int(parts[2]), let rest = hfBlockNames[parts[3]] else {
+    return nil
+  }
+  return "blk.\(i).\(rest)"
+}
+
+/// llama.cpp's `permute` as a row order: GGUF row r holds HF row order[r] (the inverse of unpermuteRows).
+public func ggufPermutedRowOrder(rows: Int, heads: Int) -> [Int] {
+  let d = rows / heads, half = d / 2
+  var order = [Int](repeating: 0, count: rows)
+  for h in 0..<heads {
+    for i in 0..<half {
+      for j in 0..<2 { order[h * d + i * 2 + j] = h * d + j * half + i }
+    }
+  }
+  return order
 }
 
 func ggufConfiguration(_ g: GGUFFile, arch: String, family: ModelFamily) throws -> LlamaConfiguration {

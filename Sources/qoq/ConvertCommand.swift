@@ -8,14 +8,14 @@ import QoQModels
 struct ConvertCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "convert",
-    abstract: "Convert checkpoints: GGUF → Hugging Face folder (default); our quantized checkpoint → QServe or TinyChat (--to); deepcompressor or QServe → ours (--from).")
+    abstract: "Convert checkpoints: GGUF → Hugging Face folder (default); our quantized checkpoint → QServe, TinyChat, compressed-tensors, MLX or GGUF (--to); deepcompressor or QServe → ours (--from).")
 
   @Argument(help: "Input: a .gguf file; our quantized checkpoint (--to); deepcompressor's --save-model folder or a QServe folder (--from).")
   var input: String
   @Option(name: [.short, .long], help: "Output folder.") var output: String
-  @Option(help: "GGUF: stored weight type f32, f16 or bf16 (dequantized GGUF weights are exact only in f32).")
+  @Option(help: "Stored type of unquantized weights: GGUF → HF (dequantized GGUF weights are exact only in f32), and the embeddings and LM head of --to gguf: f32, f16 or bf16.")
   var dtype: String = "f32"
-  @Option(help: "Export our quantized checkpoint: qserve (W4A8 progressive g128 or per-channel), tinychat (W4A16 g128), compressed-tensors (vLLM/SGLang: W4A16 PreScale, W8A8) or mlx (mlx-lm affine, groups 32/64/128).")
+  @Option(help: "Export our quantized checkpoint: qserve (W4A8 progressive g128 or per-channel), tinychat (W4A16 g128), compressed-tensors (vLLM/SGLang: W4A16 PreScale, W8A8), mlx (mlx-lm affine, groups 32/64/128) or gguf (llama.cpp: OUTPUT/model.gguf, Q4_1 from 4-bit groups of 32k, Q8_0 from W8).")
   var to: String?
   @Option(help: "Import into our format: deepcompressor (model.pt + scale.pt; needs --config-from) or qserve.")
   var from: String?
@@ -34,8 +34,8 @@ struct ConvertCommand: ParsableCommand {
       throw ValidationError("--dtype must be one of \(ConvertDType.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     guard to == nil || from == nil else { throw ValidationError("give --to or --from, not both") }
-    if let t = to, !["qserve", "tinychat", "compressed-tensors", "mlx"].contains(t) {
-      throw ValidationError("--to must be qserve, tinychat, compressed-tensors or mlx")
+    if let t = to, !["qserve", "tinychat", "compressed-tensors", "mlx", "gguf"].contains(t) {
+      throw ValidationError("--to must be qserve, tinychat, compressed-tensors, mlx or gguf")
     }
     if let f = from, !["deepcompressor", "qserve"].contains(f) { throw ValidationError("--from must be deepcompressor or qserve") }
     if from == "deepcompressor" && configFrom == nil { throw ValidationError("--from deepcompressor needs --config-from HF_FOLDER (config and tokenizer)") }
@@ -61,6 +61,8 @@ struct ConvertCommand: ParsableCommand {
       case ("tinychat", _): try Interop.exportTinyChat(from: input, to: output, overwrite: force)
       case ("compressed-tensors", _):
         for w in try Interop.exportCompressedTensors(from: input, to: output, overwrite: force) { note("note: \(w)") }
+      case ("gguf", _):
+        for w in try Interop.exportGGUF(from: input, to: output, dtype: ConvertDType(rawValue: dtype)!, overwrite: force) { note("note: \(w)") }
       case ("mlx", _):
         for w in try Interop.exportMLX(from: input, to: output, overwrite: force) { note("note: \(w)") }
       case (_, "deepcompressor"):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's own tools — llama-bench, llama-server, llama-quantize, llama-batched-bench — natively
+# Builds llama.cpp's own tools — llama-bench, llama-server, llama-quantize, llama-batched-bench, llama-perplexity,
+# llama-simple (the GGUF export check) — natively
 # (GGML_NATIVE = -march=native, Release, OpenMP), from the llama.cpp source that llama-cpp-python 0.3.36 vendors
 # (PyPI is the only registry this machine reaches; the sdist's sha256 is checked). The same source as
 # setup_llamacpp.sh's Python binding, so both peers are one llama.cpp. cmake and ninja come from PyPI into a venv.
@@ -9,8 +10,8 @@ VERSION=0.3.36
 SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 ROOT="${QOQ_LLAMACPP_NATIVE:-$HOME/.cache/qoq/llamacpp-native}"
 BIN="$ROOT/build/bin"
-TOOLS=(llama-bench llama-server llama-quantize llama-batched-bench)
-if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ] && [ -f "$ROOT/VERSION" ] && [ "$(cat "$ROOT/VERSION")" = "$VERSION" ]; then
+TOOLS=(llama-bench llama-server llama-quantize llama-batched-bench llama-perplexity llama-simple)
+if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ] && [ -x "$BIN/llama-perplexity" ] && [ -x "$BIN/llama-simple" ] && [ -f "$ROOT/VERSION" ] && [ "$(cat "$ROOT/VERSION")" = "$VERSION" ]; then
   echo "$BIN"; exit 0
 fi
 mkdir -p "$ROOT"
