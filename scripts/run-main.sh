@@ -21,4 +21,4 @@ echo "== QoQ W4A8KV4 (recipes/qoq-g64.yaml)"
 echo "== the saved checkpoint on the engine (integer W4A8 kernels, paged KV4 cache)"
 "$QOQ" eval -m "$CACHE/smollm2/qoq-w4a8kv4-g64" --engine --dataset "$DATA" --seq-len 2048 "${ARGS[@]}"
 echo "== generation with the quantized model (engine)"
-"$QOQ" generate -m "$CACHE/smollm2/qoq-w4a8kv4-g64" --chat -p "What is the capital of France?" -n 48
+"$QOQ" generate -m "$CACHE/smollm2/qoq-w4a8kv4-g64" -p "What is the capital of France?" -n 48

@@ -18,6 +18,8 @@ public struct EngineOptions: Sendable {
   public var maxBatchedTokens = 512
   public var policy: SchedulerPolicy = .chunked
   public var integerScores = true
+  /// Context per request (prompt + generated tokens), at most the model's; nil: the model's (`-c/--ctx-size`).
+  public var maxContext: Int?
   public init() {}
 }
 
@@ -61,6 +63,8 @@ public final class Engine {
   public let tokenizer: Tokenizer?
   public let scheduler: Scheduler
   public let options: EngineOptions
+  /// The context of one request: the model's, or less with EngineOptions.maxContext.
+  public let maxContext: Int
   let pool: KVPool
   let ws: Workspace
   struct Request {
@@ -103,9 +107,11 @@ public final class Engine {
       throw QoQError("a KV pool of \(blocks) pages needs \(poolBytes) bytes, more than this machine's memory (\(physical) bytes); " +
                      "lower --num-kv-blocks or --kv-cache-bytes")
     }
-    model.rope.ensure(min(model.maxContext, try checkedMul(blocks, o.pageSize, "KV pages × page size")))
-    self.model = model; self.tokenizer = tokenizer; options = o
-    scheduler = try Scheduler(config: SchedulerConfig(numBlocks: blocks, maxModelLen: model.maxContext, blockSize: o.pageSize,
+    if let c = o.maxContext, c < 2 { throw QoQError("--ctx-size \(c) leaves no room for a prompt and a generated token") }
+    let context = min(model.maxContext, o.maxContext ?? Int.max)
+    model.rope.ensure(min(context, try checkedMul(blocks, o.pageSize, "KV pages × page size")))
+    self.model = model; self.tokenizer = tokenizer; options = o; maxContext = context
+    scheduler = try Scheduler(config: SchedulerConfig(numBlocks: blocks, maxModelLen: context, blockSize: o.pageSize,
                                                       maxNumSeqs: o.maxNumSeqs, maxBatchedTokens: o.maxBatchedTokens, policy: o.policy))
     pool = try KVPool(format: model.kvFormat, layers: model.config.numHiddenLayers, numBlocks: blocks)
     ws = Workspace(config: model.config)
@@ -122,8 +128,8 @@ public final class Engine {
     }
     guard !prompt.isEmpty else { throw QoQError("the prompt is empty") }
     if let bad = prompt.first(where: { $0 < 0 || Int($0) >= V }) { throw QoQError("prompt token id \(bad) is outside the vocabulary (0..<\(V))") }
-    guard prompt.count < model.maxContext else {
-      throw QoQError("the prompt has \(prompt.count) tokens; the context is \(model.maxContext) (prompt + generated tokens)")
+    guard prompt.count < maxContext else {
+      throw QoQError("the prompt has \(prompt.count) tokens; the context is \(maxContext) (prompt + generated tokens)")
     }
     let id = nextId
     try scheduler.add(id: id, prompt: prompt, maxTokens: params.maxTokens)

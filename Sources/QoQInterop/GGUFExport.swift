@@ -50,7 +50,9 @@ extension Interop {
     guard FileManager.default.fileExists(atPath: tokPath) else { throw QoQError("\(src): no tokenizer.json to export with the model") }
     let tc = FileManager.default.fileExists(atPath: src + "/tokenizer_config.json") ? try JSON.parseFile(src + "/tokenizer_config.json") : nil
     var template = tc?["chat_template"]?.string
-    if template == nil, let data = FileManager.default.contents(atPath: src + "/chat_template.jinja") { template = String(decoding: data, as: UTF8.self) }
+    if template == nil, let data = FileManager.default.contents(atPath: src + "/chat_template.jinja") {
+      template = String(decoding: data, as: UTF8.self)
+    }
     let tokMeta = try ggufTokenizerMetadata(tokenizerJSON: try JSON.parseFile(tokPath), tokenizerConfig: tc, vocabSize: c.vocabSize,
                                             configIds: GGUFSpecialIds(bos: c.bosTokenId, eos: c.eosTokenIds.first), chatTemplate: template,
                                             what: tokPath)
@@ -60,7 +62,10 @@ extension Interop {
 
     var tensors: [GGUFTensorSpec] = []
     var rounding = FP16Rounding()
-    let quantized = Set(modules(c))
+    // Linears left unquantized (quant.wgts.skips) keep an FP weight: exported like the embeddings, in --dtype.
+    let names = Set(st.names)
+    let quantizedModules = modules(c).filter { names.contains($0 + ".qweight") }
+    let quantized = Set(quantizedModules)
     let floatType: GGMLType = [.f32: .F32, .f16: .F16, .bf16: .BF16][dtype]!
     if let s = c.ropeScaling, s.ropeType == "llama3" {
       let factors = llama3RopeFactors(c, s)
@@ -72,7 +77,7 @@ extension Interop {
       if n.hasSuffix(".k_center") { continue }
       guard let g = ggufName(hfName: n) else { throw QoQError("\(src): tensor \(n) has no llama.cpp counterpart; not exporting a partial model") }
       let shape = try st.info(n).shape
-      let big = n == "model.embed_tokens.weight" || n == "lm_head.weight"
+      let big = n == "model.embed_tokens.weight" || n == "lm_head.weight" || (n.hasSuffix("_proj.weight") && shape.count == 2)
       let rows = permutedRows(n, c, family)
       tensors.append(GGUFTensorSpec(name: g, dims: shape.reversed(), type: big ? floatType : .F32) {
         var w = try st.floats(n)
@@ -84,7 +89,7 @@ extension Interop {
         }
       })
     }
-    for m in modules(c) {
+    for m in quantizedModules {
       let g = ggufName(hfName: m + ".weight")!
       let out = try st.info(m + ".qweight").shape[0], inp = tensorShape(m + ".weight", c)[1]
       let rows = permutedRows(m + ".weight", c, family)

@@ -66,7 +66,7 @@ final class ServerState: Sendable {
     eosText = tokenizer.eosTokenIds.first.flatMap { try? tokenizer.decode([$0]) } ?? ""
   }
 
-  var maxContext: Int { service.engine.model.maxContext }
+  var maxContext: Int { service.engine.maxContext }
   var vocabSize: Int { service.engine.model.config.vocabSize }
 }
 

@@ -1,7 +1,8 @@
 // A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) as GGUF tokenizer metadata, the way llama.cpp's
 // convert_hf_to_gguf.py writes it (get_vocab_base, gguf-py SpecialVocab): the inverse of tokenizerJSON(gguf:).
 //   tokens      id order, padded to the model's vocabulary with "[PAD<i>]" (type UNUSED)
-//   token_type  CONTROL for special added tokens, USER_DEFINED for other added tokens, NORMAL otherwise
+//   token_type  CONTROL for special added tokens (or ones that look special, as the converter decides),
+//               USER_DEFINED for other added tokens, NORMAL otherwise
 //   merges      "left right" strings
 //   pre         llama.cpp's pre-tokenizer name, recognised from the pre_tokenizer pipeline (smollm, gpt-2,
 //               llama-bpe, qwen2); any other pipeline is refused (llama.cpp would tokenize it differently)
@@ -40,7 +41,7 @@ public func ggufTokenizerMetadata(tokenizerJSON t: JSONValue, tokenizerConfig tc
   for (i, a) in (t["added_tokens"]?.array ?? []).enumerated() {
     guard let id = a["id"]?.int, let content = a["content"]?.string else { throw QoQError("\(what): added_tokens[\(i)] lacks id or content") }
     try place(content, id)
-    types[id] = a["special"]?.bool == true ? 3 : 4  // CONTROL : USER_DEFINED
+    types[id] = a["special"]?.bool == true || looksSpecial(content) ? 3 : 4  // CONTROL : USER_DEFINED
   }
   var tokens: [GGUFValue] = []
   tokens.reserveCapacity(vocabSize)
@@ -99,4 +100,11 @@ func ggufPreTokenizerName(_ t: JSONValue, what: String) throws -> String {
   }
   throw QoQError("\(what): this pre-tokenizer pipeline has no llama.cpp name we know (recognised: GPT-2 byte level, SmolLM2's "
                  + "digits + byte level, Llama 3's and Qwen2's split regex); llama.cpp would tokenize differently, so it is not exported")
+}
+
+/// convert_hf_to_gguf's does_token_look_special: added tokens written like control tokens are CONTROL even when
+/// tokenizer.json does not mark them special (Qwen2.5's <|fim_prefix|> …).
+func looksSpecial(_ t: String) -> Bool {
+  ["<pad>", "<mask>", "<2mass>", "[@BOS@]"].contains(t) || (t.hasPrefix("<|") && t.hasSuffix("|>"))
+    || (t.hasPrefix("<｜") && t.hasSuffix("｜>")) || (t.hasPrefix("<start_of_") && t.hasSuffix(">"))
 }

@@ -18,6 +18,7 @@ struct ChatCommand: ParsableCommand {
   @Option(help: "System prompt for the conversation.") var systemPrompt: String?
   @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Most tokens per answer.") var maxTokens: Int = 512
   @OptionGroup var sampling: SamplingOptions
+  @OptionGroup var templateOption: ChatTemplateOption
   @OptionGroup var engine: EngineArguments
 
   func validate() throws {
@@ -29,7 +30,7 @@ struct ChatCommand: ParsableCommand {
     try runReportingErrors {
       let (model, tok) = try engine.loadModel(modelPath)
       let e = try Engine(model: model, tokenizer: tok, options: engine.options)
-      let template = try ChatTemplate.forModel(path: modelPath) ?? ChatTemplate.chatML
+      let template = try templateOption.load(model: modelPath) ?? ChatTemplate.chatML
       let bos = tok.bosTokenId.flatMap { try? tok.decode([$0]) } ?? "", eos = tok.eosTokenIds.first.flatMap { try? tok.decode([$0]) } ?? ""
       let vars: [String: TemplateValue] = ["bos_token": .string(bos), "eos_token": .string(eos)]
       let system: [(role: String, content: String)] = systemPrompt.map { [("system", $0)] } ?? []
@@ -47,7 +48,7 @@ struct ChatCommand: ParsableCommand {
         history.append(("user", line))
         var ids = try template.encodeChat(history, tokenizer: tok, vars: vars).ids
         // Keep the conversation within the context: drop the oldest turns (never the system prompt or this message).
-        while ids.count + maxTokens > model.config.maxPositionEmbeddings && history.count > system.count + 1 {
+        while ids.count + maxTokens > e.maxContext && history.count > system.count + 1 {
           history.remove(at: system.count)
           ids = try template.encodeChat(history, tokenizer: tok, vars: vars).ids
         }

@@ -15,6 +15,7 @@ struct EngineArguments: ParsableArguments {
   @Option(help: "KV pool size in bytes (pages = bytes / page bytes across layers).") var kvCacheBytes: Int = 1 << 30
   @Option(help: "KV pool size in pages (overrides --kv-cache-bytes; QServe's NUM_GPU_PAGE_BLOCKS).") var numKvBlocks: Int?
   @Option(help: "Tokens per KV page.") var pageSize: Int = 64
+  @Option(name: [.customShort("c"), .long], help: "Context per request, prompt + generated tokens (default: the model's).") var ctxSize: Int?
   @Option(help: "Scheduler: chunked (decodes + prefill chunks each step) or qserve-v0 (prefill-only or decode-only steps).")
   var policy: String = "chunked"
   @Option(help: "LM head precision: fp32, bf16, int8 or int4 (default: int8 for quantized checkpoints, fp32 for FP models).")
@@ -31,6 +32,7 @@ struct EngineArguments: ParsableArguments {
     guard SchedulerPolicy(rawValue: policy) != nil else { throw ValidationError("--policy must be chunked or qserve-v0") }
     if let h = lmHead, LMHeadPrecision(rawValue: h) == nil { throw ValidationError("--lm-head must be fp32, bf16, int8 or int4") }
     guard KVMode(rawValue: kvCache) != nil else { throw ValidationError("--kv-cache must be fp16, kv8 or kv4") }
+    if let c = ctxSize, c < 2 { throw ValidationError("--ctx-size must be at least 2 (a prompt token and a generated one)") }
   }
 
   /// Loads a quantized checkpoint for the integer kernels, or an FP model (HF folder or GGUF).
@@ -45,6 +47,7 @@ struct EngineArguments: ParsableArguments {
     var o = EngineOptions()
     o.pageSize = pageSize; o.numBlocks = numKvBlocks; o.kvCacheBytes = kvCacheBytes; o.maxNumSeqs = maxNumSeqs
     o.maxBatchedTokens = maxNumBatchedTokens; o.policy = SchedulerPolicy(rawValue: policy)!; o.integerScores = !fpScores
+    o.maxContext = ctxSize
     return o
   }
 }
@@ -76,5 +79,20 @@ struct SamplingOptions: ParsableArguments {
     p.temperature = temp ?? defaultTemp; p.topK = topK; p.topP = topP ?? defaultTopP; p.minP = minP
     p.repetitionPenalty = repeatPenalty; p.seed = seed &+ UInt64(index); p.maxTokens = maxTokens
     return p
+  }
+}
+
+/// `--chat-template FILE`, shared by generate, chat and serve: a Jinja chat template that replaces the model's own.
+struct ChatTemplateOption: ParsableArguments {
+  @Option(help: "Jinja chat template file to use instead of the model's (tokenizer_config.json, chat_template.jinja or GGUF).")
+  var chatTemplate: String?
+
+  /// The file's template, else the model's own (the model given as a folder, a .gguf or a Hugging Face id); nil: none.
+  func load(model: String) throws -> ChatTemplate? {
+    if let f = chatTemplate {
+      guard let s = try? String(contentsOfFile: f, encoding: .utf8) else { throw QoQError("\(f): cannot read the chat template file") }
+      do { return try ChatTemplate(s) } catch let e as QoQError { throw QoQError("\(f): \(e.message)") }
+    }
+    return try ChatTemplate.forModel(path: HubCache.resolve(model))
   }
 }

@@ -42,6 +42,7 @@ struct ServeCommand: AsyncParsableCommand {
     Chat message contents are always text.
     """)
   var promptSpecials = "parse"
+  @OptionGroup var templateOption: ChatTemplateOption
   @OptionGroup var engine: EngineArguments
 
   func validate() throws {
@@ -77,7 +78,8 @@ struct ServeCommand: AsyncParsableCommand {
         o.apiKey = k
       }
       let (model, tok) = try engine.loadModel(modelPath)
-      note("engine: \(model.description); resident \(String(format: "%.2f", currentRSSGB())) GiB after load, peak \(String(format: "%.2f", peakRSSGB())) GiB")
+      let rss = String(format: "resident %.2f GiB after load, peak %.2f GiB", currentRSSGB(), peakRSSGB())
+      note("engine: \(model.description); \(rss)")
       service = EngineService(engine: try Engine(model: model, tokenizer: tok, options: engine.options), maxQueued: maxQueued,
                               requestTimeout: requestTimeout)
       if logRequests { service.requestLog = { line in note(line) } }
@@ -88,12 +90,13 @@ struct ServeCommand: AsyncParsableCommand {
           o.limits.defaults = try SamplingDefaults.load(folder: folder)
           let d = o.limits.defaults
           if d != SamplingDefaults() {
-            note("sampling defaults from generation_config.json: temperature \(d.temperature), top_p \(d.topP), top_k \(d.topK), min_p \(d.minP), repetition_penalty \(d.repetitionPenalty)")
+            note("sampling defaults from generation_config.json: temperature \(d.temperature), top_p \(d.topP), top_k \(d.topK), "
+              + "min_p \(d.minP), repetition_penalty \(d.repetitionPenalty)")
           }
         }
       }
       tokenizer = tok
-      template = try ChatTemplate.forModel(path: modelPath)
+      template = try templateOption.load(model: modelPath)
       if template == nil { note("the model has no chat template: /v1/chat/completions uses ChatML") }
     } catch let e as QoQError {
       FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
