@@ -75,22 +75,70 @@ public enum CalibrationData {
   }
 }
 
-/// The calibration activations between decoder layers: each sample's residual stream (length × H, fp32) entering the
-/// next layer. These are the only state of a streamed quantization run that grows with the calibration set (not with
-/// depth): 128 × 1024 tokens of a 4096-wide model hold 2 GiB.
+/// The calibration activations between decoder layers: each sample's residual stream (length × H) entering the next
+/// layer. These are the only state of a streamed quantization run that grows with the calibration set (not with
+/// depth): 128 × 1024 tokens of a 4096-wide model hold 2 GiB in fp32, 1 GiB when kept in bf16
+/// (`quant.calib.activations_dtype: torch.bfloat16`, issue #12; each layer still computes in fp32 and its outputs
+/// are rounded to bf16, round-to-nearest-even, when stored).
 public final class LayerwisePass {
   public let samples: [[Int32]]
+  /// Whether the stored rows are bf16 (else fp32).
+  public let bf16: Bool
   /// Samples run through a layer together (bounds the capture and activation memory).
   public var chunk = 4
-  /// Per sample: (length, H) rows entering the next layer.
-  public var hidden: [[Float]]
+  /// Per sample, one of the two is filled: (length, H) rows in fp32, or the same rows as bf16 bits.
+  private var f32: [[Float]]
+  private var b16: [[UInt16]]
   var pool: [KVCache] = []
 
-  /// `embedding(token)` gives a token's (already rotated) embedding row.
-  public init(samples: [[Int32]], hidden: [[Float]]) {
+  /// `hidden[s]` holds sample s's rows entering the next layer (rounded to bf16 when `bf16`).
+  public init(samples: [[Int32]], hidden: [[Float]], bf16: Bool = false) {
     precondition(hidden.count == samples.count)
-    self.samples = samples; self.hidden = hidden
+    self.samples = samples; self.bf16 = bf16
+    f32 = bf16 ? [] : hidden
+    b16 = bf16 ? hidden.map(Self.toBF16) : []
   }
+
+  /// A second pass over the same rows (the static-KV stream); arrays are shared until either pass writes.
+  public init(copying o: LayerwisePass) {
+    samples = o.samples; bf16 = o.bf16; chunk = o.chunk; f32 = o.f32; b16 = o.b16
+  }
+
+  /// A pass whose sample s holds `rows(s)`, converted one sample at a time (so fp32 copies of all samples never
+  /// coexist with the bf16 ones).
+  public static func build(samples: [[Int32]], bf16: Bool, rows: (Int) throws -> [Float]) throws -> LayerwisePass {
+    let p = LayerwisePass(samples: samples, bf16: bf16)
+    for s in samples.indices {
+      let x = try rows(s)
+      if bf16 { p.b16.append(toBF16(x)) } else { p.f32.append(x) }
+    }
+    return p
+  }
+
+  /// The embeddings of every sample (rows of a (vocab, H) table, ids checked).
+  public static func embedded(samples: [[Int32]], table: [Float], hiddenSize H: Int, bf16: Bool) throws -> LayerwisePass {
+    try build(samples: samples, bf16: bf16) { try embed(samples: [samples[$0]], table: table, hiddenSize: H)[0] }
+  }
+
+  private init(samples: [[Int32]], bf16: Bool) {
+    self.samples = samples; self.bf16 = bf16; f32 = []; b16 = []
+  }
+
+  /// Sample s's rows in fp32.
+  public func hidden(_ s: Int) -> [Float] { bf16 ? b16[s].map(bf16ToF32) : f32[s] }
+
+  /// Every sample's rows as tensors "\(prefix).\(s)" of shape (length, H), in the stored dtype.
+  public func tensors(prefix: String, hiddenSize H: Int) -> [StreamedTensor] {
+    samples.indices.map { s in
+      if !bf16 { return StreamedTensor(name: "\(prefix).\(s)", shape: [samples[s].count, H], floats: f32[s]) }
+      let rows = b16[s]
+      return StreamedTensor(name: "\(prefix).\(s)", dtype: .BF16, shape: [samples[s].count, H], byteCount: rows.count * 2) { fh in
+        try rows.withUnsafeBytes { b in if b.count > 0 { try fh.write(contentsOf: Data(b)) } }
+      }
+    }
+  }
+
+  static func toBF16(_ x: [Float]) -> [UInt16] { x.map(f32ToBF16) }
 
   /// The embeddings of every sample: rows of a (vocab, H) table, ids checked.
   public static func embed(samples: [[Int32]], table: [Float], hiddenSize H: Int) throws -> [[Float]] {
@@ -117,7 +165,7 @@ public final class LayerwisePass {
     var i = 0
     while i < samples.count {
       let j = min(samples.count, i + chunk)
-      var x = Array(hidden[i..<j].joined())
+      var x = bf16 ? (i..<j).flatMap { b16[$0].map(bf16ToF32) } : Array(f32[i..<j].joined())
       let cap = LayerCapture(points)
       try model.runLayer(l, x: &x, lengths: Array(lengths[i..<j]), caches: Array(pool.prefix(j - i)), capture: cap)
       try observe(cap)
@@ -125,7 +173,7 @@ public final class LayerwisePass {
         var off = 0
         for s in i..<j {
           let n = lengths[s] * c.hiddenSize
-          hidden[s] = Array(x[off..<(off + n)])
+          if bf16 { b16[s] = x[off..<(off + n)].map(f32ToBF16) } else { f32[s] = Array(x[off..<(off + n)]) }
           off += n
         }
       }

@@ -39,10 +39,10 @@ extension QuantPlan {
     let table = c.vocabSize * h
     let params = L * perLayer + table * (c.tieWordEmbeddings ? 1 : 2)
     let tokens = needsCalibration ? calib.numSamples * calib.seqLength : 0
-    // Activations between layers (fp32; a second stream for static KV ranges), one chunk of 4 sequences' captures
+    // Activations between layers (fp32 or bf16; a second stream for static KV ranges), one chunk of 4 sequences' captures
     // (inputs, outputs, the widest intermediate), GPTQ's Hessians (Double) of the widest linear input.
     let streams = kvStatic ? 2 : 1
-    let between = tokens * h * 4 * streams
+    let between = tokens * h * (calibActivationsBF16 ? 2 : 4) * streams
     let layerBytes = tokens > 0 ? Self.layerBytesPerParameter : Self.layerBytesPerParameterRTN
     let captures = tokens > 0 ? min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 : 0
     var layerPhase = layerBytes * perLayer + captures

@@ -79,13 +79,12 @@ public final class QuantizationPipeline {
 
   /// The quant section as the key sees it. rotate_keys acts on the KV cache only (the engine and the fake-quantized
   /// model), so the layer units do not depend on it, except where SmoothAttention's GridSearch judges α with the keys
-  /// quantized: there it stays in the key.
+  /// quantized: there it stays in the key. calib.activations_dtype enters the key as "|acts:bf16" (so adding the field
+  /// left the keys of earlier fp32 runs unchanged).
   var quantKeySection: String {
-    guard plan.smoothAttn?.strategy != .gridSearch, var q = recipe.tree["quant"]?.object, var o = q["opts"]?.object else {
-      return section("quant")
-    }
-    o["rotate_keys"] = nil
-    q["opts"] = .object(o)
+    guard var q = recipe.tree["quant"]?.object else { return section("quant") }
+    if var cal = q["calib"]?.object { cal["activations_dtype"] = nil; q["calib"] = .object(cal) }
+    if plan.smoothAttn?.strategy != .gridSearch, var o = q["opts"]?.object { o["rotate_keys"] = nil; q["opts"] = .object(o) }
     return JSON.serialize(.object(q))
   }
 
@@ -93,7 +92,8 @@ public final class QuantizationPipeline {
   /// pass structure.
   var runKey: String {
     sha256Hex(Array(("stream-v1|" + modelIdentity() + "|quant:" + quantKeySection + "|seed:\(plan.seed)"
-                     + (plan.calibBF16 ? "|dtype:bf16" : "") + (fuseCalibrationPasses ? "" : "|two-pass")).utf8))
+                     + (plan.calibBF16 ? "|dtype:bf16" : "") + (plan.calibActivationsBF16 ? "|acts:bf16" : "")
+                     + (fuseCalibrationPasses ? "" : "|two-pass")).utf8))
   }
 
   /// What the checkpoint's quantization_config says (static KV scales are filled in after the layers).
@@ -133,17 +133,20 @@ public final class QuantizationPipeline {
         log("calibration: \(plan.calib.numSamples) × \(plan.calib.seqLength) tokens from \(plan.calib.path)")
         return try CalibrationData.samples(plan.calib, tokenizer: tokenizer)
       }
-      let saved = start > 0 ? try work.loadActivations(streams: streams, samples: samples.count) : nil
+      let bf16 = plan.calibActivationsBF16
+      let saved = start > 0 ? try work.loadActivations(streams: streams, samples: samples, bf16: bf16) : nil
       start = work.resumePoint(layers: L, calibrated: true, activationsLayer: saved?.layer)
       if start > 0, let s = saved, s.layer == start - 1 {
-        for n in streams { passes[n] = LayerwisePass(samples: samples, hidden: s.1[n]!) }
+        passes = s.1
       } else {
         start = 0
-        let hidden = try embeddingUnit(work, source: source, config: config, rotator: rotator, samples: samples)!
-        for n in streams { passes[n] = LayerwisePass(samples: samples, hidden: hidden) }
+        let first = try embeddingUnit(work, source: source, config: config, rotator: rotator, samples: samples, bf16: bf16)!
+        for n in streams { passes[n] = passes.isEmpty ? first : LayerwisePass(copying: first) }
       }
     }
-    if work.unit("embed") == nil { _ = try embeddingUnit(work, source: source, config: config, rotator: rotator, samples: nil) }
+    if work.unit("embed") == nil {
+      _ = try embeddingUnit(work, source: source, config: config, rotator: rotator, samples: nil, bf16: false)
+    }
     resumedLayers = start
     if start > 0 { log("resuming at layer \(start) of \(L) (\(work.path))") }
     else if !work.temporary { log("finished layers are kept in \(work.path): a killed run resumes there") }
@@ -158,7 +161,7 @@ public final class QuantizationPipeline {
       }
       try time("save") {
         try work.save(WorkFolder.layerUnit(l), layerTensors(store, layer: l, quantized: quantized), metadata: meta)
-        if !passes.isEmpty { try work.saveActivations(after: l, passes.mapValues(\.hidden), hiddenSize: H) }
+        if !passes.isEmpty { try work.saveActivations(after: l, passes, hiddenSize: H) }
       }
       store.drop(layer: l)
       keyCenters[l] = nil
@@ -217,14 +220,14 @@ public final class QuantizationPipeline {
 
   /// The embedding unit (rotated rows when the recipe rotates), and the calibration samples' embeddings when asked.
   func embeddingUnit(_ work: WorkFolder, source: WeightSource, config c: LlamaConfiguration, rotator: Rotator?,
-                     samples: [[Int32]]?) throws -> [[Float]]? {
+                     samples: [[Int32]]?, bf16: Bool) throws -> LayerwisePass? {
     try time("embedding") {
       var e = try source.floats("model.embed_tokens.weight")
       rotator?.rotateRows(&e)
       if work.unit("embed") == nil {
         try work.save("embed", [StreamedTensor(name: "model.embed_tokens.weight", shape: [c.vocabSize, c.hiddenSize], floats: e)])
       }
-      return try samples.map { try LayerwisePass.embed(samples: $0, table: e, hiddenSize: c.hiddenSize) }
+      return try samples.map { try LayerwisePass.embedded(samples: $0, table: e, hiddenSize: c.hiddenSize, bf16: bf16) }
     }
   }
 

@@ -47,6 +47,8 @@ public struct QuantPlan: Sendable {
   public var calib = CalibrationOptions()
   /// Calibration passes run their linears in bf16 (model.dtype torch.bfloat16) instead of fp32.
   public var calibBF16 = false
+  /// The calibration activations between layers are kept in bf16 (quant.calib.activations_dtype, not in deepcompressor).
+  public var calibActivationsBF16 = false
   public var seed: UInt64 = 12345
   public var evalSeqLen = 2048
   public var evalWindows = 0
@@ -238,6 +240,11 @@ public struct QuantPlan: Sendable {
     calib.minSeqLength = try r.int("quant.calib.min_seq_length")
     calib.maxSeqLength = try r.int("quant.calib.max_seq_length")
     guard calib.numSamples > 0, calib.seqLength > 1 else { throw bad("quant.calib.num_samples and seq_length must be positive") }
+    switch try r.string("quant.calib.activations_dtype") ?? "torch.float32" {
+    case "torch.float32", "float32": calibActivationsBF16 = false
+    case "torch.bfloat16", "bfloat16": calibActivationsBF16 = true
+    case let d: throw bad("quant.calib.activations_dtype \(d) is not supported (torch.float32, torch.bfloat16)")
+    }
     if try r.string("quant.develop_dtype") != "torch.float32" { throw bad("quant.develop_dtype must be torch.float32") }
     switch try r.string("model.dtype") ?? "torch.float32" {
     case "torch.float32", "float32": calibBF16 = false

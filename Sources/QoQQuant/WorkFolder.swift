@@ -48,20 +48,18 @@ final class WorkFolder: @unchecked Sendable {
     try SafeTensorsWriter.write(streamed: tensors, metadata: m, to: file(name))
   }
 
-  /// Calibration activations entering layer `layer + 1`: per stream name, one (length, H) tensor per sample.
-  func saveActivations(after layer: Int, _ streams: [String: [[Float]]], hiddenSize H: Int) throws {
-    var t: [StreamedTensor] = []
-    for (name, rows) in streams {
-      for (i, x) in rows.enumerated() { t.append(StreamedTensor(name: "\(name).\(i)", shape: [x.count / H, H], floats: x)) }
-    }
+  /// Calibration activations entering layer `layer + 1`: per stream name, one (length, H) tensor per sample, in the
+  /// pass's dtype (fp32 or bf16).
+  func saveActivations(after layer: Int, _ streams: [String: LayerwisePass], hiddenSize H: Int) throws {
+    let t = streams.flatMap { name, pass in pass.tensors(prefix: name, hiddenSize: H) }
     try save("activations", t, metadata: ["layer": String(layer)])
   }
 
-  /// The saved activations (the layer they follow, and the streams), when written by this run's key.
-  func loadActivations(streams: [String], samples: Int) throws -> (layer: Int, [String: [[Float]]])? {
+  /// The saved activations (the layer they follow, and one pass per stream), when written by this run's key.
+  func loadActivations(streams: [String], samples: [[Int32]], bf16: Bool) throws -> (layer: Int, [String: LayerwisePass])? {
     guard let f = unit("activations"), let l = Int(f.metadata["layer"] ?? "") else { return nil }
-    var out: [String: [[Float]]] = [:]
-    for s in streams { out[s] = try (0..<samples).map { try f.floats("\(s).\($0)") } }
+    var out: [String: LayerwisePass] = [:]
+    for s in streams { out[s] = try LayerwisePass.build(samples: samples, bf16: bf16) { try f.floats("\(s).\($0)") } }
     return (l, out)
   }
 

@@ -86,4 +86,70 @@ import QoQTestSupport
       #expect(got == x, "activations after layer \(stop)")
     }
   }
+
+  /// `quant.calib.activations_dtype: torch.bfloat16`: the activations saved after layer k are bf16 tensors equal to a
+  /// reference computed here (each layer in fp32 from bf16-rounded inputs, its outputs rounded to nearest even by the
+  /// formula below, not by the library's converter); a bf16 run stopped after layer 0 resumes to the checkpoint of an
+  /// uninterrupted bf16 run, byte for byte; the fp32 default's run key is unchanged by the new field; the estimate
+  /// counts 2 bytes per activation.
+  @Test func bf16ActivationsAreRoundedSavedAndResumed() throws {
+    let (_, c) = try tinyPipelineConfigs()[0]
+    let dir = tempDir("stream-bf16")
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let base = PipelineTests.qoqTinyFlags + ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"]
+    let r = try Recipe.load(files: [], flags: base + ["--calib-activations-dtype", "torch.bfloat16"])
+    // Round to nearest even by hand: add half an ulp of bf16 (0x7FFF + the kept lowest bit) and truncate.
+    func round16(_ x: [Float]) -> [Float] {
+      x.map { v in
+        let u = v.bitPattern, keep = (u >> 16) & 1
+        return Float(bitPattern: ((u + 0x7FFF + keep) >> 16) << 16)
+      }
+    }
+    let ref = try WeightStore(config: c, source: try CheckpointWeights(folder: dir + "/model"))
+    let probe = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
+    #expect(probe.plan.calibActivationsBF16)
+    try RotationStage.apply(ref, options: try #require(probe.plan.rotation))
+    let model = try ref.model()
+    let samples = try CalibrationData.samples(probe.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
+    var x = round16(try model.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) }))
+    let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
+    for stop in 0..<c.numHiddenLayers {
+      // The pass runs 4 samples per chunk: all 4 here, as one batch.
+      try model.runLayer(stop, x: &x, lengths: samples.map(\.count), caches: caches)
+      x = round16(x)
+      let cache = dir + "/cache-\(stop)"
+      let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
+      p.stopAfterLayer = stop
+      #expect(throws: QoQError.self) { _ = try p.run() }
+      let folder = try FileManager.default.contentsOfDirectory(atPath: cache).first { $0.hasPrefix("stream-") }!
+      let act = try SafeTensorsFile(path: cache + "/" + folder + "/activations.safetensors")
+      #expect(try act.info("fp.0").dtype == .BF16)
+      let got = try (0..<samples.count).flatMap { try act.floats("fp.\($0)") }
+      #expect(got == x, "bf16 activations after layer \(stop) (\(relL2(got, x)) relative)")
+    }
+    // Resume from the saved bf16 activations (cache-0 stopped after layer 0) = an uninterrupted bf16 run.
+    let whole = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run()
+    let resumedRun = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: dir + "/cache-0")
+    let resumed = try resumedRun.run()
+    #expect(resumedRun.resumedLayers == 1)
+    let wholeBytes = try checkpointBytes(try whole.checkpoint())
+    #expect(try checkpointBytes(try resumed.checkpoint()) == wholeBytes)
+    // fp32 (the default, or named) keeps the key earlier runs had; bf16 changes it.
+    let fp = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: base), cacheRoot: nil)
+    let named = try QuantizationPipeline(modelPath: dir + "/model",
+                                         recipe: try Recipe.load(files: [], flags: base + ["--calib-activations-dtype", "torch.float32"]),
+                                         cacheRoot: nil)
+    #expect(fp.runKey == named.runKey && fp.runKey != probe.runKey)
+    #expect(!fp.quantKeySection.contains("activations_dtype"))
+    // The estimate: the same run at a 4096-wide shape holds 128 × 1024 × 4096 activations at 4 or 2 bytes.
+    var big = c
+    big.hiddenSize = 4096; big.intermediateSize = 14336; big.numAttentionHeads = 32; big.numKeyValueHeads = 8; big.headDim = 128
+    var p32 = fp.plan, p16 = probe.plan
+    p32.calib.numSamples = 128; p32.calib.seqLength = 1024; p16.calib.numSamples = 128; p16.calib.seqLength = 1024
+    let d = p32.estimate(big, evaluate: false).peakBytes - p16.estimate(big, evaluate: false).peakBytes
+    #expect(d == 128 * 1024 * 4096 * 2)
+    #expect(throws: QoQError.self) { _ = try QuantizationPipeline(modelPath: dir + "/model",
+      recipe: try Recipe.load(files: [], flags: base + ["--calib-activations-dtype", "torch.float16"]), cacheRoot: nil) }
+  }
 }
