@@ -50,7 +50,8 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
-    // The HTTP server (qoq serve) and, in tests only, a real HTTP client talking to it on loopback.
+    // The HTTP server (qoq serve); the HTTP client that downloads models by name (QoQHub), and in tests talks to the
+    // server on loopback.
     .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
     .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
@@ -86,12 +87,15 @@ let package = Package(
                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                           .product(name: "HTTPTypes", package: "swift-http-types")], swiftSettings: isaOnly),
     // Interop: QServe / TinyChat export, deepcompressor (torch.save files) and QServe import.
+    // Models by name: downloads from the Hugging Face hub into its cache layout (issue #16).
+    .target(name: "QoQHub", dependencies: ["QoQIO", "QoQModels", .product(name: "AsyncHTTPClient", package: "async-http-client")],
+            swiftSettings: isaOnly),
     .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels", "QoQTokenizers"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
     .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
       "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler", "QoQInterop", "QoQServing", "QoQServer",
-      .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      "QoQHub", .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ], swiftSettings: isaOnly),
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
     .executableTarget(name: "qoq-fuzz", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQTestSupport"],
@@ -117,7 +121,7 @@ let package = Package(
                 swiftSettings: isaOnly),
     // Hostile input, class by class (issue #13): the real binary, files built to break it, the server under abuse.
     .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer", "QoQQuant",
-                                                        "QoQEval", "QoQFormat", "QoQEngine", "QoQScheduler", "QoQTestSupport"],
+                                                        "QoQEval", "QoQFormat", "QoQEngine", "QoQScheduler", "QoQHub", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

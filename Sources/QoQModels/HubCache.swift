@@ -4,7 +4,8 @@
 //   ROOT/models--ORG--NAME/refs/REVISION   (a file holding the commit hash; REVISION defaults to main)
 //   ROOT/models--ORG--NAME/snapshots/HASH/ (the files, usually links into blobs/)
 // A snapshot with config.json is a Hugging Face folder; one without it but with exactly one .gguf is that file.
-// Downloading is not done here: a model that is not in the cache is refused with the command that fetches it.
+// Downloading is QoQHub's (the CLI fetches a missing model before a command runs); here a model that is not in the
+// cache is refused with the command that fetches it.
 import Foundation
 import QoQIO
 

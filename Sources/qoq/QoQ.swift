@@ -18,6 +18,7 @@ struct QoQ: AsyncParsableCommand {
     }
     do {
       var command = try parseAsRoot()
+      try await fetchNamedModels(command)
       if var asyncCommand = command as? AsyncParsableCommand { try await asyncCommand.run() } else { try command.run() }
     } catch {
       exit(withError: error)

@@ -14,8 +14,9 @@ struct TokenizeCommand: ParsableCommand {
   func run() throws {
     try runReportingErrors {
       let tok: Tokenizer
-      if modelPath.hasSuffix(".gguf") { tok = try Tokenizer.load(gguf: GGUFFile(path: modelPath)) }
-      else { tok = try Tokenizer.load(folder: modelPath) }
+      let path = try HubCache.resolve(modelPath)  // a Hugging Face id (ORG/NAME) from the hub cache
+      if path.hasSuffix(".gguf") { tok = try Tokenizer.load(gguf: GGUFFile(path: path)) }
+      else { tok = try Tokenizer.load(folder: path) }
       let ids = try tok.encode(prompt, addSpecialTokens: addSpecial, parseSpecial: !noParseSpecial)
       print(ids.map(String.init).joined(separator: " "))
     }
