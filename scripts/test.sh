@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls exactly this): sets up the default model (the real-model tests need it),
 # runs the bounded fuzzer over every parser, the `openai` Python client against `qoq serve` (skipped if PyPI's
-# openai package cannot be installed), `qoq chat` in tmux, the chat page in headless Chromium, then the whole test
-# suite. Prints the wall time of each phase at the end.
+# openai package cannot be installed), `qoq chat` in tmux, the chat page in headless Chromium, every README command
+# (the docs test), then the whole test suite. Prints the wall time of each phase at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIMES=()
@@ -25,5 +25,6 @@ phase "qoq build" swift build --product qoq
 phase "openai client" bash scripts/test_openai_client.sh
 phase "chat (tmux)" bash scripts/test_chat_tmux.sh
 phase "chat page (chromium)" bash scripts/test_chat_page.sh
+phase "docs (README commands)" bash scripts/test_docs.sh
 phase "swift test" swift test
 report

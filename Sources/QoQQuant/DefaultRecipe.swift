@@ -21,12 +21,12 @@ eval:
   evaluators: [gptq]
   max_seq_length: 2048
   max_windows: 0
-  dataset: ../shared/data/wikitext-2-raw/wiki.test.raw
+  dataset: ""   # "" = the bundled WikiText-2 test file, data/wikitext-2-raw/wiki.test.raw
 quant:
   develop_dtype: torch.float32
   calib:
     data: text
-    path: ../shared/data/calibration/wikitext-2-valid.tokens.txt
+    path: ""   # "" = the bundled text, data/calibration/wikitext-2-valid.tokens.txt
     num_samples: 128
     seq_length: 1024
     min_seq_length: 0

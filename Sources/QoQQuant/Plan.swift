@@ -235,6 +235,7 @@ public struct QuantPlan: Sendable {
     }
     // Calibration and evaluation.
     calib.path = try r.string("quant.calib.path") ?? ""
+    if calib.path.isEmpty { calib.path = BundledData.locate(.calibration) ?? "" }  // "" when missing: refused by the CLI
     calib.numSamples = try r.int("quant.calib.num_samples")
     calib.seqLength = try r.int("quant.calib.seq_length")
     calib.minSeqLength = try r.int("quant.calib.min_seq_length")
@@ -254,6 +255,7 @@ public struct QuantPlan: Sendable {
     evalSeqLen = try r.int("eval.max_seq_length")
     evalWindows = try r.int("eval.max_windows")
     evalDataset = try r.string("eval.dataset") ?? ""
+    if evalDataset.isEmpty { evalDataset = BundledData.locate(.wikitext2Test) ?? "" }
     guard evalSeqLen > 1, evalWindows >= 0 else { throw bad("eval.max_seq_length must be > 1 and eval.max_windows ≥ 0") }
   }
 

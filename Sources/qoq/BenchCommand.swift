@@ -12,7 +12,7 @@ struct BenchCommand: ParsableCommand {
     abstract: "Benchmarks: FP kernels and model (default), W4A8 kernels vs measured ceilings (--kernels), the engine (--engine).")
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long], help: "Model folder or .gguf (omit to run kernel benchmarks only).")
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Model folder or .gguf (omit to run kernel benchmarks only).")
   var modelPath: String?
   @Option(help: "Repetitions (median is reported).") var repeats: Int = 5
   @Option(name: .customLong("pp"), help: "Prompt length for the prefill test.") var promptTokens: Int = 512

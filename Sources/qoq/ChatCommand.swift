@@ -14,7 +14,7 @@ struct ChatCommand: ParsableCommand {
     abstract: "Interactive chat with the model's chat template: streamed answers, /reset, /exit.")
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.") var modelPath: String
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.") var modelPath: String
   @Option(help: "System prompt for the conversation.") var systemPrompt: String?
   @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Most tokens per answer.") var maxTokens: Int = 512
   @OptionGroup var sampling: SamplingOptions

@@ -12,8 +12,9 @@ struct EvalCommand: ParsableCommand {
     abstract: "WikiText-2 perplexity (GPTQ protocol by default, as the QoQ/AWQ/GPTQ papers report it).")
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long], help: "Hugging Face model folder or .gguf file.") var modelPath: String
-  @Option(help: "WikiText-2 raw test file (wiki.test.raw).") var dataset: String = "../shared/data/wikitext-2-raw/wiki.test.raw"
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Hugging Face model folder or .gguf file.") var modelPath: String
+  @Option(help: "Text to score (default: the bundled WikiText-2 test file, data/wikitext-2-raw/wiki.test.raw).")
+  var dataset: String?
   @Option(help: "Dataset format: auto (.jsonl → jsonl; .raw or a WikiText heading → wikitext; else text), wikitext, text or jsonl.")
   var datasetFormat: String = "auto"
   @Option(help: "Window length in tokens.") var seqLen: Int = 2048
@@ -72,6 +73,7 @@ struct EvalCommand: ParsableCommand {
     try runReportingErrors {
       if !tasks.isEmpty { try runTasks(); return }
       let p = PerplexityProtocol(rawValue: proto)!
+      let dataset = try self.dataset ?? BundledData.path(.wikitext2Test, flag: "--dataset")
       let data = try EvalDataset(path: dataset, format: DatasetFormat(rawValue: datasetFormat))
       // Opened once; the engine packs the checkpoint itself, the reference path builds the (fake-quantized) model.
       var ckpt = try ModelCheckpoint.open(modelPath)

@@ -11,7 +11,7 @@ struct GenerateCommand: ParsableCommand {
     abstract: "Generate text with the engine (W4A8 kernels for quantized checkpoints), several prompts batched in flight.")
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
   @Option(name: [.short, .long], help: "Prompt text (repeat for several prompts).") var prompt: [String] = []
   @Option(name: [.customShort("f"), .long], help: "A file whose whole text is one prompt (- reads standard input), as llama.cpp's -f.")
   var file: String?

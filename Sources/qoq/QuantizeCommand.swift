@@ -12,7 +12,7 @@ struct QuantizeCommand: ParsableCommand {
     commandName: "quantize",
     abstract: "Quantize with a deepcompressor-style recipe (QoQ W4A8KV4 by default in recipes/), evaluate, save.",
     discussion: """
-    qoq quantize CONFIG.yaml... --model-path PATH [--save-model DIR] [--skip-eval] [--eval-max-windows N] [FLAGS]
+    qoq quantize CONFIG.yaml... -m|--model-path PATH [--save-model DIR] [--skip-eval] [--eval-max-windows N] [FLAGS]
     Configs load in order on top of recipes/__default__.yaml; every recipe field is also a flag
     (quant.smooth.proj.alpha → --smooth-proj-alpha 0.05, booleans --enable-rotation / --no-enable-rotation).
     The model is streamed a decoder layer at a time; finished layers are kept under --cache-root (default
@@ -57,6 +57,11 @@ struct QuantizeCommand: ParsableCommand {
         kvAblation = true
         args.removeSubrange(k...(k + 1))
       }
+      // The names the other subcommands use (one grammar, issue #16): -m / --model for --model-path, --dataset and
+      // --max-windows for the evaluation fields.
+      let aliases = ["-m": "--model-path", "--model": "--model-path", "--dataset": "--eval-dataset",
+                     "--max-windows": "--eval-max-windows"]
+      args = args.map { aliases[$0] ?? $0 }
       var files: [String] = []
       var i = 0
       while i < args.count && !args[i].hasPrefix("--") { files.append(args[i]); i += 1 }
@@ -77,6 +82,8 @@ struct QuantizeCommand: ParsableCommand {
       let pipeline = try QuantizationPipeline(modelPath: modelPath, recipe: recipe, cacheRoot: cacheRoot)
       let plan = pipeline.plan
       // Refuse bad inputs before any work: calibration file, eval dataset.
+      if plan.needsCalibration && plan.calib.path.isEmpty { _ = try BundledData.path(.calibration, flag: "--calib-path") }
+      if !skipEval && plan.evalDataset.isEmpty { _ = try BundledData.path(.wikitext2Test, flag: "--eval-dataset") }
       if plan.needsCalibration && !FileManager.default.fileExists(atPath: plan.calib.path) {
         throw QoQError("calibration file \(plan.calib.path) does not exist (--calib-path)")
       }

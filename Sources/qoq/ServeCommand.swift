@@ -18,7 +18,11 @@ struct ServeCommand: AsyncParsableCommand {
       """)
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
+  @Argument(help: "The model, as `vllm serve MODEL` takes it (or -m).") var model: String?
+  @Option(name: [.customShort("m"), .customLong("model-path"), .customLong("model")],
+          help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.") var modelOption: String?
+  /// The model from -m or the positional argument (validate() requires exactly one).
+  var modelPath: String { modelOption ?? model ?? "" }
   @Option(help: "Address to bind.") var host = "127.0.0.1"
   @Option(help: "Port (0: any free port; the bound one is printed).") var port = 8080
   @Option(help: "Model id clients pass as `model` (default: the checkpoint's folder or file name).") var servedModelName: String?
@@ -46,6 +50,9 @@ struct ServeCommand: AsyncParsableCommand {
   @OptionGroup var engine: EngineArguments
 
   func validate() throws {
+    guard (model == nil) != (modelOption == nil) else {
+      throw ValidationError(model == nil ? "name the model: qoq serve MODEL or -m MODEL" : "give the model once: MODEL or -m, not both")
+    }
     guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0…65535") }
     guard ["parse", "text"].contains(promptSpecials) else { throw ValidationError("--prompt-specials must be parse or text") }
     guard ["auto", "none"].contains(generationConfig) else { throw ValidationError("--generation-config must be auto or none") }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import QoQIO
+import QoQModels
 
 /// `qoq table`: the paper's accuracy table on one model — each recipe quantized and evaluated by `qoq quantize` in its
 /// own process (memory returns to the system between recipes), the FP model by `qoq eval`; results are kept per recipe
@@ -10,14 +11,17 @@ struct TableCommand: ParsableCommand {
     commandName: "table",
     abstract: "Run several recipes on one model and write the accuracy table (method, precision, WikiText-2 perplexity) as Markdown and JSON.")
 
-  @Option(name: .long, help: "Hugging Face model folder or .gguf.") var modelPath: String
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Hugging Face model folder, .gguf or ORG/NAME.")
+  var modelPath: String
   @Option(name: .long, parsing: .upToNextOption,
           help: "Recipe files, one row each; A.yaml+B.yaml loads B on top of A for that row (e.g. recipes/kv-g64.yaml).")
   var recipes: [String]
   @Option(help: "Folder for per-recipe results, table.md and table.json.") var output: String = "runs/table"
-  @Option(help: "Windows of 2048 tokens to score (0 = all).") var evalMaxWindows: Int = 8
-  @Option(help: "WikiText-2 raw test file.") var evalDataset: String = "../shared/data/wikitext-2-raw/wiki.test.raw"
-  @Option(help: "Calibration text file.") var calibPath: String = "../shared/data/calibration/wikitext-2-valid.tokens.txt"
+  @Option(name: [.long, .customLong("max-windows")], help: "Windows of 2048 tokens to score (0 = all).")
+  var evalMaxWindows: Int = 8
+  @Option(name: [.long, .customLong("dataset")], help: "Evaluation text (default: the bundled WikiText-2 test file).")
+  var evalDataset: String?
+  @Option(help: "Calibration text or token-id file (default: the bundled WikiText-2 validation text).") var calibPath: String?
   @Flag(help: "KV-only ablation: each recipe with a quantized KV cache also gets rows for the same weights with KV16 and KV8.")
   var kvAblation = false
   @Option(parsing: .remaining, help: "Extra flags passed to every `qoq quantize` (after --).") var extra: [String] = []
@@ -70,6 +74,10 @@ struct TableCommand: ParsableCommand {
 
   func run() throws {
     try runReportingErrors {
+      // Refused before the output folder is claimed: a model that is neither a path nor in the hub cache.
+      guard FileManager.default.fileExists(atPath: try HubCache.resolve(modelPath)) else { throw QoQError("model \(modelPath) does not exist") }
+      let evalDataset = try self.evalDataset ?? BundledData.path(.wikitext2Test, flag: "--eval-dataset")
+      let calibPath = try self.calibPath ?? BundledData.path(.calibration, flag: "--calib-path")
       try OutputFolder.claim(output, inputs: [modelPath, evalDataset, calibPath] + recipes, command: "table")
       var rows: [(method: String, precision: String, recipe: String, ppl: Double?, seconds: Double?)] = []
       // FP row.

@@ -6,7 +6,7 @@ import QoQTokenizers
 
 struct TokenizeCommand: ParsableCommand {
   static let configuration = CommandConfiguration(commandName: "tokenize", abstract: "Print token ids of a prompt.")
-  @Option(name: [.customShort("m"), .long], help: "Model folder (tokenizer.json) or .gguf file.") var modelPath: String
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Model folder (tokenizer.json) or .gguf file.") var modelPath: String
   @Option(name: [.short, .long], help: "Text to tokenize.") var prompt: String
   @Flag(help: "Apply the tokenizer's post-processor (BOS/EOS).") var addSpecial = false
   @Flag(help: "Do not parse special tokens written in the text.") var noParseSpecial = false

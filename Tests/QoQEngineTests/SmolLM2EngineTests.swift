@@ -32,7 +32,7 @@ extension Trait where Self == ConditionTrait {
 
 @Suite(.serialized) struct SmolLM2EngineTests {
   static let shared = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/data").path
+    .deletingLastPathComponent().appendingPathComponent("data").path
 
   /// SmolLM2 quantized with rotation + RTN to W4A8KV4 (progressive g64, the calibration-free part of QoQ): the
   /// engine's perplexity on a 512-token window equals the fake-quantized model's within 0.5%, and the FP engine

@@ -39,8 +39,8 @@ import QoQTestSupport
     #expect(wikitextGPTQText(raw: " \n = A = \n \n b c\n") == "\n\n = A = \n\n\n\n\n b c\n")
   }
 
-  /// The real file: pinned size and sha256 from ../shared/data/README.md.
-  @Test(.needsWikiText) func gptqTextOfTheRealFile() throws {
+  /// The real file: pinned size and sha256 from data/README.md.
+  @Test func gptqTextOfTheRealFile() throws {
     let path = sharedData + "/wikitext-2-raw/wiki.test.raw"
     let text = wikitextGPTQText(raw: try String(contentsOfFile: path, encoding: .utf8))
     #expect(text.utf8.count == 1_296_370)

@@ -7,8 +7,9 @@ import Testing
 
 let fixturesRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .appendingPathComponent("Fixtures").path
+/// The project's data/ (WikiText-2, shipped with the checkout).
 let sharedData = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-  .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/data").path
+  .deletingLastPathComponent().appendingPathComponent("data").path
 
 /// The default model as scripts/setup.sh leaves it: the GGUF and the Hugging Face folder converted from it.
 enum SmolLM2 {
@@ -39,9 +40,6 @@ let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
 extension Trait where Self == ConditionTrait {
   /// Runs where the model is set up (and always in CI, where its absence fails the test); skipped visibly elsewhere.
   static var needsSmolLM2: Self { .enabled(if: SmolLM2.available || isCI, "needs SmolLM2: bash scripts/setup.sh") }
-  static var needsWikiText: Self {
-    .enabled(if: FileManager.default.fileExists(atPath: sharedData + "/wikitext-2-raw/wiki.test.raw"), "needs ../shared/data (WikiText-2)")
-  }
 }
 
 func ints(_ v: JSONValue?) -> [Int32] { (v?.array ?? []).map { Int32($0.int!) } }

@@ -18,12 +18,12 @@ QOQ="$(swift build -c release --show-bin-path)/qoq"
 CKPT="${QOQ_ENGINE_CKPT:-$CACHE/bench-quant/qoq-g64}"
 THREADS="${QOQ_THREADS:-2}"; export QOQ_THREADS="$THREADS"
 BATCHES="${QOQ_BATCHES:-1,2,4,8,16,32,64}"
-DATA=../shared/data/wikitext-2-raw/wiki.test.raw
+DATA=data/wikitext-2-raw/wiki.test.raw
 OUT="$CACHE/bench-engine"; mkdir -p "$OUT"
 if [ ! -f "$CKPT/config.json" ]; then
   echo "quantizing $CKPT with recipes/qoq-g64.yaml (about 13 min)" >&2
   "$QOQ" quantize recipes/qoq-g64.yaml --model-path "$CACHE/smollm2/hf" \
-    --calib-path ../shared/data/calibration/wikitext-2-valid.tokens.txt --save-model "$CKPT" --cache-root none >&2
+    --calib-path data/calibration/wikitext-2-valid.tokens.txt --save-model "$CKPT" --cache-root none >&2
 fi
 Q40="$CACHE/smollm2-q4_0.gguf"
 PY="$CACHE/llamacpp/bin/python"

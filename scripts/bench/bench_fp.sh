@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transfo
 fi
 QOQ="$(swift build -c release --show-bin-path)/qoq"
 MODEL="$CACHE/smollm2/hf"
-DATA=../shared/data/wikitext-2-raw/wiki.test.raw
+DATA=data/wikitext-2-raw/wiki.test.raw
 echo "{"
 echo "\"machine\": $(python3 -c 'import json,platform,os; print(json.dumps({"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"), "family": open("/proc/cpuinfo").read().split("cpu family")[1].split("\n")[0].strip(": \t"), "model": open("/proc/cpuinfo").read().split("\nmodel\t")[1].split("\n")[0].strip(": \t"), "cores": os.cpu_count()}))'),"
 for T in 1 2; do

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-${QOQ_CACHE:-$HOME/.cache/qoq}/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf}"
 WINDOWS="${WINDOWS:-2}"; SAMPLES="${SAMPLES:-8}"; SEQ="${SEQ:-1024}"; HEAD_DIM="${HEAD_DIM:-128}"
 VARIANTS="${VARIANTS:-rtn smooth grid center smooth+center grid+center}"
-CAL="${CAL:-../shared/data/calibration/wikitext-2-valid.tokens.txt}"
+CAL="${CAL:-data/calibration/wikitext-2-valid.tokens.txt}"
 swift build -c release --product qoq >&2
 QOQ="$(swift build -c release --show-bin-path)/qoq"
 KV=(--opts-dtype uint4 --opts-zero-point PostScale --opts-group-shapes "1,$HEAD_DIM" --opts-scale-dtypes torch.float16

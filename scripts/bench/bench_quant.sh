@@ -9,8 +9,8 @@ bash scripts/setup.sh >&2
 CACHE="${QOQ_CACHE:-$HOME/.cache/qoq}"
 QOQ="$(swift build -c release --show-bin-path)/qoq"
 MODEL="$CACHE/smollm2/hf"
-DATA=../shared/data/wikitext-2-raw/wiki.test.raw
-CALIB=../shared/data/calibration/wikitext-2-valid.tokens.txt
+DATA=data/wikitext-2-raw/wiki.test.raw
+CALIB=data/calibration/wikitext-2-valid.tokens.txt
 W="${QOQ_WINDOWS:-8}"; NS="${QOQ_CALIB_SAMPLES:-128}"; SL="${QOQ_CALIB_LEN:-1024}"
 OUT="${QOQ_BENCH_OUT:-$CACHE/bench-quant}"
 mkdir -p "$OUT"

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-${QOQ_CACHE:-$HOME/.cache/qoq}/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf}"
 WINDOWS="${WINDOWS:-8}"; OUT="${OUT:-/tmp/qoq-qwen-table}"; ROWS="${ROWS:-rtn-w4a16 awq rtn-w4a8kv4 qoq-norot qoq}"
-CAL="${CAL:-../shared/data/calibration/wikitext-2-valid.tokens.txt}"
+CAL="${CAL:-data/calibration/wikitext-2-valid.tokens.txt}"
 [ -f "$MODEL" ] || { echo "bench_qwen_table: $MODEL missing (bash scripts/setup_qwen.sh)" >&2; exit 2; }
 swift build -c release --product qoq >&2
 QOQ="$(swift build -c release --show-bin-path)/qoq"

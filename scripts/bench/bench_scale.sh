@@ -12,7 +12,7 @@ swift build -c release --product qoq >&2
 Q=.build/release/qoq
 S=${QOQ_SYNTH:-$HOME/.cache/qoq/synth}
 OUT=${QOQ_SCALE_OUT:-/tmp/qoq-scale}
-CALIB=${QOQ_CALIB:-../shared/data/calibration/wikitext-2-valid.tokens.txt}
+CALIB=${QOQ_CALIB:-data/calibration/wikitext-2-valid.tokens.txt}
 mkdir -p "$S" "$OUT"
 
 synth() {  # name shape layers

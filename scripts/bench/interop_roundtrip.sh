@@ -8,7 +8,7 @@ swift build -c release --product qoq >&2
 QOQ="$(swift build -c release --show-bin-path)/qoq"
 CKPT="${QOQ_CKPT:-$CACHE/bench-quant/qoq-g64}"
 OUT="$CACHE/interop"; mkdir -p "$OUT"
-DATA=../shared/data/wikitext-2-raw/wiki.test.raw
+DATA=data/wikitext-2-raw/wiki.test.raw
 "$QOQ" convert "$CKPT" --to qserve -o "$OUT/qserve" --force >&2
 "$QOQ" convert "$OUT/qserve" --from qserve -o "$OUT/roundtrip" --kv-bits 4 --act-bits 8 --force >&2
 before=$("$QOQ" eval -m "$CKPT" --dataset "$DATA" --max-windows "${QOQ_WINDOWS:-8}" --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['perplexity'])")

@@ -167,7 +167,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--prompts", default="../shared/data/calibration/wikitext-2-valid.tokens.txt")
+    ap.add_argument("--prompts", default="data/calibration/wikitext-2-valid.tokens.txt")
     ap.add_argument("--prompt-chars", type=int, default=600, help="characters of each prompt (~150 tokens)")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--requests", type=int, default=320)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 RECIPE=${RECIPE:-recipes/rtn-w4a16-g64.yaml} OUT=${OUT:-/tmp/qoq-gguf} CHUNKS=${CHUNKS:-8}
 CACHE=${QOQ_CACHE:-$HOME/.cache/qoq}
 MODEL=${MODEL:-$CACHE/smollm2/hf} FP=${FP:-$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-TEXT=${TEXT:-../shared/data/wikitext-2-raw/wiki.test.raw}
+TEXT=${TEXT:-data/wikitext-2-raw/wiki.test.raw}
 BIN=$(bash scripts/bench/setup_llamacpp_native.sh)
 swift build -c release --product qoq >&2
 Q="$(swift build -c release --show-bin-path)/qoq"

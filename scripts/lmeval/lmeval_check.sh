@@ -18,7 +18,7 @@ if ! "$PY" -c "import lm_eval, tenacity" 2>/dev/null; then
 fi
 CKPT="${1:-$CACHE/smollm2/hf}"
 OUT="$CACHE/lmeval"; mkdir -p "$OUT/tasks"
-python3 scripts/lmeval/make_task.py ../shared/data/calibration/wikitext-2-valid.tokens.txt "$OUT/qoq_mc.jsonl" 40
+python3 scripts/lmeval/make_task.py data/calibration/wikitext-2-valid.tokens.txt "$OUT/qoq_mc.jsonl" 40
 sed "s#QOQ_MC_DATA#$OUT/qoq_mc.jsonl#" scripts/lmeval/qoq_mc.yaml > "$OUT/tasks/qoq_mc.yaml"
 swift build -c release --product qoq >&2
 QOQ="$(swift build -c release --show-bin-path)/qoq"
