@@ -33,11 +33,11 @@ import Testing
     }
     try? FileManager.default.removeItem(atPath: out)
     let positional = try await runQoQ(["serve", "/nonexistent/model-dir", "--port", "0"])
-    #expect(positional.status != 0 && positional.stderr.contains("/nonexistent/model-dir"), positional.stderr)
+    #expect(positional.status != 0 && positional.stderr.contains("/nonexistent/model-dir"), "\(positional.stderr)")
     let none = try await runQoQ(["serve", "--port", "0"])
-    #expect(none.status != 0 && none.stderr.contains("qoq serve MODEL or -m MODEL"), none.stderr)
+    #expect(none.status != 0 && none.stderr.contains("qoq serve MODEL or -m MODEL"), "\(none.stderr)")
     let twice = try await runQoQ(["serve", "a", "-m", "b"])
-    #expect(twice.status != 0 && twice.stderr.contains("not both"), twice.stderr)
+    #expect(twice.status != 0 && twice.stderr.contains("not both"), "\(twice.stderr)")
   }
 
   /// eval, quantize and table share --dataset and --max-windows (quantize and table also as --eval-*).
