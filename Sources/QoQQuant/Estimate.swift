@@ -82,3 +82,25 @@ public func availableMemoryBytes() -> Int? {
   }
   return nil
 }
+
+extension QuantPlan {
+  /// The stages this plan runs, in order, for the line `qoq quantize` prints before any work (issue #16). Key
+  /// centering and rotation are shown as set; `auto` resolves per model when the run starts.
+  public var stagesSummary: String {
+    var s: [String] = []
+    if let r = rotation { s.append("Hadamard rotation\(r.random ? " (random)" : "")\(r.transforms.contains("out_proj") ? " + V/O per head" : "")") }
+    if reorder { s.append("reorder") }
+    if let a = smoothAttn { s.append("SmoothAttention \(a.strategy.rawValue)\(a.strategy == .manual ? " α \(a.alpha)" : " (\(smoothAttnSamples) seq)")") }
+    if let p = smoothProj {
+      let how = smoothProjAlphas != nil ? "GridSearch (\(smoothProjSamples) seq)" : "Manual α \(p.alpha) β \(p.beta)"
+      s.append("SmoothLinear \(how) on \(smoothProjKeys.sorted().joined(separator: ","))")
+    }
+    if weightFormat != nil, clipStrategy == .gridSearch { s.append("weight range GridSearch (\(clipNumGrids) grids, \(clipSamples) seq)") }
+    if let w = weightFormat { s.append((gptq != nil ? "GPTQ " : "RTN ") + "weights \(w)") }
+    s.append("activations " + (actBits.map { "int\($0) per token" } ?? "fp"))
+    var kv = kvBits.map { "KV\($0)\(kvGroup.map { " g\($0)" } ?? "")\(kvStatic ? " static" : "")" } ?? "KV fp"
+    if kvBits != nil { kv += ", keys centered: \(centerKeys.rawValue), rotated: \(rotateKeys.rawValue)" }
+    s.append(kv)
+    return "plan: " + s.joined(separator: " → ")
+  }
+}

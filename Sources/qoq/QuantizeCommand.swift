@@ -95,6 +95,9 @@ struct QuantizeCommand: ParsableCommand {
       if !save.isEmpty { try OutputFolder.check(save, force: force, inputs: inputs) }
       // What the run will cost, before it starts; refused when it cannot fit in the memory that is free.
       let estimate = plan.estimate(try pipeline.open().config, evaluate: !skipEval)
+      note(plan.stagesSummary)
+      note("data: calibration " + (plan.needsCalibration ? "\(plan.calib.numSamples) × \(plan.calib.seqLength) tokens from \(plan.calib.path)" : "none")
+           + "; evaluation: " + (skipEval ? "skipped" : "\(plan.evalWindows > 0 ? "\(plan.evalWindows)" : "all") windows × \(plan.evalSeqLen) of \(plan.evalDataset)"))
       note(estimate.summary)
       if let free = availableMemoryBytes(), estimate.peakBytes > free {
         let msg = "the run needs about \(String(format: "%.1f", Double(estimate.peakBytes) / 1e9)) GB but "

@@ -40,6 +40,16 @@ import QoQTestSupport
     }
   }
 
+  /// The plan line printed before any work (issue #16): the stages of a recipe in order, written out by hand here.
+  @Test func planLineNamesTheStages() throws {
+    let qoq = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/qoq-g64.yaml"], flags: []))
+    #expect(qoq.stagesSummary == "plan: Hadamard rotation + V/O per head → reorder → SmoothAttention Manual α 0.5 → "
+            + "SmoothLinear Manual α 0.3 β 0.7 on down_proj → GPTQ weights progressive-uint4-g64-P120 → "
+            + "activations int8 per token → KV4 g64, keys centered: auto, rotated: auto")
+    let rtn = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/rtn-w4a16-g64.yaml"], flags: []))
+    #expect(rtn.stagesSummary == "plan: RTN weights uint4-asym-g64 → activations fp → KV fp")
+  }
+
   @Test func oversizedRunIsRefusedBeforeLoading() async throws {
     let dir = scratch("seventy") + "/llama3-70b-shape"
     let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 8192, intermediateSize: 28672, numHiddenLayers: 80,
