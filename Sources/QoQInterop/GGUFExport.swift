@@ -188,57 +188,55 @@ struct FP16Rounding {
   }
 }
 
-/// Q4_1 blocks of a 4-bit weight, rows in `rowOrder` (GGUF row r = checkpoint row rowOrder[r]).
-func q4_1Blocks(_ w: QuantizedWeight, rowOrder: [Int]?, rounding: inout FP16Rounding) -> Data {
-  let (out, inp, gs, ng) = (w.outFeatures, w.inFeatures, w.groupSize, w.groups)
-  var data = Data(count: out * (inp / 32) * 20)
+/// ggml blocks of 32 inputs, `bytes` each, rows in `rowOrder` (GGUF row r = checkpoint row rowOrder[r]): `fill` writes
+/// the block of checkpoint row o and input block b at byte offset p.
+private func ggmlBlocks(_ w: QuantizedWeight, rowOrder: [Int]?, bytes: Int,
+                        fill: (UnsafeMutableRawBufferPointer, _ p: Int, _ o: Int, _ b: Int) -> Void) -> Data {
+  let blocks = w.inFeatures / 32
+  var data = Data(count: w.outFeatures * blocks * bytes)
   data.withUnsafeMutableBytes { (buf: UnsafeMutableRawBufferPointer) in
     var p = 0
-    for r in 0..<out {
+    for r in 0..<w.outFeatures {
       let o = rowOrder?[r] ?? r
-      for b in 0..<(inp / 32) {
-        let g = o * ng + (b * 32) / gs
-        var d: Float, m: Float
-        if case .progressive = w.format { d = w.rowScale[o] * w.scale[g]; m = -(w.rowScale[o] * w.zero[g]) } else { d = w.scale[g]; m = -w.zero[g] }
-        let dh = f32ToF16(d), mh = f32ToF16(m)
-        var maxCode: UInt8 = 0
-        buf.storeBytes(of: dh.littleEndian, toByteOffset: p, as: UInt16.self)
-        buf.storeBytes(of: mh.littleEndian, toByteOffset: p + 2, as: UInt16.self)
-        let base = o * inp + b * 32
-        for j in 0..<16 {
-          let lo = w.codes[base + j] & 0xF, hi = w.codes[base + j + 16] & 0xF
-          maxCode = max(maxCode, lo, hi)
-          buf[p + 4 + j] = lo | (hi << 4)
-        }
-        rounding.record(d: d, m: m, dh: f16ToF32(dh), mh: f16ToF32(mh), maxCode: Float(maxCode))
-        p += 20
-      }
+      for b in 0..<blocks { fill(buf, p, o, b); p += bytes }
     }
   }
   return data
 }
 
-/// Q8_0 blocks of a symmetric 8-bit weight (codes offset by 128), rows in `rowOrder`.
-func q8_0Blocks(_ w: QuantizedWeight, rowOrder: [Int]?, rounding: inout FP16Rounding) -> Data {
-  let (out, inp, gs, ng) = (w.outFeatures, w.inFeatures, w.groupSize, w.groups)
-  var data = Data(count: out * (inp / 32) * 34)
-  data.withUnsafeMutableBytes { (buf: UnsafeMutableRawBufferPointer) in
-    var p = 0
-    for r in 0..<out {
-      let o = rowOrder?[r] ?? r
-      for b in 0..<(inp / 32) {
-        let d = w.scale[o * ng + (b * 32) / gs], dh = f32ToF16(d)
-        buf.storeBytes(of: dh.littleEndian, toByteOffset: p, as: UInt16.self)
-        var maxAbs: Float = 0
-        for j in 0..<32 {
-          let v = Int(w.codes[o * inp + b * 32 + j]) - 128
-          maxAbs = max(maxAbs, Float(abs(v)))
-          buf[p + 2 + j] = UInt8(bitPattern: Int8(v))
-        }
-        rounding.record(d: d, m: 0, dh: f16ToF32(dh), mh: 0, maxCode: maxAbs)
-        p += 34
-      }
+/// Q4_1 blocks of a 4-bit weight: fp16 d and m, then 16 bytes of codes (j and j + 16 share a byte).
+func q4_1Blocks(_ w: QuantizedWeight, rowOrder: [Int]?, rounding: inout FP16Rounding) -> Data {
+  let (inp, gs, ng) = (w.inFeatures, w.groupSize, w.groups)
+  return ggmlBlocks(w, rowOrder: rowOrder, bytes: 20) { buf, p, o, b in
+    let g = o * ng + (b * 32) / gs
+    var d: Float, m: Float
+    if case .progressive = w.format { d = w.rowScale[o] * w.scale[g]; m = -(w.rowScale[o] * w.zero[g]) } else { d = w.scale[g]; m = -w.zero[g] }
+    let dh = f32ToF16(d), mh = f32ToF16(m)
+    var maxCode: UInt8 = 0
+    buf.storeBytes(of: dh.littleEndian, toByteOffset: p, as: UInt16.self)
+    buf.storeBytes(of: mh.littleEndian, toByteOffset: p + 2, as: UInt16.self)
+    let base = o * inp + b * 32
+    for j in 0..<16 {
+      let lo = w.codes[base + j] & 0xF, hi = w.codes[base + j + 16] & 0xF
+      maxCode = max(maxCode, lo, hi)
+      buf[p + 4 + j] = lo | (hi << 4)
     }
+    rounding.record(d: d, m: m, dh: f16ToF32(dh), mh: f16ToF32(mh), maxCode: Float(maxCode))
   }
-  return data
+}
+
+/// Q8_0 blocks of a symmetric 8-bit weight (codes offset by 128): fp16 d, then 32 signed codes.
+func q8_0Blocks(_ w: QuantizedWeight, rowOrder: [Int]?, rounding: inout FP16Rounding) -> Data {
+  let (inp, gs, ng) = (w.inFeatures, w.groupSize, w.groups)
+  return ggmlBlocks(w, rowOrder: rowOrder, bytes: 34) { buf, p, o, b in
+    let d = w.scale[o * ng + (b * 32) / gs], dh = f32ToF16(d)
+    buf.storeBytes(of: dh.littleEndian, toByteOffset: p, as: UInt16.self)
+    var maxAbs: Float = 0
+    for j in 0..<32 {
+      let v = Int(w.codes[o * inp + b * 32 + j]) - 128
+      maxAbs = max(maxAbs, Float(abs(v)))
+      buf[p + 2 + j] = UInt8(bitPattern: Int8(v))
+    }
+    rounding.record(d: d, m: 0, dh: f16ToF32(dh), mh: 0, maxCode: maxAbs)
+  }
 }
