@@ -28,4 +28,7 @@ echo "== the saved checkpoint on the engine (integer W4A8 kernels, paged KV4 cac
 "$QOQ" eval -m "$CACHE/smollm2/qoq-w4a8kv4-g64" --engine --seq-len "$L" "${ARGS[@]}"
 echo "== generation with the quantized model (engine)"
 "$QOQ" generate -m "$CACHE/smollm2/qoq-w4a8kv4-g64" -p "What is the capital of France?" -n 48
+# The same prompt on the FP model, so the answer above can be read for what 4-bit costs a 135M model (it may differ).
+echo "== the same prompt on the FP model"
+"$QOQ" generate -m "$CACHE/smollm2/hf" -p "What is the capital of France?" -n 48
 echo "== outputs: $CACHE/smollm2/hf (FP), $CACHE/smollm2/qoq-w4a8kv4-g64 (W4A8KV4 checkpoint), $CACHE/quant-cache (stage cache)"

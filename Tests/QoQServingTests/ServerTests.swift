@@ -261,12 +261,16 @@ final class LiveServer: @unchecked Sendable {
 
   /// Beyond the queue bound a request gets 429 with Retry-After; the others are unaffected.
   @Test func queueBoundGives429() async throws {
-    let srv = try await LiveServer(maxNumSeqs: 1, maxQueued: 1, hidden: 256, layers: 6)
+    // A model wide enough that the long requests cannot finish while the test sets up the full queue, even when the
+    // suite's other tests share the CPUs (with hidden 256 the first one once ended before the third was sent).
+    let srv = try await LiveServer(maxNumSeqs: 1, maxQueued: 1, hidden: 1024, layers: 4)
     let long = #"{"prompt":"a","max_tokens":1800,"ignore_eos":true,"stream":true}"#
     let first = Task { try await srv.stream("/v1/completions", body: long) { _ in true } }
-    for _ in 0..<300 where srv.service.snapshot.running < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
+    for _ in 0..<3000 where srv.service.snapshot.running < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
+    try #require(srv.service.snapshot.running == 1, "the first request never started")
     let second = Task { try await srv.stream("/v1/completions", body: long) { _ in true } }
-    for _ in 0..<300 where srv.service.snapshot.queued < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
+    for _ in 0..<3000 where srv.service.snapshot.queued < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
+    try #require(srv.service.snapshot.running == 1 && srv.service.snapshot.queued == 1, "\(srv.service.snapshot)")
     let third = try await srv.request("/v1/completions", body: #"{"prompt":"b","max_tokens":2}"#)
     #expect(third.status == 429 && third.json?["error"]?["code"]?.string == "queue_full", "\(third.text)")
     first.cancel(); second.cancel()
