@@ -14,17 +14,9 @@ if ! command -v chromium > /dev/null; then (install || { apt-get update > /dev/n
 if ! command -v chromium > /dev/null; then echo "chat page (chromium): SKIPPED — chromium is not installed and could not be"; exit 0; fi
 [ -x "$QOQ" ] || { echo "chat page: $QOQ is not built" >&2; exit 1; }
 LOG="$(mktemp)"
-"$QOQ" serve -m "$MODEL" --port 0 --served-model-name smollm2 -t 2 > "$LOG" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-PORT=""
-for _ in $(seq 1 240); do
-  PORT="$(sed -n 's#.*http://127.0.0.1:\([0-9]*\)/v1.*#\1#p' "$LOG" | head -1)"
-  [ -n "$PORT" ] && break
-  kill -0 $PID 2>/dev/null || { cat "$LOG" >&2; echo "qoq serve exited while starting" >&2; exit 1; }
-  sleep 0.5
-done
-[ -n "$PORT" ] || { cat "$LOG" >&2; echo "qoq serve did not start" >&2; exit 1; }
+source scripts/serve_start.sh
+start_serve "$LOG" "$QOQ" serve -m "$MODEL" --port 0 --served-model-name smollm2 -t 2
+PORT=$SERVE_PORT
 mkdir -p runs
 python3 scripts/chat_page_cdp.py --url "http://127.0.0.1:$PORT/" --chromium "$(command -v chromium)" \
   --screenshot runs/chat-page.png \

@@ -18,17 +18,9 @@ QOQ="${QOQ_BIN:-$(swift build --show-bin-path)/qoq}"
 MODEL="${QOQ_SERVE_MODEL:-$CACHE/smollm2/hf}"
 KEY="sk-qoq-$RANDOM$RANDOM"
 LOG="$(mktemp)"
-QOQ_API_KEY="$KEY" "$QOQ" serve -m "$MODEL" --port 0 --served-model-name smollm2 > "$LOG" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-PORT=""
-for _ in $(seq 1 240); do
-  PORT="$(sed -n 's#.*http://127.0.0.1:\([0-9]*\)/v1.*#\1#p' "$LOG" | head -1)"
-  [ -n "$PORT" ] && break
-  kill -0 $PID 2>/dev/null || { cat "$LOG" >&2; echo "qoq serve exited while starting" >&2; exit 1; }
-  sleep 0.5
-done
-[ -n "$PORT" ] || { cat "$LOG" >&2; echo "qoq serve did not start" >&2; exit 1; }
+source scripts/serve_start.sh
+start_serve "$LOG" env QOQ_API_KEY="$KEY" "$QOQ" serve -m "$MODEL" --port 0 --served-model-name smollm2
+PID=$SERVE_PID PORT=$SERVE_PORT
 "$VENV/bin/python" scripts/openai_client_test.py --base-url "http://127.0.0.1:$PORT/v1" --api-key "$KEY" --model smollm2
 kill -TERM $PID
 RC=0; wait $PID || RC=$?
