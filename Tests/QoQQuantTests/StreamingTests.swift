@@ -67,12 +67,7 @@ import QoQTestSupport
     let r = try Recipe.load(files: [], flags: PipelineTests.qoqTinyFlags + ["--calib-path", dir + "/calib.txt",
                                                                              "--calib-num-samples", "4", "--calib-seq-length", "32"])
     for stop in 0..<c.numHiddenLayers {
-      let cache = dir + "/cache-\(stop)"
-      let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
-      p.stopAfterLayer = stop
-      #expect(throws: QoQError.self) { _ = try p.run() }
-      let folder = try FileManager.default.contentsOfDirectory(atPath: cache).first { $0.hasPrefix("stream-") }!
-      let act = try SafeTensorsFile(path: cache + "/" + folder + "/activations.safetensors")
+      let (p, act) = try activationsAfterStopping(dir: dir, recipe: r, at: stop)
       #expect(act.metadata["layer"] == String(stop))
       // Whole model, rotated in memory, run layer by layer on the same batch.
       let ref = try WeightStore(config: c, source: try CheckpointWeights(folder: dir + "/model"))
@@ -118,12 +113,7 @@ import QoQTestSupport
       // The pass runs 4 samples per chunk: all 4 here, as one batch.
       try model.runLayer(stop, x: &x, lengths: samples.map(\.count), caches: caches)
       x = round16(x)
-      let cache = dir + "/cache-\(stop)"
-      let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
-      p.stopAfterLayer = stop
-      #expect(throws: QoQError.self) { _ = try p.run() }
-      let folder = try FileManager.default.contentsOfDirectory(atPath: cache).first { $0.hasPrefix("stream-") }!
-      let act = try SafeTensorsFile(path: cache + "/" + folder + "/activations.safetensors")
+      let (p, act) = try activationsAfterStopping(dir: dir, recipe: r, at: stop)
       #expect(try act.info("fp.0").dtype == .BF16)
       let got = try (0..<samples.count).flatMap { try act.floats("fp.\($0)") }
       #expect(got == x, "bf16 activations after layer \(stop) (\(relL2(got, x)) relative)")
@@ -152,4 +142,15 @@ import QoQTestSupport
     #expect(throws: QoQError.self) { _ = try QuantizationPipeline(modelPath: dir + "/model",
       recipe: try Recipe.load(files: [], flags: base + ["--calib-activations-dtype", "torch.float16"]), cacheRoot: nil) }
   }
+}
+
+/// Runs the pipeline on dir/model until it stops after layer `stop` (a deliberate QoQError) with its own stage cache,
+/// and opens the activations that run left for the next layer; returns the pipeline too (its plan).
+private func activationsAfterStopping(dir: String, recipe r: Recipe, at stop: Int) throws -> (QuantizationPipeline, SafeTensorsFile) {
+  let cache = dir + "/cache-\(stop)"
+  let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: cache)
+  p.stopAfterLayer = stop
+  #expect(throws: QoQError.self) { _ = try p.run() }
+  let folder = try #require(try FileManager.default.contentsOfDirectory(atPath: cache).first { $0.hasPrefix("stream-") })
+  return (p, try SafeTensorsFile(path: cache + "/" + folder + "/activations.safetensors"))
 }
