@@ -16,9 +16,8 @@ if ! command -v chromium > /dev/null; then echo "chat page (chromium): SKIPPED â
 LOG="$(mktemp)"
 source scripts/serve_start.sh
 start_serve "$LOG" "$QOQ" serve -m "$MODEL" --port 0 --served-model-name smollm2 -t 2
-PORT=$SERVE_PORT
 mkdir -p runs
-python3 scripts/chat_page_cdp.py --url "http://127.0.0.1:$PORT/" --chromium "$(command -v chromium)" \
+python3 scripts/chat_page_cdp.py --url "http://127.0.0.1:$SERVE_PORT/" --chromium "$(command -v chromium)" \
   --screenshot runs/chat-page.png \
   || { echo "server log:" >&2; tail -20 "$LOG" >&2; exit 1; }
 grep -qE "^request [0-9]+ " "$LOG" || { cat "$LOG" >&2; echo "no request line in the server log" >&2; exit 1; }

@@ -20,10 +20,9 @@ KEY="sk-qoq-$RANDOM$RANDOM"
 LOG="$(mktemp)"
 source scripts/serve_start.sh
 start_serve "$LOG" env QOQ_API_KEY="$KEY" "$QOQ" serve -m "$MODEL" --port 0 --served-model-name smollm2
-PID=$SERVE_PID PORT=$SERVE_PORT
-"$VENV/bin/python" scripts/openai_client_test.py --base-url "http://127.0.0.1:$PORT/v1" --api-key "$KEY" --model smollm2
-kill -TERM $PID
-RC=0; wait $PID || RC=$?
+"$VENV/bin/python" scripts/openai_client_test.py --base-url "http://127.0.0.1:$SERVE_PORT/v1" --api-key "$KEY" --model smollm2
+kill -TERM $SERVE_PID
+RC=0; wait $SERVE_PID || RC=$?
 trap 'rm -f "$LOG"' EXIT
 [ $RC -eq 0 ] || { cat "$LOG" >&2; echo "qoq serve exited with status $RC after SIGTERM" >&2; exit 1; }
 echo "qoq serve drained and exited cleanly after SIGTERM"

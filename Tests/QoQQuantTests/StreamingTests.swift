@@ -113,7 +113,7 @@ import QoQTestSupport
       // The pass runs 4 samples per chunk: all 4 here, as one batch.
       try model.runLayer(stop, x: &x, lengths: samples.map(\.count), caches: caches)
       x = round16(x)
-      let (p, act) = try activationsAfterStopping(dir: dir, recipe: r, at: stop)
+      let (_, act) = try activationsAfterStopping(dir: dir, recipe: r, at: stop)
       #expect(try act.info("fp.0").dtype == .BF16)
       let got = try (0..<samples.count).flatMap { try act.floats("fp.\($0)") }
       #expect(got == x, "bf16 activations after layer \(stop) (\(relL2(got, x)) relative)")
