@@ -85,13 +85,17 @@ extension QuantizationPipeline {
     }
     // 1. input_layernorm → q/k/v, judged on the attention block's output.
     if keys.contains("qkv_proj") {
-      let ref = try model.attentionOutput(layerWith([:]), h: attnIn, lengths: lengths)
+      let base = layerWith([:])
+      let ref = try RangeSearch.chunkedOutputs(h: attnIn, lengths: lengths, width: H) { try model.attentionOutput(base, h: $0, lengths: $1) }
       let best = try AWQSearch.search(xspan: spans.attn, candidates: candidates) { lam in
         var repl: [String: [Float]] = [:]
         for (n, o) in [("self_attn.q_proj", Q), ("self_attn.k_proj", KV), ("self_attn.v_proj", KV)] {
           repl[n] = AWQSearch.quantizedScaled(store[p + n + ".weight"], out: o, inp: H, lambda: lam, format: format)
         }
-        return AWQSearch.sse(try model.attentionOutput(layerWith(repl), h: attnIn, lengths: lengths), ref)
+        let layer = layerWith(repl)
+        return try RangeSearch.outputError(h: attnIn, lengths: lengths, width: H, reference: ref) {
+          try model.attentionOutput(layer, h: $0, lengths: $1)
+        }
       }
       chosen["qkv_proj"] = best.alpha
       if best.alpha != 0 { SmoothStage.applyNormLinear(store, layer: l, key: "qkv_proj", lambda: best.lambda) }

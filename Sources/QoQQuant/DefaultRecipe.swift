@@ -58,7 +58,7 @@ quant:
       element_batch_size: 64
       sample_batch_size: -1
       element_size: 512
-      sample_size: -1   # sequences for q/k OutputsError searches; -1 = 4 on CPU (deepcompressor: all)
+      sample_size: -1   # sequences for q/k OutputsError searches; -1 = all (as deepcompressor), n = the first n
       pre_reshape: true
       outputs_device: cpu
       ratio: 1.0
@@ -107,7 +107,7 @@ quant:
       strategy: GridSearch
       granularity: Layer
       degree: 2
-      sample_size: -1   # sequences for the GridSearch objective (AWQ); -1 = 4 on CPU (deepcompressor: all)
+      sample_size: -1   # sequences for the GridSearch objective (AWQ); -1 = all (as deepcompressor), n = the first n
       spans: [[AbsMax, AbsMax]]
       alpha: -3
       beta: -3
@@ -117,7 +117,7 @@ quant:
     attn:
       strategy: Manual
       degree: 2
-      sample_size: -1   # sequences for the GridSearch objective; -1 = 4 on CPU (deepcompressor: all)
+      sample_size: -1   # sequences for the GridSearch objective; -1 = all (as deepcompressor), n = the first n
       spans: [[AbsMax, AbsMax]]
       alpha: 0.5
       beta: 0

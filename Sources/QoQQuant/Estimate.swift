@@ -47,6 +47,12 @@ extension QuantPlan {
     let captures = tokens > 0 ? min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 : 0
     var layerPhase = layerBytes * perLayer + captures
     if gptq != nil { layerPhase += 2 * max(h, f) * max(h, f) * 8 }
+    // The searches hold their sequences' attention inputs and FP outputs (fp32, hidden wide; AWQ: every module input).
+    var searchSeqs = 0
+    if smoothAttn?.strategy == .gridSearch { searchSeqs = max(searchSeqs, sequences(smoothAttnSamples)) }
+    if weightFormat != nil, clipStrategy == .gridSearch, !clipProducts { searchSeqs = max(searchSeqs, sequences(clipSamples)) }
+    if tokens > 0 { layerPhase += searchSeqs * calib.seqLength * h * 4 * 2 }
+    if smoothProjAlphas != nil, tokens > 0 { layerPhase += sequences(smoothProjSamples) * calib.seqLength * (3 * h + f) * 4 }
     // The embedding phase: the table in fp32 and the samples' rows; the head phase: the table alone.
     let peakQuantize = max(table * 4 + between, layerPhase + between)
     let peakEval = evaluate ? Self.evalBytesPerParameter * params : 0
@@ -57,6 +63,20 @@ extension QuantPlan {
       let linears = Double(h) * Double(h) * Double(c.qDim + 2 * c.kvDim) + Double(c.qDim) * Double(c.qDim) * Double(h)
         + 2 * Double(h) * Double(h) * Double(f) + Double(f) * Double(f) * Double(h)
       flops += 2 * Double(L) * linears
+    }
+    // The OutputsError searches re-run the layer's attention (or its linears, for AWQ) once per candidate over the
+    // sequences their sample_size names: all of them by default, as deepcompressor does.
+    let seqLen = Double(calib.seqLength)
+    let attnPerToken = 2 * Double(h * (c.qDim + 2 * c.kvDim) + c.qDim * h) + 2 * Double(c.qDim) * seqLen
+    if let sa = smoothAttn, sa.strategy == .gridSearch, tokens > 0 {
+      let cands = Double(SmoothStage.alphaBetaCandidates(alpha: sa.alpha, beta: sa.beta, grids: sa.grids).count)
+      flops += Double(L) * cands * Double(sequences(smoothAttnSamples)) * seqLen * attnPerToken
+    }
+    if weightFormat != nil, clipStrategy == .gridSearch, !clipProducts, tokens > 0 {
+      flops += Double(L) * 2 * Double(clipNumGrids + 1) * Double(sequences(clipSamples)) * seqLen * attnPerToken
+    }
+    if let alphas = smoothProjAlphas, tokens > 0 {
+      flops += Double(L) * Double(alphas.count) * Double(sequences(smoothProjSamples)) * seqLen * 2 * Double(perLayer)
     }
     if evaluate {
       let windows = evalWindows > 0 ? evalWindows : 140  // WikiText-2 test ≈ 140 windows of 2048 for Llama-like tokenizers
@@ -87,15 +107,22 @@ extension QuantPlan {
   /// The stages this plan runs, in order, for the line `qoq quantize` prints before any work (issue #16). Key
   /// centering and rotation are shown as set; `auto` resolves per model when the run starts.
   public var stagesSummary: String {
+    // The objective's sequences as the run will use them: "all 128 seq" (sample_size -1) or "4 of 128 seq".
+    func seqNote(_ chosen: Int) -> String {
+      chosen > 0 && chosen < calib.numSamples ? "\(chosen) of \(calib.numSamples) seq" : "all \(calib.numSamples) seq"
+    }
     var s: [String] = []
     if let r = rotation { s.append("Hadamard rotation\(r.random ? " (random)" : "")\(r.transforms.contains("out_proj") ? " + V/O per head" : "")") }
     if reorder { s.append("reorder") }
-    if let a = smoothAttn { s.append("SmoothAttention \(a.strategy.rawValue)\(a.strategy == .manual ? " α \(a.alpha)" : " (\(smoothAttnSamples) seq)")") }
+    if let a = smoothAttn { s.append("SmoothAttention \(a.strategy.rawValue)\(a.strategy == .manual ? " α \(a.alpha)" : " (\(seqNote(smoothAttnSamples)))")") }
     if let p = smoothProj {
-      let how = smoothProjAlphas != nil ? "GridSearch (\(smoothProjSamples) seq)" : "Manual α \(p.alpha) β \(p.beta)"
+      let how = smoothProjAlphas != nil ? "GridSearch (\(seqNote(smoothProjSamples)))" : "Manual α \(p.alpha) β \(p.beta)"
       s.append("SmoothLinear \(how) on \(smoothProjKeys.sorted().joined(separator: ","))")
     }
-    if weightFormat != nil, clipStrategy == .gridSearch { s.append("weight range GridSearch (\(clipNumGrids) grids, \(clipSamples) seq)") }
+    if weightFormat != nil, clipStrategy == .gridSearch {
+      // ProductsError (AWQ) and QoQ's non-q/k modules judge on a 512-token subsample; q/k on whole sequences.
+      s.append("weight range GridSearch (\(clipNumGrids) grids, \(clipProducts ? "512-token subsample" : seqNote(clipSamples)))")
+    }
     if let w = weightFormat { s.append((gptq != nil ? "GPTQ " : "RTN ") + "weights \(w)") }
     s.append("activations " + (actBits.map { "int\($0) per token" } ?? "fp"))
     var kv = kvBits.map { "KV\($0)\(kvGroup.map { " g\($0)" } ?? "")\(kvStatic ? " static" : "")" } ?? "KV fp"

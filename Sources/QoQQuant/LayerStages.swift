@@ -26,7 +26,7 @@ extension QuantizationPipeline {
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
     let centering = plan.centersKeys(c)
     let grid = plan.smoothAttn?.strategy == .gridSearch
-    let searchSeqs = min(samples.count, plan.smoothAttnSamples)
+    let searchSeqs = min(samples.count, plan.sequences(plan.smoothAttnSamples))
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
     var quantized: [String: QuantizedWeight] = [:]
     func newHessians() -> [String: HessianAccumulator] {
@@ -42,7 +42,7 @@ extension QuantizationPipeline {
     if smoothKeys.contains("up_proj") { points.insert(.mlpInput) }
     // AWQ: spans over every token, module inputs of the first sequences for the output-error searches.
     let awq = plan.smoothProjAlphas != nil
-    let awqSeqs = min(samples.count, plan.smoothProjSamples)
+    let awqSeqs = min(samples.count, plan.sequences(plan.smoothProjSamples))
     var awqIn: [LayerCapture.Point: [Float]] = [:]
     var oSpan = AbsMaxAccumulator(width: c.qDim)
     var seen = 0
@@ -129,7 +129,9 @@ extension QuantizationPipeline {
     guard let sa = plan.smoothAttn, let kb = plan.kvBits else { return (0, 0) }
     let c = store.config, base = model.layers[l]
     let kq = KVFakeQuant(bits: kb, group: plan.kvGroup ?? c.kvDim, asymmetric: plan.kvAsymmetric)
-    let reference = try model.attentionOutput(base, h: h, lengths: lengths)
+    let reference = try RangeSearch.chunkedOutputs(h: h, lengths: lengths, width: c.hiddenSize) {
+      try model.attentionOutput(base, h: $0, lengths: $1)
+    }
     var best = (0.0, 0.0), bestErr = Double.infinity
     for (a, b) in SmoothStage.alphaBetaCandidates(alpha: sa.alpha, beta: sa.beta, grids: sa.grids) {
       let (lq, lk) = (a == 0 && b == 0) ? ([Float](repeating: 1, count: c.qDim), [Float](repeating: 1, count: c.kvDim))
@@ -141,9 +143,9 @@ extension QuantizationPipeline {
                                vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
       let kr: KVTransform = plan.rotatesKeys(c) ? RotatedKeys(kq, headDim: c.headDim) : kq
       let kt: KVTransform = keyCenter.map { CenteredKeys(kr, center: zip($0, lk).map { $0 / $1 }) } ?? kr
-      let y = try model.attentionOutput(layer, h: h, lengths: lengths, kvTransform: kt, keysOnly: true)
-      var e = 0.0
-      for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }
+      let e = try RangeSearch.outputError(h: h, lengths: lengths, width: c.hiddenSize, reference: reference) {
+        try model.attentionOutput(layer, h: $0, lengths: $1, kvTransform: kt, keysOnly: true)
+      }
       if e < bestErr { bestErr = e; best = (a, b) }
     }
     return best
@@ -160,7 +162,7 @@ extension QuantizationPipeline {
     // sequences for the q/k attention-output objective.
     let totalRows = s.reduce(0) { $0 + $1.count }
     let wanted = Set(RangeSearch.subsampleRows(total: totalRows))
-    let qkSeqs = min(s.count, plan.clipSamples)
+    let qkSeqs = min(s.count, plan.sequences(plan.clipSamples))
     var sub: [String: [Float]] = [:], qkInput: [Float] = []
     var rowBase = 0
     let hs: [String: HessianAccumulator] = plan.gptq == nil ? [:]
@@ -187,7 +189,9 @@ extension QuantizationPipeline {
     if grid {
       let cands = RangeSearch.ratios(maxShrink: plan.clipMaxShrink, numGrids: plan.clipNumGrids)
       let lengths = Array(s.prefix(qkSeqs).map(\.count))
-      let reference = try model.attentionOutput(model.layers[l], h: qkInput, lengths: lengths)
+      let reference = try RangeSearch.chunkedOutputs(h: qkInput, lengths: lengths, width: c.hiddenSize) {
+        try model.attentionOutput(model.layers[l], h: $0, lengths: $1)
+      }
       for m in store.linearNames(layer: l) where !plan.weightSkips.contains(key(m)) && !plan.clipSkips.contains(key(m)) {
         let (o, i) = store.linearShape(m)
         if (m.hasSuffix("q_proj") || m.hasSuffix("k_proj")) && !plan.clipProducts {

@@ -16,9 +16,10 @@ public struct QuantPlan: Sendable {
   public var clipMaxShrink: Double = 0.2
   public var clipNumGrids = 80
   public var clipSkips: Set<String> = []
-  /// Sequences used by OutputsError objectives (q/k clipping, SmoothAttention grid search).
-  public var clipSamples = 4
-  public var smoothAttnSamples = 4
+  /// Calibration sequences used by the OutputsError objectives (q/k clipping, SmoothAttention and AWQ grid searches):
+  /// a recipe's sample_size, 0 when it is -1 (deepcompressor: all of them). `sequences(_:)` resolves it.
+  public var clipSamples = 0
+  public var smoothAttnSamples = 0
   public var actBits: Int?
   public var actSkips: Set<String> = []
   public var kvBits: Int?
@@ -40,7 +41,7 @@ public struct QuantPlan: Sendable {
   public var smoothProjKeys: Set<String> = []
   /// AWQ: SmoothLinear GridSearch over λ = max|x|^α, α from these candidates, objective the output error.
   public var smoothProjAlphas: [Double]?
-  public var smoothProjSamples = 4
+  public var smoothProjSamples = 0
   /// Weight range search objective: OutputsError (QoQ: products per group, attention outputs for q/k) or
   /// ProductsError (AWQ: products per group for every module).
   public var clipProducts = false
@@ -56,8 +57,16 @@ public struct QuantPlan: Sendable {
 
   static let moduleKeys: Set<String> = ["qkv_proj", "out_proj", "up_proj", "down_proj"]
 
+  /// The calibration sequences an objective with sample size `chosen` uses: all of them for 0 (-1 in the recipe).
+  public func sequences(_ chosen: Int) -> Int { chosen > 0 ? min(chosen, calib.numSamples) : calib.numSamples }
+
   public init(_ r: Recipe) throws {
     func bad(_ m: String) -> QoQError { QoQError("recipe: \(m)") }
+    // deepcompressor's sample_size: -1 = every calibration sequence, n > 0 = the first n.
+    func sampleSize(_ v: Int, _ field: String) throws -> Int {
+      guard v == -1 || v > 0 else { throw bad("\(field) must be -1 (all calibration sequences) or positive, not \(v)") }
+      return max(v, 0)
+    }
     func bits(_ dtype: String, field: String) throws -> (signed: Bool, bits: Int) {
       let d = dtype.lowercased()
       for (p, signed) in [("uint", false), ("sint", true), ("int", true)] where d.hasPrefix(p) {
@@ -125,7 +134,7 @@ public struct QuantPlan: Sendable {
         guard clipMaxShrink > 0, clipMaxShrink < 1, clipNumGrids > 0 else { throw bad("quant.wgts.calib_range: max_shrink in (0,1) and num_grids > 0") }
         if try r.double("quant.wgts.calib_range.max_expand") != 1 { throw bad("quant.wgts.calib_range.max_expand other than 1.0 is not supported") }
         let ss = try r.int("quant.wgts.calib_range.sample_size")
-        clipSamples = ss > 0 ? ss : 4
+        clipSamples = try sampleSize(ss, "quant.wgts.calib_range.sample_size")
         if st == .gridSearch {
           let obj = try r.string("quant.wgts.calib_range.objective")
           guard obj == "OutputsError" || obj == "ProductsError", try r.string("quant.wgts.calib_range.granularity") == "Group" else {
@@ -206,7 +215,7 @@ public struct QuantPlan: Sendable {
           guard kvBits != nil else { throw bad("SmoothAttention GridSearch needs a KV quantizer (quant.opts) for its objective") }
         }
         let ss = try r.int("quant.smooth.attn.sample_size")
-        smoothAttnSamples = ss > 0 ? ss : 4
+        smoothAttnSamples = try sampleSize(ss, "quant.smooth.attn.sample_size")
       }
       if try r.bool("quant.smooth.enable_proj") {
         let skips = Set(try r.strings("quant.smooth.proj.skips"))
@@ -227,7 +236,7 @@ public struct QuantPlan: Sendable {
           guard g >= 2 else { throw bad("quant.smooth.proj.num_grids must be at least 2") }
           smoothProjAlphas = SmoothStage.alphaBetaCandidates(alpha: alpha, beta: beta, grids: g).map(\.0)
           let ss = try r.int("quant.smooth.proj.sample_size")
-          smoothProjSamples = ss > 0 ? ss : 4
+          smoothProjSamples = try sampleSize(ss, "quant.smooth.proj.sample_size")
         case let st: throw bad("quant.smooth.proj.strategy \(st ?? "null") must be Manual or GridSearch")
         }
         smoothProj = (alpha, beta)

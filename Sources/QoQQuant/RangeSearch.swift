@@ -71,11 +71,40 @@ public enum RangeSearch {
       let layer = DecoderLayer(inputLayernorm: base.inputLayernorm, postAttentionLayernorm: base.postAttentionLayernorm,
                                qProj: isQ ? lin : base.qProj, kProj: isQ ? base.kProj : lin, vProj: base.vProj, oProj: base.oProj,
                                gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
-      let y = try model.attentionOutput(layer, h: h, lengths: lengths)
-      var e = 0.0
-      for i in 0..<y.count { let d = Double(y[i] - reference[i]); e += d * d }
+      let e = try outputError(h: h, lengths: lengths, width: inp, reference: reference) {
+        try model.attentionOutput(layer, h: $0, lengths: $1)
+      }
       if e < bestErr { bestErr = e; best = r }
     }
     return best
+  }
+
+  /// The outputs of `forward` over sequences of `lengths` (rows of `width` in h), computed `chunk` sequences at a time
+  /// so the intermediate tensors never exist for all of them at once (sample_size -1 means every calibration sequence).
+  public static func chunkedOutputs(h: [Float], lengths: [Int], width: Int, chunk: Int = 4,
+                                    _ forward: ([Float], [Int]) throws -> [Float]) rethrows -> [Float] {
+    var out: [Float] = [], row = 0
+    out.reserveCapacity(h.count)
+    for s in stride(from: 0, to: lengths.count, by: chunk) {
+      let ls = Array(lengths[s..<min(s + chunk, lengths.count)]), rows = ls.reduce(0, +)
+      out += try forward(Array(h[(row * width)..<((row + rows) * width)]), ls)
+      row += rows
+    }
+    return out
+  }
+
+  /// Σ (y − reference)² with y = forward(h) computed `chunk` sequences at a time (see chunkedOutputs); the reference
+  /// has the outputs of every sequence, in order.
+  public static func outputError(h: [Float], lengths: [Int], width: Int, reference: [Float], chunk: Int = 4,
+                                 _ forward: ([Float], [Int]) throws -> [Float]) rethrows -> Double {
+    var e = 0.0, row = 0, at = 0
+    for s in stride(from: 0, to: lengths.count, by: chunk) {
+      let ls = Array(lengths[s..<min(s + chunk, lengths.count)]), rows = ls.reduce(0, +)
+      let y = try forward(Array(h[(row * width)..<((row + rows) * width)]), ls)
+      precondition(at + y.count <= reference.count, "reference shorter than the outputs")
+      for i in 0..<y.count { let d = Double(y[i] - reference[at + i]); e += d * d }
+      at += y.count; row += rows
+    }
+    return e
   }
 }

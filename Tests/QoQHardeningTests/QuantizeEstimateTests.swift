@@ -50,6 +50,33 @@ import QoQTestSupport
     #expect(rtn.stagesSummary == "plan: RTN weights uint4-asym-g64 → activations fp → KV fp")
   }
 
+  /// sample_size -1 (deepcompressor's default) means every calibration sequence for the OutputsError searches
+  /// (issue #20); a positive value keeps the first n, and the plan line says which. The time estimate grows with the
+  /// sequences searched: per layer, (grids + 1) candidates for q and for k, plus SmoothAttention's candidates, each one
+  /// attention pass of 2·(h·(q + 2kv) + q·h) + 2·q·seqLength FLOPs per token, at 70 GFLOPS per core.
+  @Test func sampleSizeMinusOneMeansAllSequences() throws {
+    let all = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/qoq-gchn.yaml"], flags: []))
+    #expect(all.clipSamples == 0 && all.smoothAttnSamples == 0 && all.sequences(all.clipSamples) == 128)
+    #expect(all.stagesSummary.contains("SmoothAttention GridSearch (all 128 seq)"), "\(all.stagesSummary)")
+    #expect(all.stagesSummary.contains("weight range GridSearch (80 grids, all 128 seq)"), "\(all.stagesSummary)")
+    let four = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/qoq-gchn.yaml"],
+                                             flags: ["--wgts-calib-range-sample-size", "4", "--smooth-attn-sample-size", "4"]))
+    #expect(four.sequences(four.clipSamples) == 4)
+    #expect(four.stagesSummary.contains("SmoothAttention GridSearch (4 of 128 seq)"), "\(four.stagesSummary)")
+    #expect(four.stagesSummary.contains("(80 grids, 4 of 128 seq)"), "\(four.stagesSummary)")
+    for bad in ["0", "-2"] {
+      #expect(throws: (any Error).self) { try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/qoq-gchn.yaml"],
+                                                                        flags: ["--wgts-calib-range-sample-size", bad])) }
+    }
+    let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 64, intermediateSize: 128, numHiddenLayers: 2,
+                                   numAttentionHeads: 4, numKeyValueHeads: 2, rmsNormEps: 1e-5, vocabSize: 300)
+    let perToken = 2.0 * Double(64 * (64 + 2 * 32) + 64 * 64) + 2 * 64 * 1024
+    let candidates = 2.0 * 81 + 39  // q and k over 1 + 80 ratios; SmoothAttention β = -2: (0, 0) + 19 + 19
+    let extra = 2 * candidates * Double(128 - 4) * 1024 * perToken / 70e9 / 2
+    let grown = all.estimate(c, evaluate: false, cores: 2).seconds - four.estimate(c, evaluate: false, cores: 2).seconds
+    #expect(abs(grown - extra) < 1e-6 * extra, "\(grown) vs \(extra)")
+  }
+
   @Test func oversizedRunIsRefusedBeforeLoading() async throws {
     let dir = scratch("seventy") + "/llama3-70b-shape"
     let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 8192, intermediateSize: 28672, numHiddenLayers: 80,

@@ -14,6 +14,35 @@ import QoQTestSupport
     #expect(RangeSearch.subsampleRows(total: 300) == Array(0..<300))
   }
 
+  /// The searches' outputs and errors computed a few sequences at a time (sample_size -1 means all of them, issue
+  /// #20) equal one pass over every sequence: a forward that depends on each sequence as a whole (its running sum), and
+  /// an error summed by hand in Double. Awkward counts: 1, 3, 5 and 17 sequences of uneven lengths, chunks of 1, 4, 7.
+  @Test(arguments: [1, 3, 5, 17])
+  func chunkedSearchEqualsOnePass(_ n: Int) {
+    let width = 3
+    let lengths = (0..<n).map { 1 + ($0 * 7) % 5 }
+    let h = randomFloats(lengths.reduce(0, +) * width, seed: UInt64(n))
+    func forward(_ x: [Float], _ ls: [Int]) -> [Float] {  // per sequence: 2 × the running sum over its rows
+      var y = [Float](repeating: 0, count: x.count), row = 0
+      for t in ls {
+        var acc = [Float](repeating: 0, count: width)
+        for r in row..<(row + t) { for j in 0..<width { acc[j] += x[r * width + j]; y[r * width + j] = 2 * acc[j] } }
+        row += t
+      }
+      return y
+    }
+    let whole = forward(h, lengths)
+    let reference = whole.map { $0 + 0.25 }
+    var byHand = 0.0  // ≈ 0.0625 per element: the offset, up to the rounding of y + 0.25
+    for i in 0..<whole.count { let d = Double(whole[i] - reference[i]); byHand += d * d }
+    #expect(abs(byHand - 0.0625 * Double(whole.count)) < 1e-3 * Double(whole.count))
+    for chunk in [1, 4, 7] {
+      #expect(RangeSearch.chunkedOutputs(h: h, lengths: lengths, width: width, chunk: chunk, forward) == whole)
+      let e = RangeSearch.outputError(h: h, lengths: lengths, width: width, reference: reference, chunk: chunk, forward)
+      #expect(e == byHand, "chunk \(chunk): \(e) vs \(byHand)")
+    }
+  }
+
   /// The chosen ratio per group minimises Σ_t (x_t,g · (ŵ_g − w_g))², computed here independently in Double.
   @Test(arguments: [WeightFormat.asym(bits: 4, group: nil), .asym(bits: 4, group: 8)])
   func productsErrorMatchesBruteForce(_ f: WeightFormat) {

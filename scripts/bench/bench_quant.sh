@@ -31,7 +31,8 @@ for n in $ONLY; do
     rtn-w4a8kv4-gchn) run rtn-w4a8kv4-gchn recipes/rtn-w4a8kv4-gchn.yaml -- --opts-group-shapes 1,64 ;;
     rtn-w4a8kv4-g64) run rtn-w4a8kv4-g64 recipes/rtn-w4a8kv4-g64.yaml -- ;;
     qoq-g64) run qoq-g64 recipes/qoq-g64.yaml -- ;;
-    qoq-gchn) run qoq-gchn recipes/qoq-gchn.yaml -- --opts-group-shapes 1,64 ;;
+    qoq-gchn) run qoq-gchn recipes/qoq-gchn.yaml recipes/search-4seq.yaml -- --opts-group-shapes 1,64 ;;
+    qoq-gchn-all) run qoq-gchn-all recipes/qoq-gchn.yaml -- --opts-group-shapes 1,64 ;;
     qoq-g64-bf16calib) run qoq-g64-bf16calib recipes/qoq-g64.yaml -- --model-dtype torch.bfloat16 ;;
   esac
 done

@@ -3,7 +3,7 @@
 # GPTQ protocol at 2048 tokens. One `qoq quantize` per row, each printing its quantize wall time and peak RSS (VmHWM
 # right after quantization, before the evaluation loads the fake-quantized model), then a Markdown table.
 #   rtn-w4a16     recipes/rtn-w4a16-g128.yaml
-#   awq           recipes/awq.yaml (W4A16 g128)
+#   awq           recipes/awq.yaml (W4A16 g128) + recipes/search-4seq.yaml (all 128 sequences: ~10 h on 2 cores)
 #   rtn-w4a8kv4   recipes/rtn-w4a8kv4-g128.yaml, with the same weights at KV16 (the KV4 cost)
 #   qoq           recipes/qoq-g128.yaml, with the same weights at KV16
 #   qoq-norot     the same without key rotation (--opts-rotate-keys never: deepcompressor's KV side plus centering)
@@ -27,7 +27,7 @@ for row in $ROWS; do
   [ -f "$OUT/$row.json" ] && continue
   case "$row" in
     rtn-w4a16) args=(recipes/rtn-w4a16-g128.yaml) ;;
-    awq) args=(recipes/awq.yaml "${CALIB[@]}") ;;
+    awq) args=(recipes/awq.yaml recipes/search-4seq.yaml "${CALIB[@]}") ;;
     rtn-w4a8kv4) args=(recipes/rtn-w4a8kv4-g128.yaml "${CALIB[@]}" --kv-ablation-bits 16) ;;
     qoq) args=(recipes/qoq-g128.yaml "${CALIB[@]}" --kv-ablation-bits 16) ;;
     qoq-norot) args=(recipes/qoq-g128.yaml "${CALIB[@]}" --kv-ablation-bits 16 --opts-rotate-keys never) ;;

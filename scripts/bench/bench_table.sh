@@ -11,7 +11,7 @@ swift build -c release --product qoq >&2
 QOQ="$(swift build -c release --show-bin-path)/qoq"
 CACHE="${QOQ_CACHE:-$HOME/.cache/qoq}"
 "$QOQ" table --model-path "$CACHE/smollm2/hf" --output "${QOQ_TABLE_OUT:-runs/table-smollm2}" --eval-max-windows "${QOQ_WINDOWS:-8}" \
-  --recipes recipes/rtn-w4a16-g64.yaml recipes/awq-g64.yaml recipes/gptq-g64.yaml+recipes/calib-concat.yaml \
+  --recipes recipes/rtn-w4a16-g64.yaml recipes/awq-g64.yaml+recipes/search-4seq.yaml recipes/gptq-g64.yaml+recipes/calib-concat.yaml \
             recipes/rtn-w8a8kv8.yaml recipes/smoothquant-dynamic.yaml recipes/smoothquant-static.yaml \
             recipes/rtn-w4a8kv4-g64.yaml recipes/qoq-g64.yaml \
             recipes/rtn-w4a4kv4.yaml+recipes/kv-g64.yaml recipes/quarot-w4a4kv4.yaml+recipes/kv-g64.yaml
