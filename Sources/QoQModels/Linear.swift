@@ -54,6 +54,30 @@ public final class BF16Linear: LinearLayer, @unchecked Sendable {
   }
 }
 
+/// fp16 emulated in fp32: weights, inputs and outputs rounded to fp16 (round to nearest even), products accumulated in
+/// fp32 as a GPU's fp16 GEMM does. For calibration passes with `model.dtype: torch.float16`, deepcompressor's default
+/// model dtype, so that the difference fp16 makes to the statistics and Hessians can be measured (issue #20).
+public final class FP16EmulatedLinear: LinearLayer, @unchecked Sendable {
+  public let inFeatures: Int
+  public let outFeatures: Int
+  let dense: DenseLinear
+
+  public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+    self.inFeatures = inFeatures
+    self.outFeatures = outFeatures
+    dense = DenseLinear(weight: weight.map(f16Round), outFeatures: outFeatures, inFeatures: inFeatures, bias: bias?.map(f16Round))
+  }
+
+  public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    let n = rows * inFeatures
+    let xr = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+    defer { xr.deallocate() }
+    for i in 0..<n { xr[i] = f16Round(x[i]) }
+    dense.forward(xr, rows: rows, y)
+    for i in 0..<(rows * outFeatures) { y[i] = f16Round(y[i]) }
+  }
+}
+
 /// Copies the bias into every output row so the GEMM can accumulate onto it; returns whether it did.
 @inline(__always)
 func prefillBias(_ bias: [Float]?, rows: Int, _ out: Int, _ y: UnsafeMutablePointer<Float>) -> Bool {

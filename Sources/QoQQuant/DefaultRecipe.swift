@@ -15,7 +15,7 @@ model:
   name: ""
   path: ""
   root: ""
-  dtype: torch.float32   # calibration passes: torch.float32 (exact) or torch.bfloat16 (2× faster GEMMs)
+  dtype: torch.float32   # calibration passes: torch.float32 (exact), torch.bfloat16 (2× faster GEMMs), torch.float16 (emulated, slower)
 eval:
   tasks: [wikitext]
   evaluators: [gptq]

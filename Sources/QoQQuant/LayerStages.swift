@@ -8,8 +8,12 @@ import QoQIO
 import QoQModels
 
 extension QuantizationPipeline {
-  /// The model the calibration passes run for layer l: fp32, or bf16 linears when model.dtype is torch.bfloat16.
+  /// The model the calibration passes run for layer l: fp32, bf16 linears when model.dtype is torch.bfloat16, or
+  /// fp16-emulated linears when it is torch.float16.
   func calibrationModel(_ store: WeightStore, layer l: Int) throws -> LlamaModel {
+    if plan.calibFP16 {
+      return try store.layerModel(l) { _, w, out, inp, b in FP16EmulatedLinear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
+    }
     guard plan.calibBF16 else { return try store.layerModel(l) }
     return try store.layerModel(l) { _, w, out, inp, b in BF16Linear(weight: w, outFeatures: out, inFeatures: inp, bias: b) }
   }

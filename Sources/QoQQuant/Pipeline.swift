@@ -92,7 +92,7 @@ public final class QuantizationPipeline {
   /// pass structure.
   var runKey: String {
     sha256Hex(Array(("stream-v1|" + modelIdentity() + "|quant:" + quantKeySection + "|seed:\(plan.seed)"
-                     + (plan.calibBF16 ? "|dtype:bf16" : "") + (plan.calibActivationsBF16 ? "|acts:bf16" : "")
+                     + (plan.calibBF16 ? "|dtype:bf16" : "") + (plan.calibFP16 ? "|dtype:fp16" : "") + (plan.calibActivationsBF16 ? "|acts:bf16" : "")
                      + (fuseCalibrationPasses ? "" : "|two-pass")).utf8))
   }
 

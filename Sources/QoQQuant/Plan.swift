@@ -48,6 +48,9 @@ public struct QuantPlan: Sendable {
   public var calib = CalibrationOptions()
   /// Calibration passes run their linears in bf16 (model.dtype torch.bfloat16) instead of fp32.
   public var calibBF16 = false
+  /// Calibration passes emulate fp16 linears (model.dtype torch.float16, deepcompressor's default): weights, inputs and
+  /// outputs rounded to fp16. For measuring what deepcompressor's dtype changes, not for speed (it is slower than fp32).
+  public var calibFP16 = false
   /// The calibration activations between layers are kept in bf16 (quant.calib.activations_dtype, not in deepcompressor).
   public var calibActivationsBF16 = false
   public var seed: UInt64 = 12345
@@ -257,9 +260,10 @@ public struct QuantPlan: Sendable {
     }
     if try r.string("quant.develop_dtype") != "torch.float32" { throw bad("quant.develop_dtype must be torch.float32") }
     switch try r.string("model.dtype") ?? "torch.float32" {
-    case "torch.float32", "float32": calibBF16 = false
-    case "torch.bfloat16", "bfloat16": calibBF16 = true
-    case let d: throw bad("model.dtype \(d) is not supported (torch.float32, torch.bfloat16)")
+    case "torch.float32", "float32": (calibBF16, calibFP16) = (false, false)
+    case "torch.bfloat16", "bfloat16": (calibBF16, calibFP16) = (true, false)
+    case "torch.float16", "float16": (calibBF16, calibFP16) = (false, true)
+    case let d: throw bad("model.dtype \(d) is not supported (torch.float32, torch.bfloat16, torch.float16)")
     }
     evalSeqLen = try r.int("eval.max_seq_length")
     evalWindows = try r.int("eval.max_windows")

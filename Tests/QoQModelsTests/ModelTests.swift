@@ -89,3 +89,23 @@ func expectError(_ needle: String, _ label: String, _ body: () throws -> Void) -
   } catch { return "\(label): unexpected \(error)" }
   return "\(label): no error"
 }
+
+@Suite struct FP16EmulatedLinearTests {
+  /// Hand-computed: weights and inputs round to fp16 before the product, the output rounds after it (ties to even).
+  /// w = [1 + 2⁻¹², 3] → [1, 3]; x = [2049, 1] → [2048, 1] (fp16 spacing is 2 above 2048); y = 2051 → 2052 (the tie
+  /// between 2050 and 2052 goes to the even mantissa). Bias 0.1 → 0.0999755859375 before it is added.
+  @Test func roundsWeightsInputsAndOutputsToFP16() {
+    let l = FP16EmulatedLinear(weight: [1 + 1.0 / 4096, 3], outFeatures: 1, inFeatures: 2)
+    var y: [Float] = [0]
+    let x: [Float] = [2049, 1]
+    x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { l.forward(xp.baseAddress!, rows: 1, $0.baseAddress!) } }
+    #expect(y == [2052])
+    // The fp32 product would be 2049 · (1 + 2⁻¹²) + 3 ≈ 2052.5; a small case with a bias and two rows.
+    let b = FP16EmulatedLinear(weight: [0.5, 0.25], outFeatures: 1, inFeatures: 2, bias: [0.1])
+    var z: [Float] = [0, 0]
+    let xs: [Float] = [1, 1, 2, 4]
+    xs.withUnsafeBufferPointer { xp in z.withUnsafeMutableBufferPointer { b.forward(xp.baseAddress!, rows: 2, $0.baseAddress!) } }
+    #expect(z == [Float(Float16(Float(Float16(0.1)) + 0.75)), Float(Float16(Float(Float16(0.1)) + 2))])
+    #expect(z[0] == 0.85009765625 && z[1] == 2.099609375)
+  }
+}

@@ -73,6 +73,8 @@ func writeTemp(_ text: String, _ name: String) -> String {
     let off = try QuantPlan(try Recipe.load(files: [recipesDir + "/qoq-g64.yaml"], flags: ["--wgts-dtype", "null", "--opts-dtype", "none"]))
     #expect(off.weightFormat == nil && off.kvBits == nil && off.actBits == 8)
     #expect(try QuantPlan(try Recipe.load(files: [], flags: ["--model-dtype", "torch.bfloat16"])).calibBF16)
+    let fp16 = try QuantPlan(try Recipe.load(files: [], flags: ["--model-dtype", "torch.float16"]))
+    #expect(fp16.calibFP16 && !fp16.calibBF16)
     // The resolved recipe round-trips through YAML.
     #expect(try Recipe.parseYAML(r.yaml(), what: "resolved") == r.tree)
   }
@@ -95,7 +97,7 @@ func writeTemp(_ text: String, _ name: String) -> String {
       ([], ["--wgts-dtype", "uint4", "--wgts-zero-point", "PostScale", "--wgts-calib-range-ratio", "1.5"], "ratio"),
       ([], ["--smooth-proj-alpha", "0.1", "0.2"], "takes one value"),
       ([], ["--develop-dtype", "torch.float16"], "develop_dtype"),
-      ([], ["--model-dtype", "torch.float16"], "model.dtype"),
+      ([], ["--model-dtype", "torch.int8"], "model.dtype"),
     ]
     var failures: [String] = []
     for (files, flags, needle) in cases {
