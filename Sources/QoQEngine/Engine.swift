@@ -20,6 +20,9 @@ public struct EngineOptions: Sendable {
   public var integerScores = true
   /// Context per request (prompt + generated tokens), at most the model's; nil: the model's (`-c/--ctx-size`).
   public var maxContext: Int?
+  /// Automatic prefix caching (`--no-prefix-caching` turns it off): a request starts after the longest run of
+  /// full KV pages that an earlier request computed for the same leading tokens.
+  public var prefixCaching = true
   public init() {}
 }
 
@@ -112,7 +115,8 @@ public final class Engine {
     model.rope.ensure(min(context, try checkedMul(blocks, o.pageSize, "KV pages × page size")))
     self.model = model; self.tokenizer = tokenizer; options = o; maxContext = context
     scheduler = try Scheduler(config: SchedulerConfig(numBlocks: blocks, maxModelLen: context, blockSize: o.pageSize,
-                                                      maxNumSeqs: o.maxNumSeqs, maxBatchedTokens: o.maxBatchedTokens, policy: o.policy))
+                                                      maxNumSeqs: o.maxNumSeqs, maxBatchedTokens: o.maxBatchedTokens, policy: o.policy,
+                                                      enablePrefixCaching: o.prefixCaching))
     pool = try KVPool(format: model.kvFormat, layers: model.config.numHiddenLayers, numBlocks: blocks)
     ws = Workspace(config: model.config)
   }
@@ -132,7 +136,8 @@ public final class Engine {
       throw QoQError("the prompt has \(prompt.count) tokens; the context is \(maxContext) (prompt + generated tokens)")
     }
     let id = nextId
-    try scheduler.add(id: id, prompt: prompt, maxTokens: params.maxTokens)
+    // Prompt log-probabilities need every prompt position's logits: such a request computes its whole prompt.
+    try scheduler.add(id: id, prompt: prompt, maxTokens: params.maxTokens, usePrefixCache: logprobs.prompt == nil)
     nextId += 1
     var stops = Set(params.stopTokenIds)
     if !ignoreEOS {
@@ -181,7 +186,14 @@ public final class Engine {
     let chunks = zip(plan.chunks, wantsAll).map { ch, all in
       SequenceChunk(start: ch.start, tokens: ch.tokens, blockTable: ch.blockTable, logits: all ? .all : ch.needsLogits ? .last : .none)
     }
-    let logits = try model.step(chunks, pool: pool, workspace: ws, integerScores: options.integerScores)
+    let logits: [Float]
+    do {
+      logits = try model.step(chunks, pool: pool, workspace: ws, integerScores: options.integerScores)
+    } catch {
+      // The plan's K/V were not (all) written: its requests end, and none of their new pages reaches the cache.
+      for ch in plan.chunks { scheduler.fail(id: ch.id); requests[ch.id] = nil; scheduler.forget(id: ch.id) }
+      throw error
+    }
     stepsRun += 1
     let V = model.config.vocabSize
     var next = 0   // first logits row of the current chunk

@@ -1,7 +1,9 @@
 // In-flight batching as pure logic (qserve.md §1.4 and §1.8). The engine loop is:
 //   let plan = scheduler.schedule(); run plan.chunks; for each needsLogits chunk: sample, commit (or finish).
 // The scheduler decides which positions of which sequences are computed and which KV pages they go to; it never
-// sees tensors. Preemption is by recompute only (QServe's swap path is a no-op, §1.5).
+// sees tensors. Preemption is by recompute only (QServe's swap path is a no-op, §1.5). With prefix caching on, a
+// request is admitted after its longest cached prefix: those pages are shared, never written, and its first chunk
+// starts where they end.
 import QoQIO
 
 /// One request. A class so that the queues can hold ids while the state is mutated in place.
@@ -19,13 +21,23 @@ final class SeqState {
   /// A needsLogits chunk was handed out and its token has not been committed yet: nothing to schedule until then.
   var awaitingToken = false
   var finishReason: FinishReason?
+  /// False for a request that must compute every position (prompt log-probabilities): it takes no cache hits (its
+  /// own full pages are still registered for others).
+  let usePrefixCache: Bool
+  /// Chained content keys of the full pages of `tokens`, computed once as needed.
+  var pageKeys: [PageKey] = []
+  /// Leading pages of blockTable already offered to the cache (registered, a hit, or a duplicate left private).
+  var registered = 0
+  /// Positions taken from the cache at the last admission.
+  var cachedTokens = 0
 
-  init(id: Int, arrival: Int, prompt: [Int32], maxTokens: Int) {
+  init(id: Int, arrival: Int, prompt: [Int32], maxTokens: Int, usePrefixCache: Bool) {
     self.id = id
     self.arrival = arrival
     self.promptCount = prompt.count
     self.maxTokens = maxTokens
     self.tokens = prompt
+    self.usePrefixCache = usePrefixCache
   }
 }
 
@@ -42,6 +54,10 @@ public final class Scheduler {
   let runCap: Int
   /// Tokens the whole pool can hold. A sequence longer than this could never run even alone.
   let poolTokens: Int
+  /// Prefix-cache counters over admissions (vLLM's prefix_cache_queries / prefix_cache_hits): tokens looked up and
+  /// tokens found.
+  public private(set) var prefixQueriedTokens = 0
+  public private(set) var prefixHitTokens = 0
 
   public init(config: SchedulerConfig) throws {
     try config.validate()
@@ -53,8 +69,9 @@ public final class Scheduler {
 
   // MARK: requests
 
-  /// Queues a request (FCFS). Throws a QoQError for input that could never be served.
-  public func add(id: Int, prompt: [Int32], maxTokens: Int) throws {
+  /// Queues a request (FCFS). Throws a QoQError for input that could never be served. `usePrefixCache: false`
+  /// makes it compute every position even when a prefix is cached.
+  public func add(id: Int, prompt: [Int32], maxTokens: Int, usePrefixCache: Bool = true) throws {
     if seqs[id] != nil { throw QoQError("request \(id): duplicate request id") }
     if prompt.isEmpty { throw QoQError("request \(id): empty prompt") }
     if maxTokens <= 0 { throw QoQError("request \(id): maxTokens must be positive (got \(maxTokens))") }
@@ -70,7 +87,7 @@ public final class Scheduler {
       throw QoQError("request \(id): prompt of \(prompt.count) tokens exceeds maxBatchedTokens "
                      + "\(config.maxBatchedTokens) (policy qserve-v0 prefills whole prompts in one step)")
     }
-    seqs[id] = SeqState(id: id, arrival: nextArrival, prompt: prompt, maxTokens: maxTokens)
+    seqs[id] = SeqState(id: id, arrival: nextArrival, prompt: prompt, maxTokens: maxTokens, usePrefixCache: usePrefixCache)
     nextArrival += 1
     waiting.append(id)
   }
@@ -96,6 +113,17 @@ public final class Scheduler {
     }
   }
 
+  /// The engine could not run the last plan's chunk of this request: it ends (`cancelled`) and none of its pages
+  /// not yet registered is offered to the prefix cache, since their K/V were not written.
+  public func fail(id: Int) {
+    guard let s = seqs[id], s.finishReason == nil else { return }
+    s.registered = s.blockTable.count
+    end(s, .cancelled)
+  }
+
+  /// Empties the prefix cache of pages no request holds (vLLM's reset_prefix_cache).
+  public func resetPrefixCache() { blocks.dropIdleCache() }
+
   /// The engine decided to stop (stop token or string, its own limits): frees the pages. Ignored for a request
   /// that is unknown or already finished, so a `length` set by commit() stands (as in vLLM, length wins).
   public func finish(id: Int, reason: FinishReason) {
@@ -117,6 +145,8 @@ public final class Scheduler {
     return Array(s.tokens[s.promptCount...])
   }
   public func finishReason(of id: Int) -> FinishReason? { seqs[id]?.finishReason }
+  /// Prompt positions a request took from the prefix cache at its (last) admission.
+  public func cachedTokens(of id: Int) -> Int? { seqs[id]?.cachedTokens }
   public var hasUnfinished: Bool { !waiting.isEmpty || !running.isEmpty }
   public var numWaiting: Int { waiting.count }
   public var numRunning: Int { running.count }
@@ -125,6 +155,8 @@ public final class Scheduler {
 
   /// Plans one engine step and advances every scheduled sequence as if the step ran.
   public func schedule() -> StepPlan {
+    // Positions handed out by earlier plans have been computed by now: their full pages can be shared.
+    for id in running { registerComputed(seqs[id]!) }
     switch config.policy {
     case .chunked: return scheduleChunked()
     case .qserveV0: return scheduleQServeV0()
@@ -167,9 +199,10 @@ public final class Scheduler {
       let s = seqs[id]!
       // Just preempted (re-admitting would undo it) or its token is not committed yet.
       if step.preempted.contains(id) || s.awaitingToken { break }
-      let n = min(step.budget, s.tokens.count)
-      if pagesFor(n) > blocks.numFree { break }
-      admit(s)
+      let hits = prefixHits(s), cached = hits.count * config.blockSize
+      let n = min(step.budget, s.tokens.count - cached)
+      if pagesFor(cached + n) - hits.count > freeBesides(hits) { break }
+      admit(s, hits: hits)
       emit(s, n, &step)
     }
     return step.plan
@@ -182,7 +215,8 @@ public final class Scheduler {
     while running.count < runCap, let id = waiting.first {
       let s = seqs[id]!
       if step.preempted.contains(id) || s.awaitingToken { break }
-      let len = s.tokens.count
+      let hits = prefixHits(s)
+      let len = s.tokens.count - hits.count * config.blockSize
       if len > config.maxBatchedTokens {
         // Only a preempted sequence can get here (add() checks prompts): its prompt + generated tokens no longer
         // fit one prefill step, so QServe marks it IGNORED.
@@ -192,8 +226,8 @@ public final class Scheduler {
                                    + "maxBatchedTokens \(config.maxBatchedTokens) (policy qserve-v0)"))
         continue
       }
-      if len > step.budget || pagesFor(len) > blocks.numFree { break }
-      admit(s)
+      if len > step.budget || pagesFor(s.tokens.count) - hits.count > freeBesides(hits) { break }
+      admit(s, hits: hits)
       emit(s, len, &step)
     }
     if !step.plan.chunks.isEmpty || !step.plan.rejected.isEmpty { return step.plan }
@@ -240,6 +274,7 @@ public final class Scheduler {
   /// tokens (generated ones included), so its re-prefill ends in a needsLogits chunk that yields the next token.
   private func preempt(at index: Int, _ step: inout Step) {
     let s = seqs[running.remove(at: index)]!
+    registerComputed(s)
     releasePages(s)
     s.computed = 0
     waiting.insert(s.id, at: 0)
@@ -247,7 +282,17 @@ public final class Scheduler {
     step.preempted.insert(s.id)
   }
 
-  private func admit(_ s: SeqState) {
+  /// Moves the front of the queue to `running`, holding its cached prefix pages `hits` (positions 0 ..< hits·bs).
+  private func admit(_ s: SeqState, hits: [Int32]) {
+    for b in hits { blocks.retain(b) }
+    s.blockTable = hits
+    s.computed = hits.count * config.blockSize
+    s.registered = hits.count
+    s.cachedTokens = s.computed
+    if config.enablePrefixCaching && s.usePrefixCache {
+      prefixQueriedTokens += s.tokens.count
+      prefixHitTokens += s.computed
+    }
     waiting.removeFirst()
     // A re-admitted preempted sequence can be older than running ones: keep `running` in arrival order.
     let at = running.firstIndex(where: { seqs[$0]!.arrival > s.arrival }) ?? running.count
@@ -270,12 +315,55 @@ public final class Scheduler {
     step.budget -= n
   }
 
+  /// Tail first, so that the cache evicts a sequence's last pages before the prefix other requests may share.
   private func releasePages(_ s: SeqState) {
-    for b in s.blockTable { blocks.release(b) }
+    for b in s.blockTable.reversed() { blocks.release(b) }
     s.blockTable.removeAll()
+    s.registered = 0
+  }
+
+  // MARK: prefix cache
+
+  /// The key of full page i of `s` (positions i·bs ..< (i+1)·bs must be known tokens).
+  private func pageKey(_ s: SeqState, _ i: Int) -> PageKey {
+    let bs = config.blockSize
+    while s.pageKeys.count <= i {
+      let j = s.pageKeys.count
+      s.pageKeys.append(PageKey.chained(parent: s.pageKeys.last?.hash, tokens: s.tokens[(j * bs)..<((j + 1) * bs)]))
+    }
+    return s.pageKeys[i]
+  }
+
+  /// The longest run of cached pages that starts the sequence, leaving at least its last token to compute (the
+  /// step that computes it yields the next token's logits).
+  private func prefixHits(_ s: SeqState) -> [Int32] {
+    guard config.enablePrefixCaching && s.usePrefixCache else { return [] }
+    var hits: [Int32] = []
+    for i in 0..<((s.tokens.count - 1) / config.blockSize) {
+      guard let b = blocks.lookup(pageKey(s, i)) else { break }
+      hits.append(b)
+    }
+    return hits
+  }
+
+  /// Pages allocatable once `hits` are held: idle cached hits leave the free count when retained.
+  private func freeBesides(_ hits: [Int32]) -> Int {
+    blocks.numFree - hits.reduce(0) { $0 + (blocks.refCount($1) == 0 ? 1 : 0) }
+  }
+
+  /// Offers the full pages of `s` whose positions have all been computed to the cache (a page another request
+  /// registered first under the same key stays private to `s`).
+  private func registerComputed(_ s: SeqState) {
+    guard config.enablePrefixCaching else { return }
+    let full = min(s.computed / config.blockSize, s.blockTable.count)
+    while s.registered < full {
+      blocks.register(s.blockTable[s.registered], key: pageKey(s, s.registered))
+      s.registered += 1
+    }
   }
 
   private func end(_ s: SeqState, _ reason: FinishReason) {
+    registerComputed(s)
     releasePages(s)
     running.removeAll { $0 == s.id }
     waiting.removeAll { $0 == s.id }
@@ -285,8 +373,7 @@ public final class Scheduler {
 
   /// For tests: the first broken bookkeeping invariant, or nil.
   func invariantViolation() -> String? {
-    var held = 0
-    var owner = [Int32: Int]()
+    var owners = [Int32: Int]()
     for (id, s) in seqs {
       if s.finishReason != nil {
         if !s.blockTable.isEmpty { return "finished request \(id) still holds pages" }
@@ -295,15 +382,22 @@ public final class Scheduler {
       if s.blockTable.count != pagesFor(s.computed) {
         return "request \(id) holds \(s.blockTable.count) pages for \(s.computed) computed positions"
       }
-      for b in s.blockTable {
-        if let o = owner[b] { return "page \(b) owned by both \(o) and \(id)" }
-        owner[b] = id
-        if blocks.refCount(b) != 1 { return "page \(b) of request \(id) has refcount \(blocks.refCount(b))" }
+      if Set(s.blockTable).count != s.blockTable.count { return "request \(id) holds a page twice" }
+      for (i, b) in s.blockTable.enumerated() {
+        owners[b, default: 0] += 1
+        // A cached page is read-only: every owner has computed all of its positions.
+        if blocks.isCached(b) && (i + 1) * config.blockSize > s.computed {
+          return "cached page \(b) is page \(i) of request \(id), which has computed only \(s.computed) positions"
+        }
       }
-      held += s.blockTable.count
     }
-    if held + blocks.numFree != blocks.numBlocks {
-      return "\(held) held + \(blocks.numFree) free != \(blocks.numBlocks) pages"
+    for (b, n) in owners {
+      if blocks.refCount(b) != n { return "page \(b) has \(n) owners but refcount \(blocks.refCount(b))" }
+      if n > 1 && !blocks.isCached(b) { return "page \(b) is shared by \(n) requests but not cached" }
+    }
+    if !config.enablePrefixCaching && blocks.numCached > 0 { return "pages cached with prefix caching off" }
+    if owners.count + blocks.numFree != blocks.numBlocks {
+      return "\(owners.count) held + \(blocks.numFree) free != \(blocks.numBlocks) pages"
     }
     if running.count > runCap { return "\(running.count) running > cap \(runCap)" }
     let arrivals = running.map { seqs[$0]!.arrival }

@@ -24,15 +24,19 @@ public struct SchedulerConfig: Sendable {
   /// Context limit: prompt + generated tokens.
   public var maxModelLen: Int
   public var policy: SchedulerPolicy = .chunked
+  /// Automatic prefix caching: full computed pages are registered by content and shared by later requests with the
+  /// same leading tokens (BlockManager). Off here so that hand-traced plans stay simple; the engine turns it on.
+  public var enablePrefixCaching = false
 
   public init(numBlocks: Int, maxModelLen: Int, blockSize: Int = 64, maxNumSeqs: Int = 256,
-              maxBatchedTokens: Int = 2048, policy: SchedulerPolicy = .chunked) {
+              maxBatchedTokens: Int = 2048, policy: SchedulerPolicy = .chunked, enablePrefixCaching: Bool = false) {
     self.numBlocks = numBlocks
     self.maxModelLen = maxModelLen
     self.blockSize = blockSize
     self.maxNumSeqs = maxNumSeqs
     self.maxBatchedTokens = maxBatchedTokens
     self.policy = policy
+    self.enablePrefixCaching = enablePrefixCaching
   }
 
   /// Throws a QoQError naming the first bad field.

@@ -119,7 +119,8 @@ public enum OpenAIServer {
     }
     router.get("/metrics") { _, _ in
       let snap = s.service.snapshot
-      let body = s.service.metrics.render(queued: snap.queued, running: snap.running, pagesUsed: snap.pagesUsed, pagesTotal: snap.pagesTotal)
+      let body = s.service.metrics.render(queued: snap.queued, running: snap.running, pagesUsed: snap.pagesUsed, pagesTotal: snap.pagesTotal,
+                                          prefix: s.service.prefixCacheSnapshot)
       var headers = HTTPFields()
       headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
       return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))

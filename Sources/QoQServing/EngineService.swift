@@ -27,6 +27,7 @@ public final class EngineService: @unchecked Sendable {
   private var draining = false
   /// Scheduler figures copied by the engine thread under the lock (the scheduler itself is only touched there).
   private var stats = (waiting: 0, running: 0, pagesUsed: 0)
+  private var prefixStats = (queried: 0, hits: 0, cachedPages: 0)
   private var stopped = false
   private var thread: Thread?
 
@@ -107,6 +108,12 @@ public final class EngineService: @unchecked Sendable {
     return (incoming.count + stats.waiting, stats.running, stats.pagesUsed, engine.scheduler.blocks.numBlocks)
   }
 
+  /// Prefix-cache counters (tokens looked up and found at admission) and the registered pages, read under the lock.
+  public var prefixCacheSnapshot: (queried: Int, hits: Int, cachedPages: Int) {
+    lock.lock(); defer { lock.unlock() }
+    return prefixStats
+  }
+
   private func loop() {
     while true {
       var out = Outbox()
@@ -151,7 +158,10 @@ public final class EngineService: @unchecked Sendable {
         // A failed step fails the requests in it; the service keeps running.
         var failed = Outbox()
         lock.lock()
-        for (_, (c, _)) in streams { failed.yield(c, .rejected(id: -1, reason: "engine error: \(error)")); failed.finish(c) }
+        for (id, (c, _)) in streams {
+          engine.cancel(id)   // no one reads it any more (the step's own requests are ended by the engine)
+          failed.yield(c, .rejected(id: -1, reason: "engine error: \(error)")); failed.finish(c)
+        }
         streams = [:]
         lock.broadcast(); lock.unlock()
         failed.deliver()
@@ -207,6 +217,7 @@ public final class EngineService: @unchecked Sendable {
   private func updateStats() {
     let sch = engine.scheduler
     stats = (sch.numWaiting, sch.numRunning, sch.blocks.numBlocks - sch.blocks.numFree)
+    prefixStats = (sch.prefixQueriedTokens, sch.prefixHitTokens, sch.blocks.numCached)
   }
 }
 

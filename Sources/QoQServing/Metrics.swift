@@ -55,7 +55,8 @@ public final class ServingMetrics: @unchecked Sendable {
   public let itl = Histogram("qoq_inter_token_latency_seconds", "Time between consecutive tokens of a request.", bounds: latencyBounds)
 
   /// The exposition text; gauges (queue, running, pages) are passed in at scrape time.
-  public func render(queued: Int, running: Int, pagesUsed: Int, pagesTotal: Int) -> String {
+  public func render(queued: Int, running: Int, pagesUsed: Int, pagesTotal: Int,
+                     prefix: (queried: Int, hits: Int, cachedPages: Int) = (0, 0, 0)) -> String {
     var s = ""
     for (n, h, v) in [("qoq_queue_depth", "Requests waiting for admission.", queued), ("qoq_running_requests", "Requests being computed.", running),
                       ("qoq_kv_pages_used", "KV cache pages in use.", pagesUsed), ("qoq_kv_pages_total", "KV cache pages in the pool.", pagesTotal)] {
@@ -63,6 +64,13 @@ public final class ServingMetrics: @unchecked Sendable {
     }
     s += "# HELP qoq_kv_cache_usage_ratio KV cache pages in use over the pool (vLLM's kv_cache_usage_perc).\n"
     s += "# TYPE qoq_kv_cache_usage_ratio gauge\nqoq_kv_cache_usage_ratio \(Double(pagesUsed) / Double(max(1, pagesTotal)))\n"
+    // vLLM's prefix_cache_queries / prefix_cache_hits (tokens); the hit rate is hits / queries.
+    for (n, h, v) in [("qoq_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache at admission.", prefix.queried),
+                      ("qoq_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not recomputed).", prefix.hits)] {
+      s += "# HELP \(n) \(h)\n# TYPE \(n) counter\n\(n) \(v)\n"
+    }
+    s += "# HELP qoq_prefix_cache_pages KV pages registered in the prefix cache (in use or idle).\n"
+    s += "# TYPE qoq_prefix_cache_pages gauge\nqoq_prefix_cache_pages \(prefix.cachedPages)\n"
     s += requests.render(labelName: "outcome") + promptTokens.render(labelName: "") + generatedTokens.render(labelName: "")
     s += httpErrors.render(labelName: "status") + ttft.render() + itl.render() + e2e.render()
     return s

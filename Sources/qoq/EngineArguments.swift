@@ -22,6 +22,8 @@ struct EngineArguments: ParsableArguments {
   var lmHead: String?
   @Option(help: "KV cache of FP models: fp16, kv8 or kv4 (quantized checkpoints use their own).") var kvCache: String = "fp16"
   @Flag(help: "fp32 attention scores over KV4 pages instead of integer (int8 query) scores.") var fpScores = false
+  @Flag(inversion: .prefixedNo, help: "Automatic prefix caching: requests reuse the full KV pages of an earlier request's identical leading tokens.")
+  var prefixCaching = true
 
   func validate() throws {
     guard maxNumBatchedTokens > 0 else { throw ValidationError("--max-num-batched-tokens must be positive") }
@@ -47,7 +49,7 @@ struct EngineArguments: ParsableArguments {
     var o = EngineOptions()
     o.pageSize = pageSize; o.numBlocks = numKvBlocks; o.kvCacheBytes = kvCacheBytes; o.maxNumSeqs = maxNumSeqs
     o.maxBatchedTokens = maxNumBatchedTokens; o.policy = SchedulerPolicy(rawValue: policy)!; o.integerScores = !fpScores
-    o.maxContext = ctxSize
+    o.maxContext = ctxSize; o.prefixCaching = prefixCaching
     return o
   }
 }

@@ -26,6 +26,8 @@ final class FakeRunner {
   var pool: [Int32]
   var steps = 0
   var preemptions = 0
+  /// Positions taken from the prefix cache (chunks that start after a cached prefix).
+  var cacheHitTokens = 0
   var maxHeldPages = 0
   var maxPlanTokens = 0
   var maxChunksPerPlan = 0
@@ -61,20 +63,34 @@ final class FakeRunner {
       preemptions += 1
     }
     for r in plan.rejected { kv[r.id] = nil }
-    var pagesThisStep = Set<Int32>()
+    var pagesWritten = Set<Int32>()
     for c in plan.chunks {
-      let mine = kv[c.id] ?? []
+      var mine = kv[c.id] ?? []
       let end = c.start + c.tokens.count
       let all = scheduler.tokens(of: c.id)!
       XCTAssertFalse(c.tokens.isEmpty, "empty chunk", file: file, line: line)
+      if mine.isEmpty && c.start > 0 {
+        // A prefix-cache hit: positions 0 ..< start were computed by earlier requests; read them back through the
+        // block table (the check below compares them with this request's tokens).
+        XCTAssertTrue(scheduler.config.enablePrefixCaching, "chunk of \(c.id) starts at \(c.start) without a cache", file: file, line: line)
+        XCTAssertEqual(c.start % bs, 0, "a cache hit ends on a page boundary", file: file, line: line)
+        mine = (0..<c.start).map { pool[Int(c.blockTable[$0 / bs]) * bs + $0 % bs] }
+        XCTAssertEqual(mine, Array(all[0..<c.start]), "cached pages of \(c.id) hold other tokens", file: file, line: line)
+        cacheHitTokens += c.start
+      }
       XCTAssertEqual(c.start, mine.count, "chunk of \(c.id) does not continue its KV", file: file, line: line)
       XCTAssertEqual(c.blockTable.count, (end + bs - 1) / bs, "block table size of \(c.id)", file: file, line: line)
       XCTAssertLessThanOrEqual(end, all.count, file: file, line: line)
       XCTAssertEqual(c.tokens, Array(all[c.start..<min(end, all.count)]), "chunk tokens of \(c.id)",
                      file: file, line: line)
       XCTAssertEqual(c.needsLogits, end == all.count, "needsLogits of \(c.id)", file: file, line: line)
-      for b in c.blockTable {
-        XCTAssertTrue(pagesThisStep.insert(b).inserted, "page \(b) in two block tables", file: file, line: line)
+      // Pages this chunk writes: owned by it alone, not in the cache, and written by no other chunk of the step.
+      // (Full cached pages before them may be shared with other block tables: they are only read.)
+      for p in (c.start / bs)..<((end + bs - 1) / bs) {
+        let b = c.blockTable[p]
+        XCTAssertTrue(pagesWritten.insert(b).inserted, "page \(b) written by two chunks", file: file, line: line)
+        XCTAssertEqual(scheduler.blocks.refCount(b), 1, "page \(b) written while shared", file: file, line: line)
+        XCTAssertFalse(scheduler.blocks.isCached(b), "cached page \(b) written", file: file, line: line)
       }
       if !firstScheduled.contains(c.id) { firstScheduled.append(c.id) }
       // Write this chunk's K/V (token ids) into the pages.
