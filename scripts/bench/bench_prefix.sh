@@ -13,7 +13,7 @@
 # Same threads for all. Raw results: $OUT/prefix.jsonl (one line per sample); the table: report_prefix.py.
 #   CKPT (required: a qoq checkpoint)  GGUF (llama.cpp's model; default: Q4_0 made from the SmolLM2 FP GGUF)
 #   CLIENTS (64) REQUESTS (128) MAX_TOKENS (32) TURN_CLIENTS (16) TURNS (4) ROUNDS (5) THREADS (nproc) OUT
-#   SYSTEMS ("qoq qoq-nocache llama-server") LOADS ("shared multiturn")
+#   SYSTEMS ("qoq qoq-nocache llama-server") LOADS ("shared multiturn") LLAMA_FLAGS (extra llama-server flags, e.g. -kvu)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CACHE="${QOQ_CACHE:-$HOME/.cache/qoq}"
@@ -31,14 +31,7 @@ if [ ! -f "$GGUF" ]; then
   mv "$GGUF.part" "$GGUF"
 fi
 PORT=18190
-up() {  # url pid: wait until the server answers (bounded)
-  for _ in $(seq 1 600); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || { echo "server exited while starting" >&2; return 1; }
-    sleep 0.5
-  done
-  echo "server did not come up" >&2; return 1
-}
+source scripts/bench/wait_up.sh
 load() {  # name: the load_test.py arguments of a load
   case $1 in
     shared) echo "--clients $CLIENTS --requests $REQUESTS --shared-prefix-chars 4400 --prompt-chars 400" ;;
@@ -46,7 +39,7 @@ load() {  # name: the load_test.py arguments of a load
   esac
 }
 META="{\"machine\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) vCPU\", \"threads\": $THREADS, \
-\"llamacpp\": \"$("$BIN/llama-server" --version 2>&1 | grep -m1 version | tr -d '"')\", \"checkpoint\": \"$CKPT\", \"gguf\": \"$GGUF\"}"
+\"llamacpp\": \"$("$BIN/llama-server" --version 2>&1 | grep -m1 version | tr -d '"')\", \"checkpoint\": \"$CKPT\", \"gguf\": \"$GGUF\", \"llama_flags\": \"${LLAMA_FLAGS:-}\", \"llamacpp_bin\": \"$BIN\"}"
 for round in $(seq 1 "$ROUNDS"); do
   for sys in $SYSTEMS; do
     for ld in $LOADS; do
@@ -56,10 +49,10 @@ for round in $(seq 1 "$ROUNDS"); do
                        > "$OUT/$sys.log" 2>&1 & ;;
         llama-server) N=$CLIENTS; [ "$ld" = multiturn ] && N=$TURN_CLIENTS
           "$BIN/llama-server" -m "$GGUF" -t "$THREADS" -tb "$THREADS" -np "$N" -c $((N * 2048)) -fa on -b 2048 -ub 512 \
-            --host 127.0.0.1 --port $PORT > "$OUT/$sys.log" 2>&1 & ;;
+            ${LLAMA_FLAGS:-} --host 127.0.0.1 --port $PORT > "$OUT/$sys.log" 2>&1 & ;;
       esac
       PID=$!
-      up "http://127.0.0.1:$PORT/health" $PID
+      wait_up "http://127.0.0.1:$PORT/health" $PID
       # shellcheck disable=SC2046
       python3 scripts/bench/load_test.py --url "http://127.0.0.1:$PORT" $(load "$ld") --max-tokens "$MAXTOK" \
         --cancel-every 0 --ignore-eos $( [ "${sys%%-*}" = qoq ] && echo --check-metrics ) --json "$OUT/last.json" >&2 || true

@@ -21,14 +21,7 @@ THREADS="${QOQ_THREADS:-2}"; export QOQ_THREADS="$THREADS"
 OUT="$CACHE/bench-server"; mkdir -p "$OUT"
 LOAD=(python3 scripts/bench/load_test.py --clients "$CLIENTS" --requests "$REQUESTS" --max-tokens "$MAXTOK" --cancel-every 8 --cancel-after 4)
 
-wait_up() {  # url, pid: until the server answers (bounded)
-  for _ in $(seq 1 600); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || { echo "server exited while starting" >&2; return 1; }
-    sleep 0.5
-  done
-  echo "server did not come up" >&2; return 1
-}
+source scripts/bench/wait_up.sh
 
 PORT=18180
 "$QOQ" serve -m "$CKPT" --port $PORT --max-queued 1024 > "$OUT/qoq-serve.log" 2>&1 &

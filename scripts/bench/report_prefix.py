@@ -13,7 +13,8 @@ def main():
     if not rows:
         sys.exit("no samples")
     meta = rows[-1]["meta"]
-    print(f"Machine: {meta['machine']}; {meta['threads']} threads each; llama.cpp: {meta['llamacpp']}.")
+    print(f"Machine: {meta['machine']}; {meta['threads']} threads each; llama.cpp: {meta['llamacpp']} "
+          f"({meta.get('llamacpp_bin', '')}), llama-server extra flags: {meta.get('llama_flags') or 'none'}.")
     keys = [("ttft_p50_s", "TTFT p50 s"), ("ttft_p99_s", "TTFT p99 s"), ("ttft_later_turns_p50_s", "TTFT p50 s, turns 2…"),
             ("chunks_per_s", "streamed tokens/s"), ("wall_s", "wall s")]
     med = {}
