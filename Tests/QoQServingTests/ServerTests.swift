@@ -163,6 +163,25 @@ final class LiveServer: @unchecked Sendable {
     try await srv.stop()
   }
 
+  /// Prefix caching through the HTTP API: the same 40-token prompt twice. The second takes the first's two full pages
+  /// (pages of 16; its last token is computed), /metrics counts it, and the completions are identical.
+  @Test func prefixCacheHitsAreCountedAndChangeNothing() async throws {
+    let srv = try await LiveServer()
+    let ids = (0..<40).map { String(($0 * 7 + 3) % 90) }.joined(separator: ",")
+    let body = #"{"prompt":[\#(ids)],"max_tokens":5,"temperature":0,"ignore_eos":true}"#
+    let a = try await srv.request("/v1/completions", body: body)
+    _ = try await srv.waitIdle()
+    let b = try await srv.request("/v1/completions", body: body)
+    #expect(a.status == 200 && b.status == 200, "\(a.text) \(b.text)")
+    let text = a.json?["choices"]?[0]?["text"]?.string
+    #expect(text != nil && text == b.json?["choices"]?[0]?["text"]?.string)
+    _ = try await srv.waitIdle()
+    let m = try await srv.request("/metrics", method: "GET").text
+    #expect(m.contains("qoq_prefix_cache_queries_total 80") && m.contains("qoq_prefix_cache_hits_total 32"), "\(m)")
+    #expect(m.contains("qoq_kv_pages_used 0"))
+    try await srv.stop()
+  }
+
   /// Each bad request gets its 4xx with an OpenAI-style error, and the server keeps serving.
   @Test func errorsAreOpenAIShaped() async throws {
     var o = ServerOptions(); o.limits.maxBodyBytes = 4096
