@@ -9,18 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RECIPE=${RECIPE:-recipes/rtn-w4a16-g64.yaml} OUT=${OUT:-/tmp/qoq-gguf} CHUNKS=${CHUNKS:-8}
-CACHE=${QOQ_CACHE:-$HOME/.cache/qoq}
-MODEL=${MODEL:-$CACHE/smollm2/hf} FP=${FP:-$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-TEXT=${TEXT:-data/wikitext-2-raw/wiki.test.raw}
-BIN=$(bash scripts/bench/setup_llamacpp_native.sh)
-swift build -c release --product qoq >&2
-Q="$(swift build -c release --show-bin-path)/qoq"
+source scripts/interop/gguf_common.sh
 mkdir -p "$OUT"
 # shellcheck disable=SC2086
 "$Q" quantize "$RECIPE" --model-path "$MODEL" --skip-eval --save-model "$OUT/ckpt" --force ${FLAGS:-} >&2
 "$Q" convert "$OUT/ckpt" --to gguf -o "$OUT/gguf" --force
 "$BIN/llama-quantize" --allow-requantize "$OUT/gguf/model.gguf" "$OUT/f32.gguf" F32 > "$OUT/quantize.log" 2>&1
-ppl() { "$BIN/llama-perplexity" -m "$1" -f "$TEXT" -c 2048 --chunks "$CHUNKS" -t "$(nproc)" 2>&1 | grep -o 'Final estimate: PPL = [0-9.]*' | awk '{print $NF}'; }
 E=$(ppl "$OUT/gguf/model.gguf"); D=$(ppl "$OUT/f32.gguf"); F=$(ppl "$FP")
 echo "llama-perplexity, $CHUNKS × 2048 (second half of each chunk scored):"
 echo "  export (Q4_1 as written)              $E"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue #15: what a better quantizer buys a llama.cpp user. Our W4A16 g32 checkpoints (RTN, AWQ, GPTQ) exported with
+# `qoq convert --to gguf` (Q4_1 blocks) beside llama.cpp's own Q4_0 / Q4_1 / Q4_K_M of the same FP model, all scored by
+# llama-perplexity (WikiText-2 test, -c 2048, CHUNKS chunks: llama.cpp's protocol, the second half of each chunk).
+# Not part of CI. Env: OUT (/tmp/qoq-gguf-cmp), CHUNKS (8), SAMPLES (calibration sequences for AWQ and GPTQ: 32),
+# ROWS ("rtn awq gptq"), QOQ_LLAMACPP_NO_AMX (see setup_llamacpp_native.sh).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/qoq-gguf-cmp} CHUNKS=${CHUNKS:-8} SAMPLES=${SAMPLES:-32} ROWS=${ROWS:-"rtn awq gptq"}
+source scripts/interop/gguf_common.sh
+mkdir -p "$OUT"
+mb() { python3 -c "import os,sys; print(f'{os.path.getsize(sys.argv[1]) / 1e6:.1f}')" "$1"; }
+echo "| model file | MB | llama-perplexity ($CHUNKS × 2048) |"
+echo "|---|---|---|"
+echo "| FP (the source GGUF, Q4_1) | $(mb "$FP") | $(ppl "$FP") |"
+for t in Q4_0 Q4_1 Q4_K_M; do
+  f="$OUT/llamacpp-$t.gguf"
+  [ -f "$f" ] || "$BIN/llama-quantize" --allow-requantize "$FP" "$f" "$t" > "$OUT/quantize-$t.log" 2>&1
+  echo "| llama.cpp's own $t of FP (\`llama-quantize --allow-requantize\`) | $(mb "$f") | $(ppl "$f") |"
+done
+for row in $ROWS; do
+  case $row in
+    rtn) args=(recipes/rtn-w4a16-g64.yaml) ;;
+    awq) args=(recipes/awq-g64.yaml recipes/search-4seq.yaml --calib-num-samples "$SAMPLES") ;;
+    gptq) args=(recipes/gptq-g64.yaml recipes/calib-concat.yaml --calib-num-samples "$SAMPLES") ;;
+  esac
+  if [ ! -f "$OUT/$row/gguf/model.gguf" ]; then
+    "$Q" quantize "${args[@]}" --wgts-group-shapes 1,32 --model-path "$MODEL" --skip-eval --save-model "$OUT/$row/ckpt" >&2
+    "$Q" convert "$OUT/$row/ckpt" --to gguf -o "$OUT/$row/gguf" >&2
+  fi
+  echo "| ours: $row W4A16 g32 (\`${args[*]} --wgts-group-shapes 1,32\`), \`--to gguf\` | $(mb "$OUT/$row/gguf/model.gguf") | $(ppl "$OUT/$row/gguf/model.gguf") |"
+done
