@@ -68,10 +68,7 @@ public final class BlockManager {
   public func allocate() -> Int32? {
     if let b = free.popLast() { refs[Int(b)] = 1; return b }
     guard head >= 0 else { return nil }
-    let b = head
-    unlink(b)
-    pageOf[keyOf[Int(b)]!.hash] = nil
-    keyOf[Int(b)] = nil
+    let b = evictHead()
     evictions += 1
     refs[Int(b)] = 1
     return b
@@ -125,22 +122,16 @@ public final class BlockManager {
 
   /// Forgets every idle cached page (they become free); owned pages stay registered.
   public func dropIdleCache() {
-    while head >= 0 {
-      let b = head
-      unlink(b)
-      pageOf[keyOf[Int(b)]!.hash] = nil
-      keyOf[Int(b)] = nil
-      free.append(b)
-    }
+    while head >= 0 { free.append(evictHead()) }
   }
 
-  /// Unregisters an owned page (its contents can no longer be trusted); it stays owned.
-  public func unregister(_ b: Int32) {
-    check(b)
-    precondition(refs[Int(b)] > 0, "BlockManager: unregister of unowned page \(b)")
-    guard let k = keyOf[Int(b)] else { return }
-    pageOf[k.hash] = nil
+  /// Takes the least recently released idle cached page off the LRU list and out of the cache (the list is not empty).
+  private func evictHead() -> Int32 {
+    let b = head
+    unlink(b)
+    pageOf[keyOf[Int(b)]!.hash] = nil
     keyOf[Int(b)] = nil
+    return b
   }
 
   // MARK: LRU list
