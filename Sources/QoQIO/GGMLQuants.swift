@@ -1,5 +1,6 @@
 // ggml tensor types and block dequantization (ported from ggml-quants.c's dequantize_row_* reference code).
 // Each block stores fp16 scales followed by packed integer codes; K-quants use 256-element super-blocks.
+import Foundation
 
 public enum GGMLType: Int, Sendable, CaseIterable {
   case F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9
@@ -59,6 +60,38 @@ public func dequantize(_ src: UnsafeRawBufferPointer, type: GGMLType, count: Int
     dequantizeBlocks(src.baseAddress!, type: type, blocks: nb, into: buf.baseAddress!)
     c = count
   }
+}
+
+/// ggml's quantize_row_q8_0_ref (and gguf-py's port): each block of 32 floats becomes d = max|x| / 127, stored as
+/// fp16, and 32 int8 codes round(x · (1/d)) rounded half away from zero; an all-zero block has d = 0 and zero codes.
+/// `x.count` must be a multiple of 32. Throws, naming `what`, on a NaN or infinity, or where d overflows fp16
+/// (max|x| > 65504 · 127): such a tensor cannot be held by Q8_0.
+public func quantizeQ8_0(_ x: UnsafeBufferPointer<Float>, what: String) throws -> Data {
+  guard x.count % 32 == 0 else { throw QoQError("\(what): \(x.count) elements is not a multiple of the Q8_0 block size 32") }
+  let nb = x.count / 32
+  var out = Data(count: try checkedMul(nb, GGMLType.Q8_0.blockBytes, what))
+  try out.withUnsafeMutableBytes { (o: UnsafeMutableRawBufferPointer) in
+    for blk in 0..<nb {
+      let v = x.baseAddress! + blk * 32, p = blk * 34
+      var amax: Float = 0
+      for j in 0..<32 {
+        guard v[j].isFinite else { throw QoQError("\(what): element \(blk * 32 + j) is \(v[j]); Q8_0 holds finite values only") }
+        amax = max(amax, abs(v[j]))
+      }
+      let d = amax / 127, dh = f32ToF16(d)
+      guard dh & 0x7C00 != 0x7C00 else {
+        throw QoQError("\(what): block \(blk) has max |x| = \(amax); its Q8_0 scale \(d) overflows fp16 (at most 65504)")
+      }
+      // ggml multiplies by 1/d; where 1/d overflows (d subnormal, its fp16 is 0 anyway) dividing keeps |q| ≤ 127.
+      let id: Float = d == 0 ? 0 : 1 / d
+      o.storeBytes(of: dh.littleEndian, toByteOffset: p, as: UInt16.self)
+      for j in 0..<32 {
+        let q = id.isFinite ? v[j] * id : v[j] / d
+        o[p + 2 + j] = UInt8(bitPattern: Int8(q.rounded(.toNearestOrAwayFromZero)))
+      }
+    }
+  }
+  return out
 }
 
 @inline(__always) private func h(_ p: UnsafeRawPointer, _ o: Int) -> Float { f16ToF32(p.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }

@@ -7,7 +7,9 @@
 //     PostScale asym weights; otherwise the rounding is measured and reported).
 //     Block layout: d (fp16), m (fp16), qs[16] with element j in the low nibble of qs[j] and element j + 16 in the high.
 //   symmetric int8 per channel (W8A8) → Q8_0 blocks: d = s (fp16), qs = q − 128.
-//   embeddings, LM head: --dtype (f32 exact, f16, bf16); norms and biases: F32.
+//   embeddings, LM head: --dtype (f32 exact, f16, bf16), or each on its own with --token-embedding-type and
+//     --output-tensor-type (llama-quantize's names) as f32, f16, bf16 or q8_0 (ggml's quantize_row_q8_0_ref);
+//   FP linears (quant.wgts.skips): --dtype; norms and biases: F32.
 // Activation and KV-cache quantization do not carry over (llama.cpp quantizes activations its own way); key centering
 // and key rotation act on the KV cache only and are exact in FP, so they are dropped.
 import Foundation
@@ -16,9 +18,20 @@ import QoQIO
 import QoQModels
 import QoQTokenizers
 
+/// How the GGUF export stores the token embeddings and the LM head: as floats, or as Q8_0 blocks (8.5 bits per weight,
+/// a quarter of f32; llama.cpp's own 8-bit type for these tables).
+public enum GGUFTableType: String, Sendable, CaseIterable {
+  case f32, f16, bf16, q8_0
+
+  init(_ d: ConvertDType) { self = [.f32: .f32, .f16: .f16, .bf16: .bf16][d]! }
+  var ggml: GGMLType { [.f32: .F32, .f16: .F16, .bf16: .BF16, .q8_0: .Q8_0][self]! }
+}
+
 extension Interop {
   /// Our quantized checkpoint → `dst`/model.gguf. Returns notes (what does not carry over, fp16 rounding).
-  public static func exportGGUF(from src: String, to dst: String, dtype: ConvertDType, overwrite: Bool) throws -> [String] {
+  /// `embeddings` and `output` (the LM head) default to `dtype`.
+  public static func exportGGUF(from src: String, to dst: String, dtype: ConvertDType, embeddings: GGUFTableType? = nil,
+                                output: GGUFTableType? = nil, overwrite: Bool) throws -> [String] {
     try OutputFolder.check(dst, force: overwrite, inputs: [src])
     let (c, q, st) = try open(src)
     guard let wf = q.weight else { throw QoQError("\(src): no quantized weights to export") }
@@ -66,7 +79,18 @@ extension Interop {
     let names = Set(st.names)
     let quantizedModules = modules(c).filter { names.contains($0 + ".qweight") }
     let quantized = Set(quantizedModules)
-    let floatType: GGMLType = [.f32: .F32, .f16: .F16, .bf16: .BF16][dtype]!
+    if output != nil && !names.contains("lm_head.weight") {
+      notes.append("the LM head is tied to the embeddings (llama.cpp reads token_embd.weight for it): --output-tensor-type has no tensor")
+    }
+    if embeddings == .q8_0 || output == .q8_0 {
+      notes.append("Q8_0 tables are rounded from the checkpoint's FP values (ggml's rounding: a block's error at most max|x|/254)")
+    }
+    // The stored type of each unquantized 2-D weight; everything else (norms, biases) stays F32.
+    func tableType(_ n: String, _ shape: [Int]) -> GGUFTableType {
+      if n == "model.embed_tokens.weight" { return embeddings ?? GGUFTableType(dtype) }
+      if n == "lm_head.weight" { return output ?? GGUFTableType(dtype) }
+      return n.hasSuffix("_proj.weight") && shape.count == 2 ? GGUFTableType(dtype) : .f32
+    }
     if let s = c.ropeScaling, s.ropeType == "llama3" {
       let factors = llama3RopeFactors(c, s)
       tensors.append(GGUFTensorSpec(name: "rope_freqs.weight", dims: [factors.count], type: .F32) { floats(factors) })
@@ -77,15 +101,19 @@ extension Interop {
       if n.hasSuffix(".k_center") { continue }
       guard let g = ggufName(hfName: n) else { throw QoQError("\(src): tensor \(n) has no llama.cpp counterpart; not exporting a partial model") }
       let shape = try st.info(n).shape
-      let big = n == "model.embed_tokens.weight" || n == "lm_head.weight" || (n.hasSuffix("_proj.weight") && shape.count == 2)
+      let t = tableType(n, shape)
+      if t == .q8_0, shape.count != 2 || shape[1] % 32 != 0 {
+        throw QoQError("\(src): \(n) has shape \(shape); Q8_0 rows are whole blocks of 32")
+      }
       let rows = permutedRows(n, c, family)
-      tensors.append(GGUFTensorSpec(name: g, dims: shape.reversed(), type: big ? floatType : .F32) {
+      tensors.append(GGUFTensorSpec(name: g, dims: shape.reversed(), type: t.ggml) {
         var w = try st.floats(n)
         if let rows { w = permuteRows(w, rows) }
-        switch big ? dtype : .f32 {
+        switch t {
         case .f32: return floats(w)
         case .f16: return w.map { f32ToF16($0).littleEndian }.withUnsafeBytes { Data($0) }
         case .bf16: return w.map { f32ToBF16($0).littleEndian }.withUnsafeBytes { Data($0) }
+        case .q8_0: return try w.withUnsafeBufferPointer { try quantizeQ8_0($0, what: "\(src): \(n)") }
         }
       })
     }

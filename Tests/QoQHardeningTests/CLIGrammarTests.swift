@@ -50,6 +50,18 @@ import Testing
     }
   }
 
+  /// The GGUF table types (issue #15) are checked before any file is opened: only with --to gguf, only known types.
+  @Test func ggufTableTypesAreValidated() async throws {
+    let cases: [([String], String)] = [
+      (["convert", "/nonexistent/ckpt", "-o", "/nonexistent/out", "--token-embedding-type", "q8_0"], "applies to --to gguf only"),
+      (["convert", "/nonexistent/ckpt", "-o", "/nonexistent/out", "--to", "gguf", "--output-tensor-type", "q4_k"], "f32, f16, bf16, q8_0"),
+    ]
+    for (args, message) in cases {
+      let r = try await runQoQ(args)
+      #expect(r.status != 0 && !r.crashed && r.stderr.contains(message), "\(args): \(r.stderr)")
+    }
+  }
+
   @Test func optionTyposAreNamed() async throws {
     let r = try await runQoQ(["eval", "-m", "x", "--max-window", "3"])
     #expect(r.status != 0 && r.stderr.contains("--max-windows"))

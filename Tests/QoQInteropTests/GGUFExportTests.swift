@@ -63,6 +63,58 @@ func quantizedTinyWithBiases(_ c: LlamaConfiguration, format: WeightFormat) thro
     #expect(deq == (0..<32).map { Float($0 - 16) * 0.25 })
   }
 
+  /// Q8_0 quantization (the tables' `q8_0` type) byte for byte against gguf-py's `quants.quantize`
+  /// (Fixtures/gguf/q8_0_quantize.json: ordinary values, an all-zero block, .5 ties rounded away from zero, a tiny and
+  /// a large block); NaN, infinity and a scale beyond fp16 are refused by name.
+  @Test func q8_0QuantizeMatchesGGUFPy() throws {
+    let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().path
+    let f = try JSON.parseFile(dir + "/Fixtures/gguf/q8_0_quantize.json")
+    let x = f["input_f32_bits"]!.array!.map { Float(bitPattern: UInt32($0.int!)) }
+    let hex = Array(f["q8_0_hex"]!.string!.utf8)
+    let expected = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<$0 + 2], as: UTF8.self), radix: 16)! }
+    #expect(x.count == 4 * 96 && expected.count == x.count / 32 * 34)
+    let ours = try x.withUnsafeBufferPointer { try quantizeQ8_0($0, what: "fixture") }
+    #expect([UInt8](ours) == expected)
+    for (v, word) in [(Float.nan, "nan"), (.infinity, "inf"), (1e7, "overflows")] {
+      var b = [Float](repeating: 1, count: 32)
+      b[5] = v
+      #expect { try b.withUnsafeBufferPointer { try quantizeQ8_0($0, what: "t") } } throws: { "\($0)".contains(word) }
+    }
+    #expect(throws: QoQError.self) { try [Float](repeating: 1, count: 31).withUnsafeBufferPointer { try quantizeQ8_0($0, what: "t") } }
+  }
+
+  /// --token-embedding-type / --output-tensor-type q8_0: both tables are Q8_0 blocks that read back within ggml's rounding
+  /// (half a step, max|x|/254 per block, plus the fp16 rounding of d), the linears and norms unchanged, the file smaller;
+  /// a tied model has no output tensor and says so.
+  @Test func tablesAsQ8_0() throws {
+    let c = try fixtureConfig()
+    let src = try quantizedTiny(c, format: .asym(bits: 4, group: 32), kvBits: nil)
+    let f32 = tmp("f32"), q8 = tmp("q8")
+    _ = try Interop.exportGGUF(from: src, to: f32, dtype: .f32, overwrite: false)
+    let notes = try Interop.exportGGUF(from: src, to: q8, dtype: .f32, embeddings: .q8_0, output: .q8_0, overwrite: false)
+    #expect(notes.contains { $0.contains("Q8_0 tables") })
+    let g = try GGUFFile(path: q8 + "/model.gguf"), ref = try GGUFFile(path: f32 + "/model.gguf")
+    #expect(try g.tensor("token_embd.weight").type == .Q8_0 && g.tensor("output.weight").type == .Q8_0)
+    #expect(try g.tensor("blk.0.attn_norm.weight").type == .F32 && g.tensor("blk.0.attn_q.weight").type == .Q4_1)
+    let ours = try CheckpointWeights(folder: src)
+    for (n, gn) in [("model.embed_tokens.weight", "token_embd.weight"), ("lm_head.weight", "output.weight")] {
+      let w = try ours.floats(n), back = try g.floats(gn)
+      #expect(back.count == w.count && back != w)
+      for b in 0..<(w.count / 32) {
+        let blk = b * 32..<(b + 1) * 32, amax = w[blk].map(abs).max()!
+        #expect(blk.allSatisfy { abs(back[$0] - w[$0]) <= amax / 254 + amax * 1e-3 }, "\(n) block \(b)")
+      }
+    }
+    #expect(try g.floats("blk.1.attn_q.weight") == ref.floats("blk.1.attn_q.weight"))
+    let size = { (p: String) in try FileManager.default.attributesOfItem(atPath: p + "/model.gguf")[.size] as! Int }
+    #expect(try size(q8) < size(f32))
+    var tied = c
+    tied.tieWordEmbeddings = true
+    let tsrc = try quantizedTiny(tied, format: .asym(bits: 4, group: 32), kvBits: nil)
+    let tnotes = try Interop.exportGGUF(from: tsrc, to: tmp("tied"), dtype: .f16, output: .q8_0, overwrite: false)
+    #expect(tnotes.contains { $0.contains("tied") })
+  }
+
   /// Every linear of the exported GGUF, read back through our GGUF loader (which undoes llama.cpp's Q/K permutation),
   /// equals the checkpoint's dequantized weight exactly; the other tensors and the configuration come back unchanged.
   @Test(arguments: [("llama", WeightFormat.asym(bits: 4, group: 32)), ("llama", .asym(bits: 4, group: nil)),

@@ -3,7 +3,9 @@
 # `qoq convert --to gguf` (Q4_1 blocks) beside llama.cpp's own Q4_0 / Q4_1 / Q4_K_M of the same FP model, all scored by
 # llama-perplexity (WikiText-2 test, -c 2048, CHUNKS chunks: llama.cpp's protocol, the second half of each chunk).
 # Not part of CI. Env: OUT (/tmp/qoq-gguf-cmp), CHUNKS (8), SAMPLES (calibration sequences for AWQ and GPTQ: 32),
-# ROWS ("rtn awq gptq"), QOQ_LLAMACPP_NO_AMX (see setup_llamacpp_native.sh).
+# ROWS ("rtn awq gptq"), QOQ_LLAMACPP_NO_AMX (see setup_llamacpp_native.sh). Each row is exported twice: embeddings (and
+# LM head, when untied) in f32, and as Q8_0 (`--token-embedding-type q8_0 --output-tensor-type q8_0`), the size llama.cpp's
+# own files have.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/qoq-gguf-cmp} CHUNKS=${CHUNKS:-8} SAMPLES=${SAMPLES:-32} ROWS=${ROWS:-"rtn awq gptq"}
@@ -24,9 +26,11 @@ for row in $ROWS; do
     awq) args=(recipes/awq-g64.yaml recipes/search-4seq.yaml --calib-num-samples "$SAMPLES") ;;
     gptq) args=(recipes/gptq-g64.yaml recipes/calib-concat.yaml --calib-num-samples "$SAMPLES") ;;
   esac
-  if [ ! -f "$OUT/$row/gguf/model.gguf" ]; then
+  [ -d "$OUT/$row/ckpt" ] ||
     "$Q" quantize "${args[@]}" --wgts-group-shapes 1,32 --model-path "$MODEL" --skip-eval --save-model "$OUT/$row/ckpt" >&2
-    "$Q" convert "$OUT/$row/ckpt" --to gguf -o "$OUT/$row/gguf" >&2
-  fi
+  [ -f "$OUT/$row/gguf/model.gguf" ] || "$Q" convert "$OUT/$row/ckpt" --to gguf -o "$OUT/$row/gguf" >&2
+  [ -f "$OUT/$row/gguf-q8/model.gguf" ] || "$Q" convert "$OUT/$row/ckpt" --to gguf -o "$OUT/$row/gguf-q8" \
+    --token-embedding-type q8_0 --output-tensor-type q8_0 >&2
   echo "| ours: $row W4A16 g32 (\`${args[*]} --wgts-group-shapes 1,32\`), \`--to gguf\` | $(mb "$OUT/$row/gguf/model.gguf") | $(ppl "$OUT/$row/gguf/model.gguf") |"
+  echo "| ours: the same, \`--token-embedding-type q8_0\` | $(mb "$OUT/$row/gguf-q8/model.gguf") | $(ppl "$OUT/$row/gguf-q8/model.gguf") |"
 done
