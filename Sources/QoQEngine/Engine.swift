@@ -30,7 +30,9 @@ public enum EngineEvent: Sendable, Equatable {
   /// A sampled token and the text it completes (may be empty while a UTF-8 sequence or a possible stop string is
   /// held back).
   case token(id: Int, token: Int32, text: String)
-  case finished(id: Int, reason: FinishReason, text: String, tokens: [Int32])
+  /// The end of a request: its text and tokens, and how many of its prompt tokens came from the prefix cache
+  /// (`cached`, OpenAI's usage.prompt_tokens_details.cached_tokens).
+  case finished(id: Int, reason: FinishReason, text: String, tokens: [Int32], cached: Int)
   case rejected(id: Int, reason: String)
   /// Log-probabilities (of the raw model distribution, before temperature) asked for at `add`: of prompt tokens
   /// (`prompt`, positions 1… in order, possibly over several events) or of the token about to be reported by the
@@ -163,12 +165,13 @@ public final class Engine {
   /// Ends a request now with `reason` (a server's time limit), frees its pages, and returns its `.finished` event
   /// with the text generated so far; nil for an unknown or already finished request.
   public func finishEarly(_ id: Int, reason: FinishReason) throws -> EngineEvent? {
+    let cached = scheduler.cachedTokens(of: id) ?? 0
     guard requests[id] != nil, let generated = scheduler.generated(of: id), scheduler.cancel(id: id) else { return nil }
     var text = try decodeText(generated)
     if text.hasSuffix("\u{FFFD}") { text = String(text.unicodeScalars.dropLast()) }
     requests[id] = nil
     scheduler.forget(id: id)
-    return .finished(id: id, reason: reason, text: text, tokens: generated)
+    return .finished(id: id, reason: reason, text: text, tokens: generated, cached: cached)
   }
 
   /// Runs one step; returns what happened to each request touched.
@@ -250,7 +253,8 @@ public final class Engine {
       if let r = reason {
         if scheduler.finishReason(of: ch.id) == nil { scheduler.finish(id: ch.id, reason: r) }
         let toks = Array(stopToken ? generated.dropLast() : generated)
-        events.append(.finished(id: ch.id, reason: scheduler.finishReason(of: ch.id) ?? r, text: text, tokens: toks))
+        events.append(.finished(id: ch.id, reason: scheduler.finishReason(of: ch.id) ?? r, text: text, tokens: toks,
+                                cached: scheduler.cachedTokens(of: ch.id) ?? 0))
         requests[ch.id] = nil
         scheduler.forget(id: ch.id)
       } else {

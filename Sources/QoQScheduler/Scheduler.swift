@@ -145,8 +145,9 @@ public final class Scheduler {
     return Array(s.tokens[s.promptCount...])
   }
   public func finishReason(of id: Int) -> FinishReason? { seqs[id]?.finishReason }
-  /// Prompt positions a request took from the prefix cache at its (last) admission.
-  public func cachedTokens(of id: Int) -> Int? { seqs[id]?.cachedTokens }
+  /// Prompt positions a request took from the prefix cache at its (last) admission (after a preemption the hit may
+  /// cover generated tokens too: those are not prompt tokens).
+  public func cachedTokens(of id: Int) -> Int? { seqs[id].map { min($0.cachedTokens, $0.promptCount) } }
   public var hasUnfinished: Bool { !waiting.isEmpty || !running.isEmpty }
   public var numWaiting: Int { waiting.count }
   public var numRunning: Int { running.count }

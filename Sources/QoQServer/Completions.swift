@@ -20,6 +20,14 @@ enum Completions {
     var promptLogprobs: [TokenLogprob] = []
     var logprobs: [TokenLogprob] = []
     var error: APIError?
+    /// Prompt tokens taken from the prefix cache.
+    var cached = 0
+  }
+
+  /// usage.prompt_tokens_details.cached_tokens: per prompt, the fewest cached tokens among its `n` choices (each
+  /// choice is its own engine request; later ones may reuse the first one's pages).
+  static func cachedTokens(_ perChoice: [Int], n: Int) -> Int {
+    stride(from: 0, to: perChoice.count, by: max(1, n)).reduce(0) { $0 + perChoice[$1..<min($1 + max(1, n), perChoice.count)].min()! }
   }
 
   typealias Submission = (ticket: EngineService.Ticket, stream: AsyncStream<EngineEvent>)
@@ -80,16 +88,17 @@ enum Completions {
             state.pending = []
           }
           return out
-        case .finished(_, let reason, let text, _):
+        case .finished(_, let reason, let text, _, _):
           var out = echo(c, &state)
           out.append(chunk(c, r.scoreOnly ? "" : state.tail(of: text), .null, reason.rawValue))
           return out
         case .rejected: return []
         }
-      }, finale: { completionTokens in
+      }, finale: { completionTokens, cached in
         guard r.includeUsage else { return [] }
         return [head.body("text_completion", choices: [],
-                          usage: OpenAIResponse.usage(prompt: promptTotal, completion: r.scoreOnly ? 0 : completionTokens))]
+                          usage: OpenAIResponse.usage(prompt: promptTotal, completion: r.scoreOnly ? 0 : completionTokens,
+                                                      cached: cachedTokens(cached, n: n)))]
       })
     }
 
@@ -109,7 +118,8 @@ enum Completions {
       if r.echo { text = echoes[c / n] + text }
       choices.append(OpenAIResponse.completionChoice(index: c, text: text, logprobs: logprobs, finish: o.finish))
     }
-    return jsonResponse(head.body("text_completion", choices: choices, usage: OpenAIResponse.usage(prompt: promptTotal, completion: completionTokens)))
+    let usage = OpenAIResponse.usage(prompt: promptTotal, completion: completionTokens, cached: cachedTokens(outcomes.map(\.cached), n: n))
+    return jsonResponse(head.body("text_completion", choices: choices, usage: usage))
   }
 
   // MARK: - /v1/chat/completions
@@ -131,7 +141,10 @@ enum Completions {
       }
       return sseResponse(subs, ctx, s, build: { c, item, state in
         var out: [JSONValue] = []
-        if !state.echoed { out.append(chunk(c, JSONObject([("role", .string("assistant")), ("content", .string(""))]), .null, nil)); state.echoed = true }
+        if !state.echoed {
+          out.append(chunk(c, JSONObject([("role", .string("assistant")), ("content", .string(""))]), .null, nil))
+          state.echoed = true
+        }
         switch item {
         case .logprobs(_, _, let entries):
           state.pending += entries
@@ -141,15 +154,16 @@ enum Completions {
             let lp: JSONValue = wantLP ? .object(JSONObject([("content", chatLogprobs(state.pending, s))])) : .null
             out.append(chunk(c, JSONObject([("content", .string(text))]), lp, nil)); state.pending = []
           }
-        case .finished(_, let reason, let text, _):
+        case .finished(_, let reason, let text, _, _):
           let tail = state.tail(of: text)
           out.append(chunk(c, tail.isEmpty ? JSONObject() : JSONObject([("content", .string(tail))]), .null, reason.rawValue))
         case .rejected: break
         }
         return out
-      }, finale: { completionTokens in
+      }, finale: { completionTokens, cached in
         guard r.includeUsage else { return [] }
-        return [head.body("chat.completion.chunk", choices: [], usage: OpenAIResponse.usage(prompt: prompt.count, completion: completionTokens))]
+        let usage = OpenAIResponse.usage(prompt: prompt.count, completion: completionTokens, cached: cachedTokens(cached, n: cached.count))
+        return [head.body("chat.completion.chunk", choices: [], usage: usage)]
       })
     }
 
@@ -160,8 +174,9 @@ enum Completions {
       let message = JSONObject([("role", .string("assistant")), ("content", .string(o.text))])
       choices.append(OpenAIResponse.chatChoice(index: c, "message", message, logprobs: lp, finish: o.finish))
     }
-    return jsonResponse(head.body("chat.completion", choices: choices,
-                                  usage: OpenAIResponse.usage(prompt: prompt.count, completion: outcomes.reduce(0) { $0 + $1.tokens.count })))
+    let usage = OpenAIResponse.usage(prompt: prompt.count, completion: outcomes.reduce(0) { $0 + $1.tokens.count },
+                                     cached: cachedTokens(outcomes.map(\.cached), n: outcomes.count))
+    return jsonResponse(head.body("chat.completion", choices: choices, usage: usage))
   }
 
   /// The k-th of n samples: a given seed becomes seed + k, so the n choices differ yet the request is reproducible.
@@ -188,7 +203,8 @@ enum Completions {
     if !explicit { p.maxTokens = min(p.maxTokens, ctx - prompt) }
     if prompt + p.maxTokens > ctx || prompt >= ctx || p.maxTokens <= 0 {
       throw APIError(400, "This model's maximum context length is \(ctx) tokens. However, you requested \(prompt + max(p.maxTokens, 1)) tokens "
-                       + "(\(prompt) in the messages, \(max(p.maxTokens, 1)) in the completion). Please reduce the length of the messages or completion.",
+                       + "(\(prompt) in the messages, \(max(p.maxTokens, 1)) in the completion). "
+                       + "Please reduce the length of the messages or completion.",
                      param: param, code: "context_length_exceeded")
     }
     do { try p.validate(vocabSize: s.vocabSize) } catch let e as QoQError { throw APIError(400, e.message) }
@@ -229,7 +245,8 @@ enum Completions {
       switch e {
       case .token(_, let t, _): o.tokens.append(t)
       case .logprobs(_, let prompt, let entries): if prompt { o.promptLogprobs += entries } else { o.logprobs += entries }
-      case .finished(_, let reason, let text, let toks): o.text = text; o.tokens = toks; o.finish = reason.rawValue; ended = true
+      case .finished(_, let reason, let text, let toks, let c):
+        o.text = text; o.tokens = toks; o.finish = reason.rawValue; o.cached = c; ended = true
       case .rejected(_, let reason):
         o.error = reason.hasPrefix("engine error") ? APIError(500, reason, type: "server_error") : APIError(400, reason); ended = true
       }

@@ -28,11 +28,12 @@ enum StreamItem: Sendable {
 extension Completions {
   /// A `text/event-stream` response relaying every submission's events through `build` (choice index, engine
   /// event → the JSON chunks to send); once all have finished, `finale` (given the completion tokens of all
-  /// choices) adds its chunks, then `data: [DONE]`. A failed write (the client went away), the connection closing,
-  /// or the end of the response before every finish cancels the requests still running, which frees their pages.
+  /// choices and each choice's prompt tokens taken from the prefix cache) adds its chunks, then `data: [DONE]`. A
+  /// failed write (the client went away), the connection closing, or the end of the response before every finish
+  /// cancels the requests still running, which frees their pages.
   static func sseResponse(_ subs: [Submission], _ ctx: ServerContext, _ s: ServerState,
                           build: @escaping @Sendable (Int, EngineEvent, inout StreamState) -> [JSONValue],
-                          finale: @escaping @Sendable (Int) -> [JSONValue]) -> Response {
+                          finale: @escaping @Sendable (Int, [Int]) -> [JSONValue]) -> Response {
     let items = merged(subs, pingEvery: s.options.ssePingInterval)
     var headers = HTTPFields()
     headers[.contentType] = "text/event-stream"
@@ -42,7 +43,7 @@ extension Completions {
     return Response(status: .ok, headers: headers, body: ResponseBody { writer in
       var states = [StreamState](repeating: StreamState(), count: subs.count)
       var ended = [Bool](repeating: false, count: subs.count)
-      var completionTokens = 0
+      var completionTokens = 0, cached = [Int](repeating: 0, count: subs.count)
       defer {
         watch.disarm()
         for (i, sub) in subs.enumerated() where !ended[i] { service.cancel(sub.ticket) }
@@ -59,10 +60,10 @@ extension Completions {
           } else {
             let chunks = build(i, e, &states[i])
             if !chunks.isEmpty { try await writer.write(ByteBuffer(string: chunks.map(OpenAIResponse.sse).joined())) }
-            if case .finished(_, _, _, let toks) = e { ended[i] = true; completionTokens += toks.count }
+            if case .finished(_, _, _, let toks, let c) = e { ended[i] = true; completionTokens += toks.count; cached[i] = c }
           }
           if ended.allSatisfy({ $0 }) {
-            let last = finale(completionTokens)
+            let last = finale(completionTokens, cached)
             try await writer.write(ByteBuffer(string: last.map(OpenAIResponse.sse).joined() + OpenAIResponse.sseDone))
             try await writer.finish(nil)
             return

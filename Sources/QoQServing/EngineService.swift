@@ -180,7 +180,7 @@ public final class EngineService: @unchecked Sendable {
           t.generatedTokens += 1
           metrics.generatedTokens.add(1)
           delivered.yield(c, e)
-        case .finished(let id, let reason, _, _):
+        case .finished(let id, let reason, _, _, _):
           end(id, outcome: reason.rawValue, last: e, at: now, &delivered)
         case .logprobs(let id, _, _):
           if let (c, _) = streams[id] { delivered.yield(c, e) }

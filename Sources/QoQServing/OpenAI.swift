@@ -111,7 +111,9 @@ public enum OpenAIParse {
       throw APIError(413, "request body of \(data.count) bytes exceeds the limit of \(limits.maxBodyBytes)", code: "body_too_large")
     }
     let v: JSONValue
-    do { v = try JSON.parse(data, what: "request body") } catch { throw APIError(400, "request body is not valid JSON: \((error as? QoQError)?.message ?? "\(error)")") }
+    do { v = try JSON.parse(data, what: "request body") } catch {
+      throw APIError(400, "request body is not valid JSON: \((error as? QoQError)?.message ?? "\(error)")")
+    }
     guard v.object != nil else { throw APIError(400, "request body must be a JSON object") }
     return v
   }
@@ -131,7 +133,9 @@ public enum OpenAIParse {
     }
     p.maxTokens = try integer("max_tokens") ?? integer("max_completion_tokens") ?? defaultMaxTokens
     guard p.maxTokens >= 0 else { throw APIError(400, "max_tokens must not be negative", param: "max_tokens") }
-    guard p.maxTokens <= limits.maxTokens else { throw APIError(400, "max_tokens \(p.maxTokens) exceeds the server's limit of \(limits.maxTokens)", param: "max_tokens") }
+    guard p.maxTokens <= limits.maxTokens else {
+      throw APIError(400, "max_tokens \(p.maxTokens) exceeds the server's limit of \(limits.maxTokens)", param: "max_tokens")
+    }
     let d = limits.defaults
     p.temperature = Float(try number("temperature") ?? d.temperature)
     p.topP = Float(try number("top_p") ?? d.topP)
@@ -207,7 +211,9 @@ public enum OpenAIParse {
     if scoreOnly { p.maxTokens = 1 }
     let stream = try flag(v, "stream") ?? false
     let n = try choices(v, limits: limits)
-    guard prompts.count * n <= limits.maxPrompts else { throw APIError(400, "at most \(limits.maxPrompts) choices (prompts × n) per request", param: "n") }
+    guard prompts.count * n <= limits.maxPrompts else {
+      throw APIError(400, "at most \(limits.maxPrompts) choices (prompts × n) per request", param: "n")
+    }
     return CompletionRequest(model: try model(v), prompts: prompts, params: p, explicitMaxTokens: explicit, stream: stream,
                              includeUsage: try includeUsage(v), echo: echo, logprobs: logprobs, scoreOnly: scoreOnly,
                              ignoreEOS: try flag(v, "ignore_eos") ?? false, n: n)
@@ -290,7 +296,9 @@ public enum OpenAIParse {
   /// cannot be overridden).
   static func templateKwargs(_ v: JSONValue) throws -> [String: JSONValue] {
     guard let x = v["chat_template_kwargs"], !x.isNull else { return [:] }
-    guard let o = x.object, o.count <= 32 else { throw APIError(400, "chat_template_kwargs must be an object of at most 32 entries", param: "chat_template_kwargs") }
+    guard let o = x.object, o.count <= 32 else {
+      throw APIError(400, "chat_template_kwargs must be an object of at most 32 entries", param: "chat_template_kwargs")
+    }
     var out: [String: JSONValue] = [:]
     for (k, val) in o.pairs where !["messages", "add_generation_prompt", "bos_token", "eos_token"].contains(k) {
       switch val {
@@ -316,18 +324,23 @@ public struct ResponseHead: Sendable {
 }
 
 public enum OpenAIResponse {
-  public static func usage(prompt: Int, completion: Int) -> JSONValue {
-    .object(JSONObject([("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completion)), ("total_tokens", .int(prompt + completion))]))
+  /// OpenAI's usage object; `cached` (prompt tokens served from the prefix cache) as prompt_tokens_details.cached_tokens.
+  public static func usage(prompt: Int, completion: Int, cached: Int? = nil) -> JSONValue {
+    var o = JSONObject([("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completion)), ("total_tokens", .int(prompt + completion))])
+    if let cached { o["prompt_tokens_details"] = .object(JSONObject([("cached_tokens", .int(cached))])) }
+    return .object(o)
   }
 
   /// A /v1/completions choice: a whole answer or a streamed piece.
   public static func completionChoice(index: Int, text: String, logprobs: JSONValue = .null, finish: String?) -> JSONValue {
-    .object(JSONObject([("index", .int(index)), ("text", .string(text)), ("logprobs", logprobs), ("finish_reason", finish.map { .string($0) } ?? .null)]))
+    .object(JSONObject([("index", .int(index)), ("text", .string(text)), ("logprobs", logprobs),
+                        ("finish_reason", finish.map { .string($0) } ?? .null)]))
   }
 
   /// A chat choice: `message` (a whole answer) or `delta` (a streamed chunk) with its content.
   public static func chatChoice(index: Int, _ key: String, _ content: JSONObject, logprobs: JSONValue = .null, finish: String?) -> JSONValue {
-    .object(JSONObject([("index", .int(index)), (key, .object(content)), ("logprobs", logprobs), ("finish_reason", finish.map { .string($0) } ?? .null)]))
+    .object(JSONObject([("index", .int(index)), (key, .object(content)), ("logprobs", logprobs),
+                        ("finish_reason", finish.map { .string($0) } ?? .null)]))
   }
 
   /// One server-sent event.

@@ -14,7 +14,8 @@ struct ChatCommand: ParsableCommand {
     abstract: "Interactive chat with the model's chat template: streamed answers, /reset, /exit.")
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.") var modelPath: String
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Quantized checkpoint, Hugging Face model folder, .gguf file or ORG/NAME.")
+  var modelPath: String
   @Option(help: "System prompt for the conversation.") var systemPrompt: String?
   @Option(name: [.customShort("n"), .customLong("max-tokens"), .customLong("n-predict")], help: "Most tokens per answer.") var maxTokens: Int = 512
   @OptionGroup var sampling: SamplingOptions
@@ -64,7 +65,7 @@ struct ChatCommand: ParsableCommand {
               if first == nil { first = Date().timeIntervalSince(t0) }
               count += 1
               FileHandle.standardOutput.write(Data(delta.utf8))
-            case .finished(_, _, let text, _): answer = text
+            case .finished(_, _, let text, _, _): answer = text
             case .rejected(_, let reason): note("rejected: \(reason)")
             case .logprobs: break
             }

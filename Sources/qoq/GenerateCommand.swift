@@ -11,7 +11,8 @@ struct GenerateCommand: ParsableCommand {
     abstract: "Generate text with the engine (W4A8 kernels for quantized checkpoints), several prompts batched in flight.")
   @OptionGroup var threadsOption: ThreadsOption
 
-  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.") var modelPath: String
+  @Option(name: [.customShort("m"), .long, .customLong("model")], help: "Quantized checkpoint, Hugging Face model folder or .gguf file.")
+  var modelPath: String
   @Option(name: [.short, .long], help: "Prompt text (repeat for several prompts).") var prompt: [String] = []
   @Option(name: [.customShort("f"), .long], help: "A file whose whole text is one prompt (- reads standard input), as llama.cpp's -f.")
   var file: String?
@@ -120,11 +121,12 @@ struct GenerateCommand: ParsableCommand {
           generated += 1
           if firstToken == nil { firstToken = Date().timeIntervalSince(t0) }
           if streaming { FileHandle.standardOutput.write(Data(delta.utf8)) }
-        case .finished(let id, let reason, let text, let toks):
+        case .finished(let id, let reason, let text, let toks, let cached):
           let i = ids[id] ?? -1
           if json {
             let o = JSONObject([("index", .int(i)), ("prompt", .string(texts[i])), ("text", .string(text)),
-                                ("tokens", .int(toks.count)), ("finish_reason", .string(reason.rawValue))])
+                                ("tokens", .int(toks.count)), ("cached_tokens", .int(cached)),
+                                ("finish_reason", .string(reason.rawValue))])
             print(JSON.serialize(.object(o)))
           } else if streaming {
             FileHandle.standardOutput.write(Data("\n".utf8))

@@ -18,16 +18,20 @@ import QoQTestSupport
     for caching in [true, false] {
       var o = EngineOptions(); o.pageSize = 16; o.numBlocks = 64; o.prefixCaching = caching
       let e = try Engine(model: m, tokenizer: nil, options: o)
-      var out: [Int: [Int32]] = [:]
+      var out: [Int: [Int32]] = [:], cached: [Int: Int] = [:]
       // The first request alone fills the cache; the others arrive together.
       for (i, p) in prompts.enumerated() {
         let id = try e.add(prompt: p, params: EngineTests.greedy(n), ignoreEOS: true)
         #expect(id == i)
         if i == 0 || i == prompts.count - 1 {
-          while e.hasUnfinished { for ev in try e.step() { if case .finished(let id, _, _, let t) = ev { out[id] = t } } }
+          while e.hasUnfinished {
+            for ev in try e.step() { if case .finished(let id, _, _, let t, let c) = ev { out[id] = t; cached[id] = c } }
+          }
         }
       }
       for i in prompts.indices { #expect(out[i] == want[i], "request \(i), prefix caching \(caching)") }
+      // Each request's `.finished` reports the prompt tokens it took from the cache (OpenAI's cached_tokens).
+      #expect(cached == (caching ? [0: 0, 1: 32, 2: 32, 3: 32, 4: 32] : [0: 0, 1: 0, 2: 0, 3: 0, 4: 0]), "\(cached)")
       #expect(e.scheduler.blocks.numFree == 64, "pages leaked")
       if caching {
         // Requests 1–3 take 2 pages, 2 pages (40 tokens: the last one is computed) and 2 pages; request 4 takes the

@@ -39,7 +39,7 @@ import QoQTestSupport
     var out: [Int: [Int32]] = [:]
     var steps = 0
     while e.hasUnfinished {
-      for ev in try e.step() { if case .finished(let id, _, _, let toks) = ev { out[id] = toks } }
+      for ev in try e.step() { if case .finished(let id, _, _, let toks, _) = ev { out[id] = toks } }
       steps += 1
       if steps == 3, let c = cancel { #expect(e.cancel(ids[c])) }
     }
@@ -65,7 +65,7 @@ import QoQTestSupport
     let ids = try Self.prompts.map { try e.add(prompt: $0, params: Self.greedy(n), ignoreEOS: true) }
     var out: [Int: [Int32]] = [:]
     while e.hasUnfinished {
-      for ev in try e.step() { if case .finished(let id, _, _, let toks) = ev { out[id] = toks } }
+      for ev in try e.step() { if case .finished(let id, _, _, let toks, _) = ev { out[id] = toks } }
     }
     for (i, id) in ids.enumerated() { #expect(out[id] == want[i], "tight pool \(i)") }
     #expect(e.scheduler.blocks.numFree == 4)
@@ -99,7 +99,7 @@ import QoQTestSupport
     var finished: [Int: FinishReason] = [:]
     var steps = 0
     while e.hasUnfinished {
-      for ev in try e.step() { if case .finished(let id, let r, _, _) = ev { finished[id] = r } }
+      for ev in try e.step() { if case .finished(let id, let r, _, _, _) = ev { finished[id] = r } }
       steps += 1
       if steps == 2 { #expect(e.cancel(victim)); #expect(!e.cancel(victim)) }
     }
@@ -121,7 +121,7 @@ import QoQTestSupport
     var final: (FinishReason, String, [Int32])?
     for ev in try e.runToCompletion() {
       if case .token(id, _, let t) = ev { streamed += t }
-      if case .finished(id, let r, let text, let toks) = ev { final = (r, text, toks) }
+      if case .finished(id, let r, let text, let toks, _) = ev { final = (r, text, toks) }
     }
     let firstStop = free.firstIndex(of: free[3])!
     #expect(final?.0 == .stop && final?.2 == Array(free[..<firstStop]))
@@ -133,7 +133,7 @@ import QoQTestSupport
       let e2 = try Engine(model: m, tokenizer: tok, options: opts)
       let id2 = try e2.add(prompt: [1, 2, 3], params: ps, ignoreEOS: true)
       for ev in try e2.runToCompletion() {
-        if case .finished(id2, let r, let text, _) = ev {
+        if case .finished(id2, let r, let text, _, _) = ev {
           let firstText = try tok.decode([free[0]]).components(separatedBy: second)[0]
           #expect(r == .stop && !text.contains(second) && text == firstText)
         }
@@ -144,7 +144,7 @@ import QoQTestSupport
       var s = Self.greedy(8); s.temperature = 1; s.topK = 20; s.seed = seed
       let e3 = try Engine(model: m, tokenizer: nil, options: opts)
       let i = try e3.add(prompt: [7, 7], params: s, ignoreEOS: true)
-      for ev in try e3.runToCompletion() { if case .finished(i, _, _, let toks) = ev { return toks } }
+      for ev in try e3.runToCompletion() { if case .finished(i, _, _, let toks, _) = ev { return toks } }
       return []
     }
     let a = try sampled(1), b = try sampled(1), c = try sampled(2)

@@ -165,6 +165,12 @@ final class LiveServer: @unchecked Sendable {
 
   /// Prefix caching through the HTTP API: the same 40-token prompt twice. The second takes the first's two full pages
   /// (pages of 16; its last token is computed), /metrics counts it, and the completions are identical.
+  /// cached_tokens of a batch: per prompt, the fewest among its n choices, summed over prompts (by hand).
+  @Test func cachedTokensOfABatch() {
+    #expect(Completions.cachedTokens([32, 16, 48, 0, 64, 64], n: 3) == 16 + 0)
+    #expect(Completions.cachedTokens([32, 16], n: 1) == 48 && Completions.cachedTokens([], n: 2) == 0)
+  }
+
   @Test func prefixCacheHitsAreCountedAndChangeNothing() async throws {
     let srv = try await LiveServer()
     let ids = (0..<40).map { String(($0 * 7 + 3) % 90) }.joined(separator: ",")
@@ -175,9 +181,19 @@ final class LiveServer: @unchecked Sendable {
     #expect(a.status == 200 && b.status == 200, "\(a.text) \(b.text)")
     let text = a.json?["choices"]?[0]?["text"]?.string
     #expect(text != nil && text == b.json?["choices"]?[0]?["text"]?.string)
+    // usage.prompt_tokens_details.cached_tokens (OpenAI's field): none the first time, two pages of 16 the second.
+    for (r, want) in [(a, 0), (b, 32)] {
+      #expect(r.json?["usage"]?["prompt_tokens"]?.int == 40)
+      #expect(r.json?["usage"]?["prompt_tokens_details"]?["cached_tokens"]?.int == want, "\(r.text)")
+    }
+    // The same through a stream's usage chunk.
+    _ = try await srv.waitIdle()
+    let st = try await srv.stream("/v1/completions", body: String(body.dropLast()) + #","stream":true,"stream_options":{"include_usage":true}}"#) { _ in true }
+    let usage = st.events.dropLast().compactMap { try? JSON.parse(Data($0.utf8), what: "chunk") }.last?["usage"]
+    #expect(usage?["prompt_tokens_details"]?["cached_tokens"]?.int == 32, "\(st.events)")
     _ = try await srv.waitIdle()
     let m = try await srv.request("/metrics", method: "GET").text
-    #expect(m.contains("qoq_prefix_cache_queries_total 80") && m.contains("qoq_prefix_cache_hits_total 32"), "\(m)")
+    #expect(m.contains("qoq_prefix_cache_queries_total 120") && m.contains("qoq_prefix_cache_hits_total 64"), "\(m)")
     #expect(m.contains("qoq_kv_pages_used 0"))
     try await srv.stop()
   }

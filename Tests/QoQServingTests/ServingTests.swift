@@ -110,7 +110,7 @@ func tinyEngine(blocks: Int = 64, maxNumSeqs: Int = 64, hidden: Int = 64, layers
           var tokens = 0, finished = false
           for await e in stream {
             if case .token = e { tokens += 1 }
-            if case .finished(_, let reason, _, let toks) = e { finished = true; #expect(reason == .length && toks.count == 12) }
+            if case .finished(_, let reason, _, let toks, _) = e { finished = true; #expect(reason == .length && toks.count == 12) }
             if i % 4 == 3 && tokens == 3 { break }   // this client goes away: the stream ends, the request is cancelled
           }
           return (i, tokens, finished)
