@@ -56,6 +56,10 @@ let package = Package(
     .package(url: "https://github.com/swift-server/async-http-client", from: "1.30.0"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+    // Imported by the server and the hub client next to Hummingbird / AsyncHTTPClient (which build on them).
+    .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+    .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
+    .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
   ],
   targets: [
     .target(name: "CShim", cSettings: shimDefines),
@@ -71,7 +75,7 @@ let package = Package(
     // checkpoint reader/writer, fake-quantization runtime (activation and KV quantizers).
     .target(name: "QoQFormat", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers"], swiftSettings: fast),
     // The offline quantizer (deepcompressor's QoQ and baselines): GPTQ, rotation, smoothing, calibration, recipes.
-    .target(name: "QoQQuant", dependencies: ["QoQFormat", "QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers", "QoQEval",
+    .target(name: "QoQQuant", dependencies: ["QoQFormat", "QoQModels", "QoQKernels", "QoQIO", "QoQTokenizers",
                                          .product(name: "Yams", package: "Yams")], swiftSettings: fast),
     // In-flight batching scheduler, block manager and sampler: pure logic, no tensors, no I/O.
     .target(name: "QoQScheduler", dependencies: ["QoQIO"], swiftSettings: fast),
@@ -79,20 +83,24 @@ let package = Package(
     .target(name: "QoQEngine", dependencies: ["QoQKernels", "QoQModels", "QoQFormat", "QoQIO", "QoQTokenizers", "QoQScheduler", "QoQEval"],
             swiftSettings: fast),
     // The serving core without HTTP: the engine on its own thread, OpenAI request/response shapes, metrics.
-    .target(name: "QoQServing", dependencies: ["QoQEngine", "QoQScheduler", "QoQIO", "QoQTokenizers"], swiftSettings: fast),
+    .target(name: "QoQServing", dependencies: ["QoQEngine", "QoQScheduler", "QoQIO"], swiftSettings: fast),
     // The OpenAI-compatible HTTP server on Hummingbird: routes, API key, limits, SSE streaming, graceful drain.
     .target(name: "QoQServer", dependencies: ["QoQServing", "QoQEngine", "QoQKernels", "QoQScheduler", "QoQIO", "QoQTokenizers",
                                           .product(name: "Hummingbird", package: "hummingbird"),
                                           .product(name: "HummingbirdCore", package: "hummingbird"),
                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                                          .product(name: "HTTPTypes", package: "swift-http-types")], swiftSettings: isaOnly),
+                                          .product(name: "HTTPTypes", package: "swift-http-types"),
+                                          .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+                                          .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                                          .product(name: "Logging", package: "swift-log")], swiftSettings: isaOnly),
     // Interop: QServe / TinyChat export, deepcompressor (torch.save files) and QServe import.
     // Models by name: downloads from the Hugging Face hub into its cache layout (issue #16).
-    .target(name: "QoQHub", dependencies: ["QoQIO", "QoQModels", .product(name: "AsyncHTTPClient", package: "async-http-client")],
+    .target(name: "QoQHub", dependencies: ["QoQIO", "QoQModels", .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                       .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio")],
             swiftSettings: isaOnly),
     .target(name: "QoQInterop", dependencies: ["QoQFormat", "QoQIO", "QoQModels", "QoQTokenizers"], swiftSettings: fast),
     // Perplexity (GPTQ and llama.cpp protocols).
-    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQFormat"], swiftSettings: fast),
+    .target(name: "QoQEval", dependencies: ["QoQModels", "QoQTokenizers", "QoQIO", "QoQKernels"], swiftSettings: fast),
     .executableTarget(name: "qoq", dependencies: [
       "QoQModels", "QoQEval", "QoQIO", "QoQTokenizers", "QoQKernels", "QoQFormat", "QoQQuant", "QoQEngine", "QoQScheduler", "QoQInterop", "QoQServing", "QoQServer",
       "QoQHub", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -100,28 +108,33 @@ let package = Package(
     // Bounded mutation fuzzer over every parser; CI runs it for a few seconds per target.
     .executableTarget(name: "qoq-fuzz", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQTestSupport"],
                       swiftSettings: isaOnly),
-    .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels", "QoQIO", "QoQFormat", "QoQTestSupport"], swiftSettings: isaOnly),
+    .testTarget(name: "QoQKernelsTests", dependencies: ["QoQKernels", "QoQIO", "QoQFormat", "QoQTestSupport", "CShim"], swiftSettings: isaOnly),
     .testTarget(name: "QoQIOTests", dependencies: ["QoQIO"], swiftSettings: isaOnly),
     .testTarget(name: "QoQTokenizersTests", dependencies: ["QoQTokenizers", "QoQIO"], swiftSettings: isaOnly),
     // Tiny in-memory models of every family and a plain Double-precision reference forward, shared by tests.
     .target(name: "QoQTestSupport", dependencies: ["QoQModels", "QoQIO", "QoQTokenizers"], path: "Tests/QoQTestSupport",
             swiftSettings: isaOnly),
-    .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
+    .testTarget(name: "QoQModelsTests", dependencies: ["QoQModels", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),
-    .testTarget(name: "QoQQuantTests", dependencies: ["QoQQuant", "QoQFormat", "QoQModels", "QoQIO", "QoQTestSupport"],
+    .testTarget(name: "QoQQuantTests", dependencies: ["QoQQuant", "QoQFormat", "QoQModels", "QoQIO", "QoQKernels", "QoQTokenizers", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQSchedulerTests", dependencies: ["QoQScheduler", "QoQIO"], swiftSettings: isaOnly),
-    .testTarget(name: "QoQEngineTests", dependencies: ["QoQEngine", "QoQScheduler", "QoQFormat", "QoQQuant", "QoQModels", "QoQKernels", "QoQIO", "QoQEval", "QoQTestSupport"],
+    .testTarget(name: "QoQEngineTests", dependencies: ["QoQEngine", "QoQScheduler", "QoQFormat", "QoQQuant", "QoQModels", "QoQKernels", "QoQIO", "QoQEval",
+                                                      "QoQTokenizers", "QoQTestSupport"],
                 swiftSettings: isaOnly),
-    .testTarget(name: "QoQServingTests", dependencies: ["QoQServing", "QoQServer", "QoQEngine",
-                                                       .product(name: "AsyncHTTPClient", package: "async-http-client"), "QoQScheduler", "QoQModels", "QoQIO", "QoQTestSupport"],
+    .testTarget(name: "QoQServingTests", dependencies: ["QoQServing", "QoQServer", "QoQEngine", "QoQScheduler", "QoQModels", "QoQIO",
+                                                       "QoQTokenizers", "QoQTestSupport",
+                                                       .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                       .product(name: "Hummingbird", package: "hummingbird"),
+                                                       .product(name: "NIOCore", package: "swift-nio"),
+                                                       .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQInteropTests", dependencies: ["QoQInterop", "QoQFormat", "QoQQuant", "QoQIO", "QoQModels", "QoQTestSupport",
                                                        "QoQTokenizers"],
                 swiftSettings: isaOnly),
     // Hostile input, class by class (issue #13): the real binary, files built to break it, the server under abuse.
-    .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQServing", "QoQServer", "QoQQuant",
-                                                        "QoQEval", "QoQFormat", "QoQEngine", "QoQScheduler", "QoQHub", "QoQTestSupport"],
+    .testTarget(name: "QoQHardeningTests", dependencies: ["QoQIO", "QoQModels", "QoQTokenizers", "QoQQuant", "QoQEval", "QoQFormat",
+                                                        "QoQScheduler", "QoQHub", "QoQKernels", "QoQTestSupport"],
                 swiftSettings: isaOnly),
     .testTarget(name: "QoQEvalTests", dependencies: ["QoQEval", "QoQModels", "QoQTokenizers", "QoQIO", "QoQTestSupport"],
                 swiftSettings: isaOnly),

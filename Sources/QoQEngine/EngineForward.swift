@@ -188,7 +188,9 @@ extension EngineModel {
     r0 = 0
     for (ci, ch) in chunks.enumerated() {
       for kvh in 0..<c.numKeyValueHeads {
-        for i0 in stride(from: 0, to: ch.tokens.count, by: 16) { tasks.append(Task(chunk: ci, row0: r0, kvh: kvh, i0: i0, count: min(16, ch.tokens.count - i0))) }
+        for i0 in stride(from: 0, to: ch.tokens.count, by: 16) {
+          tasks.append(Task(chunk: ci, row0: r0, kvh: kvh, i0: i0, count: min(16, ch.tokens.count - i0)))
+        }
       }
       r0 += ch.tokens.count
     }

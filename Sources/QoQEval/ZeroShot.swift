@@ -25,7 +25,8 @@ public struct TaskItem: Sendable, Equatable {
   public var greedyTask: Bool
 
   public static func == (a: TaskItem, b: TaskItem) -> Bool {
-    a.gold == b.gold && a.greedyTask == b.greedyTask && a.normLengths == b.normLengths && a.pairs.map { $0.0 + "\u{0}" + $0.1 } == b.pairs.map { $0.0 + "\u{0}" + $0.1 }
+    a.gold == b.gold && a.greedyTask == b.greedyTask && a.normLengths == b.normLengths
+      && a.pairs.map { $0.0 + "\u{0}" + $0.1 } == b.pairs.map { $0.0 + "\u{0}" + $0.1 }
   }
 }
 

@@ -44,7 +44,8 @@ public struct QuantizationConfig: Sendable, Equatable {
         w = .object(JSONObject([("format", .string("asym")), ("bits", .int(b)), ("group_size", .int(g ?? -1)),
                                 ("zero_point", .string(pre ? "pre_scale" : "post_scale")), ("scale_dtype", .string("float16"))]))
       case .progressive(let g, let p):
-        w = .object(JSONObject([("format", .string("progressive")), ("bits", .int(4)), ("group_size", .int(g)), ("protective_range", .int(p)), ("zero_point", .string("post_scale")), ("scale_dtype", .string("float16, int8"))]))
+        w = .object(JSONObject([("format", .string("progressive")), ("bits", .int(4)), ("group_size", .int(g)), ("protective_range", .int(p)),
+                                ("zero_point", .string("post_scale")), ("scale_dtype", .string("float16, int8"))]))
       case .sym(let b):
         w = .object(JSONObject([("format", .string("sym")), ("bits", .int(b)), ("group_size", .int(-1)), ("scale_dtype", .string("float16"))]))
       }
@@ -52,7 +53,8 @@ public struct QuantizationConfig: Sendable, Equatable {
     return .object(JSONObject([
       ("quant_method", .string(method)),
       ("weight", w),
-      ("activation", actBits.map { .object(JSONObject([("bits", .int($0)), ("granularity", .string("per_token")), ("symmetric", .bool(true)), ("dynamic", .bool(true))])) } ?? .null),
+      ("activation", actBits.map { .object(JSONObject([("bits", .int($0)), ("granularity", .string("per_token")),
+                                                       ("symmetric", .bool(true)), ("dynamic", .bool(true))])) } ?? .null),
       ("kv_cache", kvBits.map { b in
         var o = JSONObject([("bits", .int(b)), ("group_size", .int(kvGroup ?? -1)), ("asymmetric", .bool(kvAsymmetric)),
                             ("dynamic", .bool(kvStaticScales == nil)), ("key", .string("post_rope"))])
@@ -71,7 +73,9 @@ public struct QuantizationConfig: Sendable, Equatable {
     guard let m = v["quant_method"]?.string else { throw bad("missing quant_method") }
     method = m
     if let w = v["weight"], !w.isNull {
-      guard let f = w["format"]?.string, let b = w["bits"]?.int, let g = w["group_size"]?.int else { throw bad("weight needs format, bits, group_size") }
+      guard let f = w["format"]?.string, let b = w["bits"]?.int, let g = w["group_size"]?.int else {
+        throw bad("weight needs format, bits, group_size")
+      }
       guard b >= 2 && b <= 8 else { throw bad("weight bits \(b) not supported") }
       switch f {
       case "asym":
@@ -79,7 +83,9 @@ public struct QuantizationConfig: Sendable, Equatable {
         guard zp == "post_scale" || zp == "pre_scale" else { throw bad("weight zero_point \(zp) (post_scale or pre_scale)") }
         weight = .asym(bits: b, group: g == -1 ? nil : g, preScale: zp == "pre_scale")
       case "progressive":
-        guard b == 4, g > 0, let p = w["protective_range"]?.int, p > 0, p <= 127 else { throw bad("progressive weights need bits 4, a group and protective_range") }
+        guard b == 4, g > 0, let p = w["protective_range"]?.int, p > 0, p <= 127 else {
+          throw bad("progressive weights need bits 4, a group and protective_range")
+        }
         weight = .progressive(group: g, protective: p)
       case "sym": weight = .sym(bits: b)
       default: throw bad("weight format \(f) is not supported (asym, progressive, sym)")
@@ -137,7 +143,9 @@ extension QuantizationConfig {
         guard s.count == 2 * config.numHiddenLayers else {
           throw QoQError("quantization_config: kv_cache static_scales has \(s.count) values, expected 2 × \(config.numHiddenLayers) layers")
         }
-        model.kvLayerQuantizers = (0..<config.numHiddenLayers).map { (StaticKVQuant(scale: s[2 * $0], bits: kb), StaticKVQuant(scale: s[2 * $0 + 1], bits: kb)) }
+        model.kvLayerQuantizers = (0..<config.numHiddenLayers).map {
+          (StaticKVQuant(scale: s[2 * $0], bits: kb), StaticKVQuant(scale: s[2 * $0 + 1], bits: kb))
+        }
       } else {
         let kq = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
         if kvKeyRotation { try checkKeyRotation(config) }
@@ -207,7 +215,8 @@ public enum QuantizedCheckpoint {
       try atomicWrite(dir + "/tokenizer.json", data: Data(JSON.serialize(try tokenizerJSON(gguf: g)).utf8))
       return
     }
-    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model"]
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja",
+              "tokenizer.model"]
     where fm.fileExists(atPath: src + "/" + f) {
       try fm.copyItem(atPath: src + "/" + f, toPath: dir + "/" + f)
     }

@@ -91,7 +91,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
     var expect = dataStart
     for t in infos {
       guard t.begin == expect else {
-        throw QoQError("\(p): tensor \(t.name): data_offsets overlap or leave a hole (starts at \(t.begin - dataStart), expected \(expect - dataStart))")
+        throw QoQError("\(p): tensor \(t.name): data_offsets overlap or leave a hole "
+                       + "(starts at \(t.begin - dataStart), expected \(expect - dataStart))")
       }
       expect = t.end
     }

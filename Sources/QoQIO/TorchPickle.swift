@@ -116,8 +116,12 @@ struct ZipArchive {
   init(bytes: UnsafeRawBufferPointer, what: String) throws {
     self.bytes = bytes; self.what = what
     let n = bytes.count
-    func u16(_ o: Int) throws -> Int { guard o >= 0, o + 2 <= n else { throw QoQError("\(what): truncated zip") }; return Int(bytes.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
-    func u32(_ o: Int) throws -> Int { guard o >= 0, o + 4 <= n else { throw QoQError("\(what): truncated zip") }; return Int(bytes.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+    func u16(_ o: Int) throws -> Int {
+      guard o >= 0, o + 2 <= n else { throw QoQError("\(what): truncated zip") }; return Int(bytes.loadUnaligned(fromByteOffset: o, as: UInt16.self))
+    }
+    func u32(_ o: Int) throws -> Int {
+      guard o >= 0, o + 4 <= n else { throw QoQError("\(what): truncated zip") }; return Int(bytes.loadUnaligned(fromByteOffset: o, as: UInt32.self))
+    }
     // End of central directory: the last 0x06054b50 within the final 64 KiB + 22 bytes.
     var eocd = -1
     var o = n - 22

@@ -69,7 +69,9 @@ extension Interop {
                  ("group_size", g.map { .int($0) } ?? .null), ("strategy", .string(g == nil ? "channel" : "group"))]
       if q.actBits != nil { warnings.append("the export runs W4A16: \(q.actBits!)-bit activations do not carry over") }
     case .sym(let b):
-      guard b == 8, q.actBits == 8 || q.actBits == nil else { throw QoQError("\(src): compressed-tensors int-quantized export takes W8A8 or W8A16, not \(wf)") }
+      guard b == 8, q.actBits == 8 || q.actBits == nil else {
+        throw QoQError("\(src): compressed-tensors int-quantized export takes W8A8 or W8A16, not \(wf)")
+      }
       format = "int-quantized"
       weights = [("num_bits", .int(8)), ("type", .string("int")), ("symmetric", .bool(true)), ("group_size", .null),
                  ("strategy", .string("channel"))]

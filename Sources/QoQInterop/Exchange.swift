@@ -43,7 +43,8 @@ public enum Interop {
     }
     for n in st.names where n.hasSuffix("norm.weight") {
       if try st.floats(n).contains(where: { $0 != 1 }) && !allowUnfoldedNorms {
-        throw QoQError("\(src): \(n) is not all ones; QServe skips norm weights, so they must be folded (quantize with rotation), or pass --allow-unfolded-norms")
+        throw QoQError("\(src): \(n) is not all ones; QServe skips norm weights, so they must be folded (quantize with rotation), "
+                       + "or pass --allow-unfolded-norms")
       }
     }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to qserve") { tmp in
@@ -82,7 +83,8 @@ public enum Interop {
     try OutputFolder.check(dst, force: overwrite, inputs: [src])
     let (c, q, st) = try open(src)
     guard case .asym(4, let g?, false) = q.weight, g == 128 else {
-      throw QoQError("\(src): TinyChat takes uint4 asymmetric weights in groups of 128 (W4A16 g128, PostScale zeros), not \(q.weight.map { "\($0)" } ?? "FP")")
+      throw QoQError("\(src): TinyChat takes uint4 asymmetric weights in groups of 128 (W4A16 g128, PostScale zeros), "
+                     + "not \(q.weight.map { "\($0)" } ?? "FP")")
     }
     if q.actBits != nil { throw QoQError("\(src): TinyChat runs W4A16; this checkpoint quantizes activations too") }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to tinychat") { tmp in
@@ -152,7 +154,8 @@ public enum Interop {
   /// Tokenizer, generation config and chat template files beside a checkpoint, copied when present.
   static func copyTokenizerFiles(from src: String, to dst: String) throws {
     let fm = FileManager.default
-    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model", "chat_template.jinja"]
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model",
+              "chat_template.jinja"]
     where fm.fileExists(atPath: src + "/" + f) {
       try fm.copyItem(atPath: src + "/" + f, toPath: dst + "/" + f)
     }

@@ -31,7 +31,9 @@ extension Interop {
         if name.hasSuffix(".bias") { biases[m] = t.floats() }
         continue
       }
-      guard t.count == tensorShape(name, c).reduce(1, *) else { throw QoQError("\(quantPath)/model.pt: \(name) has shape \(t.shape), expected \(tensorShape(name, c))") }
+      guard t.count == tensorShape(name, c).reduce(1, *) else {
+        throw QoQError("\(quantPath)/model.pt: \(name) has shape \(t.shape), expected \(tensorShape(name, c))")
+      }
       fp[name] = t.floats()
     }
     for m in modules(c) {

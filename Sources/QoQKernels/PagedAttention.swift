@@ -200,7 +200,8 @@ func scoresInt4(_ f: KVPageFormat, _ page: UnsafeRawPointer, _ h: Int, _ t0: Int
     var a = _mm512_setzero_si512(), b = _mm512_setzero_si512()
     for c in 0..<(D / 8) {
       a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(tile + c * 128), _mm512_set1_epi32(q8.loadUnaligned(fromByteOffset: 8 * c, as: Int32.self)))
-      b = _mm512_dpbusd_epi32(b, _mm512_loadu_si512(tile + c * 128 + 64), _mm512_set1_epi32(q8.loadUnaligned(fromByteOffset: 8 * c + 4, as: Int32.self)))
+      b = _mm512_dpbusd_epi32(b, _mm512_loadu_si512(tile + c * 128 + 64),
+                              _mm512_set1_epi32(q8.loadUnaligned(fromByteOffset: 8 * c + 4, as: Int32.self)))
     }
     let acc = _mm512_cvtepi32_ps(_mm512_add_epi32(a, b))
     // sq·(s·acc − z·Σq8)·scale

@@ -20,7 +20,8 @@ public func measureVNNIPeak(iterations: Int = 10_000_000) -> Double {
     c9 = _mm512_dpbusd_epi32(c9, a, b); c10 = _mm512_dpbusd_epi32(c10, a, b); c11 = _mm512_dpbusd_epi32(c11, a, b)
   }
   let dt = Date().timeIntervalSince(t)
-  var s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)), _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)))
+  var s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                           _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)))
   s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)))
   let sink = _mm512_reduce_add_epi32(s)
   return sink == 1 ? 0 : Double(iterations) * 12 * 64 * 2 / dt / 1e9
@@ -36,7 +37,8 @@ public func measureVNNIPeak(iterations: Int = 10_000_000) -> Double {
     c9 = _mm256_maddubs_epi16(c9, b); c10 = _mm256_maddubs_epi16(c10, b); c11 = _mm256_maddubs_epi16(c11, b)
   }
   let dt = Date().timeIntervalSince(t)
-  var s = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(c0, c1), _mm256_add_epi16(c2, c3)), _mm256_add_epi16(_mm256_add_epi16(c4, c5), _mm256_add_epi16(c6, c7)))
+  var s = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(c0, c1), _mm256_add_epi16(c2, c3)),
+                           _mm256_add_epi16(_mm256_add_epi16(c4, c5), _mm256_add_epi16(c6, c7)))
   s = _mm256_add_epi16(s, _mm256_add_epi16(_mm256_add_epi16(c8, c9), _mm256_add_epi16(c10, c11)))
   let sink = unsafeBitCast(s, to: SIMD16<Int16>.self).wrappedSum()
   return sink == 1 ? 0 : Double(iterations) * 12 * 32 * 2 / dt / 1e9

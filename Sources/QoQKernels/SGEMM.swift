@@ -91,7 +91,8 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
       // Boundaries on multiples of 4 panels (the GEMV's unit), at most one part per 4 panels.
       let parts = min(pool.threads, panelCount / 4)
       pool.run(parts: parts) { t in
-        let p0 = min(panelCount, (panelCount / 4 * t / parts) * 4), p1 = t == parts - 1 ? panelCount : min(panelCount, (panelCount / 4 * (t + 1) / parts) * 4)
+        let p0 = min(panelCount, (panelCount / 4 * t / parts) * 4),
+            p1 = t == parts - 1 ? panelCount : min(panelCount, (panelCount / 4 * (t + 1) / parts) * 4)
         if p1 > p0 { gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1, n: n, k: k) }
       }
     } else {

@@ -88,7 +88,9 @@ public final class PackedW4A8: IntLinearKernel, @unchecked Sendable {
     gi = .allocate(capacity: ni); gi.update(from: o.gi, count: ni)
     gf = .allocate(capacity: nf); gf.update(from: o.gf, count: nf)
     alpha = .allocate(capacity: blocks * 16); alpha.update(from: o.alpha, count: blocks * 16)
-    bias = o.bias.map { b in let p = UnsafeMutablePointer<Float>.allocate(capacity: o.blocks * 16); p.update(from: b, count: o.blocks * 16); return p }
+    bias = o.bias.map { b in
+      let p = UnsafeMutablePointer<Float>.allocate(capacity: o.blocks * 16); p.update(from: b, count: o.blocks * 16); return p
+    }
   }
 
   /// An independent copy in fresh memory (benchmarks that must not hit the cache).

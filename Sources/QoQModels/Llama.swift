@@ -239,7 +239,9 @@ public final class LlamaModel: @unchecked Sendable {
                 }
                 r0 += t
               }
-              if let kv = kvTransform { kv.apply(kb.baseAddress!, rows: n, width: KV); if !keysOnly { kv.apply(vb.baseAddress!, rows: n, width: KV) } }
+              if let kv = kvTransform {
+                kv.apply(kb.baseAddress!, rows: n, width: KV); if !keysOnly { kv.apply(vb.baseAddress!, rows: n, width: KV) }
+              }
               r0 = 0
               for t in lengths {
                 try attention(q: qb.baseAddress! + r0 * Q, t: t, past: 0, keys: kb.baseAddress! + r0 * KV,

@@ -51,7 +51,8 @@ public func verifyTensors(_ src: WeightSource, _ c: LlamaConfiguration) throws {
   let exp = Set(expected)
   let unexpected = src.tensorNames.filter { !exp.contains($0) && !isIgnorable($0, c) }
   if !unexpected.isEmpty {
-    throw QoQError("checkpoint has \(unexpected.count) unexpected tensor(s): \(unexpected.prefix(5).joined(separator: ", "))\(unexpected.count > 5 ? ", …" : "")")
+    throw QoQError("checkpoint has \(unexpected.count) unexpected tensor(s): "
+                   + "\(unexpected.prefix(5).joined(separator: ", "))\(unexpected.count > 5 ? ", …" : "")")
   }
   for name in expected {
     let s = try src.shape(name)

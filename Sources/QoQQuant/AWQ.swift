@@ -129,7 +129,9 @@ extension QuantizationPipeline {
       let ref = mlpOutput(base, mlpIn, H: H, I: I)
       let best = AWQSearch.search(xspan: spans.mlp, candidates: candidates) { lam in
         var repl: [String: [Float]] = [:]
-        for n in ["mlp.gate_proj", "mlp.up_proj"] { repl[n] = AWQSearch.quantizedScaled(store[p + n + ".weight"], out: I, inp: H, lambda: lam, format: format) }
+        for n in ["mlp.gate_proj", "mlp.up_proj"] {
+          repl[n] = AWQSearch.quantizedScaled(store[p + n + ".weight"], out: I, inp: H, lambda: lam, format: format)
+        }
         return AWQSearch.sse(mlpOutput(layerWith(repl), mlpIn, H: H, I: I), ref)
       }
       chosen["up_proj"] = best.alpha

@@ -114,7 +114,10 @@ extension QuantPlan {
     var s: [String] = []
     if let r = rotation { s.append("Hadamard rotation\(r.random ? " (random)" : "")\(r.transforms.contains("out_proj") ? " + V/O per head" : "")") }
     if reorder { s.append("reorder") }
-    if let a = smoothAttn { s.append("SmoothAttention \(a.strategy.rawValue)\(a.strategy == .manual ? " α \(a.alpha)" : " (\(seqNote(smoothAttnSamples)))")") }
+    if let a = smoothAttn {
+      let how = a.strategy == .manual ? " α \(a.alpha)" : " (\(seqNote(smoothAttnSamples)))"
+      s.append("SmoothAttention \(a.strategy.rawValue)\(how)")
+    }
     if let p = smoothProj {
       let how = smoothProjAlphas != nil ? "GridSearch (\(seqNote(smoothProjSamples)))" : "Manual α \(p.alpha) β \(p.beta)"
       s.append("SmoothLinear \(how) on \(smoothProjKeys.sorted().joined(separator: ","))")

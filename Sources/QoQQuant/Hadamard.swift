@@ -126,7 +126,8 @@ public struct HadamardRotation: Sendable {
 
   public init(size n: Int) throws {
     guard let (k, p) = Hadamard.factor(n) else {
-      throw QoQError("no Hadamard matrix of order \(n) can be built here (n = k·2^m with k in \(Hadamard.specialOrders) needed); use --rotation-random")
+      throw QoQError("no Hadamard matrix of order \(n) can be built here (n = k·2^m with k in \(Hadamard.specialOrders) needed); "
+                     + "use --rotation-random")
     }
     self.n = n; self.k = k; self.p = p
     hk = k == 1 ? [1] : Hadamard.special(k)!

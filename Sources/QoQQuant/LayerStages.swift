@@ -62,7 +62,8 @@ extension QuantizationPipeline {
         let rows = cap[.attnInput].count / c.hiddenSize, per = rows / max(1, samples[0].count)
         if seen < awqSeqs {
           let take = min(per, awqSeqs - seen) * samples[0].count
-          for (pt, w) in [(LayerCapture.Point.attnInput, c.hiddenSize), (.oProjInput, c.qDim), (.mlpInput, c.hiddenSize), (.downInput, c.intermediateSize)] {
+          for (pt, w) in [(LayerCapture.Point.attnInput, c.hiddenSize), (.oProjInput, c.qDim), (.mlpInput, c.hiddenSize),
+                          (.downInput, c.intermediateSize)] {
             awqIn[pt, default: []] += cap[pt].prefix(take * w)
           }
         }

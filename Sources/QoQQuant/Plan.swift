@@ -107,7 +107,8 @@ public struct QuantPlan: Sendable {
         guard !signed, b == 4, shapes[0][1] == -1, shapes[1][1] > 0, zp == "PostScale",
               scales.count == 2, scales[0] == "float16", scales[1] == "sint8", inter == ["sint8"],
               (recipeInts(r, "quant.wgts.intermediate_levels") == [0]) else {
-          throw bad("two-level weights are supported as QoQ progressive only: uint4, PostScale, group_shapes [[1,-1],[1,G]], scale_dtypes [torch.float16, sint8], intermediate_dtypes [sint8]")
+          throw bad("two-level weights are supported as QoQ progressive only: uint4, PostScale, group_shapes [[1,-1],[1,G]], "
+                    + "scale_dtypes [torch.float16, sint8], intermediate_dtypes [sint8]")
         }
         if try r.bool("quant.wgts.needs_dequant_saturation") { throw bad("needs_dequant_saturation true is not supported") }
         weightFormat = .progressive(group: shapes[1][1], protective: protectiveRange(postScale: true))
@@ -115,7 +116,9 @@ public struct QuantPlan: Sendable {
         throw bad("quant.wgts.group_shapes must have one or two levels")
       }
       weightSkips = Set(try r.strings("quant.wgts.skips"))
-      for k in weightSkips where !Self.moduleKeys.contains(k) { throw bad("quant.wgts.skips: unknown module key \(k) (\(Self.moduleKeys.sorted().joined(separator: ", ")))") }
+      for k in weightSkips where !Self.moduleKeys.contains(k) {
+        throw bad("quant.wgts.skips: unknown module key \(k) (\(Self.moduleKeys.sorted().joined(separator: ", ")))")
+      }
       if try r.bool("quant.wgts.enable_kernel_gptq") {
         var o = GPTQOptions()
         o.dampPercentage = try r.double("quant.wgts.kernel_gptq.damp_percentage")
@@ -134,14 +137,17 @@ public struct QuantPlan: Sendable {
         clipNumGrids = try r.int("quant.wgts.calib_range.num_grids")
         clipSkips = Set(try r.strings("quant.wgts.calib_range.skips"))
         guard clipRatio > 0, clipRatio <= 1 else { throw bad("quant.wgts.calib_range.ratio must be in (0, 1]") }
-        guard clipMaxShrink > 0, clipMaxShrink < 1, clipNumGrids > 0 else { throw bad("quant.wgts.calib_range: max_shrink in (0,1) and num_grids > 0") }
+        guard clipMaxShrink > 0, clipMaxShrink < 1, clipNumGrids > 0 else {
+          throw bad("quant.wgts.calib_range: max_shrink in (0,1) and num_grids > 0")
+        }
         if try r.double("quant.wgts.calib_range.max_expand") != 1 { throw bad("quant.wgts.calib_range.max_expand other than 1.0 is not supported") }
         let ss = try r.int("quant.wgts.calib_range.sample_size")
         clipSamples = try sampleSize(ss, "quant.wgts.calib_range.sample_size")
         if st == .gridSearch {
           let obj = try r.string("quant.wgts.calib_range.objective")
           guard obj == "OutputsError" || obj == "ProductsError", try r.string("quant.wgts.calib_range.granularity") == "Group" else {
-            throw bad("quant.wgts.calib_range GridSearch is supported at granularity Group with objective OutputsError (QoQ: ProductsError per group for o/v/up/down, attention outputs for q/k) or ProductsError (AWQ: every module)")
+            throw bad("quant.wgts.calib_range GridSearch is supported at granularity Group with objective OutputsError "
+                      + "(QoQ: ProductsError per group for o/v/up/down, attention outputs for q/k) or ProductsError (AWQ: every module)")
           }
           clipProducts = obj == "ProductsError"
         }
@@ -152,7 +158,9 @@ public struct QuantPlan: Sendable {
       let (signed, b) = try bits(ad, field: "quant.ipts.dtype")
       guard signed, try r.string("quant.ipts.zero_point") == nil else { throw bad("quant.ipts: activations are quantized symmetric (sint8/sint4)") }
       guard try r.groupShapes("quant.ipts.group_shapes") == [[1, -1]] else { throw bad("quant.ipts.group_shapes must be [[1, -1]] (per token)") }
-      if try r.bool("quant.ipts.static") { throw bad("quant.ipts.static (calibrated activation ranges) is not supported yet; QoQ uses dynamic per-token scales") }
+      if try r.bool("quant.ipts.static") {
+        throw bad("quant.ipts.static (calibrated activation ranges) is not supported yet; QoQ uses dynamic per-token scales")
+      }
       actBits = b
       actSkips = Set(try r.strings("quant.ipts.skips"))
       for k in actSkips where !Self.moduleKeys.contains(k) { throw bad("quant.ipts.skips: unknown module key \(k)") }
@@ -187,7 +195,9 @@ public struct QuantPlan: Sendable {
       guard let kr = KeyCentering(rawValue: rk) else { throw bad("quant.opts.rotate_keys must be auto, always or never (got \(rk))") }
       rotateKeys = kr
       if kr == .always && kvStatic { throw bad("quant.opts.rotate_keys: always needs dynamic KV (not static)") }
-      if !signed { guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") } }
+      if !signed {
+        guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") }
+      }
     }
     // Transforms.
     if try r.bool("quant.enable_rotation") {
@@ -305,7 +315,8 @@ public struct QuantPlan: Sendable {
   public func check(_ c: LlamaConfiguration) throws {
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width
       let g = f.groupSize(c.hiddenSize)
-      for (name, width) in [("hidden_size", c.hiddenSize), ("intermediate_size", c.intermediateSize), ("heads·head_dim", c.qDim)] where width % g != 0 {
+      for (name, width) in [("hidden_size", c.hiddenSize), ("intermediate_size", c.intermediateSize), ("heads·head_dim", c.qDim)]
+      where width % g != 0 {
         throw QoQError("recipe: weight group size \(g) does not divide \(name) = \(width) of this model (try a group of 64: recipes/qoq-g64.yaml)")
       }
     }

@@ -33,7 +33,8 @@ public struct WeightQuantizer: Sendable {
         for o in 0..<out {
           for g in 0..<ng {
             let lo = g * gs, n = min(gs, inp - lo)
-            let p = AsymGroupQuant(range: UnsafeBufferPointer(rebasing: wb[(o * inp + lo)..<(o * inp + lo + n)]), qmax: qmax, ratio: ratio(o, g), preScale: pre)
+            let p = AsymGroupQuant(range: UnsafeBufferPointer(rebasing: wb[(o * inp + lo)..<(o * inp + lo + n)]), qmax: qmax,
+                                   ratio: ratio(o, g), preScale: pre)
             sc[o * ng + g] = p.scale; zr[o * ng + g] = p.zero
           }
         }

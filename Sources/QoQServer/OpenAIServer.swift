@@ -148,7 +148,9 @@ public enum OpenAIServer {
       }
       router.post("\(prefix)/detokenize") { req, _ in
         let v = try OpenAIParse.body(try await readBody(req, s), limits: s.options.limits)
-        guard let a = v["tokens"]?.array, a.allSatisfy({ $0.int != nil }) else { throw APIError(400, "tokens must be a list of token ids", param: "tokens") }
+        guard let a = v["tokens"]?.array, a.allSatisfy({ $0.int != nil }) else {
+          throw APIError(400, "tokens must be a list of token ids", param: "tokens")
+        }
         let ids = try checkedTokens(a.map { $0.int! }, s)
         return jsonResponse(.object(JSONObject([("prompt", .string(try s.tokenizer.decode(ids)))])))
       }

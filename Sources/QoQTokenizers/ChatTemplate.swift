@@ -125,7 +125,9 @@ enum TemplateLexer {
           guard i < c.count else { throw QoQError("chat template: unterminated \(kind == "{" ? "{{" : "{%")") }
           let ch = c[i]
           if ch.isWhitespace { i += 1; continue }
-          if ch == "-" && i + 2 < c.count && c[i + 1] == close && c[i + 2] == "}" { trimNextText = true; i += 3; out.append(kind == "{" ? .exprClose : .stmtClose); break }
+          if ch == "-" && i + 2 < c.count && c[i + 1] == close && c[i + 2] == "}" {
+            trimNextText = true; i += 3; out.append(kind == "{" ? .exprClose : .stmtClose); break
+          }
           if ch == close && i + 1 < c.count && c[i + 1] == "}" {
             i += 2
             out.append(kind == "{" ? .exprClose : .stmtClose)
@@ -156,7 +158,10 @@ enum TemplateLexer {
             }
             out.append(.int(v)); continue
           }
-          if ch.isLetter || ch == "_" { var v = ""; while i < c.count && (c[i].isLetter || c[i].isNumber || c[i] == "_") { v.append(c[i]); i += 1 }; out.append(.name(v)); continue }
+          if ch.isLetter || ch == "_" {
+            var v = ""; while i < c.count && (c[i].isLetter || c[i].isNumber || c[i] == "_") { v.append(c[i]); i += 1 }
+            out.append(.name(v)); continue
+          }
           let two = i + 1 < c.count ? String(c[i...(i + 1)]) : ""
           if ["==", "!=", "<=", ">=", "//"].contains(two) { out.append(.op(two)); i += 2; continue }
           if "+-*/%~<>()[].,|:=".contains(ch) { out.append(.op(String(ch))); i += 1; continue }
@@ -202,8 +207,12 @@ struct TemplateParser {
   init(tokens: [TemplateToken]) { self.tokens = tokens }
 
   var peek: TemplateToken? { pos < tokens.count ? tokens[pos] : nil }
-  mutating func next() throws -> TemplateToken { guard pos < tokens.count else { throw QoQError("chat template: unexpected end") }; defer { pos += 1 }; return tokens[pos] }
-  mutating func expect(_ t: TemplateToken) throws { let n = try next(); guard n == t else { throw QoQError("chat template: expected \(t), found \(n)") } }
+  mutating func next() throws -> TemplateToken {
+    guard pos < tokens.count else { throw QoQError("chat template: unexpected end") }; defer { pos += 1 }; return tokens[pos]
+  }
+  mutating func expect(_ t: TemplateToken) throws {
+    let n = try next(); guard n == t else { throw QoQError("chat template: expected \(t), found \(n)") }
+  }
   mutating func keyword(_ k: String) -> Bool { if peek == .name(k) { pos += 1; return true }; return false }
 
   /// Parses nodes until a statement whose keyword is in `until` (left unconsumed after {%).
@@ -267,7 +276,9 @@ struct TemplateParser {
     while true {
       if case .op(let o) = peek, ["==", "!=", "<", ">", "<=", ">="].contains(o) { pos += 1; l = .binary(o, l, try parseAdd()); continue }
       if keyword("in") { l = .binary("in", l, try parseAdd()); continue }
-      if peek == .name("not"), pos + 1 < tokens.count, tokens[pos + 1] == .name("in") { pos += 2; l = .unary("not", .binary("in", l, try parseAdd())); continue }
+      if peek == .name("not"), pos + 1 < tokens.count, tokens[pos + 1] == .name("in") {
+        pos += 2; l = .unary("not", .binary("in", l, try parseAdd())); continue
+      }
       if keyword("is") {
         let neg = keyword("not")
         guard case .name(let t) = try next() else { throw QoQError("chat template: is … expected a test") }
@@ -294,7 +305,9 @@ struct TemplateParser {
   mutating func parsePostfix() throws -> Expr {
     var e = try parsePrimary()
     while let t = peek {
-      if t == .op(".") { pos += 1; guard case .name(let n) = try next() else { throw QoQError("chat template: attribute name expected") }; e = .attr(e, n) }
+      if t == .op(".") {
+        pos += 1; guard case .name(let n) = try next() else { throw QoQError("chat template: attribute name expected") }; e = .attr(e, n)
+      }
       else if t == .op("[") {
         pos += 1
         var a: Expr? = nil, b: Expr? = nil
@@ -415,7 +428,8 @@ struct TemplateContext {
       switch (base, idx) {
       case (.dict(let d), .string(let k)): return d[k] ?? .undefined
       case (.list(let l), .int(let k)): let j = k < 0 ? l.count + k : k; return j >= 0 && j < l.count ? l[j] : .undefined
-      case (.string(let s), .int(let k)): let a = Array(s); let j = k < 0 ? a.count + k : k; return j >= 0 && j < a.count ? .string(String(a[j])) : .undefined
+      case (.string(let s), .int(let k)):
+        let a = Array(s); let j = k < 0 ? a.count + k : k; return j >= 0 && j < a.count ? .string(String(a[j])) : .undefined
       default: return .undefined
       }
     case .slice(let b, let lo, let hi):
@@ -506,7 +520,8 @@ struct TemplateContext {
         case "+": return .int(try checked(x.addingReportingOverflow(y)))
         case "-": return .int(try checked(x.subtractingReportingOverflow(y)))
         case "*": return .int(try checked(x.multipliedReportingOverflow(by: y)))
-        case "//", "/": guard y != 0 else { throw QoQError("chat template: division by zero") }; return .int(try checked(x.dividedReportingOverflow(by: y)))
+        case "//", "/":
+          guard y != 0 else { throw QoQError("chat template: division by zero") }; return .int(try checked(x.dividedReportingOverflow(by: y)))
         case "%":
           guard y != 0 else { throw QoQError("chat template: modulo by zero") }
           let r = try checked(x.remainderReportingOverflow(dividingBy: y))

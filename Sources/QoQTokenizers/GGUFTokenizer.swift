@@ -119,7 +119,8 @@ public func tokenizerJSON(gguf g: GGUFFile) throws -> JSONValue {
     return obj([
       ("version", .string("1.0")), ("truncation", .null), ("padding", .null), ("added_tokens", .array(added)),
       ("normalizer", normalizer), ("pre_tokenizer", preTok), ("post_processor", post),
-      ("decoder", obj([("type", .string("ByteLevel")), ("add_prefix_space", .bool(true)), ("trim_offsets", .bool(true)), ("use_regex", .bool(true))])),
+      ("decoder", obj([("type", .string("ByteLevel")), ("add_prefix_space", .bool(true)), ("trim_offsets", .bool(true)),
+                       ("use_regex", .bool(true))])),
       ("model", obj([("type", .string("BPE")), ("dropout", .null), ("unk_token", .null), ("continuing_subword_prefix", .null),
                      ("end_of_word_suffix", .null), ("fuse_unk", .bool(false)), ("byte_fallback", .bool(false)),
                      ("ignore_merges", .bool(ignoreMerges)), ("vocab", .object(vocab)), ("merges", .array(merges))])),

@@ -62,7 +62,8 @@ struct PickleGen {
     case 10: out.append(0x73)                          // SETITEM
     case 11: out.append(0x75)                          // SETITEMS
     case 12: tensor()
-    case 13: out += Array("c\(["os", "builtins", "collections", "torch._utils"][rng.int(4)])\n\(["system", "eval", "OrderedDict", "_rebuild_parameter"][rng.int(4)])\n".utf8)
+    case 13: out += Array(("c\(["os", "builtins", "collections", "torch._utils"][rng.int(4)])\n"
+                           + "\(["system", "eval", "OrderedDict", "_rebuild_parameter"][rng.int(4)])\n").utf8)
     case 14: out.append(0x52)                          // REDUCE
     case 15: out.append([0x74, 0x85, 0x86, 0x87, 0x6C, 0x64][rng.int(6)])   // TUPLE*, LIST, DICT
     case 16:                                           // a huge declared string length

@@ -72,10 +72,16 @@ func file(_ rel: String, in dir: String) throws -> [UInt8] { [UInt8](try Data(co
 
 var rng = Rng(seed: seed)
 var runs: [String: Int] = [:]
-let smallConfig = Array(#"{"model_type":"llama","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"rope_scaling":{"type":"llama3","factor":8.0}}"#.utf8)
+let smallConfig = Array([#"{"model_type":"llama","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":"#,
+                         #"4,"num_key_value_heads":2,"vocab_size":100,"rope_scaling":{"type":"llama3","factor":8.0}}"#].joined().utf8)
 // A small tokenizer.json: the spm fixture's pipeline is exercised through its GGUF seed; JSON fuzzing uses a
 // compact synthetic one so each iteration is fast.
-let smallTokenizer = Array(#"{"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2,"<0x41>":3},"merges":["a b"],"byte_fallback":true,"unk_token":"a"},"added_tokens":[{"id":4,"content":"<s>","special":true}],"normalizer":{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"}]},"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"use_regex":true},"decoder":{"type":"ByteLevel"},"post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"special_tokens":{"<s>":{"id":"<s>","ids":[4],"tokens":["<s>"]}}}}"#.utf8)
+let smallTokenizer = Array([#"{"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2,"<0x41>":3},"merges":["a b"],"byte_fallback":"#,
+                            #"true,"unk_token":"a"},"added_tokens":[{"id":4,"content":"<s>","special":true}],"normalizer":"#,
+                            #"{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"}]},"pre_tokenizer":"#,
+                            #"{"type":"ByteLevel","add_prefix_space":false,"use_regex":true},"decoder":{"type":"ByteLevel"},"post_processor":"#,
+                            #"{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":"#,
+                            #"0}}],"special_tokens":{"<s>":{"id":"<s>","ids":[4],"tokens":["<s>"]}}}}"#].joined().utf8)
 
 var targets: [(String, [UInt8], ([UInt8]) -> Void)] = []
 if target == "all" || target == "safetensors" {
@@ -85,7 +91,8 @@ if target == "all" || target == "safetensors" {
 if target == "all" || target == "gguf" {
   targets.append(("gguf", try file("gguf/quant_types.gguf", in: fixtures), { b in withFile(b, "f.gguf") { p in
     let g = try GGUFFile(path: p); for t in g.tensors where t.type.canDequantize { _ = try g.floats(t.name) } } }))
-  targets.append(("gguf-tokenizer", try file("tokenizers/spm/tokenizer.gguf", in: fixtures).prefix(6000).map { $0 }, { b in withFile(b, "t.gguf") { p in
+  targets.append(("gguf-tokenizer", try file("tokenizers/spm/tokenizer.gguf", in: fixtures).prefix(6000).map { $0 },
+                  { b in withFile(b, "t.gguf") { p in
     _ = try Tokenizer.load(gguf: GGUFFile(path: p)) } }))
 }
 if target == "all" || target == "json" {
@@ -100,8 +107,10 @@ if target == "all" || target == "config" {
 }
 if target == "all" || target == "openai" {
   // Request bodies from clients: any bytes give a parsed request or an APIError with a 4xx status, never a crash.
-  let completion = Array(#"{"model":"m","prompt":[[1,2],[3]],"max_tokens":5,"echo":true,"logprobs":2,"n":2,"stop":["\n"],"logit_bias":{"7":-5},"presence_penalty":0.5,"stream":true,"stream_options":{"include_usage":true}}"#.utf8)
-  let chat = Array(#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":4,"logprobs":true,"top_logprobs":3,"chat_template_kwargs":{"x":1}}"#.utf8)
+  let completion = Array([#"{"model":"m","prompt":[[1,2],[3]],"max_tokens":5,"echo":true,"logprobs":2,"n":2,"stop":["\n"],"logit_bias":"#,
+                           #"{"7":-5},"presence_penalty":0.5,"stream":true,"stream_options":{"include_usage":true}}"#].joined().utf8)
+  let chat = Array([#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":"#,
+                     #"4,"logprobs":true,"top_logprobs":3,"chat_template_kwargs":{"x":1}}"#].joined().utf8)
   func check(_ body: () throws -> Void) {
     do { try body() } catch let e as APIError {
       if !(400..<500).contains(e.status) { FileHandle.standardError.write(Data("OpenAI parser gave status \(e.status)\n".utf8)); exit(1) }
@@ -112,7 +121,9 @@ if target == "all" || target == "openai" {
 }
 if target == "all" || target == "template" {
   // Chat templates are code from model files: mutated sources either fail to parse or render with a message.
-  let source = Array(#"{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>' + m['content'] | trim }}{% elif loop.last %}{{ m.content }}{% else %}{{ raise_exception('bad') }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"#.utf8)
+  let source = Array([#"{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>' + m['content'] | trim }}"#,
+                       #"{% elif loop.last %}{{ m.content }}{% else %}{{ raise_exception('bad') }}{% endif %}{% endfor %}"#,
+                       #"{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"#].joined().utf8)
   targets.append(("chat template", source, { b in
     guard let src = String(bytes: b, encoding: .utf8), let t = try? ChatTemplate(src) else { return }
     _ = try? t.render(messages: [("user", "hi"), ("assistant", "yo")], addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
@@ -137,11 +148,14 @@ if target == "all" || target == "config-values" {
 }
 if target == "all" || target == "chat-content" {
   let tok = try Tokenizer.load(folder: fixtures + "/tokenizers/smollm2")
-  let template = try ChatTemplate(#"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#)
+  let template = try ChatTemplate([#"{% for message in messages %}"#,
+                                    #"{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"#,
+                                    #"{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#].joined())
   let specials = Set(tok.addedTokens.filter(\.special).map(\.id))
   let benign = try template.encodeChat([("user", "x"), ("assistant", "y")], tokenizer: tok).ids.filter(specials.contains)
   generated.append(("chat content", { r in
-    let pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", "end|>", "system", "\n", " ", String(Tokenizer.inertMarker), "é", "a", "<", "|>", "</s>"]
+    let pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", "end|>", "system", "\n", " ", String(Tokenizer.inertMarker),
+                  "é", "a", "<", "|>", "</s>"]
     let content = { (r: inout Rng) in (0..<r.int(12)).map { _ in pieces[r.int(pieces.count)] }.joined() }
     let messages: [(role: String, content: String)] = [("user", content(&r)), ("assistant", content(&r))]
     guard let res = try? template.encodeChat(messages, tokenizer: tok) else { return }
@@ -179,7 +193,8 @@ if let tok = tokenizer {
   // `tokenizers` library (and we) drop, so those texts cannot round-trip.
   let end = Date().addingTimeInterval(perTarget)
   var n = 0
-  let pools: [ClosedRange<UInt32>] = [0x20...0x7E, 0x09...0x0A, 0x0D...0x0D, 0xA0...0x24F, 0x300...0x36F, 0x4E00...0x4E80, 0x1F300...0x1F64F, 0xE000...0xE010]
+  let pools: [ClosedRange<UInt32>] = [0x20...0x7E, 0x09...0x0A, 0x0D...0x0D, 0xA0...0x24F, 0x300...0x36F, 0x4E00...0x4E80,
+                                      0x1F300...0x1F64F, 0xE000...0xE010]
   while Date() < end {
     var s = String.UnicodeScalarView()
     for _ in 0..<rng.int(40) {

@@ -40,7 +40,9 @@ struct BenchCommand: ParsableCommand {
         if engine {
           guard let path = modelPath else { throw QoQError("--engine needs -m MODEL") }
           let bs = batches.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-          guard bs.allSatisfy({ $0 > 0 }), inputLen > 0, outputLen > 0 else { throw QoQError("--batches, --input-len and --output-len must be positive") }
+          guard bs.allSatisfy({ $0 > 0 }), inputLen > 0, outputLen > 0 else {
+            throw QoQError("--batches, --input-len and --output-len must be positive")
+          }
           let (m, _) = try engineArgs.loadModel(path)
           note("engine: \(m.description)")
           rows += try EngineBench.rows(m, engineArgs, pp: promptTokens, tg: genTokens, input: inputLen, output: outputLen,
@@ -58,7 +60,9 @@ struct BenchCommand: ParsableCommand {
         var times: [Double] = []
         for _ in 0..<(repeats + 1) {
           let t = Date()
-          a.withUnsafeBufferPointer { ap in c.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: p, c: $0.baseAddress!, ldc: n) } }
+          a.withUnsafeBufferPointer { ap in
+            c.withUnsafeMutableBufferPointer { sgemm(m: m, a: ap.baseAddress!, lda: k, b: p, c: $0.baseAddress!, ldc: n) }
+          }
           times.append(Date().timeIntervalSince(t))
         }
         let gf = 2.0 * Double(m * n * k) / median(Array(times.dropFirst())) / 1e9
@@ -67,7 +71,9 @@ struct BenchCommand: ParsableCommand {
         var tb: [Double] = []
         for _ in 0..<(repeats + 1) {
           let t = Date()
-          a.withUnsafeBufferPointer { ap in c.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: pb, c: $0.baseAddress!, ldc: n) } }
+          a.withUnsafeBufferPointer { ap in
+            c.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: pb, c: $0.baseAddress!, ldc: n) }
+          }
           tb.append(Date().timeIntervalSince(t))
         }
         rows.append(("bf16 gemm \(m)x\(n)x\(k)", 2.0 * Double(m * n * k) / median(Array(tb.dropFirst())) / 1e9, "GFLOPS"))
@@ -96,7 +102,8 @@ struct BenchCommand: ParsableCommand {
 
   func emit(_ rows: [(String, Double, String)]) {
     if json {
-      print(JSON.serialize(.array(rows.map { .object(JSONObject([("test", .string($0.0)), ("value", .double($0.1)), ("unit", .string($0.2))])) }), pretty: true))
+      print(JSON.serialize(.array(rows.map { .object(JSONObject([("test", .string($0.0)), ("value", .double($0.1)),
+                                                                 ("unit", .string($0.2))])) }), pretty: true))
     } else {
       print("| test | value | unit |\n|---|---|---|")
       for r in rows { print("| \(r.0) | \(String(format: "%.1f", r.1)) | \(r.2) |") }

@@ -60,9 +60,11 @@ struct EvalCommand: ParsableCommand {
       note("\(name): \(items.count) examples")
       let t0 = Date()
       let (r, _) = try ev.evaluate(name: name, items: items)
-      lines.append("| \(name) | \(r.count) | \(String(format: "%.4f ± %.4f", r.acc, r.accStderr)) | \(r.accNorm.map { String(format: "%.4f", $0) } ?? "—") | \(r.perplexity.map { String(format: "%.3f", $0) } ?? "—") |")
-      results.append(.object(JSONObject([("task", .string(name)), ("n", .int(r.count)), ("acc", .double(r.acc)), ("acc_stderr", .double(r.accStderr)),
-                                         ("acc_norm", r.accNorm.map { .double($0) } ?? .null), ("perplexity", r.perplexity.map { .double($0) } ?? .null),
+      lines.append("| \(name) | \(r.count) | \(String(format: "%.4f ± %.4f", r.acc, r.accStderr)) | "
+                   + "\(r.accNorm.map { String(format: "%.4f", $0) } ?? "—") | \(r.perplexity.map { String(format: "%.3f", $0) } ?? "—") |")
+      results.append(.object(JSONObject([("task", .string(name)), ("n", .int(r.count)), ("acc", .double(r.acc)),
+                                         ("acc_stderr", .double(r.accStderr)), ("acc_norm", r.accNorm.map { .double($0) } ?? .null),
+                                         ("perplexity", r.perplexity.map { .double($0) } ?? .null),
                                          ("seconds", .double(Date().timeIntervalSince(t0)))])))
     }
     if json { print(JSON.serialize(.array(results), pretty: true)) } else { print(lines.joined(separator: "\n")) }
@@ -79,7 +81,8 @@ struct EvalCommand: ParsableCommand {
       var ckpt = try ModelCheckpoint.open(modelPath)
       if let b = kvBits { ckpt = try ckpt.withKVBits(b == 16 ? nil : b) }
       if let q = ckpt.quantization {
-        note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
+        note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), "
+             + "activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
       }
       let tokens = try data.tokens(ckpt.tokenizer, proto: p)
       note("evaluating \(dataset) (format \(data.format.rawValue), \(p.rawValue) protocol) with seq_len \(seqLen): \(tokens.count) tokens")
@@ -114,7 +117,10 @@ struct EvalCommand: ParsableCommand {
         }
         print(JSON.serialize(.object(out), pretty: true))
       } else {
-        print("\(data.format == .wikitext ? "wikitext-2" : (dataset as NSString).lastPathComponent) \(p.rawValue) seq_len=\(seqLen) windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity)) ± \(String(format: "%.4f", r.standardError))  (\(String(format: "%.1f", r.seconds)) s, \(String(format: "%.2f", r.seconds / Double(r.windows))) s/window)")
+        print("\(data.format == .wikitext ? "wikitext-2" : (dataset as NSString).lastPathComponent) \(p.rawValue) seq_len=\(seqLen) "
+              + "windows=\(r.windows)/\(r.windowsAvailable): perplexity \(String(format: "%.4f", r.perplexity)) "
+              + "± \(String(format: "%.4f", r.standardError))  (\(String(format: "%.1f", r.seconds)) s, "
+              + "\(String(format: "%.2f", r.seconds / Double(r.windows))) s/window)")
       }
     }
   }

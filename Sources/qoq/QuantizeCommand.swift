@@ -96,8 +96,11 @@ struct QuantizeCommand: ParsableCommand {
       // What the run will cost, before it starts; refused when it cannot fit in the memory that is free.
       let estimate = plan.estimate(try pipeline.open().config, evaluate: !skipEval)
       note(plan.stagesSummary)
-      note("data: calibration " + (plan.needsCalibration ? "\(plan.calib.numSamples) × \(plan.calib.seqLength) tokens from \(plan.calib.path)" : "none")
-           + "; evaluation: " + (skipEval ? "skipped" : "\(plan.evalWindows > 0 ? "\(plan.evalWindows)" : "all") windows × \(plan.evalSeqLen) of \(plan.evalDataset)"))
+      note("data: calibration "
+           + (plan.needsCalibration ? "\(plan.calib.numSamples) × \(plan.calib.seqLength) tokens from \(plan.calib.path)" : "none")
+           + "; evaluation: "
+           + (skipEval ? "skipped"
+                       : "\(plan.evalWindows > 0 ? "\(plan.evalWindows)" : "all") windows × \(plan.evalSeqLen) of \(plan.evalDataset)"))
       note(estimate.summary)
       if let free = availableMemoryBytes(), estimate.peakBytes > free {
         let msg = "the run needs about \(String(format: "%.1f", Double(estimate.peakBytes) / 1e9)) GB but "
@@ -106,7 +109,9 @@ struct QuantizeCommand: ParsableCommand {
         note("warning: " + msg + " (--force)")
       }
       pipeline.log = { note($0) }
-      pipeline.progress = { stage, done, total in Progress.update("\(Progress.bar(done, total)) \(stage) layer \(done)/\(total)"); if done == total { Progress.done() } }
+      pipeline.progress = { stage, done, total in
+        Progress.update("\(Progress.bar(done, total)) \(stage) layer \(done)/\(total)"); if done == total { Progress.done() }
+      }
       let t0 = Date()
       let out = try pipeline.run()
       let wall = Date().timeIntervalSince(t0)
@@ -167,7 +172,8 @@ struct QuantizeCommand: ParsableCommand {
         results["recipe"] = nil
       }
       if save.isEmpty {
-        let dir = (try recipe.string("output.root") ?? "runs") + "/quantize-" + ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
+        let dir = (try recipe.string("output.root") ?? "runs") + "/quantize-"
+          + ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         try OutputFolder.createFolder(dir)
         try atomicWrite(dir + "/recipe.yaml", data: Data(yaml.utf8))
         try atomicWrite(dir + "/results.json", data: Data(JSON.serialize(.object(results), pretty: true).utf8))

@@ -60,7 +60,8 @@ struct TableCommand: ParsableCommand {
   func runSelf(_ args: [String], log: String) throws -> Int32 {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path.hasPrefix("/")
-      ? URL(fileURLWithPath: CommandLine.arguments[0]) : URL(fileURLWithPath: FileManager.default.currentDirectoryPath + "/" + CommandLine.arguments[0])
+      ? URL(fileURLWithPath: CommandLine.arguments[0])
+      : URL(fileURLWithPath: FileManager.default.currentDirectoryPath + "/" + CommandLine.arguments[0])
     p.arguments = args
     FileManager.default.createFile(atPath: log, contents: nil)
     let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -128,9 +129,11 @@ struct TableCommand: ParsableCommand {
           rows.append((Self.method(r), precision.replacingCharacters(in: kv, with: "KV\(bits)") + " (same weights)", name, ppl, nil))
         }
       }
-      var md = "| method | precision | recipe | WikiText-2 PPL (GPTQ protocol, 2048, \(evalMaxWindows > 0 ? "\(evalMaxWindows) windows" : "all windows")) | quantize time |\n|---|---|---|---|---|\n"
+      var md = "| method | precision | recipe | WikiText-2 PPL (GPTQ protocol, 2048, "
+        + "\(evalMaxWindows > 0 ? "\(evalMaxWindows) windows" : "all windows")) | quantize time |\n|---|---|---|---|---|\n"
       for row in rows {
-        md += "| \(row.method) | \(row.precision) | \(row.recipe) | \(row.ppl.map { String(format: "%.4f", $0) } ?? "failed") | \(row.seconds.map { String(format: "%.1f min", $0 / 60) } ?? "—") |\n"
+        md += "| \(row.method) | \(row.precision) | \(row.recipe) | \(row.ppl.map { String(format: "%.4f", $0) } ?? "failed") | "
+          + "\(row.seconds.map { String(format: "%.1f min", $0 / 60) } ?? "—") |\n"
       }
       let json: JSONValue = .array(rows.map { row in
         .object(JSONObject([("method", .string(row.method)), ("precision", .string(row.precision)), ("recipe", .string(row.recipe)),
