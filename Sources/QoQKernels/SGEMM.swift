@@ -144,7 +144,11 @@ func sgemmBlock(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix, pane
         var t = 0
         while t < mc {
           let rows = min(8, mc - t)
+          #if QOQ_AVX2
+          kernel8x32AVX2(apack + t * kc, rows, bp, kc, c + (m0 + t) * ldc + p * 32, ldc, cols, acc, scratch)
+          #else
           kernel8x32(apack + t * kc, rows, bp, kc, c + (m0 + t) * ldc + p * 32, ldc, cols, acc, scratch)
+          #endif
           t += 8
         }
       }
@@ -229,6 +233,59 @@ func kernel8x32(_ ap: UnsafePointer<Float>, _ rows: Int, _ bp: UnsafePointer<Flo
     for r in 0..<rows { for j in 0..<cols { c[r * ldc + j] = scratch[r * 32 + j] } }
   }
 }
+
+#if QOQ_AVX2
+typealias V8 = SIMD8<Float>
+
+/// The 8×32 tile for CPUs with 16 vector registers of 256 bits (AVX2): kernel8x32's 16 zmm accumulators would be 32
+/// ymm and spill, so the tile runs as four 4×16 passes (8 ymm accumulators, 2 B loads and 4 broadcasts per k step:
+/// FMA-bound on 2 FMA units). Each element still gets one fused multiply-add per k, k ascending, so the results are
+/// those of kernel8x32 bit for bit.
+@inline(__always)
+func kernel8x32AVX2(_ ap: UnsafePointer<Float>, _ rows: Int, _ bp: UnsafePointer<Float>, _ kc: Int,
+                    _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int, _ acc: Bool,
+                    _ scratch: UnsafeMutablePointer<Float>) {
+  let full = rows == 8 && cols == 32
+  let cc = full ? c : scratch
+  let lc = full ? ldc : 32
+  if !full && acc {
+    for r in 0..<rows { for j in 0..<cols { scratch[r * 32 + j] = c[r * ldc + j] } }
+  }
+  var g = 0
+  while g < rows {
+    micro4x16AVX2(ap + g, bp, kc, cc + g * lc, lc, acc)
+    if cols > 16 { micro4x16AVX2(ap + g, bp + 16, kc, cc + g * lc + 16, lc, acc) }
+    g += 4
+  }
+  if !full {
+    for r in 0..<rows { for j in 0..<cols { c[r * ldc + j] = scratch[r * 32 + j] } }
+  }
+}
+
+/// Rows g…g+3 (A packed [kc][8], read from `pa` with stride 8) × 16 columns of a 32-wide panel (stride 32).
+@inline(__always)
+func micro4x16AVX2(_ pa0: UnsafePointer<Float>, _ pb0: UnsafePointer<Float>, _ kc: Int, _ c: UnsafeMutablePointer<Float>,
+                   _ lc: Int, _ acc: Bool) {
+  @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V8 { UnsafeRawPointer(p).loadUnaligned(as: V8.self) }
+  @inline(__always) func st(_ v: V8, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V8.self) }
+  var c00 = V8(), c01 = V8(), c10 = V8(), c11 = V8(), c20 = V8(), c21 = V8(), c30 = V8(), c31 = V8()
+  if acc {
+    c00 = ld(c); c01 = ld(c + 8); c10 = ld(c + lc); c11 = ld(c + lc + 8)
+    c20 = ld(c + 2 * lc); c21 = ld(c + 2 * lc + 8); c30 = ld(c + 3 * lc); c31 = ld(c + 3 * lc + 8)
+  }
+  var pa = pa0, pb = pb0
+  for _ in 0..<kc {
+    let b0 = ld(pb), b1 = ld(pb + 8)
+    var x = V8(repeating: pa[0]); c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1)
+    x = V8(repeating: pa[1]); c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1)
+    x = V8(repeating: pa[2]); c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1)
+    x = V8(repeating: pa[3]); c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1)
+    pa += 8; pb += 32
+  }
+  st(c00, c); st(c01, c + 8); st(c10, c + lc); st(c11, c + lc + 8)
+  st(c20, c + 2 * lc); st(c21, c + 2 * lc + 8); st(c30, c + 3 * lc); st(c31, c + 3 * lc + 8)
+}
+#endif
 
 /// m = 1: four panels at a time (8 independent accumulators hide FMA latency), k ascending per element, the
 /// same arithmetic order as kernel8x32 (KC-blocked), so decode rows equal prefill rows bit for bit.

@@ -31,6 +31,29 @@ func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
     #expect(maxRelError(out, ref) < 1e-5, "m=\(m) n=\(n) k=\(k)")
   }
 
+  /// Every path (AVX-512 8×32 tiles, the AVX2 build's 4×16 passes, the m = 1 GEMV, threaded splits) gives each
+  /// element one fused multiply-add per k, k ascending, from 0: exactly this Float loop, bit for bit, on awkward sizes
+  /// (m across the 8-row tiles, n across the 32-wide panels, k across the 256-deep blocks).
+  @Test(arguments: [(1, 1, 1), (3, 17, 5), (17, 33, 129), (8, 32, 256), (129, 65, 257), (5, 100, 600), (1, 129, 300),
+                    (64, 16, 3), (12, 48, 513)])
+  func equalsTheFMAOrderTwinExactly(_ s: (Int, Int, Int)) {
+    let (m, n, k) = s
+    let a = randomFloats(m * k, seed: 5), w = randomFloats(n * k, seed: 6)
+    var ref = [Float](repeating: 0, count: m * n), out = [Float](repeating: 3, count: m * n)
+    for i in 0..<m {
+      for j in 0..<n {
+        var acc: Float = 0
+        for kk in 0..<k { acc = acc.addingProduct(a[i * k + kk], w[j * k + kk]) }
+        ref[i * n + j] = acc
+      }
+    }
+    let packed = PackedMatrix(nk: w, n: n, k: k)
+    a.withUnsafeBufferPointer { ap in
+      out.withUnsafeMutableBufferPointer { op in sgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: op.baseAddress!, ldc: n) }
+    }
+    #expect(out == ref, "m=\(m) n=\(n) k=\(k)")
+  }
+
   @Test func accumulateAndStrides() {
     // C has a wider leading dimension than n; the untouched padding columns must stay as they were.
     let m = 19, n = 45, k = 300, ldc = 50, lda = 310
