@@ -93,10 +93,10 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
       pool.run(parts: parts) { t in
         let p0 = min(panelCount, (panelCount / 4 * t / parts) * 4),
             p1 = t == parts - 1 ? panelCount : min(panelCount, (panelCount / 4 * (t + 1) / parts) * 4)
-        if p1 > p0 { gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1, n: n, k: k) }
+        if p1 > p0 { gemv(a: a, b: b, c: c, accumulate: accumulate, panels: p0..<p1, n: n, k: k) }
       }
     } else {
-      gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: 0..<panelCount, n: n, k: k)
+      gemv(a: a, b: b, c: c, accumulate: accumulate, panels: 0..<panelCount, n: n, k: k)
     }
     return
   }
@@ -284,6 +284,59 @@ func micro4x16AVX2(_ pa0: UnsafePointer<Float>, _ pb0: UnsafePointer<Float>, _ k
   }
   st(c00, c); st(c01, c + 8); st(c10, c + lc); st(c11, c + lc + 8)
   st(c20, c + 2 * lc); st(c21, c + 2 * lc + 8); st(c30, c + 3 * lc); st(c31, c + 3 * lc + 8)
+}
+#endif
+
+/// The m = 1 product of this build: 16-lane accumulators where there are 32 zmm registers, 8-lane ones on AVX2.
+@inline(__always)
+func gemv(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointer<Float>, accumulate: Bool, panels: Range<Int>, n: Int, k: Int) {
+  #if QOQ_AVX2
+  gemvPanelsAVX2(a: a, b: b, c: c, accumulate: accumulate, panels: panels, n: n, k: k)
+  #else
+  gemvPanels(a: a, b: b, c: c, accumulate: accumulate, panels: panels, n: n, k: k)
+  #endif
+}
+
+#if QOQ_AVX2
+/// m = 1 on AVX2: two panels (64 columns, 8 ymm accumulators) at a time; gemvPanels' 8 accumulators of 16 lanes would
+/// take all 16 ymm registers and spill. One fused multiply-add per k, k ascending, as every other path.
+func gemvPanelsAVX2(a: UnsafePointer<Float>, b: PackedMatrix, c: UnsafeMutablePointer<Float>, accumulate: Bool,
+                    panels: Range<Int>, n: Int, k: Int) {
+  @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V8 { UnsafeRawPointer(p).loadUnaligned(as: V8.self) }
+  @inline(__always) func st(_ v: V8, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V8.self) }
+  let stride = b.k * 32
+  let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 64)
+  defer { scratch.deallocate() }
+  var p = panels.lowerBound
+  while p < panels.upperBound {
+    let np = min(2, panels.upperBound - p)
+    let cols = min(np * 32, n - p * 32)
+    scratch.update(repeating: 0, count: 64)
+    if accumulate { for j in 0..<cols { scratch[j] = c[p * 32 + j] } }
+    var a0 = ld(scratch), a1 = ld(scratch + 8), a2 = ld(scratch + 16), a3 = ld(scratch + 24)
+    var a4 = ld(scratch + 32), a5 = ld(scratch + 40), a6 = ld(scratch + 48), a7 = ld(scratch + 56)
+    let b0 = b.data + p * stride
+    if np == 2 {
+      let b1 = b0 + stride
+      for kk in 0..<k {
+        let x = V8(repeating: a[kk]), o = kk * 32
+        a0 = a0.addingProduct(x, ld(b0 + o)); a1 = a1.addingProduct(x, ld(b0 + o + 8))
+        a2 = a2.addingProduct(x, ld(b0 + o + 16)); a3 = a3.addingProduct(x, ld(b0 + o + 24))
+        a4 = a4.addingProduct(x, ld(b1 + o)); a5 = a5.addingProduct(x, ld(b1 + o + 8))
+        a6 = a6.addingProduct(x, ld(b1 + o + 16)); a7 = a7.addingProduct(x, ld(b1 + o + 24))
+      }
+    } else {
+      for kk in 0..<k {
+        let x = V8(repeating: a[kk]), o = kk * 32
+        a0 = a0.addingProduct(x, ld(b0 + o)); a1 = a1.addingProduct(x, ld(b0 + o + 8))
+        a2 = a2.addingProduct(x, ld(b0 + o + 16)); a3 = a3.addingProduct(x, ld(b0 + o + 24))
+      }
+    }
+    st(a0, scratch); st(a1, scratch + 8); st(a2, scratch + 16); st(a3, scratch + 24)
+    st(a4, scratch + 32); st(a5, scratch + 40); st(a6, scratch + 48); st(a7, scratch + 56)
+    for j in 0..<cols { c[p * 32 + j] = scratch[j] }
+    p += np
+  }
 }
 #endif
 

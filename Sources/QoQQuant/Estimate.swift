@@ -89,7 +89,12 @@ extension QuantPlan {
     // inverse).
     let cubic = gptq == nil ? 0 : Double(L) * (2 * pow(Double(h), 3) + pow(Double(c.qDim), 3) + pow(Double(f), 3))
     // Plus loading, converting and quantizing every weight: ~30 ns per parameter on one core (measured with RTN).
-    let seconds = (flops / 70e9 + cubic / 8e9 + Double(params) * 3e-8) / Double(max(1, cores))
+    // AWQ's grid search also scales, quantizes and dequantizes every weight of the layer once per α candidate (with
+    // the candidate's module forwards counted above): fitted at ~200 ns per weight and candidate on one core from
+    // AWQ g128 on Qwen2.5-1.5B (Xeon, AVX-512, 128 × 512: 156 s per layer; Zen 3, AVX2, 32 × 512: 138 s per layer),
+    // where the FLOP model alone printed 41 and 25 min for runs of ~75 and ~65 min.
+    let awqWeights = smoothProjAlphas.map { Double(L) * Double(perLayer) * Double($0.count) * 2e-7 } ?? 0
+    let seconds = (flops / 70e9 + cubic / 8e9 + Double(params) * 3e-8 + awqWeights) / Double(max(1, cores))
     return RunEstimate(parameters: params, peakBytes: peak, seconds: seconds)
   }
 }
