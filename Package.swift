@@ -3,8 +3,10 @@
 import PackageDescription
 
 // Instruction sets (../shared/specs/swift-perf.md §1). The package is built for the machine it is built on, like
-// llama.cpp's GGML_NATIVE: the AVX-512 VNNI/BF16 kernels where the CPU has them (`QOQ_AVX512`), otherwise AVX2/FMA
-// code generation with the portable kernel paths, otherwise plain x86-64. QOQ_ISA=avx512|avx2|portable overrides the
+// llama.cpp's GGML_NATIVE: the AVX-512 VNNI kernels where the CPU has them (`QOQ_AVX512`), otherwise AVX2/FMA
+// code generation with the portable kernel paths, otherwise plain x86-64. AVX512_BF16 is not required: the one kernel
+// that uses it (vdpbf16ps in BF16GEMM.swift) checks for it at run time, so Cascade Lake and Ice Lake get the AVX-512
+// kernels too; -mavx512bf16 only lets that kernel compile (the compiler emits bf16 instructions from nothing else). QOQ_ISA=avx512|avx2|portable overrides the
 // detection (to build for another machine). A binary run on a CPU that lacks what it was built for stops at start-up
 // with a message naming the missing feature (Sources/CShim/shim.c), never with SIGILL. "-O" makes the kernels fast
 // even in debug `swift test` builds.
@@ -15,7 +17,7 @@ let cpuFlags: Set<String> = {
         let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
   return Set(line.split(separator: " ").map(String.init))
 }()
-let avx512Needs = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "fma", "f16c", "bmi2"]
+let avx512Needs = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma", "f16c", "bmi2"]
 let avx2Needs = ["avx2", "fma", "f16c", "bmi2"]
 let isaChoice: String = {
   if let forced = ProcessInfo.processInfo.environment["QOQ_ISA"], !forced.isEmpty { return forced }

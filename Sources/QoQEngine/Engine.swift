@@ -176,6 +176,8 @@ public final class Engine {
 
   /// Runs one step; returns what happened to each request touched.
   public func step() throws -> [EngineEvent] {
+    let profile = model.profile
+    var t = profile.start()
     let plan = scheduler.schedule()
     preemptions += plan.preempted.count
     var events: [EngineEvent] = plan.rejected.map { .rejected(id: $0.id, reason: $0.reason) }
@@ -190,6 +192,7 @@ public final class Engine {
       SequenceChunk(start: ch.start, tokens: ch.tokens, blockTable: ch.blockTable, logits: all ? .all : ch.needsLogits ? .last : .none)
     }
     let logits: [Float]
+    profile.mark(.schedule, &t)
     do {
       logits = try model.step(chunks, pool: pool, workspace: ws, integerScores: options.integerScores)
     } catch {
@@ -198,6 +201,8 @@ public final class Engine {
       throw error
     }
     stepsRun += 1
+    profile.countStep()
+    t = profile.start()
     let V = model.config.vocabSize
     var next = 0   // first logits row of the current chunk
     for (ch, all) in zip(plan.chunks, wantsAll) where all || ch.needsLogits {
@@ -220,6 +225,7 @@ public final class Engine {
       let row = all ? first + ch.tokens.count - 1 : first
       let token = req.sampler.sample(Array(logits[(row * V)..<((row + 1) * V)]), history: history, generatedFrom: req.promptCount)
       scheduler.commit(id: ch.id, token: token)
+      profile.mark(.sample, &t)
       if let top = req.logprobs.generated {
         let e = logits.withUnsafeBufferPointer { tokenLogprob($0.baseAddress! + row * V, V, token: token, top: top) }
         events.append(.logprobs(id: ch.id, prompt: false, entries: [e]))
@@ -260,6 +266,7 @@ public final class Engine {
       } else {
         requests[ch.id] = req
       }
+      profile.mark(.detokenize, &t)
     }
     return events
   }

@@ -101,13 +101,15 @@ extension EngineModel {
       for t in ch.tokens where t < 0 || Int(t) >= c.vocabSize { throw QoQError("token id \(t) is outside the vocabulary (0..<\(c.vocabSize))") }
     }
     let n = chunks.reduce(0) { $0 + $1.tokens.count }
+    var t = profile.start()
     ws.ensure(n, c)
     rope.ensure(chunks.map { $0.start + $0.tokens.count }.max() ?? 0)
     embedTokens.withUnsafeBufferPointer { e in
       var r = 0
       for ch in chunks { for t in ch.tokens { (ws.x + r * H).update(from: e.baseAddress! + Int(t) * H, count: H); r += 1 } }
     }
-    for li in 0..<layers.count { runLayer(li, chunks, n, pool, ws, integerScores) }
+    profile.mark(.embed, &t)
+    for li in 0..<layers.count { runLayer(li, chunks, n, pool, ws, integerScores, &t) }
     // Final norm and LM head on the requested rows.
     var rows: [Int] = []
     var r0 = 0
@@ -119,7 +121,9 @@ extension EngineModel {
       }
       r0 += ch.tokens.count
     }
-    return logits(rows: rows, ws)
+    let out = logits(rows: rows, ws)
+    profile.mark(.lmHead, &t)
+    return out
   }
 
   func logits(rows: [Int], _ ws: Workspace) -> [Float] {
@@ -151,7 +155,8 @@ extension EngineModel {
     }
   }
 
-  func runLayer(_ li: Int, _ chunks: [SequenceChunk], _ n: Int, _ pool: KVPool, _ ws: Workspace, _ integerScores: Bool) {
+  func runLayer(_ li: Int, _ chunks: [SequenceChunk], _ n: Int, _ pool: KVPool, _ ws: Workspace, _ integerScores: Bool,
+                _ t: inout UInt64) {
     let c = config, L = layers[li]
     let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, D = c.headDim, I = c.intermediateSize, W = Q + 2 * KV
     let eps = Float(c.rmsNormEps), P = kvFormat.pageSize
@@ -164,7 +169,9 @@ extension EngineModel {
         else { rmsNorm(x + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
       }
     }
+    profile.mark(.normQuant, &t)
     apply(L.qkvProj, h, rows: n, quantized: ws.aH!, qkv, ldy: W, prequantized: true)
+    profile.mark(.qkv, &t)
     // RoPE, then K/V quantized into the pages at each token's slot.
     var r0 = 0
     for ch in chunks {
@@ -182,6 +189,7 @@ extension EngineModel {
       }
       r0 += ch.tokens.count
     }
+    profile.mark(.ropeKV, &t)
     // Attention tasks: (chunk, kv head, block of up to 16 positions); the g query heads of a KV head share its pages.
     struct Task { let chunk: Int; let row0: Int; let kvh: Int; let i0: Int; let count: Int }
     var tasks: [Task] = []
@@ -219,8 +227,11 @@ extension EngineModel {
         }
       }
     }
+    profile.mark(.attention, &t)
     apply(L.oProj, attn, rows: n, quantized: ws.aQ!, tmp, ldy: H)
+    profile.mark(.oProj, &t)
     addInPlace(x, tmp, n * H)
+    profile.mark(.residual, &t)
     // MLP block: RMSNorm + quantization, fused gate/up GEMM, SiLU·mul fused with quantization, down.
     L.postAttentionLayernorm.withUnsafeBufferPointer { w in
       for r in 0..<n {
@@ -228,15 +239,21 @@ extension EngineModel {
         else { rmsNorm(x + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
       }
     }
+    profile.mark(.normQuant, &t)
     apply(L.gateUpProj, h, rows: n, quantized: ws.aH!, gu, ldy: 2 * I, prequantized: true)
+    profile.mark(.gateUp, &t)
     if L.downProj.quantizedInput {
       for r in 0..<n { siluMulQuantize(gu + r * 2 * I, width: I, out: ws.aI!, row: r, scratch: ws.act) }
       ws.aI!.m = n
+      profile.mark(.siluQuant, &t)
       apply(L.downProj, gu, rows: n, quantized: ws.aI!, tmp, ldy: H, prequantized: true)
     } else {
       for r in 0..<n { siluMul(gu + r * 2 * I, gu + r * 2 * I + I, gu + r * I, I) }  // compact in place: row r → (N, I)
+      profile.mark(.siluQuant, &t)
       apply(L.downProj, gu, rows: n, quantized: ws.aI!, tmp, ldy: H)
     }
+    profile.mark(.down, &t)
     addInPlace(x, tmp, n * H)
+    profile.mark(.residual, &t)
   }
 }

@@ -57,6 +57,8 @@ public final class EngineModel: @unchecked Sendable {
   public let lmHead: EngineLinear     // vocab × H
   public let kvFormat: KVPageFormat
   public let description: String
+  /// Per-phase step times, off unless `profile.enabled` (qoq bench --engine --profile).
+  public let profile = StepProfile()
   let rope: RotaryEmbedding
 
   init(config: LlamaConfiguration, embed: [Float], layers: [EngineLayer], norm: [Float], lmHead: EngineLinear,

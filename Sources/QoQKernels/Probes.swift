@@ -113,5 +113,13 @@ public func measureReadBandwidth(bytes: Int = 1 << 30, rounds: Int = 5) -> Doubl
   return best
 }
 
-/// The kernel variant this build runs: "avx512" (VNNI/BF16), "avx2" (vpmaddubsw/FMA) or "portable" (scalar twins).
+/// The kernel variant this build runs: "avx512" (VNNI; vdpbf16ps where `cpuHasDPBF16`), "avx2" (vpmaddubsw/FMA) or
+/// "portable" (scalar twins).
 public var kernelISA: String { String(cString: qoq_build_isa()) }
+
+/// Monotonic clock in nanoseconds (CLOCK_MONOTONIC): cheap enough to time phases of an engine step.
+@inline(__always) public func monotonicNanos() -> UInt64 {
+  var ts = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &ts)
+  return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}

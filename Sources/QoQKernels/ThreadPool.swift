@@ -23,6 +23,11 @@ public final class ThreadPool: @unchecked Sendable {
   private var mutex = pthread_mutex_t()
   private var cond = pthread_cond_t()
   private let spinLimit = 200_000
+  /// When set, the time the caller spends waiting for workers after its own parts is added to `waitNanos` (the
+  /// engine's step profile reports it as synchronisation).
+  public var measureWait = false
+  public private(set) var waitNanos: UInt64 = 0
+  public func resetWait() { waitNanos = 0 }
 
   /// One parallel-for: parts are claimed from `next` by whichever thread is free (the caller included), so a worker
   /// that the OS has not scheduled yet — a busy neighbour on the machine — delays nothing: the others take its parts
@@ -145,10 +150,12 @@ public final class ThreadPool: @unchecked Sendable {
     pthread_mutex_unlock(&mutex)
     job.drain()
     // Parts claimed by workers: spin briefly, then yield the CPU (a worker may be waiting for it).
+    let t0 = measureWait ? monotonicNanos() : 0
     var spins = 0
     while job.done.load(ordering: .acquiring) != job.count {
       if spins < 4096 { shim_pause(); spins += 1 } else { sched_yield() }
     }
+    if measureWait { waitNanos &+= monotonicNanos() &- t0 }
     pthread_mutex_lock(&mutex)
     if current === job { current = nil }
     pthread_mutex_unlock(&mutex)

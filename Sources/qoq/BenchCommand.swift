@@ -23,6 +23,8 @@ struct BenchCommand: ParsableCommand {
   var kernels = false
   @Flag(help: "Engine benchmarks on -m: pp/tg (llama-bench style) and QServe's throughput protocol over --batches.")
   var engine = false
+  @Flag(help: "Engine: also time each phase of a batch-1 decode of --tg tokens (ms per step; the pool's wait for its workers beside).")
+  var profile = false
   @Option(help: "QServe protocol: prompt tokens per request (random ids).") var inputLen: Int = 128
   @Option(help: "QServe protocol: generated tokens per request.") var outputLen: Int = 64
   @Option(help: "QServe protocol: batch sizes to sweep (comma-separated).") var batches: String = "1,2,4,8,16,32"
@@ -47,6 +49,7 @@ struct BenchCommand: ParsableCommand {
           note("engine: \(m.description)")
           rows += try EngineBench.rows(m, engineArgs, pp: promptTokens, tg: genTokens, input: inputLen, output: outputLen,
                                        batches: bs, repeats: repeats).map { ($0.test, $0.value, $0.unit) }
+          if profile { rows += try EngineBench.profileRows(m, engineArgs, tg: genTokens).map { ($0.test, $0.value, $0.unit) } }
         }
         emit(rows)
         return

@@ -102,6 +102,28 @@ enum EngineBench {
     return (Date().timeIntervalSince(t), generated)
   }
 
+  /// Batch-1 decode of `tg` tokens with the step profile on: ms per step for each phase, their sum, and the time the
+  /// calling thread waited for the pool's workers inside the GEMM and attention phases (issue #18 item 4).
+  static func profileRows(_ model: EngineModel, _ args: EngineArguments, tg: Int) throws -> [BenchRow] {
+    let prof = model.profile, pool = ThreadPool.shared
+    _ = try run(model, args, batch: 1, input: 1, output: 2, policy: .chunked, maxBatched: args.maxNumBatchedTokens)
+    prof.reset(); pool.resetWait()
+    prof.enabled = true; pool.measureWait = true
+    defer { prof.enabled = false; pool.measureWait = false }
+    _ = try run(model, args, batch: 1, input: 1, output: tg, policy: .chunked, maxBatched: args.maxNumBatchedTokens)
+    let steps = Double(max(1, prof.steps))
+    let total = Double(prof.nanos.reduce(0, +)) / steps / 1e6
+    var rows: [BenchRow] = []
+    for p in StepProfile.Phase.allCases {
+      let ms = Double(prof.nanos[p.rawValue]) / steps / 1e6
+      rows.append(("profile decode: \(p.name)", ms, String(format: "ms/step (%.1f%%)", 100 * ms / max(total, 1e-12))))
+    }
+    rows.append(("profile decode: step total (\(Int(steps)) steps)", total, "ms/step"))
+    let wait = Double(pool.waitNanos) / steps / 1e6
+    rows.append(("profile decode: of which waiting for workers", wait, String(format: "ms/step (%.1f%%)", 100 * wait / max(total, 1e-12))))
+    return rows
+  }
+
   static func rows(_ model: EngineModel, _ args: EngineArguments, pp: Int, tg: Int, input: Int, output: Int,
                    batches: [Int], repeats: Int) throws -> [BenchRow] {
     var rows: [BenchRow] = []

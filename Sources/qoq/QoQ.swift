@@ -28,7 +28,7 @@ struct QoQ: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "qoq",
     abstract: "Load, quantize (QoQ W4A8KV4), evaluate and run Llama-family models.",
-    version: "qoq (kernels: \(kernelISA))",
+    version: "qoq (kernels: \(kernelISA)\(cpuHasDPBF16 ? ", bf16 dot products" : ""))",
     subcommands: [QuantizeCommand.self, ConvertCommand.self, EvalCommand.self, GenerateCommand.self, ChatCommand.self, TokenizeCommand.self,
                   TableCommand.self,
                   BenchCommand.self, ServeCommand.self, SynthCommand.self])

@@ -170,4 +170,55 @@ func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
     }
     #expect(maxRelError(out, ref) < 1e-5, "m=\(m) n=\(n) k=\(k)")
   }
+
+  /// c += a_odd·w_odd, then c += a_even·w_even for each pair of k, in Float: vdpbf16ps's order (Intel SDM), written out
+  /// by hand. Products of two bf16 values are exact in fp32, so this is the only rounding there is.
+  static func dpbf16Order(m: Int, n: Int, k: Int, _ a: [Float], _ w: [Float], start: [Float]) -> [Float] {
+    var c = start
+    func bf(_ x: [Float], _ i: Int, _ kk: Int) -> Float { kk < k ? bf16Value(bf16Bits(x[i * k + kk])) : 0 }
+    for i in 0..<m {
+      for j in 0..<n {
+        var s = c[i * n + j]
+        for kk in stride(from: 0, to: k, by: 2) {
+          s = s + bf(a, i, kk + 1) * bf(w, j, kk + 1)
+          s = s + bf(a, i, kk) * bf(w, j, kk)
+        }
+        c[i * n + j] = s
+      }
+    }
+    return c
+  }
+
+  /// The widening SIMD tile (AVX2, portable, and AVX-512 CPUs without AVX512_BF16 such as Cascade Lake and Ice Lake)
+  /// equals vdpbf16ps's order bit for bit, accumulating or not, on awkward sizes.
+  @Test(arguments: [(1, 1, 1), (3, 17, 5), (17, 33, 129), (70, 300, 400), (9, 64, 2)])
+  func widenedPairsFollowDPBF16Order(_ s: (Int, Int, Int)) {
+    let (m, n, k) = s
+    let a = randomFloats(m * k, seed: 61), w = randomFloats(n * k, seed: 62), start = randomFloats(m * n, seed: 63)
+    let packed = w.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: n, k: k) }
+    var out = [Float](repeating: 9, count: m * n), acc = start
+    a.withUnsafeBufferPointer { ap in
+      out.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n, dpbf16: false) }
+      acc.withUnsafeMutableBufferPointer {
+        bgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n, accumulate: true, dpbf16: false)
+      }
+    }
+    let zeros = [Float](repeating: 0, count: m * n)
+    #expect(out == Self.dpbf16Order(m: m, n: n, k: k, a, w, start: zeros), "m=\(m) n=\(n) k=\(k)")
+    #expect(acc == Self.dpbf16Order(m: m, n: n, k: k, a, w, start: start), "accumulate m=\(m) n=\(n) k=\(k)")
+  }
+
+  /// vdpbf16ps gives the same bits as the hand-written order (no denormals in these inputs).
+  @Test(.enabled(if: cpuHasDPBF16, "needs AVX512_BF16 (vdpbf16ps) and an AVX-512 build"),
+        arguments: [(1, 1, 1), (17, 33, 129), (70, 300, 400)])
+  func dpbf16EqualsItsOrder(_ s: (Int, Int, Int)) {
+    let (m, n, k) = s
+    let a = randomFloats(m * k, seed: 71), w = randomFloats(n * k, seed: 72)
+    let packed = w.withUnsafeBufferPointer { PackedMatrixBF16(nk: $0.baseAddress!, n: n, k: k) }
+    var out = [Float](repeating: 9, count: m * n)
+    a.withUnsafeBufferPointer { ap in
+      out.withUnsafeMutableBufferPointer { bgemm(m: m, a: ap.baseAddress!, lda: k, b: packed, c: $0.baseAddress!, ldc: n, dpbf16: true) }
+    }
+    #expect(out == Self.dpbf16Order(m: m, n: n, k: k, a, w, start: [Float](repeating: 0, count: m * n)))
+  }
 }
