@@ -1,7 +1,8 @@
 // AWQ's activation-aware smoothing as deepcompressor runs it (deepcompressor.md §1.6, awq recipe): for each
 // smoothing group of a layer — input_layernorm → q/k/v (evaluated on the attention block's output), v_proj → o_proj
 // (o_proj's output), post_attention_layernorm → gate/up (the MLP's output), up_proj → down_proj (down_proj's
-// output) — try λ = max|x|^α for α ∈ {0, 1/20, …, 19/20} (AbsMax spans, no normalisation, β = 0), fake-quantize the
+// output) — try λ = span(x)^α for α ∈ {0, 1/20, …, 19/20} (β = 0, no normalisation; span = max|x|, AbsMax, or
+// sqrt(mean x²) with `spans: [[RootMeanSquare, AbsMax]]`), fake-quantize the
 // scaled weights W·diag(λ) with the weight quantizer (round to nearest), undo the scale, and keep the α whose
 // module output has the smallest squared error against the FP output. The chosen λ is then folded exactly.
 import Foundation

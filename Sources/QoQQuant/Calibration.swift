@@ -205,6 +205,23 @@ public struct MinMaxAccumulator: Sendable {
 
 /// Per-channel max |x| over rows (streaming).
 
+/// Per-channel sqrt(mean x²) over the rows seen (Double sums): deepcompressor's `RootMeanSquare` span.
+public struct RMSAccumulator: Sendable {
+  private var sums: [Double]
+  private var rows = 0
+  public init(width: Int) { sums = [Double](repeating: 0, count: width) }
+  public mutating func add(_ x: [Float]) {
+    let w = sums.count
+    rows += x.count / w
+    sums.withUnsafeMutableBufferPointer { s in
+      x.withUnsafeBufferPointer { xb in
+        for r in 0..<(xb.count / w) { for i in 0..<w { let v = Double(xb[r * w + i]); s[i] += v * v } }
+      }
+    }
+  }
+  public var values: [Float] { sums.map { rows == 0 ? 0 : Float(($0 / Double(rows)).squareRoot()) } }
+}
+
 public struct AbsMaxAccumulator: Sendable {
   public private(set) var values: [Float]
   public init(width: Int) { values = [Float](repeating: 0, count: width) }

@@ -49,14 +49,19 @@ extension QuantizationPipeline {
     let awqSeqs = min(samples.count, plan.sequences(plan.smoothProjSamples))
     var awqIn: [LayerCapture.Point: [Float]] = [:]
     var oSpan = AbsMaxAccumulator(width: c.qDim)
+    // RootMeanSquare spans (quant.smooth.proj.spans): the same four inputs as sqrt(mean x²); reorder keeps AbsMax.
+    let rms = plan.smoothProjRMS && plan.smoothProj != nil
+    var rmsIn = [LayerCapture.Point.attnInput: RMSAccumulator(width: c.hiddenSize), .oProjInput: RMSAccumulator(width: c.qDim),
+                 .mlpInput: RMSAccumulator(width: c.hiddenSize), .downInput: RMSAccumulator(width: c.intermediateSize)]
     var seen = 0
-    if awq { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
+    if awq || rms { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
     if grid || fused { points.insert(.attnInput) }
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
       if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
       if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
+      if rms { for pt in Array(rmsIn.keys) { rmsIn[pt]!.add(cap[pt]) } }
       if awq {
         oSpan.add(cap[.oProjInput])
         let rows = cap[.attnInput].count / c.hiddenSize, per = rows / max(1, samples[0].count)
@@ -80,11 +85,15 @@ extension QuantizationPipeline {
       }
     }
     var dmax = down.values
+    // The activation spans smoothing uses: AbsMax, or RootMeanSquare where the recipe asks (down's in reordered order).
+    var dspan = rms ? rmsIn[.downInput]!.values : dmax
     if plan.reorder {
       let perm = ReorderStage.apply(store, layer: l, downInputAbsMax: dmax)
       dmax = perm.map { dmax[$0] }
+      dspan = perm.map { dspan[$0] }
       hs["down"]?.inputPermutation = perm
     }
+    let attnSpan = rms ? rmsIn[.attnInput]!.values : attnIn.values, mlpSpan = rms ? rmsIn[.mlpInput]!.values : mlpIn.values
     // Key centering: the midrange c of each post-RoPE key channel is what the cache subtracts; smoothing then sees the
     // centered span max|k − c| instead of max|k|, and c is divided by the same λ as the keys.
     let center = centering ? k.center : nil
@@ -107,17 +116,17 @@ extension QuantizationPipeline {
       let chosen = try awqLayer(store, model: calibration!, layer: l, format: format, keys: smoothKeys,
                                 attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
                                 downIn: awqIn[.downInput] ?? [], lengths: Array(samples.prefix(awqSeqs).map(\.count)),
-                                spans: (attnIn.values, oSpan.values, mlpIn.values, dmax), candidates: alphas)
+                                spans: (attnSpan, rms ? rmsIn[.oProjInput]!.values : oSpan.values, mlpSpan, dspan), candidates: alphas)
       log("layer \(l): AWQ α " + chosen.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
     } else if let sp = plan.smoothProj {
       if smoothKeys.contains("down_proj") {
         // (Evaluated before the assignment: `hs["down"]?.x = f()` would skip f() when there is no Hessian.)
-        let lam = SmoothStage.down(store, layer: l, inputAbsMax: dmax, alpha: sp.alpha, beta: sp.beta)
+        let lam = SmoothStage.down(store, layer: l, inputAbsMax: dspan, alpha: sp.alpha, beta: sp.beta)
         hs["down"]?.inputDivisor = lam
       }
       // SmoothQuant: norm → linears. The captured attention/MLP inputs are divided by λ; their Hessians too.
-      for (key, acc, h) in [("qkv_proj", attnIn, "attn"), ("up_proj", mlpIn, "mlp")] where smoothKeys.contains(key) {
-        let lam = SmoothStage.normLinear(store, layer: l, key: key, inputAbsMax: acc.values, alpha: sp.alpha, beta: sp.beta)
+      for (key, span, h) in [("qkv_proj", attnSpan, "attn"), ("up_proj", mlpSpan, "mlp")] where smoothKeys.contains(key) {
+        let lam = SmoothStage.normLinear(store, layer: l, key: key, inputAbsMax: span, alpha: sp.alpha, beta: sp.beta)
         hs[h]?.inputDivisor = lam
       }
     }

@@ -42,6 +42,9 @@ public struct QuantPlan: Sendable {
   /// AWQ: SmoothLinear GridSearch over λ = max|x|^α, α from these candidates, objective the output error.
   public var smoothProjAlphas: [Double]?
   public var smoothProjSamples = 0
+  /// Activation spans of SmoothLinear / AWQ as `sqrt(mean x²)` over the calibration tokens (deepcompressor's
+  /// `RootMeanSquare` span mode) instead of `max|x|` (`AbsMax`, the recipes' default).
+  public var smoothProjRMS = false
   /// Weight range search objective: OutputsError (QoQ: products per group, attention outputs for q/k) or
   /// ProductsError (AWQ: products per group for every module).
   public var clipProducts = false
@@ -229,6 +232,10 @@ public struct QuantPlan: Sendable {
         }
         let ss = try r.int("quant.smooth.attn.sample_size")
         smoothAttnSamples = try sampleSize(ss, "quant.smooth.attn.sample_size")
+        let spans = try r.spanPairs("quant.smooth.attn.spans")
+        guard spans.count == 1, spans[0] == ("AbsMax", "AbsMax") else {
+          throw bad("quant.smooth.attn.spans: supported is [[AbsMax, AbsMax]] (got \(spans))")
+        }
       }
       if try r.bool("quant.smooth.enable_proj") {
         let skips = Set(try r.strings("quant.smooth.proj.skips"))
@@ -252,6 +259,12 @@ public struct QuantPlan: Sendable {
           smoothProjSamples = try sampleSize(ss, "quant.smooth.proj.sample_size")
         case let st: throw bad("quant.smooth.proj.strategy \(st ?? "null") must be Manual or GridSearch")
         }
+        let spans = try r.spanPairs("quant.smooth.proj.spans")
+        guard spans.count == 1, ["AbsMax", "RootMeanSquare"].contains(spans[0].0), spans[0].1 == "AbsMax" else {
+          throw bad("quant.smooth.proj.spans: supported are [[AbsMax, AbsMax]] and [[RootMeanSquare, AbsMax]] "
+                    + "(activation span, weight span; one pair) (got \(spans))")
+        }
+        smoothProjRMS = spans[0].0 == "RootMeanSquare"
         smoothProj = (alpha, beta)
       }
     }

@@ -152,6 +152,8 @@ public struct Recipe: Sendable {
     let t = s.trimmingCharacters(in: .whitespaces)
     if t.contains(",") || (old.array?.first?.array != nil) {
       let parts = t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+      // A list of names (smoothing spans: --smooth-proj-spans RootMeanSquare,AbsMax).
+      if old.array?.first?.array?.first?.string != nil { return .array(parts.map { .string($0) }) }
       return .array(try parts.map { p in
         guard let i = Int(p) else { throw QoQError("\(flag): \"\(s)\" is not a list of integers like 1,-1") }
         return .int(i)
@@ -189,6 +191,16 @@ public struct Recipe: Sendable {
       if v.isNull { return "null" }
       guard let s = v.string else { throw QoQError("recipe field \(path) must be a list of strings") }
       return s
+    }
+  }
+  /// deepcompressor's smoothing `spans`: a list of (activation span mode, weight span mode) pairs.
+  public func spanPairs(_ path: String) throws -> [(String, String)] {
+    guard let a = value(at: path.split(separator: ".").map(String.init))?.array else { throw QoQError("recipe field \(path) must be a list") }
+    return try a.map { e in
+      guard let pair = e.array, pair.count == 2, let x = pair[0].string, let w = pair[1].string else {
+        throw QoQError("recipe field \(path): each span is [activation mode, weight mode], e.g. [AbsMax, AbsMax]")
+      }
+      return (x, w)
     }
   }
   public func groupShapes(_ path: String) throws -> [[Int]] {

@@ -11,8 +11,10 @@ import QoQTestSupport
     .deletingLastPathComponent().appendingPathComponent("recipes").path
 
   /// SmoothQuant's SmoothLinear (RMSNorm → q/k/v and → gate/up) is exact: FP logits unchanged; and λ on sample
-  /// channels equals max|x|^α / max|W[:, j]|^β computed by hand from the norm outputs and the original weights.
-  @Test func smoothQuantSmoothingIsExactAndMatchesFormula() throws {
+  /// channels equals span(x)^α / max|W[:, j]|^β computed by hand from the norm outputs and the original weights, with
+  /// span = max|x| (AbsMax) or sqrt(mean x²) (RootMeanSquare, `--smooth-proj-spans RootMeanSquare,AbsMax`).
+  @Test(arguments: ["AbsMax", "RootMeanSquare"])
+  func smoothQuantSmoothingIsExactAndMatchesFormula(_ spanMode: String) throws {
     for (name, c) in try tinyPipelineConfigs() {
       let dir = tempDir("sq-\(name)")
       try writeTinyCheckpoint(c, to: dir + "/model")
@@ -22,23 +24,29 @@ import QoQTestSupport
       let r = try Recipe.load(files: [], flags: ["--enable-smooth", "--smooth-enable-proj", "--smooth-proj-strategy", "Manual",
                                                   "--smooth-proj-alpha", "0.85", "--smooth-proj-beta", "0.15",
                                                   "--smooth-proj-skips", "out_proj", "down_proj",
+                                                  "--smooth-proj-spans", spanMode + ",AbsMax",
                                                   "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"])
       let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
       #expect(p.plan.smoothProjKeys == ["qkv_proj", "up_proj"])
+      #expect(p.plan.smoothProjRMS == (spanMode == "RootMeanSquare"))
       let out = try p.run()
       let store = try out.store()
       let after = try lastLogits(try store.model(), PipelineTests.probe)
       #expect(relL2(after, before) < 1e-5, "\(name): \(relL2(after, before))")
       // Hand check of λ for layer 0, q/k/v: x = input_layernorm output over the same calibration samples.
       let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
-      var xmax = [Float](repeating: 0, count: c.hiddenSize)
+      var xmax = [Float](repeating: 0, count: c.hiddenSize), sq = [Double](repeating: 0, count: c.hiddenSize), rows = 0
       for s in samples {
         let cap = LayerCapture([.attnInput])
         var x = try fp.embed([s], caches: [KVCache(config: c, capacity: s.count)])
         try fp.runLayer(0, x: &x, lengths: [s.count], caches: [KVCache(config: c, capacity: s.count)], capture: cap)
         let a = cap[.attnInput]
-        for r in 0..<(a.count / c.hiddenSize) { for j in 0..<c.hiddenSize { xmax[j] = max(xmax[j], abs(a[r * c.hiddenSize + j])) } }
+        for r in 0..<(a.count / c.hiddenSize) {
+          rows += 1
+          for j in 0..<c.hiddenSize { let v = a[r * c.hiddenSize + j]; xmax[j] = max(xmax[j], abs(v)); sq[j] += Double(v) * Double(v) }
+        }
       }
+      let span = spanMode == "AbsMax" ? xmax.map(Double.init) : sq.map { ($0 / Double(rows)).squareRoot() }
       let orig = try CheckpointWeights(folder: dir + "/model")
       for j in [0, 5, c.hiddenSize - 1] {
         var wmax: Float = 0
@@ -46,10 +54,32 @@ import QoQTestSupport
           let w = try orig.floats("model.layers.0.self_attn.\(m).weight")
           for r in 0..<(w.count / c.hiddenSize) { wmax = max(wmax, abs(w[r * c.hiddenSize + j])) }
         }
-        let lam = pow(Double(xmax[j]), 0.85) / pow(Double(wmax), 0.15)
+        let lam = pow(span[j], 0.85) / pow(Double(wmax), 0.15)
         let g0 = Double(try orig.floats("model.layers.0.input_layernorm.weight")[j]), g1 = Double(store["model.layers.0.input_layernorm.weight"][j])
         #expect(abs(g0 / g1 - lam) < 1e-4 * lam, "\(name) channel \(j): λ \(g0 / g1) vs \(lam)")
       }
+    }
+  }
+
+  /// Smoothing spans: proj takes [[AbsMax, AbsMax]] or [[RootMeanSquare, AbsMax]]; anything else is refused by name
+  /// rather than ignored, and SmoothAttention only takes AbsMax.
+  @Test func smoothingSpansAreValidated() throws {
+    func plan(_ flags: [String]) throws -> QuantPlan {
+      try QuantPlan(try Recipe.load(files: [Self.recipesDir + "/awq.yaml"], flags: flags))
+    }
+    #expect(try plan([]).smoothProjRMS == false)
+    #expect(try plan(["--smooth-proj-spans", "RootMeanSquare,AbsMax"]).smoothProjRMS == true)
+    for bad in ["AbsMax,RootMeanSquare", "Mean,AbsMax"] {
+      #expect(throws: QoQError.self, "\(bad)") { try plan(["--smooth-proj-spans", bad]) }
+    }
+    do {
+      _ = try plan(["--smooth-proj-spans", "AbsMax,RootMeanSquare"])
+    } catch let e as QoQError {
+      #expect(e.description.contains("quant.smooth.proj.spans"), "\(e)")
+    }
+    let qoq = Self.recipesDir + "/qoq-g128.yaml"
+    #expect(throws: QoQError.self) {
+      try QuantPlan(try Recipe.load(files: [qoq], flags: ["--smooth-attn-spans", "RootMeanSquare,AbsMax"]))
     }
   }
 

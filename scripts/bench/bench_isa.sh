@@ -4,7 +4,8 @@
 # alternate the binaries, each running
 #   qoq bench                  the FP32 GEMM (the quantizer's and the reference model's work), GFLOPS
 #   qoq bench --kernels        W4A8 GEMV/GEMM against the read bandwidth and the int8 peak
-#   qoq bench --engine -m CKPT pp512, tg128 and the QServe protocol at BATCHES (128 in / 64 out), tokens/s
+#   qoq bench --engine -m CKPT pp512, tg128 and the QServe protocol at BATCHES (128 in / 64 out), tokens/s, and with
+#                              PROFILE=1 the batch-1 decode step split by phase (--profile)
 # and prints medians (min–max) over the rounds with the ratio of the first variant to the second (report_isa.py).
 #   CKPT      a quantized checkpoint for the engine rows (required; e.g. the QoQ g64 checkpoint of run-main.sh)
 #   ISAS      the two variants (default "avx512 avx2"); a variant this CPU lacks stops at start-up with the reason
@@ -36,7 +37,7 @@ for r in $(seq 1 "$ROUNDS"); do
     "$Q" bench --threads "$THREADS" --repeats 3 --json 2>/dev/null | rec "$isa" "$r" fp
     "$Q" bench --kernels --threads "$THREADS" --repeats 3 --json 2>/dev/null | rec "$isa" "$r" kernels
     "$Q" bench --engine -m "$CKPT" --threads "$THREADS" --pp 512 --tg 128 --input-len 128 --output-len 64 \
-      --batches "$BATCHES" --repeats 2 --json 2>/dev/null | rec "$isa" "$r" engine
+      --batches "$BATCHES" --repeats 2 ${PROFILE:+--profile} --json 2>/dev/null | rec "$isa" "$r" engine
   done
 done
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) vCPU"
