@@ -223,7 +223,10 @@ public final class Engine {
       }
       guard ch.needsLogits else { continue }
       let row = all ? first + ch.tokens.count - 1 : first
-      let token = req.sampler.sample(Array(logits[(row * V)..<((row + 1) * V)]), history: history, generatedFrom: req.promptCount)
+      let token = logits.withUnsafeBufferPointer { lb in
+        req.sampler.sample(row: UnsafeBufferPointer(rebasing: lb[(row * V)..<((row + 1) * V)]), history: history,
+                           generatedFrom: req.promptCount)
+      }
       scheduler.commit(id: ch.id, token: token)
       profile.mark(.sample, &t)
       if let top = req.logprobs.generated {

@@ -66,6 +66,19 @@ public struct Sampler: Sendable {
   /// penalty → presence and frequency penalties → greedy if temperature == 0 (ties → lowest id) → temperature →
   /// top-k → softmax → top-p → min-p → draw. NaN logits count as -inf; if nothing finite is left the result is
   /// the greedy answer, 0.
+  /// The same choice from a logits row read in place: greedy decoding with no bias or penalty (what most decode steps
+  /// do) takes the argmax without copying the row (NaN as -inf, ties → lowest id, as below); anything else copies it.
+  public mutating func sample(row: UnsafeBufferPointer<Float>, history: [Int32], generatedFrom: Int = 0) -> Int32 {
+    precondition(!row.isEmpty, "Sampler.sample: empty logits")
+    guard params.temperature == 0, params.logitBias.isEmpty, params.repetitionPenalty == 1, params.presencePenalty == 0,
+          params.frequencyPenalty == 0 else {
+      return sample(Array(row), history: history, generatedFrom: generatedFrom)
+    }
+    var best = 0, bestValue = row[0].isNaN ? -Float.infinity : row[0]
+    for i in 1..<row.count where row[i] > bestValue { best = i; bestValue = row[i] }
+    return Int32(best)
+  }
+
   public mutating func sample(_ logits: [Float], history: [Int32], generatedFrom: Int = 0) -> Int32 {
     precondition(!logits.isEmpty, "Sampler.sample: empty logits")
     var l = logits.map { $0.isNaN ? -Float.infinity : $0 }

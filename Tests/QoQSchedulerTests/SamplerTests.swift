@@ -17,6 +17,30 @@ final class SamplerTests: XCTestCase {
     return counts.mapValues { Double($0) / Double(n) }
   }
 
+  /// The in-place row path (no copy for plain greedy decoding) picks what the array path picks, for greedy and sampled
+  /// parameters, on rows with ties, NaNs, -inf and all-NaN rows; and a hand case: the first of two equal maxima.
+  func testRowPathEqualsArrayPath() {
+    var greedy = Sampler(params: SamplingParams(), seed: 1)
+    let hand: [Float] = [.nan, 1, 3, 3, -.infinity]
+    XCTAssertEqual(hand.withUnsafeBufferPointer { greedy.sample(row: $0, history: []) }, Int32(2))
+    var rng = SplitMix64(seed: 7)
+    let settings: [SamplingParams] = [params { _ in }, params { $0.repetitionPenalty = 1.3 }, params { $0.logitBias = [3: 5] },
+                                      params { $0.temperature = 0.8; $0.topK = 5 }]
+    for (k, p) in settings.enumerated() {
+      for trial in 0..<200 {
+        let n = 1 + trial % 37
+        var row = (0..<n).map { _ in Float(rng.int(9)) - 4 }  // small integers: many ties
+        if trial % 5 == 0 { row[rng.int(n)] = .nan }
+        if trial % 7 == 0 { row[rng.int(n)] = -.infinity }
+        if trial % 11 == 0 { row = [Float](repeating: .nan, count: n) }
+        let history: [Int32] = [0, 1, 1, 3]
+        var a = Sampler(params: p, seed: UInt64(trial)), b = a
+        let viaRow = row.withUnsafeBufferPointer { a.sample(row: $0, history: history) }
+        XCTAssertEqual(viaRow, b.sample(row, history: history), "setting \(k), trial \(trial): \(row)")
+      }
+    }
+  }
+
   /// Checks the support set exactly and the frequencies within `tol` of the hand-computed probabilities.
   func assertDistribution(_ f: [Int32: Double], _ want: [Int32: Double], tol: Double = 0.04,
                           file: StaticString = #filePath, line: UInt = #line) {
