@@ -61,6 +61,16 @@ public final class ModelCheckpoint: @unchecked Sendable {
                            folder: folder, gguf: gguf)
   }
 
+  /// The same checkpoint with activations at `bits` (8) or unquantized (nil): with nil and KV 16 the model is the
+  /// W4A16 one that exports to MLX, llama.cpp and compressed-tensors carry (they drop activation and KV quantization).
+  public func withActBits(_ bits: Int?) throws -> ModelCheckpoint {
+    guard var q = quantization else { throw QoQError("\(path): an activation bit width applies to quantized checkpoints only") }
+    if let b = bits { guard b == 8 else { throw QoQError("activation bits must be 8 or 16 (got \(b))") } }
+    q.actBits = bits
+    return ModelCheckpoint(path: path, kind: kind, config: config, tokenizer: tokenizer, weights: weights, quantization: q,
+                           folder: folder, gguf: gguf)
+  }
+
   /// The reference model in memory: FP, or for a quantized checkpoint its fake-quantized model (dequantized weights,
   /// quantized activations and KV).
   public func referenceModel() throws -> LlamaModel {

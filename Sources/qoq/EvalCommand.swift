@@ -28,6 +28,8 @@ struct EvalCommand: ParsableCommand {
   @Flag(help: "Engine: fp32 attention scores over the KV4 pages instead of integer (int8 query) scores.") var fpScores = false
   @Option(help: "Quantized checkpoint: the same weights with the KV cache at 4, 8 or 16 bits (16 = unquantized).")
   var kvBits: Int?
+  @Option(help: "Quantized checkpoint, fake-quantized path: activations at 8 or 16 bits (16 = unquantized).")
+  var actBits: Int?
   @Option(name: [.customLong("tasks"), .customLong("eval-tasks")], parsing: .upToNextOption,
           help: "Zero-shot tasks instead of perplexity: NAME=FILE.jsonl (or FILE.jsonl, named after the file); see README for the format.")
   var tasks: [String] = []
@@ -42,6 +44,10 @@ struct EvalCommand: ParsableCommand {
     if let m = maxWindows, m <= 0 { throw ValidationError("--max-windows must be positive") }
     guard LMHeadPrecision(rawValue: lmHead) != nil else { throw ValidationError("--lm-head must be fp32, bf16, int8 or int4") }
     if let b = kvBits, ![4, 8, 16].contains(b) { throw ValidationError("--kv-bits must be 4, 8 or 16") }
+    if let b = actBits, ![8, 16].contains(b) { throw ValidationError("--act-bits must be 8 or 16") }
+    if actBits != nil && engine {
+      throw ValidationError("--act-bits applies to the fake-quantized path; the engine runs the checkpoint's own kernels")
+    }
   }
 
   func runTasks() throws {
@@ -80,6 +86,7 @@ struct EvalCommand: ParsableCommand {
       // Opened once; the engine packs the checkpoint itself, the reference path builds the (fake-quantized) model.
       var ckpt = try ModelCheckpoint.open(modelPath)
       if let b = kvBits { ckpt = try ckpt.withKVBits(b == 16 ? nil : b) }
+      if let b = actBits { ckpt = try ckpt.withActBits(b == 16 ? nil : b) }
       if let q = ckpt.quantization {
         note("quantized checkpoint (\(q.method)): weights \(q.weight.map { "\($0)" } ?? "fp"), "
              + "activations \(q.actBits.map { "int\($0) per token" } ?? "fp"), KV \(q.kvBits.map { "\($0)-bit" } ?? "fp")")
@@ -107,6 +114,7 @@ struct EvalCommand: ParsableCommand {
           ("protocol", .string(p.rawValue)), ("seq_len", .int(seqLen)),
           ("path", .string(engine ? "engine" : "reference")), ("lm_head", engine ? .string(lmHead) : .null),
           ("kv_bits", ckpt.quantization.map { q in q.kvBits.map { .int($0) } ?? .int(16) } ?? .null),
+          ("act_bits", ckpt.quantization.map { q in q.actBits.map { .int($0) } ?? .int(16) } ?? .null),
           ("windows", .int(r.windows)), ("windows_available", .int(r.windowsAvailable)), ("tokens", .int(r.totalTokens)),
           ("perplexity", .double(r.perplexity)), ("standard_error", .double(r.standardError)),
           ("mean_ce", .array(r.meanCE.map { .double($0) })), ("seconds", .double(r.seconds)),

@@ -172,6 +172,28 @@ final class EngineHarness {
     #expect(throws: QoQError.self) { try fp.withKVBits(8) }
   }
 
+  /// `qoq eval --act-bits 16 --kv-bits 16`: a W4A8KV4 checkpoint with activations and KV unquantized computes what a
+  /// checkpoint written from the same weights as W4A16 computes (the model that MLX, GGUF and compressed-tensors exports
+  /// carry), to fp32 rounding; --act-bits 8 on that W4A16 checkpoint gives back the W4A8 model exactly.
+  @Test func actBitsOverrideEqualsACheckpointWrittenWithoutActivations() throws {
+    let p = Self.prompt
+    let (name, c) = try engineConfigs().first { $0.0 == "qwen2-gqa-kbias-center-rotate" }!
+    let base = engineTempDir(name + "-act")
+    let fmt = WeightFormat.progressive(group: 32, protective: 120)
+    let a8 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: fmt, actBits: 8, kvBits: 4, dir: base + "/a"))
+    let a16 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: fmt, actBits: nil, kvBits: nil, dir: base + "/b"))
+    let a8kv16 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: fmt, actBits: 8, kvBits: nil, dir: base + "/c"))
+    func fake(_ m: ModelCheckpoint) throws -> [Float] { try m.referenceModel().lastLogits([p], caches: [KVCache(config: c)])[0] }
+    let w4a16 = try a8.withActBits(nil).withKVBits(nil)
+    #expect(w4a16.quantization?.actBits == nil && w4a16.quantization?.kvBits == nil)
+    #expect(relL2(try fake(w4a16), try fake(a16)) < 1e-5)
+    #expect(relL2(try fake(a8.withKVBits(nil)), try fake(a8kv16)) < 1e-5)
+    #expect(relL2(try fake(a8.withKVBits(nil)), try fake(w4a16)) > 1e-5)  // int8 activations moved the logits
+    #expect(try fake(a16.withActBits(8)) == fake(a8kv16))
+    #expect(throws: QoQError.self) { try a8.withActBits(4) }
+    #expect(throws: QoQError.self) { try ModelCheckpoint.open(base + "/a/fp").withActBits(nil) }
+  }
+
   /// W4A16 (uint4 weights, fp32 activations; AWQ/GPTQ-style checkpoints): no activation codes to flip, so with
   /// fp16 KV pages the engine equals the fake-quantized model to fp32 rounding at every position (the kernel's
   /// s·Σq·x − z·Σx form cancels more than a dot product of dequantized weights: ~1e-5, not 1e-7).
