@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue #15: quantize SmolLM2 (RTN W4A16 g64 by default; RECIPE=recipes/qoq-g64.yaml for QoQ), export it with
 # `qoq convert --to mlx`, and check the export with mlx-lm itself (throwaway venv with mlx[cpu] and mlx-lm; not part
-# of CI): perplexity over the first WINDOWS windows of SEQ tokens of the WikiText-2 test fixture through mlx-lm's model, beside `qoq eval --seq-len SEQ` of our
-# fake-quantized checkpoint on the same windows, and a greedy generation.
+# of CI): perplexity over the first WINDOWS windows of SEQ tokens of the WikiText-2 test fixture through mlx-lm's
+# model, beside `qoq eval --seq-len SEQ` of our fake-quantized checkpoint on the same windows, and a greedy generation.
 # Env: RECIPE (recipes/rtn-w4a16-g64.yaml), OUT (/tmp/qoq-mlx), WINDOWS (4), SEQ (256), VENV (/tmp/mlxvenv), FLAGS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
