@@ -175,7 +175,7 @@ extension QuantizationPipeline {
     // Grid search inputs: the 512-token subsample of each module input, and whole attention inputs of the first
     // sequences for the q/k attention-output objective.
     let totalRows = s.reduce(0) { $0 + $1.count }
-    let wanted = Set(RangeSearch.subsampleRows(total: totalRows))
+    let wanted = Set(RangeSearch.subsampleRows(total: totalRows, batch: plan.clipElementBatch, size: plan.clipElementSize))
     let qkSeqs = min(s.count, plan.sequences(plan.clipSamples))
     var sub: [String: [Float]] = [:], qkInput: [Float] = []
     var rowBase = 0

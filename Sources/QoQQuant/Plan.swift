@@ -19,6 +19,10 @@ public struct QuantPlan: Sendable {
   /// Calibration sequences used by the OutputsError objectives (q/k clipping, SmoothAttention and AWQ grid searches):
   /// a recipe's sample_size, 0 when it is -1 (deepcompressor: all of them). `sequences(_:)` resolves it.
   public var clipSamples = 0
+  /// ProductsError token sample (deepcompressor's element_batch_size / element_size): tokens in contiguous batches of
+  /// `clipElementBatch` rows, every k-th batch kept so that `clipElementSize` rows remain.
+  public var clipElementBatch = 64
+  public var clipElementSize = 512
   public var smoothAttnSamples = 0
   public var actBits: Int?
   public var actSkips: Set<String> = []
@@ -146,6 +150,12 @@ public struct QuantPlan: Sendable {
         if try r.double("quant.wgts.calib_range.max_expand") != 1 { throw bad("quant.wgts.calib_range.max_expand other than 1.0 is not supported") }
         let ss = try r.int("quant.wgts.calib_range.sample_size")
         clipSamples = try sampleSize(ss, "quant.wgts.calib_range.sample_size")
+        clipElementBatch = try r.int("quant.wgts.calib_range.element_batch_size")
+        clipElementSize = try r.int("quant.wgts.calib_range.element_size")
+        guard clipElementBatch >= 1, clipElementSize >= clipElementBatch, clipElementSize <= 1 << 20 else {
+          throw bad("quant.wgts.calib_range: element_batch_size ≥ 1 and element_size between it and 1048576 "
+                    + "(got \(clipElementBatch), \(clipElementSize))")
+        }
         if st == .gridSearch {
           let obj = try r.string("quant.wgts.calib_range.objective")
           guard obj == "OutputsError" || obj == "ProductsError", try r.string("quant.wgts.calib_range.granularity") == "Group" else {

@@ -16,7 +16,9 @@ public enum RangeSearch {
     [1] + (1...numGrids).map { Float(1 - Double($0) / Double(numGrids) * (1 - maxShrink)) }
   }
 
-  /// Rows of the 512-token subsample: batches of 64 rows; if there are more than 8 batches, every k-th is kept.
+  /// Rows of the token subsample (element_size, default 512): batches of `batch` (element_batch_size, 64) contiguous
+  /// rows; if there are more rows than `size`, every k-th batch is kept. With 64-row batches of sequences longer than 64
+  /// tokens the kept rows are the first 64 tokens of a few sequences; batch 1 spreads them evenly over every token.
   public static func subsampleRows(total: Int, batch: Int = 64, size: Int = 512) -> [Int] {
     let nb = total / batch
     guard nb * batch > size else { return Array(0..<total) }

@@ -2,16 +2,23 @@ import Foundation
 import Testing
 @testable import QoQFormat
 @testable import QoQQuant
+import QoQIO
 import QoQTestSupport
 
 @Suite struct RangeSearchTests {
-  @Test func candidateListAndSubsample() {
+  @Test func candidateListAndSubsample() throws {
     let r = RangeSearch.ratios(maxShrink: 0.2, numGrids: 80)
     #expect(r.count == 81 && r[0] == 1 && abs(r[1] - 0.99) < 1e-6 && abs(r[80] - 0.2) < 1e-6)
     // 128 sequences × 1024 tokens = 2048 batches of 64 → every 256th batch: 8 batches, 512 rows, evenly spaced.
     let rows = RangeSearch.subsampleRows(total: 128 * 1024)
     #expect(rows.count == 512 && rows[0] == 0 && rows[64] == 256 * 64 && rows[511] == 7 * 256 * 64 + 63)
     #expect(RangeSearch.subsampleRows(total: 300) == Array(0..<300))
+    // element_batch_size 1: 512 single rows, every 32nd of 32 × 512 (element_batch_size / element_size from the recipe).
+    #expect(RangeSearch.subsampleRows(total: 32 * 512, batch: 1, size: 512) == (0..<512).map { $0 * 32 })
+    let awq = [BaselineTests.recipesDir + "/awq.yaml"]
+    let plan = try QuantPlan(try Recipe.load(files: awq, flags: ["--wgts-calib-range-element-batch-size", "1"]))
+    #expect(plan.clipElementBatch == 1 && plan.clipElementSize == 512)
+    #expect(throws: QoQError.self) { try QuantPlan(try Recipe.load(files: awq, flags: ["--wgts-calib-range-element-batch-size", "0"])) }
   }
 
   /// The searches' outputs and errors computed a few sequences at a time (sample_size -1 means all of them, issue
