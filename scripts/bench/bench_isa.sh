@@ -28,16 +28,22 @@ else
   done
 fi
 LOG="$OUT/log.jsonl"; : > "$LOG"
-rec() { python3 -c 'import json,sys; print(json.dumps({"isa": sys.argv[1], "round": int(sys.argv[2]), "test": sys.argv[3],
-"data": json.load(sys.stdin)}))' "$1" "$2" "$3" >> "$LOG"; }
+# rec ISA ROUND TEST COMMAND...: runs the command and appends its JSON to the log; a failure stops the script with the
+# command's own last lines.
+rec() {
+  local isa=$1 r=$2 test=$3 out; shift 3
+  out=$("$@" 2>"$OUT/stderr.txt") || { echo "bench_isa: $* failed:" >&2; tail -5 "$OUT/stderr.txt" >&2; exit 1; }
+  python3 -c 'import json,sys; print(json.dumps({"isa": sys.argv[1], "round": int(sys.argv[2]), "test": sys.argv[3],
+"data": json.loads(sys.argv[4])}))' "$isa" "$r" "$test" "$out" >> "$LOG"
+}
 for r in $(seq 1 "$ROUNDS"); do
   for isa in $ISAS; do
     Q="${BIN[$isa]}"
     echo "round $r: $("$Q" --version)" >&2
-    "$Q" bench --threads "$THREADS" --repeats 3 --json 2>/dev/null | rec "$isa" "$r" fp
-    "$Q" bench --kernels --threads "$THREADS" --repeats 3 --json 2>/dev/null | rec "$isa" "$r" kernels
-    "$Q" bench --engine -m "$CKPT" --threads "$THREADS" --pp 512 --tg 128 --input-len 128 --output-len 64 \
-      --batches "$BATCHES" --repeats 2 ${PROFILE:+--profile} --json 2>/dev/null | rec "$isa" "$r" engine
+    rec "$isa" "$r" fp "$Q" bench --threads "$THREADS" --repeats 3 --json
+    rec "$isa" "$r" kernels "$Q" bench --kernels --threads "$THREADS" --repeats 3 --json
+    rec "$isa" "$r" engine "$Q" bench --engine -m "$CKPT" --threads "$THREADS" --pp 512 --tg 128 --input-len 128 \
+      --output-len 64 --batches "$BATCHES" --repeats 2 ${PROFILE:+--profile} --json
   done
 done
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) vCPU"
