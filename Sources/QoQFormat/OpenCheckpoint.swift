@@ -57,8 +57,7 @@ public final class ModelCheckpoint: @unchecked Sendable {
     if bits != nil && q.kvBits == nil { q.kvGroup = config.headDim; q.kvAsymmetric = true }
     q.kvBits = bits
     q.kvStaticScales = nil
-    return ModelCheckpoint(path: path, kind: kind, config: config, tokenizer: tokenizer, weights: weights, quantization: q,
-                           folder: folder, gguf: gguf)
+    return with(quantization: q)
   }
 
   /// The same checkpoint with activations at `bits` (8) or unquantized (nil): with nil and KV 16 the model is the
@@ -67,8 +66,13 @@ public final class ModelCheckpoint: @unchecked Sendable {
     guard var q = quantization else { throw QoQError("\(path): an activation bit width applies to quantized checkpoints only") }
     if let b = bits { guard b == 8 else { throw QoQError("activation bits must be 8 or 16 (got \(b))") } }
     q.actBits = bits
-    return ModelCheckpoint(path: path, kind: kind, config: config, tokenizer: tokenizer, weights: weights, quantization: q,
-                           folder: folder, gguf: gguf)
+    return with(quantization: q)
+  }
+
+  /// The same checkpoint read under another quantization config (same files, same weights).
+  func with(quantization q: QuantizationConfig) -> ModelCheckpoint {
+    ModelCheckpoint(path: path, kind: kind, config: config, tokenizer: tokenizer, weights: weights, quantization: q,
+                    folder: folder, gguf: gguf)
   }
 
   /// The reference model in memory: FP, or for a quantized checkpoint its fake-quantized model (dequantized weights,

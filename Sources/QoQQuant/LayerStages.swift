@@ -51,8 +51,9 @@ extension QuantizationPipeline {
     var oSpan = AbsMaxAccumulator(width: c.qDim)
     // RootMeanSquare spans (quant.smooth.proj.spans): the same four inputs as sqrt(mean x²); reorder keeps AbsMax.
     let rms = plan.smoothProjRMS && plan.smoothProj != nil
-    var rmsIn = [LayerCapture.Point.attnInput: RMSAccumulator(width: c.hiddenSize), .oProjInput: RMSAccumulator(width: c.qDim),
-                 .mlpInput: RMSAccumulator(width: c.hiddenSize), .downInput: RMSAccumulator(width: c.intermediateSize)]
+    var rmsIn: [LayerCapture.Point: RMSAccumulator] = !rms ? [:]
+      : [.attnInput: RMSAccumulator(width: c.hiddenSize), .oProjInput: RMSAccumulator(width: c.qDim),
+         .mlpInput: RMSAccumulator(width: c.hiddenSize), .downInput: RMSAccumulator(width: c.intermediateSize)]
     var seen = 0
     if awq || rms { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
     if grid || fused { points.insert(.attnInput) }

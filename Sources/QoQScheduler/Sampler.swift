@@ -74,9 +74,7 @@ public struct Sampler: Sendable {
           params.frequencyPenalty == 0 else {
       return sample(Array(row), history: history, generatedFrom: generatedFrom)
     }
-    var best = 0, bestValue = row[0].isNaN ? -Float.infinity : row[0]
-    for i in 1..<row.count where row[i] > bestValue { best = i; bestValue = row[i] }
-    return Int32(best)
+    return Int32(argmax(row))
   }
 
   public mutating func sample(_ logits: [Float], history: [Int32], generatedFrom: Int = 0) -> Int32 {
@@ -96,7 +94,7 @@ public struct Sampler: Sendable {
       for t in history[min(max(0, generatedFrom), history.count)...] where t >= 0 && Int(t) < l.count { counts[t, default: 0] += 1 }
       for (t, c) in counts { l[Int(t)] -= params.frequencyPenalty * Float(c) + params.presencePenalty }
     }
-    let best = argmax(l)
+    let best = l.withUnsafeBufferPointer { argmax($0) }
     if params.temperature == 0 || l[best] == -Float.infinity { return Int32(best) }
 
     // Temperature as (l - max) / T: the maximum maps to 0, so a tiny T cannot overflow to inf - inf = NaN.
@@ -156,10 +154,11 @@ public struct Sampler: Sendable {
   }
 }
 
-/// Index of the largest value; ties go to the lowest index (strict comparison), all -inf gives 0.
-func argmax(_ l: [Float]) -> Int {
-  var best = 0
-  for i in l.indices.dropFirst() where l[i] > l[best] { best = i }
+/// Index of the largest value; ties go to the lowest index (strict comparison), NaN counts as -inf, all -inf (or NaN)
+/// gives 0. The one argmax of the sampler: greedy rows read in place and filtered copies both use it.
+func argmax(_ l: UnsafeBufferPointer<Float>) -> Int {
+  var best = 0, bestValue = l[0].isNaN ? -Float.infinity : l[0]
+  for i in 1..<l.count where l[i] > bestValue { best = i; bestValue = l[i] }
   return best
 }
 
