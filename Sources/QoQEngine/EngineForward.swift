@@ -232,6 +232,15 @@ extension EngineModel {
     profile.mark(.oProj, &t)
     addInPlace(x, tmp, n * H)
     profile.mark(.residual, &t)
+    if let moe = L.moe {  // Mixtral (FP): route each token, run its experts, add their weighted outputs.
+      L.postAttentionLayernorm.withUnsafeBufferPointer { w in for r in 0..<n { rmsNorm(x + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) } }
+      profile.mark(.normQuant, &t)
+      moe.forward(h, rows: n, hidden: H, intermediate: I, tmp)
+      profile.mark(.down, &t)
+      addInPlace(x, tmp, n * H)
+      profile.mark(.residual, &t)
+      return
+    }
     // MLP block: RMSNorm + quantization, fused gate/up GEMM, SiLU·mul fused with quantization, down.
     L.postAttentionLayernorm.withUnsafeBufferPointer { w in
       for r in 0..<n {

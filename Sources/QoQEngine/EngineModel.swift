@@ -36,9 +36,11 @@ public final class EngineLayer: @unchecked Sendable {
   /// Each head of Q and of the (centered) K is rotated by the normalized Walsh–Hadamard matrix before scores and the
   /// cache (checkpoints with key_rotation): (H·q)·(H·k) = q·k, and the KV4 groups quantize the rotated keys.
   public let rotateKeys: Bool
+  /// Mixtral's sparse MoE block in place of gate/up/down (FP models only so far: issue #14).
+  public let moe: MoEBlock?
   init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?,
-       kCenter: [Float]? = nil, rotateKeys: Bool = false) {
-    inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d
+       kCenter: [Float]? = nil, rotateKeys: Bool = false, moe: MoEBlock? = nil) {
+    inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d; self.moe = moe
     exactScores = (kBias ?? []).contains { abs($0) >= Self.largeKBias }
     self.kCenter = kCenter; self.rotateKeys = rotateKeys
   }
@@ -83,9 +85,9 @@ public final class EngineModel: @unchecked Sendable {
   public convenience init(fp m: LlamaModel, kvMode: KVMode = .fp16, pageSize: Int = 64, lmHead: LMHeadPrecision = .fp32) throws {
     let c = m.config
     let layers = m.layers.map { l in
-      EngineLayer(l.inputLayernorm, l.postAttentionLayernorm,
-                  .fp(StackedLinear([l.qProj, l.kProj, l.vProj])), .fp(l.oProj), .fp(StackedLinear([l.gateProj, l.upProj])), .fp(l.downProj),
-                  kBias: (l.kProj as? DenseLinear)?.bias)
+      EngineLayer(l.inputLayernorm, l.postAttentionLayernorm, .fp(StackedLinear([l.qProj, l.kProj, l.vProj])), .fp(l.oProj),
+                  .fp(l.moe == nil ? StackedLinear([l.gateProj, l.upProj]) : l.gateProj), .fp(l.downProj),
+                  kBias: (l.kProj as? DenseLinear)?.bias, moe: l.moe)
     }
     let head = c.tieWordEmbeddings ? m.embedTokens : nil
     try self.init(config: c, embed: m.embedTokens, layers: layers, norm: m.norm,
@@ -117,6 +119,7 @@ public final class EngineModel: @unchecked Sendable {
     }
     let c = ckpt.config
     _ = try ModelRegistry.family(c.modelType)
+    try c.requireDense("the engine's integer kernels")
     guard let wf = qc.weight else { throw QoQError("\(path): the checkpoint has no quantized weights; load it as an FP model") }
     func unsupported(_ why: String) -> QoQError {
       QoQError("\(path): \(why) is not supported by the engine kernels (supported: progressive or asymmetric uint4 " +

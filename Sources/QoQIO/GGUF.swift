@@ -162,6 +162,19 @@ public final class GGUFFile: @unchecked Sendable {
     return try dequantize(raw(t), type: t.type, count: t.count, what: "\(path): \(name)")
   }
 
+  /// Dequantizes slice `i` of a tensor's outermost dimension, row-major: one expert of llama.cpp's merged 3-D expert
+  /// tensors (`ffn_*_exps`, dims (in, out, experts)), without dequantizing the others.
+  public func floats(_ name: String, slice i: Int) throws -> [Float] {
+    let t = try tensor(name)
+    guard t.dims.count >= 2, let outer = t.dims.last, outer > 0, i >= 0, i < outer else {
+      throw QoQError("\(path): tensor \(name) with dims \(t.dims) has no slice \(i)")
+    }
+    let bytes = t.byteCount / outer, start = t.offset + i * bytes  // rows are whole blocks, so slices are too
+    defer { file.release(start, start + bytes) }
+    return try dequantize(UnsafeRawBufferPointer(rebasing: file.bytes[start..<(start + bytes)]), type: t.type,
+                          count: t.count / outer, what: "\(path): \(name)[\(i)]")
+  }
+
   public func string(_ key: String) -> String? { metadata[key]?.string }
   public func int(_ key: String) -> Int? { metadata[key]?.int }
   public func double(_ key: String) -> Double? { metadata[key]?.double }

@@ -67,6 +67,10 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
   public var slidingWindow: Int?
   /// Storage dtype of the weights (informational; computation is fp32).
   public var torchDtype: String = "float32"
+  /// Mixture of experts (Mixtral): experts per MoE layer (`num_local_experts`) and experts each token is routed to
+  /// (`num_experts_per_tok`); nil for dense models. Every decoder layer of a Mixtral model is an MoE layer.
+  public var numLocalExperts: Int?
+  public var numExpertsPerTok: Int = 2
 
   enum CodingKeys: String, CodingKey {
     case modelType = "model_type", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
@@ -76,14 +80,15 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     case vocabSize = "vocab_size", tieWordEmbeddings = "tie_word_embeddings", attentionBias = "attention_bias"
     case mlpBias = "mlp_bias", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
     case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window", architectures
-    case torchDtype = "torch_dtype"
+    case torchDtype = "torch_dtype", numLocalExperts = "num_local_experts", numExpertsPerTok = "num_experts_per_tok"
   }
 
   public init(modelType: String = "llama", hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int,
               numAttentionHeads: Int, numKeyValueHeads: Int? = nil, headDim: Int? = nil, rmsNormEps: Double = 1e-6,
               ropeTheta: Double = 10000, ropeScaling: RopeScaling? = nil, maxPositionEmbeddings: Int = 2048,
               vocabSize: Int, tieWordEmbeddings: Bool = false, attentionBias: Bool? = nil, mlpBias: Bool = false,
-              bosTokenId: Int? = 1, eosTokenIds: [Int] = [2], slidingWindow: Int? = nil) throws {
+              bosTokenId: Int? = 1, eosTokenIds: [Int] = [2], slidingWindow: Int? = nil, numLocalExperts: Int? = nil,
+              numExpertsPerTok: Int = 2) throws {
     self.modelType = modelType
     self.hiddenSize = hiddenSize; self.intermediateSize = intermediateSize
     self.numHiddenLayers = numHiddenLayers; self.numAttentionHeads = numAttentionHeads
@@ -95,6 +100,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     self.attentionBias = attentionBias ?? (modelType == "qwen2")
     self.mlpBias = mlpBias; self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds
     self.slidingWindow = slidingWindow
+    self.numLocalExperts = numLocalExperts; self.numExpertsPerTok = numExpertsPerTok
     try validate(headDimGiven: headDim != nil)
   }
 
@@ -126,12 +132,19 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     } else {
       eosTokenIds = try c.decodeIfPresent([Int].self, forKey: .eosTokenId) ?? []
     }
-    let useSW = try c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow) ?? (modelType == "mistral")
+    // Mistral and Mixtral use `sliding_window` when set (no use_sliding_window key); Qwen2 only when asked.
+    let useSW = try c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow) ?? (modelType == "mistral" || modelType == "mixtral")
     slidingWindow = useSW ? try c.decodeIfPresent(Int.self, forKey: .slidingWindow) : nil
     if let t = ropeScaling?.ropeType, t != "llama3", t != "default" {
       throw QoQError("config.json: rope_scaling type \"\(t)\" is not supported (supported: llama3, default)")
     }
     torchDtype = (try? c.decodeIfPresent(String.self, forKey: .torchDtype)) ?? "float32"
+    if modelType == "mixtral" {
+      numLocalExperts = try c.decodeIfPresent(Int.self, forKey: .numLocalExperts) ?? 8
+      numExpertsPerTok = try c.decodeIfPresent(Int.self, forKey: .numExpertsPerTok) ?? 2
+    } else if c.contains(.numLocalExperts) {
+      throw QoQError("config.json: num_local_experts is set but model_type \"\(modelType)\" has no expert layers (use mixtral)")
+    }
     try validate(headDimGiven: hd != nil)
   }
 
@@ -157,6 +170,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     if eosTokenIds.count == 1 { try c.encode(eosTokenIds[0], forKey: .eosTokenId) }
     else if !eosTokenIds.isEmpty { try c.encode(eosTokenIds, forKey: .eosTokenId) }
     if let sw = slidingWindow { try c.encode(sw, forKey: .slidingWindow) }
+    if let e = numLocalExperts { try c.encode(e, forKey: .numLocalExperts); try c.encode(numExpertsPerTok, forKey: .numExpertsPerTok) }
     try c.encode(torchDtype, forKey: .torchDtype)
   }
 
@@ -177,6 +191,12 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
       throw bad("token id \(id) in bos_token_id/eos_token_id is outside the vocabulary (0..<\(vocabSize))")
     }
     if let w = slidingWindow, w <= 0 { throw bad("sliding_window must be positive (got \(w))") }
+    if let e = numLocalExperts {
+      guard e > 0, e <= Self.limits.experts else { throw bad("num_local_experts must be in 1…\(Self.limits.experts) (got \(e))") }
+      guard numExpertsPerTok > 0, numExpertsPerTok <= e else {
+        throw bad("num_experts_per_tok must be in 1…num_local_experts (\(e)) (got \(numExpertsPerTok))")
+      }
+    }
     if let r = ropeScaling {
       let factors = [("factor", r.factor), ("low_freq_factor", r.lowFreqFactor), ("high_freq_factor", r.highFreqFactor)]
       for (n, v) in factors where !(v > 0 && v.isFinite) {
@@ -199,7 +219,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     _ = try checkedMul(vocabSize, hiddenSize, "config.json: vocab_size × hidden_size")
     _ = try checkedMul(intermediateSize, hiddenSize, "config.json: intermediate_size × hidden_size")
     // The whole model's parameter count must be representable (and is what the loaders size their buffers from).
-    let mlp = try checkedMul(3, try checkedMul(intermediateSize, hiddenSize, "config.json: MLP size"), "config.json: MLP size")
+    let mlp = try checkedMul(3 * (numLocalExperts ?? 1), try checkedMul(intermediateSize, hiddenSize, "config.json: MLP size"),
+                             "config.json: MLP size")
     let attention = try checkedMul(2 * (numAttentionHeads + numKeyValueHeads), try checkedMul(headDim, hiddenSize, "config.json: attention size"),
                                    "config.json: attention size")
     let perLayer = try checkedAdd(mlp, attention, "config.json: layer size")
@@ -208,10 +229,12 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
 
   /// Structural limits applied to every config (hostile files are refused before allocation, with the limit named).
   public static let limits = (layers: 1024, hidden: 1 << 16, ffn: 1 << 19, heads: 1024, headDim: 1024, vocab: 1 << 22,
-                              positions: 1 << 24)
+                              positions: 1 << 24, experts: 1024)
 
   public var qDim: Int { numAttentionHeads * headDim }
   public var kvDim: Int { numKeyValueHeads * headDim }
+  /// Whether the decoder layers are mixture-of-experts layers (Mixtral) rather than dense MLPs.
+  public var isMoE: Bool { numLocalExperts != nil }
 
   public static func load(path: String) throws -> LlamaConfiguration {
     let data: Data
@@ -222,7 +245,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     // only say "not valid JSON".
     if let root = try? JSON.parse(data, what: path) {
       for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-                  "max_position_embeddings", "vocab_size", "bos_token_id", "sliding_window"] {
+                  "max_position_embeddings", "vocab_size", "bos_token_id", "sliding_window", "num_local_experts",
+                  "num_experts_per_tok"] {
         if let v = root[key], let d = v.double, v.int == nil {
           throw QoQError("\(path): \(key) = \(d) is not an integer in range")
         }

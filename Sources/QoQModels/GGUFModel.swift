@@ -6,8 +6,8 @@ public final class GGUFWeights: WeightSource {
   public let gguf: GGUFFile
   public let config: LlamaConfiguration
   public let family: ModelFamily
-  /// HF name → GGUF tensor name.
-  let hfToGGUF: [String: String]
+  /// HF name → GGUF tensor name, and for one expert of a merged 3-D expert tensor its index there.
+  let hfToGGUF: [String: (name: String, slice: Int?)]
   public let tensorNames: [String]
 
   public init(_ gguf: GGUFFile) throws {
@@ -15,12 +15,19 @@ public final class GGUFWeights: WeightSource {
     guard let arch = gguf.string("general.architecture") else {
       throw QoQError("\(gguf.path): no general.architecture in metadata")
     }
-    family = try ModelRegistry.family(ggufArchitecture: arch)
+    family = try ModelRegistry.family(ggufArchitecture: arch, experts: ggufExpertCount(gguf, arch: arch) != nil)
     config = try ggufConfiguration(gguf, arch: arch, family: family)
-    var map: [String: String] = [:]
+    var map: [String: (name: String, slice: Int?)] = [:]
     var unknown: [String] = []
     for t in gguf.tensors {
-      if let hf = hfName(ggufName: t.name) { map[hf] = t.name } else { unknown.append(t.name) }
+      if let (layer, w) = mergedExpertTensor(t.name) {
+        // blk.{i}.ffn_{gate,up,down}_exps.weight: dims (in, out, experts), one HF tensor per expert.
+        let experts = config.numLocalExperts ?? 0
+        guard t.dims.count == 3, t.dims[2] == experts else {
+          throw QoQError("\(gguf.path): \(t.name) has dims \(t.dims); \(arch).expert_count says \(experts) experts")
+        }
+        for e in 0..<experts { map[MoEBlock.prefix(layer: layer) + "experts.\(e).\(w).weight"] = (t.name, e) }
+      } else if let hf = hfName(ggufName: t.name) { map[hf] = (t.name, nil) } else { unknown.append(t.name) }
     }
     if !unknown.isEmpty {
       throw QoQError("\(gguf.path): unexpected tensor(s) \(unknown.prefix(5).joined(separator: ", "))")
@@ -32,13 +39,15 @@ public final class GGUFWeights: WeightSource {
   public convenience init(path: String) throws { try self.init(GGUFFile(path: path)) }
 
   public func shape(_ name: String) throws -> [Int] {
-    guard let g = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
-    return try gguf.tensor(g).shape
+    guard let (g, slice) = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
+    let shape = try gguf.tensor(g).shape
+    return slice == nil ? shape : Array(shape.dropFirst())
   }
 
   public func floats(_ name: String) throws -> [Float] {
-    guard let g = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
-    let w = try requireFinite(try gguf.floats(g), name: "\(g) (\(name))", in: gguf.path)
+    guard let (g, slice) = hfToGGUF[name] else { throw QoQError("\(gguf.path): missing tensor \(name)") }
+    let raw = try slice.map { try gguf.floats(g, slice: $0) } ?? gguf.floats(g)
+    let w = try requireFinite(raw, name: "\(g) (\(name))", in: gguf.path)
     if family.ggufPermutesQK && g.hasSuffix(".weight") {
       if g.hasSuffix("attn_q.weight") { return unpermuteRows(w, heads: config.numAttentionHeads, cols: config.hiddenSize) }
       if g.hasSuffix("attn_k.weight") { return unpermuteRows(w, heads: config.numKeyValueHeads, cols: config.hiddenSize) }
@@ -77,8 +86,18 @@ let ggufBlockNames: [String: String] = [
   "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
   "attn_v.bias": "self_attn.v_proj.bias", "attn_output.bias": "self_attn.o_proj.bias",
   "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-  "ffn_down.weight": "mlp.down_proj.weight",
+  "ffn_down.weight": "mlp.down_proj.weight", "ffn_gate_inp.weight": "block_sparse_moe.gate.weight",
 ]
+/// llama.cpp's expert tensors → the HF expert weight: w1 = gate, w3 = up, w2 = down.
+let ggufExpertNames = ["ffn_gate": "w1", "ffn_up": "w3", "ffn_down": "w2"]
+
+/// `blk.{i}.ffn_{gate,up,down}_exps.weight` (llama.cpp's merged expert tensors) → (layer, w1|w2|w3).
+func mergedExpertTensor(_ n: String) -> (Int, String)? {
+  let parts = n.split(separator: ".").map(String.init)
+  guard parts.count == 4, parts[0] == "blk", let i = Int(parts[1]), parts[3] == "weight", parts[2].hasSuffix("_exps"),
+        let w = ggufExpertNames[String(parts[2].dropLast(5))] else { return nil }
+  return (i, w)
+}
 let ggufGlobalNames: [String: String] = [
   "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
   "output.weight": "lm_head.weight", "rope_freqs.weight": "model.rotary_emb.inv_freq",
@@ -89,6 +108,12 @@ let hfBlockNames = Dictionary(uniqueKeysWithValues: ggufBlockNames.map { ($1, $0
 func hfName(ggufName n: String) -> String? {
   if let g = ggufGlobalNames[n] { return g }
   let parts = n.split(separator: ".", maxSplits: 2).map(String.init)
+  // Older files hold one tensor per expert: blk.{i}.ffn_{gate,up,down}.{e}.weight.
+  let sub = parts.count == 3 ? parts[2].split(separator: ".").map(String.init) : []
+  if parts.count == 3, parts[0] == "blk", let i = Int(parts[1]), sub.count == 3, let w = ggufExpertNames[sub[0]], let e = Int(sub[1]),
+     sub[2] == "weight" {
+    return MoEBlock.prefix(layer: i) + "experts.\(e).\(w).weight"
+  }
   guard parts.count == 3, parts[0] == "blk", let i = Int(parts[1]), let rest = ggufBlockNames[parts[2]] else { return nil }
   return "model.layers.\(i).\(rest)"
 }
@@ -114,6 +139,9 @@ public func ggufPermutedRowOrder(rows: Int, heads: Int) -> [Int] {
   }
   return order
 }
+
+/// `{arch}.expert_count` where the file is a mixture of experts (some converters write 0 for dense models).
+func ggufExpertCount(_ g: GGUFFile, arch: String) -> Int? { g.int("\(arch).expert_count").flatMap { $0 > 0 ? $0 : nil } }
 
 func ggufConfiguration(_ g: GGUFFile, arch: String, family: ModelFamily) throws -> LlamaConfiguration {
   func req(_ key: String) throws -> Int {
@@ -147,5 +175,6 @@ func ggufConfiguration(_ g: GGUFFile, arch: String, family: ModelFamily) throws 
     ropeTheta: g.double("\(arch).rope.freq_base") ?? 10000, ropeScaling: scaling,
     maxPositionEmbeddings: g.int("\(arch).context_length") ?? 2048, vocabSize: vocab,
     tieWordEmbeddings: !hasOutput, attentionBias: family.qkvBias || attnBias,
-    bosTokenId: g.int("tokenizer.ggml.bos_token_id"), eosTokenIds: eos)
+    bosTokenId: g.int("tokenizer.ggml.bos_token_id"), eosTokenIds: eos,
+    numLocalExperts: ggufExpertCount(g, arch: arch), numExpertsPerTok: g.int("\(arch).expert_used_count") ?? 2)
 }

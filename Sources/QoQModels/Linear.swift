@@ -9,6 +9,15 @@ public protocol LinearLayer: AnyObject, Sendable {
   func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>)
 }
 
+/// The dense MLP slots of an MoE layer (DecoderLayer.moe holds its experts): calling one is a programming error, as
+/// every path that handles dense MLPs only refuses MoE models up front.
+public final class NoDenseMLP: LinearLayer, @unchecked Sendable {
+  public let inFeatures = 0, outFeatures = 0
+  public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    preconditionFailure("an MoE layer has no dense MLP; this path must refuse MoE models (issue #14)")
+  }
+}
+
 /// FP32 weights [out × in] packed for `sgemm`, optional bias.
 public final class DenseLinear: LinearLayer, @unchecked Sendable {
   public let inFeatures: Int

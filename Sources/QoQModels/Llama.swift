@@ -14,13 +14,27 @@ public final class DecoderLayer: @unchecked Sendable {
   public let inputLayernorm: [Float]          // (H)
   public let postAttentionLayernorm: [Float]  // (H)
   public let qProj: LinearLayer, kProj: LinearLayer, vProj: LinearLayer, oProj: LinearLayer
+  /// The dense MLP (`mlp.*`); in an MoE layer these are `NoDenseMLP` (they fail loudly if called) and `moe` holds
+  /// the experts. Quantizer stages and the engine refuse MoE models before they reach a layer (MixtralFamily).
   public let gateProj: LinearLayer, upProj: LinearLayer, downProj: LinearLayer
+  /// Mixtral's sparse MoE block (`block_sparse_moe`), nil for dense layers.
+  public let moe: MoEBlock?
 
   public init(inputLayernorm: [Float], postAttentionLayernorm: [Float], qProj: LinearLayer, kProj: LinearLayer,
               vProj: LinearLayer, oProj: LinearLayer, gateProj: LinearLayer, upProj: LinearLayer, downProj: LinearLayer) {
     self.inputLayernorm = inputLayernorm; self.postAttentionLayernorm = postAttentionLayernorm
     self.qProj = qProj; self.kProj = kProj; self.vProj = vProj; self.oProj = oProj
     self.gateProj = gateProj; self.upProj = upProj; self.downProj = downProj
+    moe = nil
+  }
+
+  /// An MoE layer: attention as in every family, the MLP replaced by `moe`.
+  public init(inputLayernorm: [Float], postAttentionLayernorm: [Float], qProj: LinearLayer, kProj: LinearLayer,
+              vProj: LinearLayer, oProj: LinearLayer, moe: MoEBlock) {
+    self.inputLayernorm = inputLayernorm; self.postAttentionLayernorm = postAttentionLayernorm
+    self.qProj = qProj; self.kProj = kProj; self.vProj = vProj; self.oProj = oProj
+    let none = NoDenseMLP(); gateProj = none; upProj = none; downProj = none
+    self.moe = moe
   }
 
   /// Builds layer `i` from FP weights by their HF names (`model.layers.{i}.*`); `linearFactory` decides how each
@@ -33,6 +47,25 @@ public final class DecoderLayer: @unchecked Sendable {
       try make(p, try src.floats(p + ".weight"), out, inp, bias ? try src.floats(p + ".bias") : nil)
     }
     let p = "model.layers.\(i).", ab = c.attentionBias
+    if let experts = c.numLocalExperts {
+      let m = MoEBlock.prefix(layer: i), H = c.hiddenSize, I = c.intermediateSize
+      // The router stays dense FP32 whatever the factory builds (deepcompressor's QServe target keeps it FP16).
+      let router = DenseLinear(weight: try src.floats(m + "gate.weight"), outFeatures: experts, inFeatures: H)
+      let ex = try (0..<experts).map { e in
+        Expert(w1: try linear(m + "experts.\(e).w1", out: I, inp: H, bias: false),
+               w2: try linear(m + "experts.\(e).w2", out: H, inp: I, bias: false),
+               w3: try linear(m + "experts.\(e).w3", out: I, inp: H, bias: false))
+      }
+      self.init(
+        inputLayernorm: try src.floats(p + "input_layernorm.weight"),
+        postAttentionLayernorm: try src.floats(p + "post_attention_layernorm.weight"),
+        qProj: try linear(p + "self_attn.q_proj", out: c.qDim, inp: H, bias: ab),
+        kProj: try linear(p + "self_attn.k_proj", out: c.kvDim, inp: H, bias: ab),
+        vProj: try linear(p + "self_attn.v_proj", out: c.kvDim, inp: H, bias: ab),
+        oProj: try linear(p + "self_attn.o_proj", out: H, inp: c.qDim, bias: false),
+        moe: MoEBlock(gate: router, experts: ex, topK: c.numExpertsPerTok))
+      return
+    }
     self.init(
       inputLayernorm: try src.floats(p + "input_layernorm.weight"),
       postAttentionLayernorm: try src.floats(p + "post_attention_layernorm.weight"),
@@ -203,9 +236,15 @@ public final class LlamaModel: @unchecked Sendable {
         for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
       }
       capture?.record(.mlpInput, h, n * H)
+      if let moe = layer.moe {
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: n * H); defer { y.deallocate() }
+        moe.forward(h, rows: n, hidden: H, intermediate: I, y)
+        addInPlace(xp, y, n * H)
+        return
+      }
       layer.gateProj.forward(h, rows: n, g)
       layer.upProj.forward(h, rows: n, u)
-      siluMul(g, u, g, n * I)
+      for r in 0..<n { siluMul(g + r * I, u + r * I, g + r * I, I) }  // per row: SIMD/tail split independent of the batch
       capture?.record(.downInput, g, n * I)
       layer.downProj.forward(g, rows: n, h)
       addInPlace(xp, h, n * H)

@@ -19,6 +19,7 @@ public enum ModelRegistry {
     "llama": LlamaFamily.family,
     "mistral": MistralFamily.family,
     "qwen2": Qwen2Family.family,
+    "mixtral": MixtralFamily.family,
   ]
   public static var supported: [String] { families.keys.sorted() }
 
@@ -29,9 +30,16 @@ public enum ModelRegistry {
     return f
   }
 
-  /// The family for a GGUF `general.architecture`.
-  public static func family(ggufArchitecture a: String) throws -> ModelFamily {
-    guard let f = families.values.first(where: { $0.ggufArchitecture == a && $0.modelType != "mistral" }) else {
+  /// The family for a GGUF `general.architecture`: Llama, Mistral and Mixtral files all say "llama"; the first two
+  /// read as Llama, and Mixtral where `{arch}.expert_count` is set (`experts`).
+  public static func family(ggufArchitecture a: String, experts: Bool = false) throws -> ModelFamily {
+    if experts {
+      guard let f = families.values.first(where: { $0.ggufArchitecture == a && $0.modelType == "mixtral" }) else {
+        throw QoQError("GGUF architecture \"\(a)\" with expert_count: no mixture-of-experts family reads it (supported: llama)")
+      }
+      return f
+    }
+    guard let f = families.values.first(where: { $0.ggufArchitecture == a && $0.modelType != "mistral" && $0.modelType != "mixtral" }) else {
       let names = Set(families.values.map(\.ggufArchitecture)).sorted()
       throw QoQError("unsupported GGUF architecture \"\(a)\" (supported: \(names.joined(separator: ", ")))")
     }

@@ -24,6 +24,12 @@ public func expectedTensorNames(_ c: LlamaConfiguration) -> [String] {
       n.append(p + "self_attn.\(proj).weight")
       if c.attentionBias && (proj != "o_proj" || c.modelType == "llama") { n.append(p + "self_attn.\(proj).bias") }
     }
+    if let experts = c.numLocalExperts {
+      let m = MoEBlock.prefix(layer: i)
+      n.append(m + "gate.weight")
+      for e in 0..<experts { for w in ["w1", "w2", "w3"] { n.append(m + "experts.\(e).\(w).weight") } }
+      continue
+    }
     for proj in ["gate_proj", "up_proj", "down_proj"] {
       n.append(p + "mlp.\(proj).weight")
       if c.mlpBias { n.append(p + "mlp.\(proj).bias") }
@@ -67,6 +73,8 @@ public func tensorShape(_ name: String, _ c: LlamaConfiguration) -> [Int] {
   if name == "model.embed_tokens.weight" || name == "lm_head.weight" { return [c.vocabSize, h] }
   if name.hasSuffix("layernorm.weight") || name == "model.norm.weight" { return [h] }
   if name.hasSuffix("self_attn.k_center") { return [c.kvDim] }  // quantized checkpoints with centered keys
+  if name.hasSuffix("block_sparse_moe.gate.weight") { return [c.numLocalExperts ?? 0, h] }  // the MoE router
+  if name.hasSuffix(".w2.weight") { return [h, c.intermediateSize] }                          // an expert's down
   let isBias = name.hasSuffix(".bias")
   let out: Int, inp: Int
   if name.contains("q_proj") { (out, inp) = (c.qDim, h) }

@@ -238,6 +238,32 @@ final class EngineHarness {
     }
   }
 
+  /// Mixtral (FP): every position's logits of the engine's MoE layers equal the reference model's (fp16 KV), and a
+  /// sequence decoded token by token beside another that prefills gives the same bits as its prefill.
+  @Test func fpMixtralEngineMatchesReference() throws {
+    final class F16Round: KVTransform, @unchecked Sendable {
+      func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) { for i in 0..<(rows * width) { x[i] = Float(Float16(x[i])) } }
+    }
+    for (experts, topK) in [(4, 2), (8, 3), (3, 1)] {
+      let c = try TinyMixtral.config(experts: experts, topK: topK, hidden: 64, intermediate: 64)
+      let ref = try LlamaModel(config: c, weights: TinyMixtral.weights(c))
+      ref.kvQuantizer = F16Round()
+      let p = Array(Self.prompt.map { $0 % Int32(c.vocabSize) }.prefix(12))
+      let hidden = try ref.forward([p], caches: [KVCache(config: c)])
+      let want = hidden.withUnsafeBufferPointer { ref.logits($0.baseAddress!, rows: p.count) }
+      let m = try EngineModel(fp: ref, pageSize: 16)
+      let h = try EngineHarness(m)
+      let all = try m.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .all)], pool: h.pool, workspace: h.ws)
+      #expect(relL2(all, want) < 3e-5, "\(experts)/\(topK): \(relL2(all, want))")
+      let V = c.vocabSize, h2 = try EngineHarness(m), bt = h2.pages(1), other = h2.pages(1)
+      for pos in 0..<p.count {
+        let out = try m.step([SequenceChunk(start: 0, tokens: [3, 4, 5], blockTable: other, logits: .none),
+                              SequenceChunk(start: pos, tokens: [p[pos]], blockTable: bt, logits: .last)], pool: h2.pool, workspace: h2.ws)
+        #expect(out == Array(all[(pos * V)..<((pos + 1) * V)]), "\(experts)/\(topK) position \(pos)")
+      }
+    }
+  }
+
   /// A sequence's logits are bit-identical whether it is prefilled at once, in chunks, decoded token by token, or run
   /// in a batch with other sequences (pages smaller than the sequence, so page boundaries are crossed).
   @Test func resultsDoNotDependOnBatchingOrChunking() throws {

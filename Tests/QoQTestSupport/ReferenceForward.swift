@@ -1,8 +1,8 @@
 import Foundation
 import QoQModels
 
-/// A deliberately plain Double-precision transcription of transformers' LlamaForCausalLM forward (no cache, no
-/// packing, no SIMD): the independent scalar twin the fast model is checked against.
+/// A deliberately plain Double-precision transcription of transformers' LlamaForCausalLM (and MixtralForCausalLM)
+/// forward (no cache, no packing, no SIMD): the independent scalar twin the fast model is checked against.
 public func referenceLogits(_ w: MemoryWeights, _ c: LlamaConfiguration, tokens: [Int32]) throws -> [[Double]] {
   let H = c.hiddenSize, hd = c.headDim, nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, T = tokens.count
   func W(_ n: String) throws -> [Double] { try w.floats(n).map(Double.init) }
@@ -65,6 +65,25 @@ public func referenceLogits(_ w: MemoryWeights, _ c: LlamaConfiguration, tokens:
     }
     for i in 0..<T {
       let h = rms(x[i], g2)
+      if let E = c.numLocalExperts {
+        // Mixtral: softmax over the router's E logits, the top k (ties → lower index), weights renormalised.
+        let m = p + "block_sparse_moe."
+        let logits = try linear(h, m + "gate", out: E, inp: H, bias: false)
+        let mx = logits.max()!, ex = logits.map { exp($0 - mx) }, z = ex.reduce(0, +)
+        let prob = ex.map { $0 / z }
+        let top = (0..<E).sorted { prob[$0] != prob[$1] ? prob[$0] > prob[$1] : $0 < $1 }.prefix(c.numExpertsPerTok)
+        let norm = top.reduce(0.0) { $0 + prob[$1] }
+        var y = [Double](repeating: 0, count: H)
+        for e in top {
+          let q = m + "experts.\(e)."
+          let gt = try linear(h, q + "w1", out: c.intermediateSize, inp: H, bias: false)
+          let up = try linear(h, q + "w3", out: c.intermediateSize, inp: H, bias: false)
+          let d = try linear(gt.indices.map { gt[$0] / (1 + exp(-gt[$0])) * up[$0] }, q + "w2", out: H, inp: c.intermediateSize, bias: false)
+          for j in 0..<H { y[j] += prob[e] / norm * d[j] }
+        }
+        x[i] = x[i].indices.map { x[i][$0] + y[$0] }
+        continue
+      }
       let gt = try linear(h, p + "mlp.gate_proj", out: c.intermediateSize, inp: H, bias: c.mlpBias)
       let up = try linear(h, p + "mlp.up_proj", out: c.intermediateSize, inp: H, bias: c.mlpBias)
       let a = gt.indices.map { gt[$0] / (1 + exp(-gt[$0])) * up[$0] }

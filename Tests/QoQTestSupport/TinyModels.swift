@@ -67,3 +67,31 @@ public enum TinyFamily: String, CaseIterable, CustomStringConvertible, Sendable 
 
   public func model() throws -> LlamaModel { try LlamaModel(config: config(), weights: weights()) }
 }
+
+/// Tiny random Mixtral models (kept out of TinyFamily: the quantizer and engine tests iterate that, and have no
+/// expert layers yet). `experts` per layer, `topK` per token, optional sliding window.
+public enum TinyMixtral {
+  /// Defaults: head_dim 32 (the engine's smallest), hidden 48 and FFN 40, widths the SIMD loops do not divide (the
+  /// engine needs multiples of 32: pass 64 and 64).
+  public static func config(experts: Int = 4, topK: Int = 2, slidingWindow: Int? = nil, hidden: Int = 48,
+                            intermediate: Int = 40) throws -> LlamaConfiguration {
+    try LlamaConfiguration(modelType: "mixtral", hiddenSize: hidden, intermediateSize: intermediate, numHiddenLayers: 2, numAttentionHeads: 4,
+                           numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 70, slidingWindow: slidingWindow,
+                           numLocalExperts: experts, numExpertsPerTok: topK)
+  }
+
+  /// Weights for `c` by HF name, as TinyFamily.weights: norms near 1, linears scaled by 1/√fan-in; the router ×4 so
+  /// that tokens prefer different experts clearly.
+  public static func weights(_ c: LlamaConfiguration, seed: UInt64 = 7) -> MemoryWeights {
+    var t: [String: ([Int], [Float])] = [:]
+    var s = seed
+    for name in expectedTensorNames(c) {
+      let shape = tensorShape(name, c), n = shape.reduce(1, *)
+      s &+= 1
+      if name.hasSuffix("norm.weight") { t[name] = (shape, randomFloats(n, seed: s, scale: 0.2).map { 1 + $0 }); continue }
+      let scale = (name.hasSuffix("block_sparse_moe.gate.weight") ? 6 : 1.5) / Float(shape[1]).squareRoot()
+      t[name] = (shape, randomFloats(n, seed: s, scale: scale))
+    }
+    return MemoryWeights(t)
+  }
+}
