@@ -180,6 +180,10 @@ extension EngineModel {
         rope.apply(row, heads: c.numAttentionHeads, pos: pos)
         rope.apply(row + Q, heads: c.numKeyValueHeads, pos: pos)
         if let kc = L.kCenter { for j in 0..<KV { row[Q + j] -= kc[j] } }
+        if let ks = L.kScale, let qs = L.qScale {
+          for j in 0..<KV { row[Q + j] *= ks[j] }
+          for j in 0..<Q { row[j] *= qs[j] }
+        }
         if L.rotateKeys { for h in 0..<(c.numAttentionHeads + c.numKeyValueHeads) { walshHadamard(row + h * D, D) } }
         let b = ch.blockTable[pos / P]
         for kvh in 0..<c.numKeyValueHeads {

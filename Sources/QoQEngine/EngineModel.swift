@@ -36,13 +36,22 @@ public final class EngineLayer: @unchecked Sendable {
   /// Each head of Q and of the (centered) K is rotated by the normalized Walsh–Hadamard matrix before scores and the
   /// cache (checkpoints with key_rotation): (H·q)·(H·k) = q·k, and the KV4 groups quantize the rotated keys.
   public let rotateKeys: Bool
+  /// Post-RoPE (centered) K is multiplied by kScale (kv_heads·head_dim) and Q by qScale = 1/kScale of its KV head
+  /// (heads·head_dim) before rotation (checkpoints with key_scale): (q/s)·(k·s) = q·k.
+  public let kScale: [Float]?
+  public let qScale: [Float]?
   /// Mixtral's sparse MoE block in place of gate/up/down (FP models only so far: issue #14).
   public let moe: MoEBlock?
   init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?,
-       kCenter: [Float]? = nil, rotateKeys: Bool = false, moe: MoEBlock? = nil) {
+       kCenter: [Float]? = nil, kScale: [Float]? = nil, heads: Int = 0, headDim: Int = 1, rotateKeys: Bool = false, moe: MoEBlock? = nil) {
     inputLayernorm = a; postAttentionLayernorm = b; qkvProj = qkv; oProj = o; gateUpProj = gu; downProj = d; self.moe = moe
     exactScores = (kBias ?? []).contains { abs($0) >= Self.largeKBias }
-    self.kCenter = kCenter; self.rotateKeys = rotateKeys
+    self.kCenter = kCenter; self.rotateKeys = rotateKeys; self.kScale = kScale
+    // Query head h reads KV head h / (heads / kv_heads), as HF's repeat_kv lays them out.
+    qScale = kScale.map { s in
+      let g = heads / max(1, s.count / headDim)
+      return (0..<(heads * headDim)).map { i in 1 / s[(i / headDim / g) * headDim + i % headDim] }
+    }
   }
 }
 
@@ -193,7 +202,9 @@ public final class EngineModel: @unchecked Sendable {
         try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
         try fused([p + "mlp.down_proj"], inp: c.intermediateSize),
         kBias: st.contains(p + "self_attn.k_proj.bias") ? try st.floats(p + "self_attn.k_proj.bias") : nil,
-        kCenter: qc.kvKeyCenter ? try qc.keyCenter(st, layer: i, c) : nil, rotateKeys: qc.kvKeyRotation))
+        kCenter: qc.kvKeyCenter ? try qc.keyCenter(st, layer: i, c) : nil,
+        kScale: qc.kvKeyScale ? try qc.keyScale(st, layer: i, c) : nil, heads: c.numAttentionHeads, headDim: c.headDim,
+        rotateKeys: qc.kvKeyRotation))
     }
     let embed = try st.floats("model.embed_tokens.weight")
     guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }
@@ -207,7 +218,8 @@ public final class EngineModel: @unchecked Sendable {
                            lmHead: head, kvMode: kv, pageSize: pageSize,
                            description: "\(wf) weights, \(weightOnly ? "fp32" : "int8") activations, \(kv.rawValue) KV, \(lmHead.rawValue) lm_head"
                              + (layers.contains { $0.exactScores } ? ", fp32 attention scores in layers with large K biases" : "")
-                             + (qc.kvKeyCenter ? ", centered keys" : "") + (qc.kvKeyRotation ? ", Hadamard-rotated keys" : ""))
+                             + (qc.kvKeyCenter ? ", centered keys" : "") + (qc.kvKeyScale ? ", scaled keys" : "")
+                             + (qc.kvKeyRotation ? ", Hadamard-rotated keys" : ""))
   }
 
   /// The LM head in the chosen precision; int8 quantizes each output row symmetrically (s = max|w|/127).

@@ -73,6 +73,26 @@ public final class RotatedKeys: KVTransform, @unchecked Sendable {
   }
 }
 
+/// Key scaling (issue #19, beyond deepcompressor): each post-RoPE key channel j is multiplied by a calibrated s_j > 0
+/// before quantization and divided by it after, k̂ = Q(k·s)/s. The engine keeps k·s in its cache and divides the query
+/// by the same s (its query heads share their KV head's s); (q/s)·(k·s) = q·k, so it is exact without quantization.
+/// Unlike SmoothAttention, whose scales must be equal on each rotary pair to fold into q_proj/k_proj, s acts after
+/// RoPE, channel by channel: s_j = (E[q_j²] / E[(k_j − c_j)²])^¼ balances each channel's share of the score error
+/// against its share of the KV4 range. Wrapped by CenteredKeys and wrapping RotatedKeys: the cache holds H·(s·(k − c)).
+public final class ScaledKeys: KVTransform, @unchecked Sendable {
+  public let inner: KVTransform
+  public let scale: [Float]  // (kv_heads · head_dim), positive and finite
+
+  public init(_ inner: KVTransform, scale: [Float]) { self.inner = inner; self.scale = scale }
+
+  public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
+    precondition(width == scale.count, "key scale has \(scale.count) channels, keys have \(width)")
+    for r in 0..<rows { for i in 0..<width { x[r * width + i] *= scale[i] } }
+    inner.apply(x, rows: rows, width: width)
+    for r in 0..<rows { for i in 0..<width { x[r * width + i] /= scale[i] } }
+  }
+}
+
 /// Static symmetric per-tensor KV fake quantization with a calibrated scale (SmoothQuant's static KV8):
 /// x̂ = s·clamp(rne(x/s), −qmax, qmax), qmax = 2^(b−1) − 1.
 public final class StaticKVQuant: KVTransform, @unchecked Sendable {

@@ -29,6 +29,10 @@ public struct QuantizationConfig: Sendable, Equatable {
   /// Each head of post-RoPE K (after centering) and Q is rotated by the normalized Walsh–Hadamard matrix before the
   /// KV cache (`RotatedKeys`; issue #19): `"key_rotation": "hadamard"`. Only with dynamic KV and a power-of-two head_dim.
   public var kvKeyRotation = false
+  /// Each post-RoPE key channel (after centering, before rotation) is multiplied by `self_attn.k_scale`
+  /// (kv_heads·head_dim, positive) and the query divided by it (`ScaledKeys`; issue #19): `"key_scale": "k_scale"`.
+  /// Only with dynamic KV.
+  public var kvKeyScale = false
   public var notQuantized: [String] = []
 
   public init(method: String, weight: WeightFormat?, actBits: Int?, kvBits: Int?, kvGroup: Int?, kvAsymmetric: Bool = true) {
@@ -61,6 +65,7 @@ public struct QuantizationConfig: Sendable, Equatable {
         if let s = kvStaticScales { o["static_scales"] = .array(s.map { .double(Double($0)) }) }
         if kvKeyCenter { o["key_center"] = .string("k_center") }
         if kvKeyRotation { o["key_rotation"] = .string("hadamard") }
+        if kvKeyScale { o["key_scale"] = .string("k_scale") }
         return .object(o)
       } ?? .null),
       ("modules_not_quantized", .array(notQuantized.map { .string($0) })),
@@ -118,6 +123,11 @@ public struct QuantizationConfig: Sendable, Equatable {
         guard kvStaticScales == nil else { throw bad("kv_cache key_rotation needs dynamic KV") }
         kvKeyRotation = true
       }
+      if let ks = k["key_scale"], !ks.isNull {
+        guard ks.string == "k_scale" else { throw bad("kv_cache key_scale must be \"k_scale\" (the per-layer tensor name)") }
+        guard kvStaticScales == nil else { throw bad("kv_cache key_scale needs dynamic KV") }
+        kvKeyScale = true
+      }
     }
     notQuantized = v["modules_not_quantized"]?.array?.compactMap(\.string) ?? []
   }
@@ -150,10 +160,12 @@ extension QuantizationConfig {
         let kq = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
         if kvKeyRotation { try checkKeyRotation(config) }
         let kr: KVTransform = kvKeyRotation ? RotatedKeys(kq, headDim: config.headDim) : kq
-        if kvKeyCenter {
-          model.kvLayerQuantizers = try (0..<config.numHiddenLayers).map { (CenteredKeys(kr, center: try keyCenter(weights, layer: $0, config)), kq) }
-        } else if kvKeyRotation {
-          model.kvLayerQuantizers = (0..<config.numHiddenLayers).map { _ in (kr, kq) }
+        if kvKeyCenter || kvKeyRotation || kvKeyScale {
+          // The cache holds H·(s·(k − c)): center outermost, then scale, then rotation around the quantizer.
+          model.kvLayerQuantizers = try (0..<config.numHiddenLayers).map { l in
+            let ks: KVTransform = kvKeyScale ? ScaledKeys(kr, scale: try keyScale(weights, layer: l, config)) : kr
+            return (kvKeyCenter ? CenteredKeys(ks, center: try keyCenter(weights, layer: l, config)) : ks, kq)
+          }
         } else {
           model.kvQuantizer = kq
         }
@@ -171,11 +183,21 @@ extension QuantizationConfig {
 
   /// Layer l's key center (kv_heads·head_dim floats, finite) from a checkpoint with `key_center`.
   public func keyCenter(_ weights: WeightSource, layer l: Int, _ c: LlamaConfiguration) throws -> [Float] {
-    let name = "model.layers.\(l).self_attn.k_center"
+    try keyVector(weights, "model.layers.\(l).self_attn.k_center", field: "key_center", c) { $0.isFinite }
+  }
+
+  /// Layer l's key scale (kv_heads·head_dim floats, each finite and in [2⁻²⁰, 2²⁰]) from a checkpoint with `key_scale`.
+  public func keyScale(_ weights: WeightSource, layer l: Int, _ c: LlamaConfiguration) throws -> [Float] {
+    try keyVector(weights, "model.layers.\(l).self_attn.k_scale", field: "key_scale", c) { $0 >= 0x1p-20 && $0 <= 0x1p20 }
+  }
+
+  private func keyVector(_ weights: WeightSource, _ name: String, field: String, _ c: LlamaConfiguration,
+                         valid: (Float) -> Bool) throws -> [Float] {
     let v: [Float]
-    do { v = try weights.floats(name) } catch { throw QoQError("quantization_config says key_center, but \(name) cannot be read: \(error)") }
-    guard v.count == c.kvDim, v.allSatisfy(\.isFinite) else {
-      throw QoQError("\(name) must hold \(c.kvDim) finite values (has \(v.count))")
+    do { v = try weights.floats(name) } catch { throw QoQError("quantization_config says \(field), but \(name) cannot be read: \(error)") }
+    guard v.count == c.kvDim else { throw QoQError("\(name) must hold \(c.kvDim) values (has \(v.count))") }
+    if let bad = v.firstIndex(where: { !valid($0) }) {
+      throw QoQError("\(name)[\(bad)] = \(v[bad]) is out of range for \(field)")
     }
     return v
   }
@@ -327,7 +349,8 @@ public final class QuantizedSource: WeightSource {
     var names: [String] = []
     for n in st.names {
       if n.hasSuffix(".qweight") { let m = String(n.dropLast(8)); modules.insert(m); names.append(m + ".weight") }
-      else if n.hasSuffix(".scales") || n.hasSuffix(".zeros") || n.hasSuffix(".s1") || n.hasSuffix(".k_center") { continue }
+      else if n.hasSuffix(".scales") || n.hasSuffix(".zeros") || n.hasSuffix(".s1") || n.hasSuffix(".k_center")
+        || n.hasSuffix(".k_scale") { continue }
       else { names.append(n) }
     }
     quantizedModules = modules

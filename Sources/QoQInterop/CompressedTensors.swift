@@ -88,7 +88,9 @@ extension Interop {
     weights += [("block_structure", .null), ("dynamic", .bool(false)), ("actorder", .null), ("observer", .string("minmax")),
                 ("observer_kwargs", .object(JSONObject()))]
     if let kb = q.kvBits { warnings.append("the \(kb)-bit KV cache does not carry over (compressed-tensors kv_cache_scheme is left null)") }
-    if q.kvKeyCenter || q.kvKeyRotation { warnings.append("key centering/rotation act on the KV cache only and are dropped (exact in FP)") }
+    if q.kvKeyCenter || q.kvKeyRotation || q.kvKeyScale {
+      warnings.append("key centering/scaling/rotation act on the KV cache only and are dropped (exact in FP)")
+    }
 
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to compressed-tensors") { tmp in
       var blobs = try passThrough(st, c)

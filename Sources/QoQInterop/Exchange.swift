@@ -37,6 +37,10 @@ public enum Interop {
       warnings.append("QServe does not center keys: its KV4 cache will quantize the uncentered keys (exact in FP, less accurate "
                       + "in KV4 than this checkpoint in our engine); self_attn.k_center is not exported")
     }
+    if q.kvKeyScale {
+      warnings.append("QServe does not scale keys: its KV4 cache will quantize the unscaled keys (exact in FP, less accurate "
+                      + "in KV4 than this checkpoint in our engine); self_attn.k_scale is not exported")
+    }
     if q.kvKeyRotation {
       warnings.append("QServe does not rotate keys: its KV4 cache will quantize the unrotated keys (exact in FP, less accurate "
                       + "in KV4 than this checkpoint in our engine)")
@@ -119,7 +123,7 @@ public enum Interop {
     var blobs: [TensorBlob] = []
     for n in st.names {
       let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
-      if (quantized.contains(m) && !n.hasSuffix(".bias")) || n.hasSuffix(".k_center") { continue }
+      if (quantized.contains(m) && !n.hasSuffix(".bias")) || n.hasSuffix(".k_center") || n.hasSuffix(".k_scale") { continue }
       let info = try st.info(n)
       blobs.append(TensorBlob(name: n, dtype: info.dtype, shape: info.shape, data: Data(try st.raw(n))))
     }

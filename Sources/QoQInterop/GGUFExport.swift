@@ -56,7 +56,9 @@ extension Interop {
     var notes: [String] = []
     if let a = q.actBits { notes.append("llama.cpp runs its own activation quantization: the \(a)-bit activations do not carry over") }
     if let kb = q.kvBits { notes.append("the \(kb)-bit KV cache does not carry over (llama.cpp picks its KV type with -ctk/-ctv)") }
-    if q.kvKeyCenter || q.kvKeyRotation { notes.append("key centering/rotation act on the KV cache only and are dropped (exact in FP)") }
+    if q.kvKeyCenter || q.kvKeyRotation || q.kvKeyScale {
+      notes.append("key centering/scaling/rotation act on the KV cache only and are dropped (exact in FP)")
+    }
 
     // The tokenizer, checked before any weight is written.
     let tokPath = src + "/tokenizer.json"
@@ -98,7 +100,7 @@ extension Interop {
     for n in st.names {
       let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
       if quantized.contains(m) && !n.hasSuffix(".bias") { continue }
-      if n.hasSuffix(".k_center") { continue }
+      if n.hasSuffix(".k_center") || n.hasSuffix(".k_scale") { continue }
       guard let g = ggufName(hfName: n) else { throw QoQError("\(src): tensor \(n) has no llama.cpp counterpart; not exporting a partial model") }
       let shape = try st.info(n).shape
       let t = tableType(n, shape)

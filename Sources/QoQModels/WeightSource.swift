@@ -72,7 +72,7 @@ public func tensorShape(_ name: String, _ c: LlamaConfiguration) -> [Int] {
   let h = c.hiddenSize
   if name == "model.embed_tokens.weight" || name == "lm_head.weight" { return [c.vocabSize, h] }
   if name.hasSuffix("layernorm.weight") || name == "model.norm.weight" { return [h] }
-  if name.hasSuffix("self_attn.k_center") { return [c.kvDim] }  // quantized checkpoints with centered keys
+  if name.hasSuffix("self_attn.k_center") || name.hasSuffix("self_attn.k_scale") { return [c.kvDim] }  // centered/scaled keys
   if name.hasSuffix("block_sparse_moe.gate.weight") { return [c.numLocalExperts ?? 0, h] }  // the MoE router
   if name.hasSuffix(".w2.weight") { return [h, c.intermediateSize] }                          // an expert's down
   let isBias = name.hasSuffix(".bias")

@@ -205,21 +205,34 @@ public struct MinMaxAccumulator: Sendable {
 
 /// Per-channel max |x| over rows (streaming).
 
-/// Per-channel sqrt(mean x²) over the rows seen (Double sums): deepcompressor's `RootMeanSquare` span.
-public struct RMSAccumulator: Sendable {
+/// Per-channel mean and mean square over the rows seen (Double sums); 0 for nothing seen.
+public struct MomentAccumulator: Sendable {
   private var sums: [Double]
-  private var rows = 0
-  public init(width: Int) { sums = [Double](repeating: 0, count: width) }
+  private var squares: [Double]
+  public private(set) var rows = 0
+  public init(width: Int) { sums = [Double](repeating: 0, count: width); squares = sums }
   public mutating func add(_ x: [Float]) {
     let w = sums.count
+    guard w > 0 else { return }
     rows += x.count / w
     sums.withUnsafeMutableBufferPointer { s in
-      x.withUnsafeBufferPointer { xb in
-        for r in 0..<(xb.count / w) { for i in 0..<w { let v = Double(xb[r * w + i]); s[i] += v * v } }
+      squares.withUnsafeMutableBufferPointer { q in
+        x.withUnsafeBufferPointer { xb in
+          for r in 0..<(xb.count / w) { for i in 0..<w { let v = Double(xb[r * w + i]); s[i] += v; q[i] += v * v } }
+        }
       }
     }
   }
-  public var values: [Float] { sums.map { rows == 0 ? 0 : Float(($0 / Double(rows)).squareRoot()) } }
+  public var mean: [Double] { sums.map { rows == 0 ? 0 : $0 / Double(rows) } }
+  public var meanSquare: [Double] { squares.map { rows == 0 ? 0 : $0 / Double(rows) } }
+}
+
+/// Per-channel sqrt(mean x²) over the rows seen (Double sums): deepcompressor's `RootMeanSquare` span.
+public struct RMSAccumulator: Sendable {
+  private var moments: MomentAccumulator
+  public init(width: Int) { moments = MomentAccumulator(width: width) }
+  public mutating func add(_ x: [Float]) { moments.add(x) }
+  public var values: [Float] { moments.meanSquare.map { Float($0.squareRoot()) } }
 }
 
 public struct AbsMaxAccumulator: Sendable {

@@ -88,6 +88,11 @@ quant:
     # matrix before the KV cache (exact: q·k is unchanged), spreading K's outlier channels over the KV4 group.
     # auto = on where keys are centered; always; never (deepcompressor's behaviour).
     rotate_keys: auto
+    # not in deepcompressor (issue #19): multiply each post-RoPE key channel (after centering, before rotation) by a
+    # calibrated s_j = (E[q_j²] / E[(k_j − c_j)²])^(1/4) and divide the query by it (exact: q·k is unchanged), so
+    # the channels that matter to the scores get more of the KV4 range. auto = on where keys are rotated; always;
+    # never (deepcompressor's behaviour).
+    scale_keys: never
   enable_rotation: false
   rotation:
     random: false

@@ -134,7 +134,7 @@ extension QuantPlan {
     if let w = weightFormat { s.append((gptq != nil ? "GPTQ " : "RTN ") + "weights \(w)") }
     s.append("activations " + (actBits.map { "int\($0) per token" } ?? "fp"))
     var kv = kvBits.map { "KV\($0)\(kvGroup.map { " g\($0)" } ?? "")\(kvStatic ? " static" : "")" } ?? "KV fp"
-    if kvBits != nil { kv += ", keys centered: \(centerKeys.rawValue), rotated: \(rotateKeys.rawValue)" }
+    if kvBits != nil { kv += ", keys centered: \(centerKeys.rawValue), scaled: \(scaleKeys.rawValue), rotated: \(rotateKeys.rawValue)" }
     s.append(kv)
     return "plan: " + s.joined(separator: " → ")
   }

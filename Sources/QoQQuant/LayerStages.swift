@@ -28,7 +28,8 @@ extension QuantizationPipeline {
     let samples = pass.samples
     let c = store.config
     var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
-    let centering = plan.centersKeys(c)
+    let centering = plan.centersKeys(c), scaling = plan.scalesKeys(c)
+    var qMoments = MomentAccumulator(width: scaling ? c.qDim : 0), kMoments = MomentAccumulator(width: scaling ? c.kvDim : 0)
     let grid = plan.smoothAttn?.strategy == .gridSearch
     let searchSeqs = min(samples.count, plan.sequences(plan.smoothAttnSamples))
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
@@ -60,6 +61,7 @@ extension QuantizationPipeline {
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
       down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      if scaling { qMoments.add(cap[.qRope]); kMoments.add(cap[.kRope]) }
       if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
       if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
       if rms { for pt in Array(rmsIn.keys) { rmsIn[pt]!.add(cap[pt]) } }
@@ -99,12 +101,15 @@ extension QuantizationPipeline {
     // centered span max|k − c| instead of max|k|, and c is divided by the same λ as the keys.
     let center = centering ? k.center : nil
     let kSpan = centering ? k.centeredSpan : k.absMax
+    // Key scales of the unsmoothed keys; SmoothAttention's λ then multiplies them (the cache holds the same k·s).
+    let baseScale = scaling ? SmoothStage.keyScales(c, q: qMoments, k: kMoments, center: center,
+                                                    lamKV: [Float](repeating: 1, count: c.kvDim)) : nil
     var lamKV = [Float](repeating: 1, count: c.kvDim)
     if let sa = plan.smoothAttn {
       var (alpha, beta) = (sa.alpha, sa.beta)
       if sa.strategy == .gridSearch {
         (alpha, beta) = try searchSmoothAttention(store, model: calibration!, layer: l, qAbsMax: q.values, kAbsMax: kSpan,
-                                                  keyCenter: center, h: searchInput,
+                                                  keyCenter: center, keyScale: baseScale, h: searchInput,
                                                   lengths: Array(samples.prefix(searchSeqs).map(\.count)))
         log("layer \(l): SmoothAttention α = \(alpha), β = \(beta)")
       }
@@ -113,6 +118,7 @@ extension QuantizationPipeline {
       }
     }
     if let center { keyCenters[l] = zip(center, lamKV).map { $0 / $1 } }
+    if let baseScale { keyScales[l] = zip(baseScale, lamKV).map { $0 * $1 } }
     if let alphas = plan.smoothProjAlphas, let format = plan.weightFormat {
       let chosen = try awqLayer(store, model: calibration!, layer: l, format: format, keys: smoothKeys,
                                 attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
@@ -140,7 +146,7 @@ extension QuantizationPipeline {
 
   /// The (α, β) whose SmoothAttention gives the smallest attention-output error with K fake-quantized.
   func searchSmoothAttention(_ store: WeightStore, model: LlamaModel, layer l: Int, qAbsMax: [Float], kAbsMax: [Float],
-                             keyCenter: [Float]?, h: [Float], lengths: [Int]) throws -> (Double, Double) {
+                             keyCenter: [Float]?, keyScale: [Float]?, h: [Float], lengths: [Int]) throws -> (Double, Double) {
     guard let sa = plan.smoothAttn, let kb = plan.kvBits else { return (0, 0) }
     let c = store.config, base = model.layers[l]
     let kq = KVFakeQuant(bits: kb, group: plan.kvGroup ?? c.kvDim, asymmetric: plan.kvAsymmetric)
@@ -157,7 +163,8 @@ extension QuantizationPipeline {
                                kProj: DenseLinear(weight: t.wk, outFeatures: c.kvDim, inFeatures: c.hiddenSize, bias: t.bk),
                                vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
       let kr: KVTransform = plan.rotatesKeys(c) ? RotatedKeys(kq, headDim: c.headDim) : kq
-      let kt: KVTransform = keyCenter.map { CenteredKeys(kr, center: zip($0, lk).map { $0 / $1 }) } ?? kr
+      let ks: KVTransform = keyScale.map { ScaledKeys(kr, scale: zip($0, lk).map { $0 * $1 }) } ?? kr
+      let kt: KVTransform = keyCenter.map { CenteredKeys(ks, center: zip($0, lk).map { $0 / $1 }) } ?? ks
       let e = try RangeSearch.outputError(h: h, lengths: lengths, width: c.hiddenSize, reference: reference) {
         try model.attentionOutput(layer, h: $0, lengths: $1, kvTransform: kt, keysOnly: true)
       }

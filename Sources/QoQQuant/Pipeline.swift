@@ -29,6 +29,8 @@ public final class QuantizationPipeline {
   public private(set) var resumedLayers = 0
   /// Each layer's key center (kv_heads·head_dim, in the smoothed key space) while it is processed; saved with the layer.
   var keyCenters: [Int: [Float]] = [:]
+  /// Per-layer key scales (quant.opts.scale_keys) until the layer is saved.
+  var keyScales: [Int: [Float]] = [:]
 
   public init(modelPath: String, recipe: Recipe, cacheRoot: String?) throws {
     self.modelPath = modelPath
@@ -86,6 +88,8 @@ public final class QuantizationPipeline {
     guard var q = recipe.tree["quant"]?.object else { return section("quant") }
     if var cal = q["calib"]?.object { cal["activations_dtype"] = nil; q["calib"] = .object(cal) }
     if plan.smoothAttn?.strategy != .gridSearch, var o = q["opts"]?.object { o["rotate_keys"] = nil; q["opts"] = .object(o) }
+    // scale_keys entered the recipe later: at never it leaves the key as it was (k_scale tensors are in the layer units).
+    if var o = q["opts"]?.object, o["scale_keys"]?.string == "never" { o["scale_keys"] = nil; q["opts"] = .object(o) }
     return JSON.serialize(.object(q))
   }
 
@@ -121,8 +125,9 @@ public final class QuantizationPipeline {
     var qc = quantizationConfig
     qc.kvKeyCenter = plan.centersKeys(config)
     qc.kvKeyRotation = plan.rotatesKeys(config)
+    qc.kvKeyScale = plan.scalesKeys(config)
     // The passes: the FP stream for transforms and weight calibration, the quantized stream for static KV ranges.
-    let transforms = plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil || qc.kvKeyCenter
+    let transforms = plan.reorder || plan.smoothAttn != nil || plan.smoothProj != nil || qc.kvKeyCenter || qc.kvKeyScale
     let weightCalib = plan.weightFormat != nil && (plan.gptq != nil || plan.clipStrategy == .gridSearch)
     var streams: [String] = []
     if transforms || weightCalib { streams.append("fp") }
@@ -166,6 +171,7 @@ public final class QuantizationPipeline {
       }
       store.drop(layer: l)
       keyCenters[l] = nil
+      keyScales[l] = nil
       progress("layers", l + 1, L)
       if stopAfterLayer == l { throw QoQError("stopped after layer \(l)") }
     }
@@ -216,6 +222,7 @@ public final class QuantizationPipeline {
       out.append(StreamedTensor(name: n, shape: tensorShape(n, store.config), floats: store[n]))
     }
     if let kc = keyCenters[l] { out.append(StreamedTensor(name: "model.layers.\(l).self_attn.k_center", shape: [kc.count], floats: kc)) }
+    if let ks = keyScales[l] { out.append(StreamedTensor(name: "model.layers.\(l).self_attn.k_scale", shape: [ks.count], floats: ks)) }
     return out
   }
 

@@ -36,6 +36,8 @@ public struct QuantPlan: Sendable {
   public var centerKeys = KeyCentering.never
   /// quant.opts.rotate_keys (issue #19): Walsh–Hadamard rotation of each head of post-RoPE Q and K before the KV cache.
   public var rotateKeys = KeyCentering.never
+  /// quant.opts.scale_keys (issue #19): a calibrated per-channel scale of post-RoPE K (Q divided by it) before the cache.
+  public var scaleKeys = KeyCentering.never
   public var rotation: RotationOptions?
   public var reorder = false
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
@@ -208,6 +210,10 @@ public struct QuantPlan: Sendable {
       guard let kr = KeyCentering(rawValue: rk) else { throw bad("quant.opts.rotate_keys must be auto, always or never (got \(rk))") }
       rotateKeys = kr
       if kr == .always && kvStatic { throw bad("quant.opts.rotate_keys: always needs dynamic KV (not static)") }
+      let sk = try r.string("quant.opts.scale_keys") ?? "never"
+      guard let ks = KeyCentering(rawValue: sk) else { throw bad("quant.opts.scale_keys must be auto, always or never (got \(sk))") }
+      scaleKeys = ks
+      if ks == .always && kvStatic { throw bad("quant.opts.scale_keys: always needs dynamic KV (not static)") }
       if !signed {
         guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") }
       }
@@ -308,7 +314,7 @@ public struct QuantPlan: Sendable {
   /// Whether any stage needs calibration data (key centering: only on a model where it resolves on).
   public var needsCalibration: Bool {
     reorder || smoothAttn != nil || smoothProj != nil || gptq != nil || clipStrategy == .gridSearch || kvStatic
-      || centerKeys == .always
+      || centerKeys == .always || scaleKeys == .always
   }
 
   /// Whether post-RoPE keys are centered on this model: `always`, or `auto` on a model with attention biases whose
@@ -331,6 +337,17 @@ public struct QuantPlan: Sendable {
     case .always: return true
     case .never: return false
     case .auto: return centersKeys(c) && c.headDim & (c.headDim - 1) == 0
+    }
+  }
+
+  /// Whether post-RoPE keys are scaled per channel (and queries divided) before the cache: `always`, or `auto` where
+  /// keys are rotated; never with static KV scales.
+  public func scalesKeys(_ c: LlamaConfiguration) -> Bool {
+    guard kvBits != nil, !kvStatic else { return false }
+    switch scaleKeys {
+    case .always: return true
+    case .never: return false
+    case .auto: return rotatesKeys(c)
     }
   }
 

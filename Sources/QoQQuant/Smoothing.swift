@@ -62,6 +62,37 @@ public enum SmoothStage {
     return (lamQ, lamKV)
   }
 
+  /// Key scales (quant.opts.scale_keys, issue #19) from post-RoPE moments of the model before SmoothAttention:
+  /// s_j = (E[q_j²] / E[(k_j − c_j)²])^¼ per KV channel j, E[q_j²] averaged over the query heads that share the KV head,
+  /// c the key center (0 without centering). Why: a KV4 group's step grows with Σ s_j²·E[(k_j − c_j)²] (after rotation
+  /// every channel shares it) and the score error a channel carries is E[q_j²]/s_j² times that step², so the score
+  /// error ∝ (Σ_j E[q_j²]/s_j²)(Σ_j s_j² E[(k_j − c_j)²]), smallest (Cauchy–Schwarz) at s_j² ∝ sqrt(E[q_j²]/E[(k_j − c_j)²]).
+  /// Each head's scales are normalised to geometric mean 1 and kept within [2⁻⁸, 2⁸] of it; a channel with no energy on
+  /// either side gets 1. `lamKV`: SmoothAttention's λ (keys were divided by it), so the cache holds k·s either way.
+  public static func keyScales(_ c: LlamaConfiguration, q: MomentAccumulator, k: MomentAccumulator, center: [Float]?,
+                               lamKV: [Float]) -> [Float] {
+    let hd = c.headDim, group = c.numAttentionHeads / c.numKeyValueHeads
+    let q2 = q.meanSquare, km = k.mean, k2 = k.meanSquare
+    var s = [Float](repeating: 1, count: c.kvDim)
+    for kvh in 0..<c.numKeyValueHeads {
+      var logs: [Double] = []
+      for d in 0..<hd {
+        let j = kvh * hd + d, cj = Double(center?[j] ?? 0)
+        var eq = 0.0
+        for h in (kvh * group)..<((kvh + 1) * group) { eq += q2[h * hd + d] }
+        eq /= Double(group)
+        let ek = k2[j] - 2 * cj * km[j] + cj * cj
+        logs.append(eq > 0 && ek > 0 && eq.isFinite && ek.isFinite ? 0.25 * log(eq / ek) : .nan)
+      }
+      let valid = logs.filter { !$0.isNaN }
+      let mid = valid.isEmpty ? 0 : valid.reduce(0, +) / Double(valid.count)
+      for d in 0..<hd where !logs[d].isNaN {
+        s[kvh * hd + d] = Float(exp(min(max(logs[d] - mid, -8 * log(2.0)), 8 * log(2.0))))
+      }
+    }
+    return zip(s, lamKV).map { $0 * $1 }
+  }
+
   /// Scaled q/k weights and biases: W_q rows ×= λ_q, W_k rows ÷= λ_kv (biases too; deepcompressor leaves the biases,
   /// which breaks exactness for Qwen2).
   static func scaledQK(_ s: WeightStore, layer l: Int, lamQ: [Float], lamKV: [Float])

@@ -29,7 +29,12 @@ func engineConfigs() throws -> [(String, LlamaConfiguration)] {
    // rotates k, quantizes and rotates back.
    ("qwen2-gqa-kbias-center-rotate", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2,
                                                             numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-6,
-                                                            ropeTheta: 1e6, vocabSize: 90))]
+                                                            ropeTheta: 1e6, vocabSize: 90)),
+   // And with key scales (key_scale k_scale): the engine multiplies the centered k by s and q by 1/s of its KV head
+   // before the rotation; the fake path scales k, rotates, quantizes and undoes both.
+   ("qwen2-gqa-kbias-center-scale-rotate", try LlamaConfiguration(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96,
+                                                                  numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2,
+                                                                  headDim: 32, rmsNormEps: 1e-6, ropeTheta: 1e6, vocabSize: 90))]
 }
 
 /// Qwen2-like K biases: every 7th channel of k_proj's bias gets ±150 (the sign alternating), the magnitude
@@ -77,6 +82,14 @@ func writeQuantizedTiny(_ c: LlamaConfiguration, format: WeightFormat, actBits: 
     }
   }
   q.kvKeyRotation = dir.contains("rotate") && kvBits != nil
+  if dir.contains("scale") && kvBits != nil {
+    // Scales from 1/4 to 4 (any positive scale is exact in FP), different per channel, layer and KV head.
+    q.kvKeyScale = true
+    var rng = SplitMix64(seed: 11)
+    for l in 0..<c.numHiddenLayers {
+      fp["model.layers.\(l).self_attn.k_scale"] = (0..<c.kvDim).map { _ in Float(pow(2, Double.random(in: -2...2, using: &rng))) }
+    }
+  }
   try QuantizedCheckpoint.write(to: dir + "/q", config: c, quantization: q, fp: fp, quantized: quantized, biases: biases,
                                 recipeYAML: "", tokenizerFrom: dir + "/fp", overwrite: true)
   return dir + "/q"
@@ -129,6 +142,7 @@ final class EngineHarness {
         #expect(m.layers.allSatisfy { $0.exactScores == name.contains("kbias") }, "\(name)")
         #expect(m.layers.allSatisfy { ($0.kCenter != nil) == name.contains("center") }, "\(name)")
         #expect(m.layers.allSatisfy { $0.rotateKeys == name.contains("rotate") }, "\(name)")
+        #expect(m.layers.allSatisfy { ($0.kScale != nil) == name.contains("scale") }, "\(name)")
         for integer in [false, true] {
           let h = try EngineHarness(m)
           let got = try m.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .all)], pool: h.pool,
@@ -145,10 +159,11 @@ final class EngineHarness {
 
   /// `qoq eval --kv-bits`: the KV4 checkpoint with its KV cache overridden to 8 bits computes exactly what a checkpoint
   /// written with KV8 from the same weights computes (fake-quantized and on the engine, bit for bit); overridden to
-  /// 16 it equals the same weights without KV quantization to fp32 rounding (centering and rotation are exact in FP).
+  /// 16 it equals the same weights without KV quantization to fp32 rounding (centering, scaling and rotation are exact
+  /// in FP, on the engine too).
   @Test func kvBitsOverrideEqualsACheckpointWrittenWithThoseBits() throws {
     let p = Self.prompt
-    let (name, c) = try engineConfigs().first { $0.0 == "qwen2-gqa-kbias-center-rotate" }!
+    let (name, c) = try engineConfigs().first { $0.0 == "qwen2-gqa-kbias-center-scale-rotate" }!
     let base = engineTempDir(name)
     let kv4 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: .progressive(group: 32, protective: 120), kvBits: 4, dir: base + "/a"))
     let kv8 = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: .progressive(group: 32, protective: 120), kvBits: 8, dir: base + "/b"))
@@ -159,13 +174,29 @@ final class EngineHarness {
       return try e.step([SequenceChunk(start: 0, tokens: p, blockTable: h.pages(1), logits: .last)], pool: h.pool, workspace: h.ws)
     }
     let as8 = try kv4.withKVBits(8)
-    #expect(as8.quantization?.kvBits == 8 && as8.quantization?.kvKeyRotation == true && as8.quantization?.kvKeyCenter == true)
+    #expect(as8.quantization?.kvBits == 8 && as8.quantization?.kvKeyRotation == true && as8.quantization?.kvKeyCenter == true
+            && as8.quantization?.kvKeyScale == true)
     #expect(try EngineModel.load(as8).kvFormat.mode == .kv8)
     #expect(try fake(as8) == fake(kv8))
     #expect(try engine(as8) == engine(kv8))
     let as16 = try kv4.withKVBits(nil)
     #expect(try EngineModel.load(as16).kvFormat.mode == .fp16)
     #expect(relL2(try fake(as16), try fake(kv16)) < 1e-4)
+    // The engine still centers, scales and rotates at KV16; key scaling is exact there: against the same weights with
+    // centered, rotated but unscaled keys (both in fp16 pages; uncentered ±150 keys would lose 0.06 to fp16 rounding)
+    // the logits agree to fp16 rounding. W4A16, so that no int8 activation code can flip between the two.
+    let fmt = WeightFormat.asym(bits: 4, group: 32)
+    let scaled = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: fmt, actBits: nil, kvBits: 4, dir: base + "/e"))
+    let unscaled = try ModelCheckpoint.open(try writeQuantizedTiny(c, format: fmt, actBits: nil, kvBits: 4,
+                                                                  dir: engineTempDir("qwen2-gqa-kbias-center-rotate") + "/d"))
+    #expect(scaled.quantization?.kvKeyScale == true && unscaled.quantization?.kvKeyScale == false)
+    // The reference: the same weights' fake-quantized model at KV16 (fp32 keys; centering, scaling and rotation are
+    // exact, so it ignores them). Each engine errs from it by its fp16 pages' rounding, which the large K biases make
+    // visible; the scaled keys must err no more than the unscaled ones (wrong query scales would move every score).
+    let ref = try fake(unscaled.withKVBits(nil))
+    let eScaled = relL2(try engine(scaled.withKVBits(nil)), ref), eUnscaled = relL2(try engine(unscaled.withKVBits(nil)), ref)
+    let e4 = relL2(try engine(scaled), ref)
+    #expect(eScaled < 2 * eUnscaled + 1e-4 && eScaled < e4 / 10, "KV16 engine vs fp32 reference: scaled keys \(eScaled), unscaled \(eUnscaled); KV4 \(e4)")
     #expect(relL2(try fake(as16), try fake(kv4)) > 1e-4)  // KV4 itself moved the logits: the override is not a no-op
     #expect(throws: QoQError.self) { try kv4.withKVBits(5) }
     let fp = try ModelCheckpoint.open(base + "/a/fp")

@@ -50,7 +50,7 @@ import QoQTestSupport
     let qoq = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/qoq-g64.yaml"], flags: []))
     #expect(qoq.stagesSummary == "plan: Hadamard rotation + V/O per head → reorder → SmoothAttention Manual α 0.5 → "
             + "SmoothLinear Manual α 0.3 β 0.7 on down_proj → GPTQ weights progressive-uint4-g64-P120 → "
-            + "activations int8 per token → KV4 g64, keys centered: auto, rotated: auto")
+            + "activations int8 per token → KV4 g64, keys centered: auto, scaled: never, rotated: auto")
     let rtn = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/rtn-w4a16-g64.yaml"], flags: []))
     #expect(rtn.stagesSummary == "plan: RTN weights uint4-asym-g64 → activations fp → KV fp")
   }

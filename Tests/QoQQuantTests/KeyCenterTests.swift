@@ -72,6 +72,41 @@ import QoQTestSupport
     #expect(zip(plain, k).map { abs($0 - $1) }.max()! > 2)
   }
 
+  /// Key scales by hand (quant.opts.scale_keys): one KV head of 4 channels shared by 2 query heads. E[q²] per channel
+  /// (over rows and both heads) is (16, 1, 1, 1); the keys are c ± (1, 1, 4, 1) around c = (10, 0, −3, 0), so the centered
+  /// E[(k − c)²] is (1, 1, 16, 1). s = (E[q²]/E[(k − c)²])^¼ = (2, 1, ½, 1), whose geometric mean is already 1; λ
+  /// multiplies it. A channel with no key energy keeps 1 and is left out of the mean.
+  @Test func keyScalesByHand() throws {
+    let c = try LlamaConfiguration(modelType: "llama", hiddenSize: 8, intermediateSize: 8, numHiddenLayers: 1,
+                                   numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 4, rmsNormEps: 1e-6, ropeTheta: 1e4, vocabSize: 10)
+    var q = MomentAccumulator(width: 8), k = MomentAccumulator(width: 4), mm = MinMaxAccumulator(width: 4)
+    q.add([4, 1, 1, 1, 4, 1, 1, 1, -4, 1, -1, 1, -4, -1, 1, -1])
+    let keys: [Float] = [11, 1, 1, 1, 9, -1, -7, -1]
+    k.add(keys); mm.add(keys)
+    #expect(mm.center == [10, 0, -3, 0])
+    let s = SmoothStage.keyScales(c, q: q, k: k, center: mm.center, lamKV: [1, 1, 1, 1])
+    for (got, want) in zip(s, [Float(2), 1, 0.5, 1]) { #expect(abs(got - want) < 1e-5, "\(s)") }
+    let sl = SmoothStage.keyScales(c, q: q, k: k, center: mm.center, lamKV: [1, 2, 1, 0.5])
+    for (got, want) in zip(sl, [Float(2), 2, 0.5, 0.5]) { #expect(abs(got - want) < 1e-5, "\(sl)") }
+    // Channel 3's keys constant at its center: no energy, scale 1; the others (2, 1, ½) have geometric mean 1 already.
+    var k3 = MomentAccumulator(width: 4)
+    k3.add([11, 1, 1, 0, 9, -1, -7, 0])
+    let s3 = SmoothStage.keyScales(c, q: q, k: k3, center: mm.center, lamKV: [1, 1, 1, 1])
+    for (got, want) in zip(s3, [Float(2), 1, 0.5, 1]) { #expect(abs(got - want) < 1e-5, "\(s3)") }
+    // ScaledKeys: exact around an identity (power-of-two scales), and multiply → quantize → divide around KV4: keys
+    // (8, 0.5, −0.25, 0.125) quantized over one group of 4 err by up to a step/2 = 8.25/30 in every channel; scaled by
+    // (1/16, 1, 1, 1) the group spans (0.5, 0.5, −0.25, 0.125), the step is 0.05, and channel j errs ≤ 0.025 / s_j.
+    var x: [Float] = [8, 0.5, -0.25, 0.125]
+    ScaledKeys(Identity(), scale: [0.0625, 1, 2, 4]).apply(&x, rows: 1, width: 4)
+    #expect(x == [8, 0.5, -0.25, 0.125])
+    var plain = x, scaled = x
+    KVFakeQuant(bits: 4, group: 4).apply(&plain, rows: 1, width: 4)
+    ScaledKeys(KVFakeQuant(bits: 4, group: 4), scale: [0.0625, 1, 1, 1]).apply(&scaled, rows: 1, width: 4)
+    let bound: [Float] = [0.025 * 16, 0.025, 0.025, 0.025]
+    for j in 0..<4 { #expect(abs(scaled[j] - x[j]) <= bound[j] * 1.1, "channel \(j): \(scaled[j]) vs \(x[j])") }
+    #expect(zip(plain, x).dropFirst().map { abs($0 - $1) }.max()! > 0.1)  // unscaled, the small channels err by ~a step
+  }
+
   /// Centering is exact in FP: any constant subtracted from post-RoPE keys leaves the logits unchanged (softmax
   /// ignores a per-query shift), checked against the model without it at every prompt position.
   @Test func centeringIsExactInFP() throws {
@@ -144,5 +179,50 @@ import QoQTestSupport
       }
     }
     #expect(errors["auto"]! < errors["never"]! / 2, "KV4 error vs FP: \(errors)")
+  }
+
+  /// `--opts-scale-keys always` with centering and rotation: every layer saves k_scale (positive, finite), config.json
+  /// says key_scale and reads back, the scales equal keyScales recomputed from the saved model's own post-RoPE Q and K
+  /// on the calibration data up to one constant per head (SmoothAttention's λ moves the normalisation, not the
+  /// shape), and the run key is unchanged by `scale_keys: never` (earlier stage caches stay valid).
+  @Test func pipelineScalesKeys() throws {
+    let dir = tempDir("kscale-pipe")
+    let c = try Self.kBiasModel(dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let flags = ["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,32", "--opts-skips", "attn_q",
+                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-smooth", "--smooth-enable-attn",
+                 "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32",
+                 "--opts-center-keys", "always", "--opts-rotate-keys", "always"]
+    let never = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags), cacheRoot: nil)
+    let neverExplicit = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags
+      + ["--opts-scale-keys", "never"]), cacheRoot: nil)
+    let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags + ["--opts-scale-keys", "always"]),
+                                     cacheRoot: nil)
+    #expect(never.runKey == neverExplicit.runKey && never.runKey != p.runKey)
+    let out = try p.run()
+    #expect(out.quantization.kvKeyScale && out.quantization.kvKeyCenter && out.quantization.kvKeyRotation)
+    let ckpt = try out.checkpoint()
+    let cfg = try JSON.parse(try String(contentsOfFile: ckpt + "/config.json", encoding: .utf8), what: "config.json")
+    #expect(try QuantizationConfig(json: cfg["quantization_config"]!, what: "config.json").kvKeyScale)
+    let st = try CheckpointWeights(folder: ckpt)
+    let plain = try AnyModelLoader.load(path: ckpt).0.model
+    plain.kvQuantizer = nil; plain.kvLayerQuantizers = nil
+    let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
+    var x = try plain.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
+    let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
+    for l in 0..<c.numHiddenLayers {
+      let cap = LayerCapture([.qRope, .kRope])
+      try plain.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches, capture: cap)
+      var qm = MomentAccumulator(width: c.qDim), km = MomentAccumulator(width: c.kvDim), mm = MinMaxAccumulator(width: c.kvDim)
+      qm.add(cap[.qRope]); km.add(cap[.kRope]); mm.add(cap[.kRope])
+      let want = SmoothStage.keyScales(c, q: qm, k: km, center: mm.center, lamKV: [Float](repeating: 1, count: c.kvDim))
+      let got = try st.floats("model.layers.\(l).self_attn.k_scale")
+      #expect(got.count == c.kvDim && got.allSatisfy { $0 > 0 && $0.isFinite })
+      for h in 0..<c.numKeyValueHeads {
+        let r = (0..<c.headDim).map { got[h * c.headDim + $0] / want[h * c.headDim + $0] }
+        #expect(r.allSatisfy { abs($0 / r[0] - 1) < 1e-3 }, "layer \(l) head \(h): k_scale / recomputed = \(r)")
+      }
+      #expect(got.max()! / got.min()! > 1.5, "layer \(l): the scales are not all equal")
+    }
   }
 }

@@ -10,6 +10,8 @@
 #   V+rotk          variant V with key rotation (quant.opts.rotate_keys always: each head of post-RoPE Q and K
 #                   Walsh–Hadamard rotated); the variants above keep keys unrotated (rotate_keys never), e.g. rtn+rotk,
 #                   smooth+rotk, center+rotk, smooth+center+rotk, grid+center+rotk
+#   V+scale+rotk    the same with key scaling (quant.opts.scale_keys always: s_j = (E[q_j²]/E[(k_j − c_j)²])^¼ per
+#                   post-RoPE key channel, the query divided by it), e.g. center+scale+rotk, smooth+center+scale+rotk
 # Prints one JSON line per variant (results.json of `qoq quantize`). Not part of CI: on Qwen2.5-Coder-1.5B each variant
 # takes ~8 min on 2 cores (2 windows, 8 × 1024 calibration tokens).
 #   MODEL (default: the Qwen2.5-Coder-1.5B GGUF of scripts/setup_qwen.sh), WINDOWS (2), SAMPLES (8), SEQ (1024),
@@ -27,8 +29,9 @@ KV=(--opts-dtype uint4 --opts-zero-point PostScale --opts-group-shapes "1,$HEAD_
 QOQ_KV=(--enable-rotation --rotation-transforms out_proj --enable-smooth --smooth-enable-attn)
 OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
 for v in $VARIANTS; do
-  rot=never base="$v"
-  case "$v" in *+rotk) rot=always; base="${v%+rotk}" ;; esac
+  rot=never scale=never base="$v"
+  case "$base" in *+rotk) rot=always; base="${base%+rotk}" ;; esac
+  case "$base" in *+scale) scale=always; base="${base%+scale}" ;; esac
   case "$base" in
     rtn) flags=(--opts-center-keys never) ;;
     smooth) flags=("${QOQ_KV[@]}" --opts-center-keys never) ;;
@@ -39,7 +42,7 @@ for v in $VARIANTS; do
     *) echo "bench_kv4: unknown variant $v" >&2; exit 2 ;;
   esac
   start=$(date +%s)
-  "$QOQ" quantize --model-path "$MODEL" "${KV[@]}" "${flags[@]}" --opts-rotate-keys "$rot" --eval-max-windows "$WINDOWS" --cache-root none \
+  "$QOQ" quantize --model-path "$MODEL" "${KV[@]}" "${flags[@]}" --opts-rotate-keys "$rot" --opts-scale-keys "$scale" --eval-max-windows "$WINDOWS" --cache-root none \
     --results-json "$OUT/$v.json" >&2
   python3 - "$OUT/$v.json" "$v" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
