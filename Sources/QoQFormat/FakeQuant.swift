@@ -78,7 +78,8 @@ public final class RotatedKeys: KVTransform, @unchecked Sendable {
 /// by the same s (its query heads share their KV head's s); (q/s)·(k·s) = q·k, so it is exact without quantization.
 /// Unlike SmoothAttention, whose scales must be equal on each rotary pair to fold into q_proj/k_proj, s acts after
 /// RoPE, channel by channel: s_j = (E[q_j²] / E[(k_j − c_j)²])^¼ balances each channel's share of the score error
-/// against its share of the KV4 range. Wrapped by CenteredKeys and wrapping RotatedKeys: the cache holds H·(s·(k − c)).
+/// against its share of the KV4 range (c: the keys' mean when the quantizer scales them). Wrapped by CenteredKeys and
+/// wrapping RotatedKeys: the cache holds H·(s·(k − c)).
 public final class ScaledKeys: KVTransform, @unchecked Sendable {
   public let inner: KVTransform
   public let scale: [Float]  // (kv_heads · head_dim), positive and finite

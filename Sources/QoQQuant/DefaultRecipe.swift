@@ -90,8 +90,8 @@ quant:
     rotate_keys: auto
     # not in deepcompressor (issue #19): multiply each post-RoPE key channel (after centering, before rotation) by a
     # calibrated s_j = (E[q_j²] / E[(k_j − c_j)²])^(1/4) and divide the query by it (exact: q·k is unchanged), so
-    # the channels that matter to the scores get more of the KV4 range. auto = on where keys are rotated; always;
-    # never (deepcompressor's behaviour).
+    # the channels that matter to the scores get more of the KV4 range; centered keys are then centered on their
+    # mean. auto = on where keys are rotated; always; never (deepcompressor's behaviour).
     scale_keys: never
   enable_rotation: false
   rotation:

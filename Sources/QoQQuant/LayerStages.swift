@@ -99,8 +99,14 @@ extension QuantizationPipeline {
     let attnSpan = rms ? rmsIn[.attnInput]!.values : attnIn.values, mlpSpan = rms ? rmsIn[.mlpInput]!.values : mlpIn.values
     // Key centering: the midrange c of each post-RoPE key channel is what the cache subtracts; smoothing then sees the
     // centered span max|k − c| instead of max|k|, and c is divided by the same λ as the keys.
-    let center = centering ? k.center : nil
-    let kSpan = centering ? k.centeredSpan : k.absMax
+    // With key scaling the center is the mean, which makes E[(k − c)²] (what the scales and, after rotation, the KV4
+    // range follow) smallest; the span is then max|k − c| about it.
+    let meanCenter: [Float]? = centering && scaling ? kMoments.mean.map { Float($0) } : nil
+    let center: [Float]? = centering ? meanCenter ?? k.center : nil
+    var kSpan: [Float] = centering ? k.centeredSpan : k.absMax
+    if let c = meanCenter {
+      for j in 0..<c.count { kSpan[j] = Swift.max(k.maximum[j] - c[j], c[j] - k.minimum[j], 0) }
+    }
     // Key scales of the unsmoothed keys; SmoothAttention's λ then multiplies them (the cache holds the same k·s).
     let baseScale = scaling ? SmoothStage.keyScales(c, q: qMoments, k: kMoments, center: center,
                                                     lamKV: [Float](repeating: 1, count: c.kvDim)) : nil

@@ -182,9 +182,10 @@ import QoQTestSupport
   }
 
   /// `--opts-scale-keys always` with centering and rotation: every layer saves k_scale (positive, finite), config.json
-  /// says key_scale and reads back, the scales equal keyScales recomputed from the saved model's own post-RoPE Q and K
-  /// on the calibration data up to one constant per head (SmoothAttention's λ moves the normalisation, not the
-  /// shape), and the run key is unchanged by `scale_keys: never` (earlier stage caches stay valid).
+  /// says key_scale and reads back, k_center is the mean of the saved model's own post-RoPE keys on the calibration
+  /// data, the scales equal keyScales recomputed from its post-RoPE Q and K up to one constant per head
+  /// (SmoothAttention's λ moves the normalisation, not the shape), and the run key is unchanged by `scale_keys: never`
+  /// (earlier stage caches stay valid).
   @Test func pipelineScalesKeys() throws {
     let dir = tempDir("kscale-pipe")
     let c = try Self.kBiasModel(dir + "/model")
@@ -213,9 +214,12 @@ import QoQTestSupport
     for l in 0..<c.numHiddenLayers {
       let cap = LayerCapture([.qRope, .kRope])
       try plain.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches, capture: cap)
-      var qm = MomentAccumulator(width: c.qDim), km = MomentAccumulator(width: c.kvDim), mm = MinMaxAccumulator(width: c.kvDim)
-      qm.add(cap[.qRope]); km.add(cap[.kRope]); mm.add(cap[.kRope])
-      let want = SmoothStage.keyScales(c, q: qm, k: km, center: mm.center, lamKV: [Float](repeating: 1, count: c.kvDim))
+      var qm = MomentAccumulator(width: c.qDim), km = MomentAccumulator(width: c.kvDim)
+      qm.add(cap[.qRope]); km.add(cap[.kRope])
+      // With scaling, the center is the keys' mean (the midrange without it: pipelineCentersKeys).
+      let mean = km.mean.map { Float($0) }, center = try st.floats("model.layers.\(l).self_attn.k_center")
+      for j in 0..<c.kvDim { #expect(abs(center[j] - mean[j]) <= 1e-4 * max(1, abs(mean[j])), "layer \(l) channel \(j)") }
+      let want = SmoothStage.keyScales(c, q: qm, k: km, center: mean, lamKV: [Float](repeating: 1, count: c.kvDim))
       let got = try st.floats("model.layers.\(l).self_attn.k_scale")
       #expect(got.count == c.kvDim && got.allSatisfy { $0 > 0 && $0.isFinite })
       for h in 0..<c.numKeyValueHeads {
