@@ -56,7 +56,7 @@ public func bgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrixBF16
   if m <= 0 || b.n <= 0 { return }
   let pool = ThreadPool.shared
   if pool.threads > 1 && b.panels >= 2 && Double(m) * Double(b.n) * Double(b.k) >= 4e6 {
-    let parts = min(pool.threads * 4, b.panels)  // four per thread, claimed dynamically (a busy neighbour, #18)
+    let parts = min(pool.threads, b.panels)
     pool.run(parts: parts) { t in
       bgemmBlock(m: m, a: a, lda: lda, b: b, panels: (b.panels * t / parts)..<(b.panels * (t + 1) / parts), c: c, ldc: ldc,
                  accumulate: accumulate, dpbf16: dpbf16)

@@ -88,9 +88,8 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
   let big = Double(m) * Double(n) * Double(k) >= 4e6
   if m == 1 {
     if big && pool.threads > 1 && panelCount >= 8 {
-      // Boundaries on multiples of 4 panels (the GEMV's unit), at most one part per 4 panels; up to four parts per
-      // thread, claimed dynamically, so a thread slowed by a busy neighbour leaves its share to the others (#18).
-      let parts = min(pool.threads * 4, panelCount / 4)
+      // Boundaries on multiples of 4 panels (the GEMV's unit), at most one part per 4 panels.
+      let parts = min(pool.threads, panelCount / 4)
       pool.run(parts: parts) { t in
         let p0 = min(panelCount, (panelCount / 4 * t / parts) * 4),
             p1 = t == parts - 1 ? panelCount : min(panelCount, (panelCount / 4 * (t + 1) / parts) * 4)
@@ -103,14 +102,14 @@ public func sgemm(m: Int, a: UnsafePointer<Float>, lda: Int, b: PackedMatrix,
   }
   if big && pool.threads > 1 {
     if panelCount >= 2 {
-      let parts = min(pool.threads * 4, panelCount)  // four per thread, as above; results do not depend on the split
+      let parts = min(pool.threads, panelCount)
       pool.run(parts: parts) { t in
         sgemmBlock(m: m, a: a, lda: lda, b: b, panels: (panelCount * t / parts)..<(panelCount * (t + 1) / parts), n: n, k: k, c: c,
                    ldc: ldc, accumulate: accumulate)
       }
     } else {
-      // Row blocks of 8 (the micro-kernel's height) split between the threads, four parts per thread.
-      let parts = min(pool.threads * 4, (m + 7) / 8)
+      // Row blocks of 8 (the micro-kernel's height) split between the threads.
+      let parts = min(pool.threads, (m + 7) / 8)
       pool.run(parts: parts) { t in
         let r0 = min(m, (m + 7) / 8 * t / parts * 8), r1 = t == parts - 1 ? m : min(m, (m + 7) / 8 * (t + 1) / parts * 8)
         if r1 > r0 {
