@@ -33,6 +33,28 @@ import QoQTestSupport
     return c
   }
 
+  /// QoQ's KV side with FP weights: rotation, SmoothAttention, UINT4 KV per head of 32, 4 × 32 calibration tokens.
+  static func kvRecipeFlags(_ dir: String) -> [String] {
+    ["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,32", "--opts-skips", "attn_q",
+     "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-smooth", "--smooth-enable-attn",
+     "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"]
+  }
+
+  /// The saved checkpoint without KV quantization run on the pipeline's calibration samples: each layer's post-RoPE
+  /// Q and K.
+  static func replay(_ ckpt: String, pipeline p: QuantizationPipeline, _ c: LlamaConfiguration, _ dir: String) throws -> [LayerCapture] {
+    let plain = try AnyModelLoader.load(path: ckpt).0.model
+    plain.kvQuantizer = nil; plain.kvLayerQuantizers = nil
+    let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
+    var x = try plain.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
+    let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
+    return try (0..<c.numHiddenLayers).map { l in
+      let cap = LayerCapture([.qRope, .kRope])
+      try plain.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches, capture: cap)
+      return cap
+    }
+  }
+
   /// Hand-computed statistics, and CenteredKeys = subtract, quantize, add back.
   @Test func statisticsAndTransform() {
     var acc = MinMaxAccumulator(width: 4)
@@ -133,9 +155,7 @@ import QoQTestSupport
     let dir = tempDir("kcenter-pipe")
     let c = try Self.kBiasModel(dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
-    let flags = ["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,32", "--opts-skips", "attn_q",
-                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-smooth", "--smooth-enable-attn",
-                 "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"]
+    let flags = Self.kvRecipeFlags(dir)
     let fp = try ModelLoader.load(path: dir + "/model").model
     let prompt: [Int32] = [3, 17, 250, 9, 41, 120, 7, 7, 88, 199, 5, 64, 12, 230, 77, 31]
     let fpLogits = try fp.lastLogits([prompt], caches: [KVCache(config: c)])[0]
@@ -157,14 +177,7 @@ import QoQTestSupport
       errors[mode] = relL2(try loaded.lastLogits([prompt], caches: [KVCache(config: c)])[0], fpLogits)
       guard mode == "auto" else { continue }
       // The saved model without KV quantization, its post-RoPE keys captured on the calibration samples.
-      let plain = try AnyModelLoader.load(path: ckpt).0.model
-      plain.kvQuantizer = nil; plain.kvLayerQuantizers = nil
-      let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
-      var x = try plain.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
-      let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
-      for l in 0..<c.numHiddenLayers {
-        let cap = LayerCapture([.kRope])
-        try plain.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches, capture: cap)
+      for (l, cap) in try Self.replay(ckpt, pipeline: p, c, dir).enumerated() {
         let k = cap[.kRope]
         var lo = [Float](repeating: .infinity, count: c.kvDim), hi = [Float](repeating: -.infinity, count: c.kvDim)
         for r in 0..<(k.count / c.kvDim) { for j in 0..<c.kvDim { lo[j] = min(lo[j], k[r * c.kvDim + j]); hi[j] = max(hi[j], k[r * c.kvDim + j]) } }
@@ -190,10 +203,7 @@ import QoQTestSupport
     let dir = tempDir("kscale-pipe")
     let c = try Self.kBiasModel(dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
-    let flags = ["--opts-dtype", "uint4", "--opts-zero-point", "PostScale", "--opts-group-shapes", "1,32", "--opts-skips", "attn_q",
-                 "--enable-rotation", "--rotation-transforms", "out_proj", "--enable-smooth", "--smooth-enable-attn",
-                 "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32",
-                 "--opts-center-keys", "always", "--opts-rotate-keys", "always"]
+    let flags = Self.kvRecipeFlags(dir) + ["--opts-center-keys", "always", "--opts-rotate-keys", "always"]
     let never = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags), cacheRoot: nil)
     let neverExplicit = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: flags
       + ["--opts-scale-keys", "never"]), cacheRoot: nil)
@@ -206,14 +216,7 @@ import QoQTestSupport
     let cfg = try JSON.parse(try String(contentsOfFile: ckpt + "/config.json", encoding: .utf8), what: "config.json")
     #expect(try QuantizationConfig(json: cfg["quantization_config"]!, what: "config.json").kvKeyScale)
     let st = try CheckpointWeights(folder: ckpt)
-    let plain = try AnyModelLoader.load(path: ckpt).0.model
-    plain.kvQuantizer = nil; plain.kvLayerQuantizers = nil
-    let samples = try CalibrationData.samples(p.plan.calib, tokenizer: try ModelLoader.load(path: dir + "/model").tokenizer)
-    var x = try plain.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
-    let caches = samples.map { _ in KVCache(config: c, capacity: 32) }
-    for l in 0..<c.numHiddenLayers {
-      let cap = LayerCapture([.qRope, .kRope])
-      try plain.runLayer(l, x: &x, lengths: samples.map(\.count), caches: caches, capture: cap)
+    for (l, cap) in try Self.replay(ckpt, pipeline: p, c, dir).enumerated() {
       var qm = MomentAccumulator(width: c.qDim), km = MomentAccumulator(width: c.kvDim)
       qm.add(cap[.qRope]); km.add(cap[.kRope])
       // With scaling, the center is the keys' mean (the midrange without it: pipelineCentersKeys).
