@@ -94,6 +94,14 @@ public final class ScaledKeys: KVTransform, @unchecked Sendable {
   }
 }
 
+/// The key side of the KV fake quantizer kq, outermost first: centering, scaling, rotation (the cache holds
+/// H·(s·(k − c))). Shared by checkpoint loading and the quantizer's SmoothAttention search.
+public func keyTransform(_ kq: KVTransform, headDim: Int, rotate: Bool, scale: [Float]?, center: [Float]?) -> KVTransform {
+  let kr: KVTransform = rotate ? RotatedKeys(kq, headDim: headDim) : kq
+  let ks: KVTransform = scale.map { ScaledKeys(kr, scale: $0) } ?? kr
+  return center.map { CenteredKeys(ks, center: $0) } ?? ks
+}
+
 /// Static symmetric per-tensor KV fake quantization with a calibrated scale (SmoothQuant's static KV8):
 /// x̂ = s·clamp(rne(x/s), −qmax, qmax), qmax = 2^(b−1) − 1.
 public final class StaticKVQuant: KVTransform, @unchecked Sendable {

@@ -159,12 +159,11 @@ extension QuantizationConfig {
       } else {
         let kq = KVFakeQuant(bits: kb, group: kvGroup ?? config.kvDim, asymmetric: kvAsymmetric)
         if kvKeyRotation { try checkKeyRotation(config) }
-        let kr: KVTransform = kvKeyRotation ? RotatedKeys(kq, headDim: config.headDim) : kq
         if kvKeyCenter || kvKeyRotation || kvKeyScale {
-          // The cache holds H·(s·(k − c)): center outermost, then scale, then rotation around the quantizer.
           model.kvLayerQuantizers = try (0..<config.numHiddenLayers).map { l in
-            let ks: KVTransform = kvKeyScale ? ScaledKeys(kr, scale: try keyScale(weights, layer: l, config)) : kr
-            return (kvKeyCenter ? CenteredKeys(ks, center: try keyCenter(weights, layer: l, config)) : ks, kq)
+            (keyTransform(kq, headDim: config.headDim, rotate: kvKeyRotation,
+                          scale: kvKeyScale ? try keyScale(weights, layer: l, config) : nil,
+                          center: kvKeyCenter ? try keyCenter(weights, layer: l, config) : nil), kq)
           }
         } else {
           model.kvQuantizer = kq

@@ -168,9 +168,8 @@ extension QuantizationPipeline {
                                qProj: DenseLinear(weight: t.wq, outFeatures: c.qDim, inFeatures: c.hiddenSize, bias: t.bq),
                                kProj: DenseLinear(weight: t.wk, outFeatures: c.kvDim, inFeatures: c.hiddenSize, bias: t.bk),
                                vProj: base.vProj, oProj: base.oProj, gateProj: base.gateProj, upProj: base.upProj, downProj: base.downProj)
-      let kr: KVTransform = plan.rotatesKeys(c) ? RotatedKeys(kq, headDim: c.headDim) : kq
-      let ks: KVTransform = keyScale.map { ScaledKeys(kr, scale: zip($0, lk).map { $0 * $1 }) } ?? kr
-      let kt: KVTransform = keyCenter.map { CenteredKeys(ks, center: zip($0, lk).map { $0 / $1 }) } ?? ks
+      let kt = keyTransform(kq, headDim: c.headDim, rotate: plan.rotatesKeys(c), scale: keyScale.map { zip($0, lk).map { $0 * $1 } },
+                            center: keyCenter.map { zip($0, lk).map { $0 / $1 } })
       let e = try RangeSearch.outputError(h: h, lengths: lengths, width: c.hiddenSize, reference: reference) {
         try model.attentionOutput(layer, h: $0, lengths: $1, kvTransform: kt, keysOnly: true)
       }
