@@ -199,11 +199,14 @@ public struct MinMaxAccumulator: Sendable {
   /// The midrange c = (max + min)/2 (0 for a channel never seen) and the centered span (max − min)/2 = max|x − c|.
   public var center: [Float] { zip(minimum, maximum).map { $0 <= $1 ? ($0 + $1) / 2 : 0 } }
   public var centeredSpan: [Float] { zip(minimum, maximum).map { $0 <= $1 ? ($1 - $0) / 2 : 0 } }
+  /// max |x − c_j| per channel about a given center c (0 for a channel never seen).
+  public func span(about c: [Float]) -> [Float] {
+    precondition(c.count == minimum.count, "center of \(c.count) channels for \(minimum.count)")
+    return (0..<c.count).map { Swift.max(maximum[$0] - c[$0], c[$0] - minimum[$0], 0) }
+  }
   /// max |x| (0 for a channel never seen), as AbsMaxAccumulator gives it.
   public var absMax: [Float] { zip(minimum, maximum).map { Swift.max(0, $1, -$0) } }
 }
-
-/// Per-channel max |x| over rows (streaming).
 
 /// Per-channel mean and mean square over the rows seen (Double sums); 0 for nothing seen.
 public struct MomentAccumulator: Sendable {

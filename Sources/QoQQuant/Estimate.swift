@@ -35,7 +35,8 @@ extension QuantPlan {
   /// The estimate for this recipe on a model of `c`; `evaluate` adds the evaluation pass; `cores` the threads.
   public func estimate(_ c: LlamaConfiguration, evaluate: Bool, cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> RunEstimate {
     let h = c.hiddenSize, f = c.intermediateSize, L = c.numHiddenLayers
-    let perLayer = h * (c.qDim + 2 * c.kvDim) + c.qDim * h + 3 * h * f
+    // An MoE layer holds every expert's MLP and the router (E × H).
+    let perLayer = h * (c.qDim + 2 * c.kvDim) + c.qDim * h + 3 * h * f * (c.numLocalExperts ?? 1) + (c.numLocalExperts ?? 0) * h
     let table = c.vocabSize * h
     let params = L * perLayer + table * (c.tieWordEmbeddings ? 1 : 2)
     let tokens = needsCalibration ? calib.numSamples * calib.seqLength : 0

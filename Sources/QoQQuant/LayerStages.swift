@@ -103,10 +103,7 @@ extension QuantizationPipeline {
     // range follow) smallest; the span is then max|k − c| about it.
     let meanCenter: [Float]? = centering && scaling ? kMoments.mean.map { Float($0) } : nil
     let center: [Float]? = centering ? meanCenter ?? k.center : nil
-    var kSpan: [Float] = centering ? k.centeredSpan : k.absMax
-    if let c = meanCenter {
-      for j in 0..<c.count { kSpan[j] = Swift.max(k.maximum[j] - c[j], c[j] - k.minimum[j], 0) }
-    }
+    let kSpan: [Float] = centering ? meanCenter.map { k.span(about: $0) } ?? k.centeredSpan : k.absMax
     // Key scales of the unsmoothed keys; SmoothAttention's λ then multiplies them (the cache holds the same k·s).
     let baseScale = scaling ? SmoothStage.keyScales(c, q: qMoments, k: kMoments, center: center,
                                                     lamKV: [Float](repeating: 1, count: c.kvDim)) : nil
@@ -235,11 +232,11 @@ extension QuantizationPipeline {
                              searched: searched)
   }
 
-  /// deepcompressor's module key of a linear (for skips).
+  /// deepcompressor's module key of a linear (for skips); an expert's w1/w3 are its gate/up, w2 its down.
   func key(_ module: String) -> String {
     if module.hasSuffix("q_proj") || module.hasSuffix("k_proj") || module.hasSuffix("v_proj") { return "qkv_proj" }
     if module.hasSuffix("o_proj") { return "out_proj" }
-    if module.hasSuffix("gate_proj") || module.hasSuffix("up_proj") { return "up_proj" }
+    if module.hasSuffix("gate_proj") || module.hasSuffix("up_proj") || module.hasSuffix(".w1") || module.hasSuffix(".w3") { return "up_proj" }
     return "down_proj"
   }
 

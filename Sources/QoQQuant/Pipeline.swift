@@ -55,7 +55,6 @@ public final class QuantizationPipeline {
     if let o = opened { return o }
     let o = try ModelCheckpoint.open(modelPath)
     if o.kind == .quantized { throw QoQError("\(modelPath) is already a quantized checkpoint; quantize its FP source instead") }
-    try o.config.requireDense("qoq quantize")
     opened = o
     return o
   }

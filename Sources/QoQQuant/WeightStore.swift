@@ -78,11 +78,13 @@ public final class WeightStore: WeightSource, @unchecked Sendable {
     try LlamaModel(config: config, weights: self, linearFactory: linearFactory)
   }
 
-  /// The names of the decoder linears of layer i, in module order.
+  /// The names of the decoder linears of layer i, in module order; in an MoE layer each expert's w1 (gate), w3 (up)
+  /// and w2 (down) in expert order. The router (block_sparse_moe.gate) is not among them: it stays at full precision.
   public func linearNames(layer i: Int) -> [String] {
     let p = "model.layers.\(i)."
-    return ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map { p + $0 }
+    let attn = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"].map { p + $0 }
+    guard let e = config.numLocalExperts else { return attn + ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map { p + $0 } }
+    return attn + (0..<e).flatMap { x in ["w1", "w3", "w2"].map { MoEBlock.prefix(layer: i) + "experts.\(x).\($0)" } }
   }
 
   /// (out, in) of a linear module.

@@ -24,6 +24,14 @@ import QoQTestSupport
     let perLayer = 64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * 128
     #expect(e.peakBytes == max(6 * perLayer, 300 * 64 * 4) + (256 << 20))
     #expect(plan.estimate(c, evaluate: true, cores: 2).peakBytes == 4 * e.parameters + (256 << 20), "evaluation holds the fp32 model")
+    // A Mixtral layer counts every expert and the router (issue #14): against its checkpoint, and by hand.
+    let mc = try TinyMixtral.config(experts: 3, topK: 1, hidden: 64, intermediate: 64)
+    try writeTinyCheckpoint(mc, to: dir + "-moe")
+    let mst = try SafeTensorsFile(path: dir + "-moe/model.safetensors")
+    let moeCounted = try mst.names.filter { !$0.hasSuffix("norm.weight") }.reduce(0) { $0 + (try mst.info($1).count) }
+    let me = plan.estimate(mc, evaluate: false, cores: 2)
+    #expect(me.parameters == moeCounted)
+    #expect(me.parameters == 2 * (64 * (128 + 2 * 64) + 128 * 64 + 3 * (3 * 64 * 64) + 3 * 64) + 2 * 70 * 64)
   }
 
   /// The time model against runs measured on a 2-core Zen 4 (BENCHMARKS.md): QoQ g128 on Qwen2.5-Coder-1.5B with

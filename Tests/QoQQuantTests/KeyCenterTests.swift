@@ -63,6 +63,10 @@ import QoQTestSupport
     #expect(acc.centeredSpan == [0.25, 0.25, 1, 1])
     #expect(acc.absMax == [300, 300.5, 1, 1])
     #expect(MinMaxAccumulator(width: 2).center == [0, 0])  // nothing seen: no shift
+    // About a given center (the mean, under key scaling): max(max − c, c − min), by hand.
+    #expect(acc.span(about: [300, 300, 0.5, -2]) == [0.5, 0.5, 1.5, 3])
+    #expect(acc.span(about: acc.center) == acc.centeredSpan)
+    #expect(MinMaxAccumulator(width: 2).span(about: [1, -1]) == [0, 0])
     var x: [Float] = [300, 300.5, 1, -1, 299.5, 300, -1, 1]
     CenteredKeys(Identity(), center: acc.center).apply(&x, rows: 2, width: 4)
     #expect(x == [300, 300.5, 1, -1, 299.5, 300, -1, 1])
