@@ -353,12 +353,11 @@ public struct QuantPlan: Sendable {
 
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).
   public func check(_ c: LlamaConfiguration) throws {
-    if let e = c.numLocalExperts, needsCalibration || rotation != nil {
-      // Calibrated stages need each expert's routed tokens (GPTQ Hessians, smoothing statistics), and the rotation
-      // would have to cover the router and every expert; neither exists yet.
+    if let e = c.numLocalExperts, needsCalibration {
+      // Calibrated stages need each expert's routed tokens (GPTQ Hessians, smoothing statistics): not yet.
       throw QoQError("qoq quantize on mixture-of-experts models (\(c.modelType), \(e) experts) supports recipes without calibration "
-                     + "or rotation so far (round-to-nearest: recipes/rtn-w4a16-g128.yaml, rtn-w4a8kv4-g128.yaml); QoQ, AWQ, GPTQ "
-                     + "and SmoothQuant on experts are issue #14")
+                     + "so far (round-to-nearest, with or without --enable-rotation: recipes/rtn-w4a16-g128.yaml, "
+                     + "rtn-w4a8kv4-g128.yaml); QoQ, AWQ, GPTQ and SmoothQuant on experts are issue #14")
     }
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width
       let g = f.groupSize(c.hiddenSize)

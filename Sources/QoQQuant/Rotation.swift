@@ -115,14 +115,24 @@ public struct Rotator: Sendable {
       }
       s[norm] = [Float](repeating: 1, count: g.count)
     }
-    fold(p + "input_layernorm.weight", into: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn." + $0 })
-    fold(p + "post_attention_layernorm.weight", into: ["gate_proj", "up_proj"].map { p + "mlp." + $0 })
-    for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"] {
-      var w = s[p + m + ".weight"]
-      rotateRows(&w)
-      s[p + m + ".weight"] = w
+    // The MLP's readers of the residual stream (gate/up; in an MoE layer the router and every expert's w1/w3) and its
+    // writers (down; every expert's w2).
+    let (mlpIn, mlpOut): ([String], [String])
+    if let e = c.numLocalExperts {
+      let m = MoEBlock.prefix(layer: l)
+      mlpIn = [m + "gate"] + (0..<e).flatMap { x in ["w1", "w3"].map { m + "experts.\(x).\($0)" } }
+      mlpOut = (0..<e).map { m + "experts.\($0).w2" }
+    } else {
+      (mlpIn, mlpOut) = (["gate_proj", "up_proj"].map { p + "mlp." + $0 }, [p + "mlp.down_proj"])
     }
-    for m in [p + "self_attn.o_proj", p + "mlp.down_proj"] {
+    fold(p + "input_layernorm.weight", into: ["q_proj", "k_proj", "v_proj"].map { p + "self_attn." + $0 })
+    fold(p + "post_attention_layernorm.weight", into: mlpIn)
+    for m in ["q_proj", "k_proj", "v_proj"].map({ p + "self_attn." + $0 }) + mlpIn {
+      var w = s[m + ".weight"]
+      rotateRows(&w)
+      s[m + ".weight"] = w
+    }
+    for m in [p + "self_attn.o_proj"] + mlpOut {
       var w = s[m + ".weight"]
       transformColumns(&w, rows: H, cols: w.count / H) { applyR($0) }
       s[m + ".weight"] = w

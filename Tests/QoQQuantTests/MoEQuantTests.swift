@@ -6,8 +6,8 @@ import Testing
 @testable import QoQQuant
 import QoQTestSupport
 
-/// Mixture-of-experts through the quantizer (issue #14), so far the recipes without calibration or rotation: every
-/// expert's w1/w3/w2 quantized like a dense linear, the router kept at full precision.
+/// Mixture-of-experts through the quantizer (issue #14), so far the recipes without calibration (with or without the
+/// rotation): every expert's w1/w3/w2 quantized like a dense linear, the router kept at full precision.
 @Suite(.serialized) struct MoEQuantTests {
   static let tokens: [Int32] = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32, 38, 46, 26, 43]
 
@@ -46,7 +46,34 @@ import QoQTestSupport
     #expect(reloaded == fake)
   }
 
-  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; recipes with calibration or rotation are refused
+  /// The residual rotation covers the router and every expert (norm folded into the router and w1/w3, their rows
+  /// rotated; w2's columns rotated back) and the V/O head rotation, so the FP logits do not move, with and without
+  /// random signs; through the pipeline, RTN with `--enable-rotation` quantizes the rotated experts.
+  @Test func rotationCoversExperts() throws {
+    let c = try TinyMixtral.config(hidden: 64, intermediate: 64)
+    let before = try logitsAll(try WeightStore(config: c, source: TinyMixtral.weights(c)).model(), Self.tokens)
+    for random in [false, true] {
+      let s = try WeightStore(config: c, source: TinyMixtral.weights(c))
+      var o = RotationOptions(); o.random = random
+      try RotationStage.apply(s, options: o)
+      #expect(s["model.layers.1.post_attention_layernorm.weight"].allSatisfy { $0 == 1 })
+      let router = MoEBlock.prefix(layer: 1) + "gate.weight"
+      #expect(s[router] != (try TinyMixtral.weights(c).floats(router)))
+      let after = try logitsAll(try s.model(), Self.tokens)
+      #expect(relDiff(after, before) < 1e-5, "random=\(random): \(relDiff(after, before))")
+    }
+    let dir = tempDir("moe-rot")
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    let flags = ["--enable-rotation", "--rotation-transforms", "out_proj"]
+    let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/rtn-w4a16-g64.yaml"], flags: flags),
+                                       cacheRoot: nil).run()
+    #expect(try out.quantizedWeights().count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
+    let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, Self.tokens)
+    let fake = try lastLogits(try out.fakeQuantModel(), Self.tokens)
+    #expect(relL2(fake, fp) > 1e-4 && relL2(fake, fp) < 0.3, "\(relL2(fake, fp))")
+  }
+
+  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; recipes with calibration are refused
   /// before any work, naming the issue.
   @Test func w4a8kv4RunsAndCalibratedRecipesAreRefused() throws {
     let dir = tempDir("moe-kv4")
