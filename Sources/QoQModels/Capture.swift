@@ -28,6 +28,17 @@ public final class LayerCapture: @unchecked Sendable {
     data[p, default: []].append(contentsOf: UnsafeBufferPointer(start: x, count: count))
   }
 
+  /// MoE layers, when `downInput` is captured: per expert, the rows routed to it, as its w1/w3 input (m, H) and its
+  /// w2 input (m, intermediate); an expert no token chose has no entry.
+  public private(set) var expertInputs: [Int: [Float]] = [:]
+  public private(set) var expertDownInputs: [Int: [Float]] = [:]
+
+  func recordExpert(_ e: Int, input: UnsafePointer<Float>, down: UnsafePointer<Float>, rows m: Int, hidden H: Int, intermediate I: Int) {
+    guard points.contains(.downInput) else { return }
+    expertInputs[e, default: []].append(contentsOf: UnsafeBufferPointer(start: input, count: m * H))
+    expertDownInputs[e, default: []].append(contentsOf: UnsafeBufferPointer(start: down, count: m * I))
+  }
+
   public subscript(_ p: Point) -> [Float] { data[p] ?? [] }
-  public func clear() { data.removeAll(keepingCapacity: true) }
+  public func clear() { data.removeAll(keepingCapacity: true); expertInputs.removeAll(); expertDownInputs.removeAll() }
 }

@@ -238,7 +238,10 @@ public final class LlamaModel: @unchecked Sendable {
       capture?.record(.mlpInput, h, n * H)
       if let moe = layer.moe {
         let y = UnsafeMutablePointer<Float>.allocate(capacity: n * H); defer { y.deallocate() }
-        moe.forward(h, rows: n, hidden: H, intermediate: I, y)
+        let observe: ((Int, UnsafePointer<Float>, UnsafePointer<Float>, Int) -> Void)? = capture.map { cap in
+          { e, inp, down, m in cap.recordExpert(e, input: inp, down: down, rows: m, hidden: H, intermediate: I) }
+        }
+        moe.forward(h, rows: n, hidden: H, intermediate: I, y, observe: observe)
         addInPlace(xp, y, n * H)
         return
       }

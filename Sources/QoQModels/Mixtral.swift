@@ -66,9 +66,11 @@ public final class MoEBlock: @unchecked Sendable {
 
   /// y (n, H) = Σ over each token's chosen experts of weight · expert(x). x: (n, H) normed inputs. Tokens are grouped
   /// by expert and each expert runs once over its tokens, so unchosen experts cost nothing; the weighted outputs are
-  /// added in expert order, as transformers' index_add_ does.
+  /// added in expert order, as transformers' index_add_ does. `observe(e, input, downInput, m)`: expert e's m routed
+  /// rows of input (m, H) and of w2's input (m, I), for calibration.
   public func forward(_ x: UnsafePointer<Float>, rows n: Int, hidden H: Int, intermediate I: Int,
-                      _ y: UnsafeMutablePointer<Float>) {
+                      _ y: UnsafeMutablePointer<Float>,
+                      observe: ((Int, UnsafePointer<Float>, UnsafePointer<Float>, Int) -> Void)? = nil) {
     let routes = route(x, rows: n)
     y.update(repeating: 0, count: n * H)
     var tokens = [[Int]](repeating: [], count: experts.count), weights = [[Float]](repeating: [], count: experts.count)
@@ -89,6 +91,7 @@ public final class MoEBlock: @unchecked Sendable {
       // Row by row: a row's SIMD/tail split must not depend on where it lands in the gathered block, so that a
       // token's result is the same whatever other tokens its expert sees (batch and cache invariance).
       for i in 0..<m { siluMul(g + i * I, u + i * I, g + i * I, I) }
+      observe?(e, xe, g, m)
       ex.w2.forward(g, rows: m, o)
       for (i, r) in rows.enumerated() {
         let w = weights[e][i], dst = y + r * H, src = o + i * H

@@ -14,6 +14,9 @@ public final class HessianAccumulator: @unchecked Sendable {
 
   public init(size: Int) { self.size = size; h = [Float](repeating: 0, count: size * size) }
 
+  /// Rows (tokens) accumulated so far.
+  public var rows: Int { tokens }
+
   /// Frees the accumulated matrix once its Hessian has been taken (an 8B model's down_proj input holds 0.8 GB).
   public func release() { h = [] }
 

@@ -189,11 +189,19 @@ extension QuantizationPipeline {
     let qkSeqs = min(s.count, plan.sequences(plan.clipSamples))
     var sub: [String: [Float]] = [:], qkInput: [Float] = []
     var rowBase = 0
-    let hs: [String: HessianAccumulator] = plan.gptq == nil ? [:]
-      : ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
-         "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)]
+    var hs: [String: HessianAccumulator] = plan.gptq == nil ? [:]
+      : ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim)]
+    if plan.gptq != nil {
+      // An MoE layer: one Hessian per expert input, from the tokens routed to it (w1/w3 share one, w2 has its own).
+      let mlp = c.numLocalExperts.map { e in (0..<e).flatMap { ["e\($0).in", "e\($0).down"] } } ?? ["mlp", "down"]
+      for k in mlp { hs[k] = HessianAccumulator(size: k.hasSuffix("down") ? c.intermediateSize : c.hiddenSize) }
+    }
     let points: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
     try pass.run(model: model, layer: l, points: [.attnInput, .oProjInput, .mlpInput, .downInput]) { cap in
+      for (e, x) in cap.expertInputs { if let acc = hs["e\(e).in"] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } } }
+      for (e, x) in cap.expertDownInputs {
+        if let acc = hs["e\(e).down"] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } }
+      }
       var rows = 0
       for (k, p) in points {
         let x = cap[p]
@@ -232,6 +240,17 @@ extension QuantizationPipeline {
                              searched: searched)
   }
 
+  /// The GPTQ Hessian a linear's input accumulates into: attn (q/k/v), o, mlp (gate/up), down; in an MoE layer
+  /// e{x}.in (expert x's w1/w3) and e{x}.down (its w2).
+  func hessianKey(_ m: String) -> String? {
+    if let r = m.range(of: ".experts.") {
+      let rest = m[r.upperBound...]
+      guard let dot = rest.firstIndex(of: "."), let x = Int(rest[..<dot]) else { return nil }
+      return "e\(x)." + (rest.hasSuffix(".w2") ? "down" : "in")
+    }
+    return m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
+  }
+
   /// deepcompressor's module key of a linear (for skips); an expert's w1/w3 are its gate/up, w2 its down.
   func key(_ module: String) -> String {
     if module.hasSuffix("q_proj") || module.hasSuffix("k_proj") || module.hasSuffix("v_proj") { return "qkv_proj" }
@@ -253,15 +272,21 @@ extension QuantizationPipeline {
       let qz = WeightQuantizer(weight: w, out: o, inp: i, format: format, ratios: ratios)
       let q: QuantizedWeight
       if let hs = hessians, let gopts = plan.gptq {
-        let hk = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : (key(m) == "qkv_proj" ? "attn" : "mlp")
-        if inverses[hk] == nil {
-          // Modules come grouped by input (q/k/v, o, gate/up, down): the previous input's factor and accumulator
-          // are done, so one input's matrices are held at a time.
-          inverses = [:]
-          inverses[hk] = try GPTQInverse(hessian: hs[hk]!.hessian(sequences: sequences), size: i, options: gopts)
-          hs[hk]!.release()
+        guard let hk = hessianKey(m), let acc = hs[hk] else { throw QoQError("GPTQ: no Hessian was accumulated for \(m)") }
+        if acc.rows == 0 {
+          // An expert no calibration token was routed to has no Hessian: round-to-nearest.
+          log("\(m): no calibration token was routed to this expert; round-to-nearest")
+          q = qz.rtn(w)
+        } else {
+          if inverses[hk] == nil {
+            // Modules come grouped by input (q/k/v, o, gate/up, down; an expert's w1/w3, its w2): the previous input's
+            // factor and accumulator are done, so one input's matrices are held at a time.
+            inverses = [:]
+            inverses[hk] = try GPTQInverse(hessian: acc.hessian(sequences: sequences), size: i, options: gopts)
+            acc.release()
+          }
+          q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
         }
-        q = try gptq(weight: w, inverse: inverses[hk]!, quantizer: qz, options: gopts).weight
       } else {
         q = qz.rtn(w)
       }

@@ -353,11 +353,14 @@ public struct QuantPlan: Sendable {
 
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).
   public func check(_ c: LlamaConfiguration) throws {
-    if let e = c.numLocalExperts, needsCalibration {
-      // Calibrated stages need each expert's routed tokens (GPTQ Hessians, smoothing statistics): not yet.
-      throw QoQError("qoq quantize on mixture-of-experts models (\(c.modelType), \(e) experts) supports recipes without calibration "
-                     + "so far (round-to-nearest, with or without --enable-rotation: recipes/rtn-w4a16-g128.yaml, "
-                     + "rtn-w4a8kv4-g128.yaml); QoQ, AWQ, GPTQ and SmoothQuant on experts are issue #14")
+    if let e = c.numLocalExperts,
+       reorder || smoothAttn != nil || smoothProj != nil || clipStrategy == .gridSearch || kvStatic || centerKeys == .always
+        || scaleKeys == .always {
+      // Reordering, smoothing and range searches need per-expert statistics of the routed tokens: not yet. GPTQ has
+      // them (one Hessian per expert input).
+      throw QoQError("qoq quantize on mixture-of-experts models (\(c.modelType), \(e) experts) supports round-to-nearest and GPTQ "
+                     + "so far, with or without --enable-rotation (recipes/rtn-w4a16-g128.yaml, rtn-w4a8kv4-g128.yaml, gptq.yaml); "
+                     + "QoQ, AWQ and SmoothQuant on experts (reordering, smoothing, range searches) are issue #14")
     }
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width
       let g = f.groupSize(c.hiddenSize)

@@ -73,7 +73,66 @@ import QoQTestSupport
     #expect(relL2(fake, fp) > 1e-4 && relL2(fake, fp) < 0.3, "\(relL2(fake, fp))")
   }
 
-  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; recipes with calibration are refused
+  /// GPTQ per expert, on a tiny Mixtral (4 experts, top 1) whose expert 3 is never chosen (its router row equals
+  /// expert 0's, and ties go to the lower index): experts 0–2 equal GPTQ with the Hessian of the calibration tokens
+  /// the router sends them, recomputed here from the FP layer's MLP input and MoEBlock.route (layer 0); expert 3, with no
+  /// token, is round-to-nearest of its weights, and the log says so.
+  @Test func gptqPerExpertFromRoutedTokens() throws {
+    let dir = tempDir("moe-gptq")
+    // The tiny tokenizer's ids reach ~260: a vocabulary of 300.
+    let c = try LlamaConfiguration(modelType: "mixtral", hiddenSize: 64, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4,
+                                   numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 300,
+                                   numLocalExperts: 4, numExpertsPerTok: 1)
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    let st = try SafeTensorsFile(path: dir + "/model/model.safetensors")
+    var blobs: [TensorBlob] = []
+    for n in st.names {
+      var v = try st.floats(n)
+      if n.hasSuffix("block_sparse_moe.gate.weight") { for j in 0..<c.hiddenSize { v[3 * c.hiddenSize + j] = v[j] } }
+      blobs.append(TensorBlob(name: n, shape: try st.info(n).shape, floats: v))
+    }
+    try SafeTensorsWriter.write(blobs, to: dir + "/model/model.safetensors")
+    try writeTinyText(to: dir + "/calib.txt")
+    let flags = ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32", "--calib-min-seq-length", "0"]
+    let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/gptq-g64.yaml"], flags: flags),
+                                     cacheRoot: nil)
+    var lines: [String] = []
+    p.log = { lines.append($0) }
+    let q = try p.run().quantizedWeights()
+    #expect(q.count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
+    // The reference: layer 0's MLP input for the same samples (one chunk of 4), routed by the model's own router.
+    let loaded = try ModelLoader.load(path: dir + "/model")
+    let model = loaded.model, format = try #require(p.plan.weightFormat), gopts = try #require(p.plan.gptq)
+    let samples = try CalibrationData.samples(p.plan.calib, tokenizer: loaded.tokenizer)
+    var x = try model.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
+    let cap = LayerCapture([.mlpInput])
+    try model.runLayer(0, x: &x, lengths: samples.map(\.count), caches: samples.map { _ in KVCache(config: c, capacity: 32) }, capture: cap)
+    let h = cap[.mlpInput], H = c.hiddenSize, moe = try #require(model.layers[0].moe)
+    let routes = h.withUnsafeBufferPointer { moe.route($0.baseAddress!, rows: h.count / H) }
+    #expect(!routes.contains { $0.expert == 3 })
+    for e in 0..<3 {
+      let rows = routes.enumerated().filter { $0.element.expert == Int32(e) }.map(\.offset)
+      #expect(!rows.isEmpty, "expert \(e) got no token")
+      var xe: [Float] = []
+      for r in rows { xe += h[(r * H)..<((r + 1) * H)] }
+      let acc = HessianAccumulator(size: H)
+      xe.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: rows.count) }
+      let inv = try GPTQInverse(hessian: acc.hessian(sequences: samples.count), size: H, options: gopts)
+      for w in ["w1", "w3"] {
+        let m = MoEBlock.prefix(layer: 0) + "experts.\(e).\(w)", s = tensorShape(m + ".weight", c), orig = try st.floats(m + ".weight")
+        let want = try gptq(weight: orig, inverse: inv, quantizer: WeightQuantizer(weight: orig, out: s[0], inp: s[1], format: format),
+                            options: gopts).weight
+        #expect(try #require(q[m]).codes == want.codes, "\(m)")
+      }
+    }
+    for w in ["w1", "w2", "w3"] {
+      let m = MoEBlock.prefix(layer: 0) + "experts.3.\(w)", s = tensorShape(m + ".weight", c), orig = try st.floats(m + ".weight")
+      #expect(try #require(q[m]).dequantized() == WeightQuantizer(weight: orig, out: s[0], inp: s[1], format: format).rtn(orig).dequantized())
+      #expect(lines.contains { $0.contains("experts.3.\(w): no calibration token") }, "\(lines)")
+    }
+  }
+
+  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; recipes that reorder, smooth or search are refused
   /// before any work, naming the issue.
   @Test func w4a8kv4RunsAndCalibratedRecipesAreRefused() throws {
     let dir = tempDir("moe-kv4")
@@ -85,7 +144,7 @@ import QoQTestSupport
                                        cacheRoot: nil).run()
     #expect(rtn.quantization.kvBits == 4 && rtn.quantization.actBits == 8)
     #expect(try lastLogits(try rtn.fakeQuantModel(), Self.tokens).allSatisfy(\.isFinite))
-    for file in ["qoq-g64.yaml", "gptq-g64.yaml", "awq-g64.yaml"] {
+    for file in ["qoq-g64.yaml", "awq-g64.yaml", "smoothquant-dynamic.yaml"] {
       let r = try Recipe.load(files: [recipesDir + "/" + file], flags: ["--calib-path", dir + "/calib.txt"])
       #expect { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run() } throws: {
         "\($0)".contains("mixture-of-experts") && "\($0)".contains("#14")
