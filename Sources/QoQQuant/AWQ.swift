@@ -177,13 +177,18 @@ extension SmoothStage {
 
   /// Folds a given λ between up_proj and down_proj (down columns ×= λ, up rows and bias ÷= λ).
   public static func applyDown(_ s: WeightStore, layer l: Int, lambda lam: [Float]) {
-    let c = s.config, I = c.intermediateSize, H = c.hiddenSize, p = "model.layers.\(l).mlp."
-    var wd = s[p + "down_proj.weight"]
+    applyDown(s, mlp: MLPNames.of(s.config, layer: l)[0], lambda: lam)
+  }
+
+  /// W_down[:, j] ×= λ_j, W_up[j, :] ÷= λ_j (and up's bias) for one MLP (a dense layer's, or one expert's w2/w3).
+  public static func applyDown(_ s: WeightStore, mlp: MLPNames, lambda lam: [Float]) {
+    let c = s.config, I = c.intermediateSize, H = c.hiddenSize
+    var wd = s[mlp.down + ".weight"]
     for r in 0..<H { for j in 0..<I { wd[r * I + j] *= lam[j] } }
-    s[p + "down_proj.weight"] = wd
-    var wu = s[p + "up_proj.weight"]
+    s[mlp.down + ".weight"] = wd
+    var wu = s[mlp.up + ".weight"]
     for j in 0..<I { for cc in 0..<H { wu[j * H + cc] /= lam[j] } }
-    s[p + "up_proj.weight"] = wu
-    if let b = s.tensors[p + "up_proj.bias"] { s[p + "up_proj.bias"] = (0..<I).map { b[$0] / lam[$0] } }
+    s[mlp.up + ".weight"] = wu
+    if let b = s.tensors[mlp.up + ".bias"] { s[mlp.up + ".bias"] = (0..<I).map { b[$0] / lam[$0] } }
   }
 }

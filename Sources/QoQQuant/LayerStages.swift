@@ -27,7 +27,11 @@ extension QuantizationPipeline {
     var calibration: LlamaModel? = try calibrationModel(store, layer: l)
     let samples = pass.samples
     let c = store.config
-    var down = AbsMaxAccumulator(width: c.intermediateSize), q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
+    // The layer's MLPs (the dense one, or every expert) with their down_proj input absmax and Hessian keys.
+    let mlps = MLPNames.of(c, layer: l), moe = c.numLocalExperts != nil
+    let mlpKeys = mlps.indices.map { moe ? (input: "e\($0).in", down: "e\($0).down") : (input: "mlp", down: "down") }
+    var downs = [AbsMaxAccumulator](repeating: AbsMaxAccumulator(width: c.intermediateSize), count: mlps.count)
+    var q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
     let centering = plan.centersKeys(c), scaling = plan.scalesKeys(c)
     var qMoments = MomentAccumulator(width: scaling ? c.qDim : 0), kMoments = MomentAccumulator(width: scaling ? c.kvDim : 0)
     let grid = plan.smoothAttn?.strategy == .gridSearch
@@ -35,8 +39,10 @@ extension QuantizationPipeline {
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
     var quantized: [String: QuantizedWeight] = [:]
     func newHessians() -> [String: HessianAccumulator] {
-      fused ? ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim),
-               "mlp": HessianAccumulator(size: c.hiddenSize), "down": HessianAccumulator(size: c.intermediateSize)] : [:]
+      guard fused else { return [:] }
+      var h = ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim)]
+      for key in mlpKeys { h[key.input] = HessianAccumulator(size: c.hiddenSize); h[key.down] = HessianAccumulator(size: c.intermediateSize) }
+      return h
     }
     let hs = newHessians()
     let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
@@ -60,7 +66,17 @@ extension QuantizationPipeline {
     if grid || fused { points.insert(.attnInput) }
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
-      down.add(cap[.downInput]); q.add(cap[.qRope]); k.add(cap[.kRope])
+      q.add(cap[.qRope]); k.add(cap[.kRope])
+      if moe {
+        // Each expert's statistics and Hessians from the tokens routed to it.
+        for (e, x) in cap.expertDownInputs { downs[e].add(x) }
+        for (e, x) in cap.expertInputs { if let acc = hs[mlpKeys[e].input] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } } }
+        for (e, x) in cap.expertDownInputs {
+          if let acc = hs[mlpKeys[e].down] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } }
+        }
+      } else {
+        downs[0].add(cap[.downInput])
+      }
       if scaling { qMoments.add(cap[.qRope]); kMoments.add(cap[.kRope]) }
       if smoothKeys.contains("qkv_proj") || awq { attnIn.add(cap[.attnInput]) }
       if smoothKeys.contains("up_proj") || awq { mlpIn.add(cap[.mlpInput]) }
@@ -87,15 +103,17 @@ extension QuantizationPipeline {
         searchInput += cap[.attnInput].prefix(need)
       }
     }
-    var dmax = down.values
-    // The activation spans smoothing uses: AbsMax, or RootMeanSquare where the recipe asks (down's in reordered order).
-    var dspan = rms ? rmsIn[.downInput]!.values : dmax
+    // The activation spans smoothing uses per MLP: AbsMax, or RootMeanSquare where the recipe asks (dense layers only),
+    // in reordered order.
+    var dspans: [[Float]] = mlps.indices.map { rms ? rmsIn[.downInput]!.values : downs[$0].values }
     if plan.reorder {
-      let perm = ReorderStage.apply(store, layer: l, downInputAbsMax: dmax)
-      dmax = perm.map { dmax[$0] }
-      dspan = perm.map { dspan[$0] }
-      hs["down"]?.inputPermutation = perm
+      for (i, mlp) in mlps.enumerated() {
+        let perm = ReorderStage.apply(store, mlp: mlp, downInputAbsMax: downs[i].values)
+        dspans[i] = perm.map { dspans[i][$0] }
+        hs[mlpKeys[i].down]?.inputPermutation = perm
+      }
     }
+    let dspan = dspans[0]
     let attnSpan = rms ? rmsIn[.attnInput]!.values : attnIn.values, mlpSpan = rms ? rmsIn[.mlpInput]!.values : mlpIn.values
     // Key centering: the midrange c of each post-RoPE key channel is what the cache subtracts; smoothing then sees the
     // centered span max|k − c| instead of max|k|, and c is divided by the same λ as the keys.
@@ -131,8 +149,10 @@ extension QuantizationPipeline {
     } else if let sp = plan.smoothProj {
       if smoothKeys.contains("down_proj") {
         // (Evaluated before the assignment: `hs["down"]?.x = f()` would skip f() when there is no Hessian.)
-        let lam = SmoothStage.down(store, layer: l, inputAbsMax: dspan, alpha: sp.alpha, beta: sp.beta)
-        hs["down"]?.inputDivisor = lam
+        for (i, mlp) in mlps.enumerated() {
+          let lam = SmoothStage.down(store, mlp: mlp, inputAbsMax: dspans[i], alpha: sp.alpha, beta: sp.beta)
+          hs[mlpKeys[i].down]?.inputDivisor = lam
+        }
       }
       // SmoothQuant: norm → linears. The captured attention/MLP inputs are divided by λ; their Hessians too.
       for (key, span, h) in [("qkv_proj", attnSpan, "attn"), ("up_proj", mlpSpan, "mlp")] where smoothKeys.contains(key) {

@@ -20,23 +20,45 @@ func smoothScale(_ a: [Float], _ b: [Float], alpha: Double, beta: Double) -> [Fl
   return lam
 }
 
+/// The three linears of one SwiGLU MLP by HF name (weight tensor prefixes): a dense layer's mlp.gate/up/down_proj,
+/// or one Mixtral expert's w1 (gate), w3 (up) and w2 (down).
+public struct MLPNames: Sendable, Equatable {
+  public let gate: String, up: String, down: String
+  /// Layer l's MLPs: the dense one, or every expert in order.
+  public static func of(_ c: LlamaConfiguration, layer l: Int) -> [MLPNames] {
+    guard let e = c.numLocalExperts else {
+      let p = "model.layers.\(l).mlp."
+      return [MLPNames(gate: p + "gate_proj", up: p + "up_proj", down: p + "down_proj")]
+    }
+    return (0..<e).map { x in
+      let p = MoEBlock.prefix(layer: l) + "experts.\(x)."
+      return MLPNames(gate: p + "w1", up: p + "w3", down: p + "w2")
+    }
+  }
+}
+
 public enum ReorderStage {
   /// Ascending argsort of the down_proj input absmax; permutes down_proj columns and gate/up rows (and biases).
   @discardableResult
   public static func apply(_ s: WeightStore, layer l: Int, downInputAbsMax m: [Float]) -> [Int] {
+    apply(s, mlp: MLPNames.of(s.config, layer: l)[0], downInputAbsMax: m)
+  }
+
+  /// The same for one MLP (a dense layer's, or one expert's).
+  @discardableResult
+  public static func apply(_ s: WeightStore, mlp: MLPNames, downInputAbsMax m: [Float]) -> [Int] {
     let perm = (0..<m.count).sorted { m[$0] != m[$1] ? m[$0] < m[$1] : $0 < $1 }
-    let p = "model.layers.\(l).mlp."
     let I = s.config.intermediateSize, H = s.config.hiddenSize
-    var down = s[p + "down_proj.weight"]
+    var down = s[mlp.down + ".weight"]
     let old = down
     for r in 0..<H { for i in 0..<I { down[r * I + i] = old[r * I + perm[i]] } }
-    s[p + "down_proj.weight"] = down
-    for m in ["gate_proj", "up_proj"] {
-      let w = s[p + m + ".weight"]
+    s[mlp.down + ".weight"] = down
+    for m in [mlp.gate, mlp.up] {
+      let w = s[m + ".weight"]
       var nw = w
       for i in 0..<I { for c in 0..<H { nw[i * H + c] = w[perm[i] * H + c] } }
-      s[p + m + ".weight"] = nw
-      if let b = s.tensors[p + m + ".bias"] { s[p + m + ".bias"] = perm.map { b[$0] } }
+      s[m + ".weight"] = nw
+      if let b = s.tensors[m + ".bias"] { s[m + ".bias"] = perm.map { b[$0] } }
     }
     return perm
   }
@@ -136,13 +158,18 @@ public enum SmoothStage {
   /// W_down[:, j] ×= λ_j, W_up[j, :] ÷= λ_j (and up's bias). Returns λ.
   @discardableResult
   public static func down(_ s: WeightStore, layer l: Int, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
+    down(s, mlp: MLPNames.of(s.config, layer: l)[0], inputAbsMax: x, alpha: alpha, beta: beta)
+  }
+
+  /// The same for one MLP (a dense layer's, or one expert's: its w2 and w3).
+  @discardableResult
+  public static func down(_ s: WeightStore, mlp: MLPNames, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
     let c = s.config, I = c.intermediateSize, H = c.hiddenSize
-    let p = "model.layers.\(l).mlp."
-    let wd = s[p + "down_proj.weight"]
+    let wd = s[mlp.down + ".weight"]
     var ws = [Float](repeating: 0, count: I)
     for r in 0..<H { for j in 0..<I { ws[j] = max(ws[j], abs(wd[r * I + j])) } }
     let lam = smoothScale(x, ws, alpha: alpha, beta: beta)
-    applyDown(s, layer: l, lambda: lam)
+    applyDown(s, mlp: mlp, lambda: lam)
     return lam
   }
 }
