@@ -236,7 +236,7 @@ extension EngineModel {
     profile.mark(.oProj, &t)
     addInPlace(x, tmp, n * H)
     profile.mark(.residual, &t)
-    if let moe = L.moe {  // Mixtral (FP): route each token, run its experts, add their weighted outputs.
+    if let moe = L.moe {  // Mixtral: route each token, run its experts (FP or integer kernels), add their weighted outputs.
       L.postAttentionLayernorm.withUnsafeBufferPointer { w in for r in 0..<n { rmsNorm(x + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) } }
       profile.mark(.normQuant, &t)
       moe.forward(h, rows: n, hidden: H, intermediate: I, tmp)

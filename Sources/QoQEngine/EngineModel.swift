@@ -16,6 +16,22 @@ public enum EngineLinear: @unchecked Sendable {
   var quantizedInput: Bool { if case .int = self { return true } else { return false } }
 }
 
+/// An integer kernel as a LinearLayer, for the experts MoEBlock runs: each call quantizes its rows to int8 per token
+/// (QuantizedRows.quantizeRow, as the dense layers' fused norm and SiLU quantizers do) and runs the kernel.
+final class IntKernelLinear: LinearLayer, @unchecked Sendable {
+  let kernel: IntLinearKernel
+  var inFeatures: Int { kernel.k }
+  var outFeatures: Int { kernel.n }
+  init(_ k: IntLinearKernel) { kernel = k }
+  func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+    guard rows > 0 else { return }
+    let a = QuantizedRows(capacity: rows, k: kernel.k)
+    for r in 0..<rows { a.quantizeRow(r, x + r * kernel.k) }
+    a.m = rows
+    kernel.forward(a, y, ldy: kernel.n)
+  }
+}
+
 public final class EngineLayer: @unchecked Sendable {
   public let inputLayernorm: [Float]          // (H)
   public let postAttentionLayernorm: [Float]  // (H)
@@ -40,7 +56,7 @@ public final class EngineLayer: @unchecked Sendable {
   /// (heads·head_dim) before rotation (checkpoints with key_scale): (q/s)·(k·s) = q·k.
   public let kScale: [Float]?
   public let qScale: [Float]?
-  /// Mixtral's sparse MoE block in place of gate/up/down (FP models only so far: issue #14).
+  /// Mixtral's sparse MoE block in place of gate/up/down (its experts on FP or integer kernels).
   public let moe: MoEBlock?
   init(_ a: [Float], _ b: [Float], _ qkv: EngineLinear, _ o: EngineLinear, _ gu: EngineLinear, _ d: EngineLinear, kBias: [Float]?,
        kCenter: [Float]? = nil, kScale: [Float]? = nil, heads: Int = 0, headDim: Int = 1, rotateKeys: Bool = false, moe: MoEBlock? = nil) {
@@ -128,7 +144,6 @@ public final class EngineModel: @unchecked Sendable {
     }
     let c = ckpt.config
     _ = try ModelRegistry.family(c.modelType)
-    try c.requireDense("the engine's integer kernels")
     guard let wf = qc.weight else { throw QoQError("\(path): the checkpoint has no quantized weights; load it as an FP model") }
     func unsupported(_ why: String) -> QoQError {
       QoQError("\(path): \(why) is not supported by the engine kernels (supported: progressive or asymmetric uint4 " +
@@ -195,16 +210,31 @@ public final class EngineModel: @unchecked Sendable {
     var layers: [EngineLayer] = []
     for i in 0..<c.numHiddenLayers {
       let p = "model.layers.\(i)."
+      // Mixtral: the router in fp32 and each expert's w1/w3/w2 on the integer (or W4A16) kernels, run by MoEBlock
+      // over the tokens routed to it; decode at batch 1 reads only the chosen experts' weights.
+      var moe: MoEBlock?
+      if let e = c.numLocalExperts {
+        let m = MoEBlock.prefix(layer: i), H = c.hiddenSize
+        let router = try st.floats(m + "gate.weight")
+        guard router.count == e * H else { throw QoQError("\(path): \(m)gate.weight holds \(router.count) values, expected \(e) × \(H)") }
+        func expertLinear(_ name: String, inp: Int) throws -> LinearLayer {
+          switch try fused([m + name], inp: inp) { case .fp(let f): return f; case .int(let k): return IntKernelLinear(k) }
+        }
+        moe = MoEBlock(gate: DenseLinear(weight: router, outFeatures: e, inFeatures: H), experts: try (0..<e).map { x in
+          Expert(w1: try expertLinear("experts.\(x).w1", inp: H), w2: try expertLinear("experts.\(x).w2", inp: c.intermediateSize),
+                 w3: try expertLinear("experts.\(x).w3", inp: H))
+        }, topK: c.numExpertsPerTok)
+      }
       layers.append(EngineLayer(
         try st.floats(p + "input_layernorm.weight"), try st.floats(p + "post_attention_layernorm.weight"),
         try fused([p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"], inp: c.hiddenSize),
         try fused([p + "self_attn.o_proj"], inp: c.qDim),
-        try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
-        try fused([p + "mlp.down_proj"], inp: c.intermediateSize),
+        moe != nil ? .fp(NoDenseMLP()) : try fused([p + "mlp.gate_proj", p + "mlp.up_proj"], inp: c.hiddenSize),
+        moe != nil ? .fp(NoDenseMLP()) : try fused([p + "mlp.down_proj"], inp: c.intermediateSize),
         kBias: st.contains(p + "self_attn.k_proj.bias") ? try st.floats(p + "self_attn.k_proj.bias") : nil,
         kCenter: qc.kvKeyCenter ? try qc.keyCenter(st, layer: i, c) : nil,
         kScale: qc.kvKeyScale ? try qc.keyScale(st, layer: i, c) : nil, heads: c.numAttentionHeads, headDim: c.headDim,
-        rotateKeys: qc.kvKeyRotation))
+        rotateKeys: qc.kvKeyRotation, moe: moe))
     }
     let embed = try st.floats("model.embed_tokens.weight")
     guard embed.count == c.vocabSize * c.hiddenSize else { throw QoQError("\(path): model.embed_tokens.weight has the wrong size") }

@@ -13,6 +13,7 @@ public protocol LinearLayer: AnyObject, Sendable {
 /// every path that handles dense MLPs only refuses MoE models up front.
 public final class NoDenseMLP: LinearLayer, @unchecked Sendable {
   public let inFeatures = 0, outFeatures = 0
+  public init() {}
   public func forward(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
     preconditionFailure("an MoE layer has no dense MLP; this path must refuse MoE models (issue #14)")
   }

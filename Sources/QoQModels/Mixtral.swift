@@ -11,16 +11,6 @@ enum MixtralFamily {
                                   ggufPermutesQK: true, qkvBias: false)
 }
 
-extension LlamaConfiguration {
-  /// Throws for MoE models where `what` handles dense MLPs only: the FP model loads, evaluates and converts; the
-  /// quantizer and the engine do not have expert layers yet (issue #14).
-  public func requireDense(_ what: String) throws {
-    guard let e = numLocalExperts else { return }
-    throw QoQError("\(what) does not support mixture-of-experts models yet (\(modelType), \(e) experts, issue #14); "
-                   + "the FP model loads, converts and evaluates with `qoq eval`")
-  }
-}
-
 /// One expert's MLP: w1 = gate (I × H), w3 = up (I × H), w2 = down (H × I), HF names `experts.{e}.w1|w2|w3`.
 public struct Expert: @unchecked Sendable {
   public let w1: LinearLayer, w2: LinearLayer, w3: LinearLayer
