@@ -70,10 +70,7 @@ extension QuantizationPipeline {
       if moe {
         // Each expert's statistics and Hessians from the tokens routed to it.
         for (e, x) in cap.expertDownInputs { downs[e].add(x) }
-        for (e, x) in cap.expertInputs { if let acc = hs[mlpKeys[e].input] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } } }
-        for (e, x) in cap.expertDownInputs {
-          if let acc = hs[mlpKeys[e].down] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } }
-        }
+        accumulateExperts(cap, hs)
       } else {
         downs[0].add(cap[.downInput])
       }
@@ -218,10 +215,7 @@ extension QuantizationPipeline {
     }
     let points: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
     try pass.run(model: model, layer: l, points: [.attnInput, .oProjInput, .mlpInput, .downInput]) { cap in
-      for (e, x) in cap.expertInputs { if let acc = hs["e\(e).in"] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } } }
-      for (e, x) in cap.expertDownInputs {
-        if let acc = hs["e\(e).down"] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } }
-      }
+      accumulateExperts(cap, hs)
       var rows = 0
       for (k, p) in points {
         let x = cap[p]
@@ -258,6 +252,15 @@ extension QuantizationPipeline {
     }
     return try quantizeLayer(store, layer: l, format: format, hessians: plan.gptq == nil ? nil : hs, sequences: s.count,
                              searched: searched)
+  }
+
+  /// An MoE layer's captures into its per-expert Hessians (e{x}.in: the w1/w3 input, e{x}.down: the w2 input).
+  func accumulateExperts(_ cap: LayerCapture, _ hs: [String: HessianAccumulator]) {
+    for (rows, suffix) in [(cap.expertInputs, "in"), (cap.expertDownInputs, "down")] {
+      for (e, x) in rows {
+        if let acc = hs["e\(e).\(suffix)"] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) } }
+      }
+    }
   }
 
   /// The GPTQ Hessian a linear's input accumulates into: attn (q/k/v), o, mlp (gate/up), down; in an MoE layer
