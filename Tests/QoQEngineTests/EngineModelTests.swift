@@ -300,9 +300,7 @@ final class EngineHarness {
   /// bounds it (fp32 scores: the first position within 1e-4, the last far below the quantization error); and a
   /// sequence decoded token by token beside another gives its prefill's bits (experts see different token groups).
   @Test func quantizedMixtralEngineMatchesFakeQuant() throws {
-    let c = try LlamaConfiguration(modelType: "mixtral", hiddenSize: 64, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4,
-                                   numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 300,
-                                   numLocalExperts: 4, numExpertsPerTok: 2)
+    let c = try TinyMixtral.config(experts: 4, topK: 2, hidden: 64, intermediate: 64, vocab: 300)
     let dir = engineTempDir("mixtral-q")
     try writeTinyCheckpoint(c, to: dir + "/fp")
     let recipes = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

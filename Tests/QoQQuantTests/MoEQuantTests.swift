@@ -6,8 +6,8 @@ import Testing
 @testable import QoQQuant
 import QoQTestSupport
 
-/// Mixture-of-experts through the quantizer (issue #14), so far the recipes without calibration (with or without the
-/// rotation): every expert's w1/w3/w2 quantized like a dense linear, the router kept at full precision.
+/// Mixture-of-experts through the quantizer (issue #14): RTN, GPTQ and QoQ (with or without the rotation), every
+/// expert's w1/w3/w2 quantized from the tokens routed to it, the router kept at full precision.
 @Suite(.serialized) struct MoEQuantTests {
   static let tokens: [Int32] = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32, 38, 46, 26, 43]
 
@@ -79,10 +79,7 @@ import QoQTestSupport
   /// token, is round-to-nearest of its weights, and the log says so.
   @Test func gptqPerExpertFromRoutedTokens() throws {
     let dir = tempDir("moe-gptq")
-    // The tiny tokenizer's ids reach ~260: a vocabulary of 300.
-    let c = try LlamaConfiguration(modelType: "mixtral", hiddenSize: 64, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4,
-                                   numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 300,
-                                   numLocalExperts: 4, numExpertsPerTok: 1)
+    let c = try TinyMixtral.config(experts: 4, topK: 1, hidden: 64, intermediate: 64, vocab: 300)
     try writeTinyCheckpoint(c, to: dir + "/model")
     let st = try SafeTensorsFile(path: dir + "/model/model.safetensors")
     var blobs: [TensorBlob] = []
@@ -156,9 +153,7 @@ import QoQTestSupport
   /// them), so each expert's Hessian took its own permutation and λ; the fake-quantized model runs near the FP one.
   @Test func qoqRunsFusedEqualsTwoPasses() throws {
     let dir = tempDir("moe-qoq")
-    let c = try LlamaConfiguration(modelType: "mixtral", hiddenSize: 64, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4,
-                                   numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 300,
-                                   numLocalExperts: 4, numExpertsPerTok: 2)
+    let c = try TinyMixtral.config(experts: 4, topK: 2, hidden: 64, intermediate: 64, vocab: 300)
     try writeTinyCheckpoint(c, to: dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
     let r = try Recipe.load(files: [recipesDir + "/qoq-g64.yaml"], flags: ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4",
@@ -169,27 +164,17 @@ import QoQTestSupport
     let two = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
     two.fuseCalibrationPasses = false
     let separate = try two.run()
-    let fq = try fused.quantizedWeights(), sq = try separate.quantizedWeights()
-    #expect(fq.count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!) && sq.count == fq.count)
-    var same = 0, total = 0
-    for (m, q) in sq {
-      let f = try #require(fq[m])
-      // Layer 0 sees the same inputs either way; layer 1's come from layer 0's transformed FP outputs, which the two
-      // orders round differently (SmoothAttention's λ then differs in the last bits).
-      if m.hasPrefix("model.layers.0.") { #expect(f.scale == q.scale && f.rowScale == q.rowScale, "\(m): static parameters differ") }
-      for i in q.codes.indices { total += 1; if f.codes[i] == q.codes[i] { same += 1 } }
-    }
-    #expect(Double(same) / Double(total) > 0.99, "codes equal: \(same)/\(total)")
-    let probe: [Int32] = [116, 104, 101, 32, 102, 111, 120, 32, 106, 117, 109, 112, 115]
-    let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, probe)
-    let a = try lastLogits(try fused.fakeQuantModel(), probe), b = try lastLogits(try separate.fakeQuantModel(), probe)
-    #expect(relL2(a, b) < 2e-2, "fused vs two passes: \(relL2(a, b))")
+    #expect(try fused.quantizedWeights().count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
+    // Layer 0 sees the same inputs either way; layer 1's come from layer 0's transformed FP outputs, which the two
+    // orders round differently (SmoothAttention's λ then differs in the last bits).
+    try expectFusedEqualsTwoPasses(fused, separate) { $0.hasPrefix("model.layers.0.") }
+    let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, PipelineTests.probe)
+    let a = try lastLogits(try fused.fakeQuantModel(), PipelineTests.probe)
     #expect(relL2(a, fp) > 1e-4 && relL2(a, fp) < 0.5, "QoQ vs FP: \(relL2(a, fp))")
   }
 
   /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; AWQ, SmoothQuant (up_proj smoothing) and the
-  /// per-channel recipe (range search) are refused
-  /// before any work, naming the issue.
+  /// per-channel recipe (range search) are refused before any work, naming the issue.
   @Test func w4a8kv4RunsAndCalibratedRecipesAreRefused() throws {
     let dir = tempDir("moe-kv4")
     let c = try TinyMixtral.config(hidden: 64, intermediate: 64)

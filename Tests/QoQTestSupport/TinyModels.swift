@@ -68,15 +68,16 @@ public enum TinyFamily: String, CaseIterable, CustomStringConvertible, Sendable 
   public func model() throws -> LlamaModel { try LlamaModel(config: config(), weights: weights()) }
 }
 
-/// Tiny random Mixtral models (kept out of TinyFamily: the quantizer and engine tests iterate that, and have no
-/// expert layers yet). `experts` per layer, `topK` per token, optional sliding window.
+/// Tiny random Mixtral models (kept out of TinyFamily, whose tests iterate dense families). `experts` per layer,
+/// `topK` per token, optional sliding window.
 public enum TinyMixtral {
   /// Defaults: head_dim 32 (the engine's smallest), hidden 48 and FFN 40, widths the SIMD loops do not divide (the
-  /// engine needs multiples of 32: pass 64 and 64).
+  /// engine needs multiples of 32: pass 64 and 64); a vocabulary of 70 (calibration through the tiny tokenizer, whose
+  /// ids reach ~260, needs 300).
   public static func config(experts: Int = 4, topK: Int = 2, slidingWindow: Int? = nil, hidden: Int = 48,
-                            intermediate: Int = 40) throws -> LlamaConfiguration {
+                            intermediate: Int = 40, vocab: Int = 70) throws -> LlamaConfiguration {
     try LlamaConfiguration(modelType: "mixtral", hiddenSize: hidden, intermediateSize: intermediate, numHiddenLayers: 2, numAttentionHeads: 4,
-                           numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 70, slidingWindow: slidingWindow,
+                           numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: vocab, slidingWindow: slidingWindow,
                            numLocalExperts: experts, numExpertsPerTok: topK)
   }
 
