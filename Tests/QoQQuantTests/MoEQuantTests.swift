@@ -158,12 +158,7 @@ import QoQTestSupport
     try writeTinyText(to: dir + "/calib.txt")
     let r = try Recipe.load(files: [recipesDir + "/qoq-g64.yaml"], flags: ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4",
                                                                           "--calib-seq-length", "32", "--opts-group-shapes", "1,32"])
-    let one = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
-    let fused = try one.run()
-    #expect(one.timings.contains { $0.0 == "reorder+smooth+weights" })
-    let two = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
-    two.fuseCalibrationPasses = false
-    let separate = try two.run()
+    let (fused, separate) = try fusedAndTwoPasses(dir + "/model", r)
     #expect(try fused.quantizedWeights().count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
     // Layer 0 sees the same inputs either way; layer 1's come from layer 0's transformed FP outputs, which the two
     // orders round differently (SmoothAttention's λ then differs in the last bits).

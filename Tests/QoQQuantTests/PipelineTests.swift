@@ -39,6 +39,18 @@ func checkpointBytes(_ dir: String) throws -> [String: String] {
   return out
 }
 
+/// The recipe run with its transforms and GPTQ fused into one calibration pass, and in two passes.
+func fusedAndTwoPasses(_ model: String, _ r: Recipe) throws -> (QuantizationPipeline.Output, QuantizationPipeline.Output) {
+  let one = try QuantizationPipeline(modelPath: model, recipe: r, cacheRoot: nil)
+  let fused = try one.run()
+  #expect(one.timings.contains { $0.0 == "reorder+smooth+weights" })
+  let two = try QuantizationPipeline(modelPath: model, recipe: r, cacheRoot: nil)
+  two.fuseCalibrationPasses = false
+  let separate = try two.run()
+  #expect(two.timings.contains { $0.0 == "reorder+smooth" } && two.timings.contains { $0.0 == "weights" })
+  return (fused, separate)
+}
+
 /// The fused and the two-pass pipelines' checkpoints agree: the same static parameters for the modules `exactStatic`
 /// accepts, > 99% of the codes, and the fake-quantized models' last logits within 2e-2.
 func expectFusedEqualsTwoPasses(_ fused: QuantizationPipeline.Output, _ separate: QuantizationPipeline.Output,
@@ -108,13 +120,7 @@ func relL2(_ a: [Float], _ b: [Float]) -> Double {
     try writeTinyText(to: dir + "/calib.txt")
     let flags = Self.qoqTinyFlags + ["--smooth-proj-alpha", "0.3", "--smooth-proj-beta", "0.7"]
     let r = try recipe(flags, calib: dir + "/calib.txt")
-    let one = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
-    let fused = try one.run()
-    #expect(one.timings.contains { $0.0 == "reorder+smooth+weights" })
-    let two = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil)
-    two.fuseCalibrationPasses = false
-    let separate = try two.run()
-    #expect(two.timings.contains { $0.0 == "reorder+smooth" } && two.timings.contains { $0.0 == "weights" })
+    let (fused, separate) = try fusedAndTwoPasses(dir + "/model", r)
     try expectFusedEqualsTwoPasses(fused, separate)
   }
 
