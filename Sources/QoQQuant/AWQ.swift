@@ -166,7 +166,7 @@ extension SmoothStage {
   /// Folds a given λ between an RMSNorm and its consumers (columns ×= λ, norm ÷= λ).
   public static func applyNormLinear(_ s: WeightStore, layer l: Int, key: String, lambda lam: [Float]) {
     let H = s.config.hiddenSize
-    let (norm, consumers) = normConsumers(layer: l, key: key)
+    let (norm, consumers) = normConsumers(s.config, layer: l, key: key)
     for n in consumers {
       var w = s[n]
       for r in 0..<(w.count / H) { for j in 0..<H { w[r * H + j] *= lam[j] } }

@@ -152,9 +152,10 @@ extension QuantizationPipeline {
         }
       }
       // SmoothQuant: norm → linears. The captured attention/MLP inputs are divided by λ; their Hessians too.
-      for (key, span, h) in [("qkv_proj", attnSpan, "attn"), ("up_proj", mlpSpan, "mlp")] where smoothKeys.contains(key) {
+      // In an MoE layer up_proj's λ is shared by the router and every expert, whose input Hessians all take it.
+      for (key, span, h) in [("qkv_proj", attnSpan, ["attn"]), ("up_proj", mlpSpan, mlpKeys.map(\.input))] where smoothKeys.contains(key) {
         let lam = SmoothStage.normLinear(store, layer: l, key: key, inputAbsMax: span, alpha: sp.alpha, beta: sp.beta)
-        hs[h]?.inputDivisor = lam
+        for k in h { hs[k]?.inputDivisor = lam }
       }
     }
     calibration = nil

@@ -182,7 +182,7 @@ extension SmoothStage {
   @discardableResult
   public static func normLinear(_ s: WeightStore, layer l: Int, key: String, inputAbsMax x: [Float], alpha: Double, beta: Double) -> [Float] {
     let H = s.config.hiddenSize
-    let consumers = normConsumers(layer: l, key: key).linears
+    let consumers = normConsumers(s.config, layer: l, key: key).linears
     var ws = [Float](repeating: 0, count: H)
     for n in consumers {
       let w = s[n]
@@ -196,11 +196,15 @@ extension SmoothStage {
 
 extension SmoothStage {
   /// The RMSNorm and the linears reading it: qkv_proj → input_layernorm and q/k/v; up_proj → post_attention_layernorm
-  /// and gate/up (weight tensor names).
-  static func normConsumers(layer l: Int, key: String) -> (norm: String, linears: [String]) {
+  /// and gate/up, or in an MoE layer the router and every expert's w1/w3 (one λ shared by all of them, as
+  /// deepcompressor smooths a Mixtral block) (weight tensor names).
+  static func normConsumers(_ c: LlamaConfiguration, layer l: Int, key: String) -> (norm: String, linears: [String]) {
     let p = "model.layers.\(l)."
-    return key == "qkv_proj"
-      ? (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
-      : (p + "post_attention_layernorm.weight", ["mlp.gate_proj", "mlp.up_proj"].map { p + $0 + ".weight" })
+    if key == "qkv_proj" {
+      return (p + "input_layernorm.weight", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map { p + $0 + ".weight" })
+    }
+    let mlp = MLPNames.of(c, layer: l)
+    let router = c.numLocalExperts == nil ? [] : [MoEBlock.prefix(layer: l) + "gate.weight"]
+    return (p + "post_attention_layernorm.weight", router + mlp.flatMap { [$0.gate + ".weight", $0.up + ".weight"] })
   }
 }

@@ -148,6 +148,38 @@ import QoQTestSupport
     #expect(relDiff(after, before) < 1e-5, "\(relDiff(after, before))")
   }
 
+  /// SmoothQuant on a Mixtral layer: one λ for post_attention_layernorm → the router and every expert's w1/w3 is
+  /// exact (logits unchanged, the router's and the experts' columns scaled); the SmoothQuant recipe (W8A8, its
+  /// qkv_proj and up_proj smoothing) runs through the pipeline and its fake-quantized model stays near the FP one.
+  @Test func smoothQuantSharesOneLambda() throws {
+    let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
+    let s = try WeightStore(config: c, source: TinyMixtral.weights(c))
+    let before = try logitsAll(try s.model(), Self.tokens)
+    let router = MoEBlock.prefix(layer: 0) + "gate.weight", w1 = MoEBlock.prefix(layer: 0) + "experts.2.w1.weight"
+    let (r0, e0) = (s[router], s[w1])
+    let span = randomFloats(c.hiddenSize, seed: 5, scale: 4).map { abs($0) + 0.01 }
+    let lam = SmoothStage.normLinear(s, layer: 0, key: "up_proj", inputAbsMax: span, alpha: 0.5, beta: 0.5)
+    let H = c.hiddenSize
+    // Row 0 of the router and row 1 of expert 2's w1: column j scaled by λ_j.
+    let (r1, e1) = (s[router], s[w1])
+    for j in 0..<H {
+      let wantR: Float = r0[j] * lam[j], wantE: Float = e0[H + j] * lam[j]
+      #expect(abs(r1[j] - wantR) <= 1e-6 * max(1, abs(wantR)) && abs(e1[H + j] - wantE) <= 1e-6 * max(1, abs(wantE)), "column \(j)")
+    }
+    let after = try logitsAll(try s.model(), Self.tokens)
+    #expect(relDiff(after, before) < 1e-5, "\(relDiff(after, before))")
+    let dir = tempDir("moe-sq")
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    try writeTinyText(to: dir + "/calib.txt")
+    let r = try Recipe.load(files: [recipesDir + "/smoothquant-dynamic.yaml"],
+                           flags: ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"])
+    let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run()
+    #expect(try out.quantizedWeights().count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
+    let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, PipelineTests.probe)
+    let q = try lastLogits(try out.fakeQuantModel(), PipelineTests.probe)
+    #expect(relL2(q, fp) > 1e-5 && relL2(q, fp) < 0.2, "SmoothQuant vs FP: \(relL2(q, fp))")
+  }
+
   /// QoQ W4A8KV4 g64 on a tiny Mixtral: every expert is reordered, smoothed and GPTQ'd from its routed tokens in one
   /// fused calibration pass, and that equals the two-pass pipeline (transforms first, then Hessians captured after
   /// them), so each expert's Hessian took its own permutation and λ; the fake-quantized model runs near the FP one.
@@ -168,8 +200,8 @@ import QoQTestSupport
     #expect(relL2(a, fp) > 1e-4 && relL2(a, fp) < 0.5, "QoQ vs FP: \(relL2(a, fp))")
   }
 
-  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; AWQ, SmoothQuant (up_proj smoothing) and the
-  /// per-channel recipe (range search) are refused before any work, naming the issue.
+  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; AWQ and the per-channel recipe (range search) are
+  /// refused before any work, naming the issue.
   @Test func w4a8kv4RunsAndCalibratedRecipesAreRefused() throws {
     let dir = tempDir("moe-kv4")
     let c = try TinyMixtral.config(hidden: 64, intermediate: 64)
@@ -180,7 +212,7 @@ import QoQTestSupport
                                        cacheRoot: nil).run()
     #expect(rtn.quantization.kvBits == 4 && rtn.quantization.actBits == 8)
     #expect(try lastLogits(try rtn.fakeQuantModel(), Self.tokens).allSatisfy(\.isFinite))
-    for (file, what) in [("awq-g64.yaml", "AWQ"), ("smoothquant-dynamic.yaml", "up_proj"), ("qoq-gchn.yaml", "range search")] {
+    for (file, what) in [("awq-g64.yaml", "AWQ"), ("qoq-gchn.yaml", "range search")] {
       let r = try Recipe.load(files: [recipesDir + "/" + file], flags: ["--calib-path", dir + "/calib.txt"])
       #expect { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run() } throws: {
         "\($0)".contains("mixture-of-experts") && "\($0)".contains("#14") && "\($0)".contains(what)
