@@ -48,6 +48,8 @@ extension QuantPlan {
     let captures = tokens > 0 ? min(4, calib.numSamples) * calib.seqLength * (3 * h + f) * 4 : 0
     var layerPhase = layerBytes * perLayer + captures
     if gptq != nil { layerPhase += 2 * max(h, f) * max(h, f) * 8 }
+    // An MoE layer accumulates every expert's two input Hessians (fp32) in its one calibration pass.
+    if gptq != nil, let e = c.numLocalExperts { layerPhase += e * (h * h + f * f) * 4 }
     // The searches hold their sequences' attention inputs and FP outputs (fp32, hidden wide; AWQ: every module input).
     var searchSeqs = 0
     if smoothAttn?.strategy == .gridSearch { searchSeqs = max(searchSeqs, sequences(smoothAttnSamples)) }

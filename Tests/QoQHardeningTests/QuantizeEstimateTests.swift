@@ -32,6 +32,13 @@ import QoQTestSupport
     let me = plan.estimate(mc, evaluate: false, cores: 2)
     #expect(me.parameters == moeCounted)
     #expect(me.parameters == 2 * (64 * (128 + 2 * 64) + 128 * 64 + 3 * (3 * 64 * 64) + 3 * 64) + 2 * 70 * 64)
+    // GPTQ on experts holds each expert's two fp32 input Hessians (64² + 64²) beside the dense terms.
+    let gptq = try QuantPlan(try Recipe.load(files: [repoRoot + "/recipes/gptq-g64.yaml"], flags: []))
+    let dense = try LlamaConfiguration(modelType: "mistral", hiddenSize: 64, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 4,
+                                       numKeyValueHeads: 2, headDim: 32, rmsNormEps: 1e-5, ropeTheta: 1e6, vocabSize: 70)
+    let layerDiff = QuantPlan.layerBytesPerParameter * (3 * (3 * 64 * 64) + 3 * 64 - 3 * 64 * 64)
+    #expect(gptq.estimate(mc, evaluate: false, cores: 2).peakBytes - gptq.estimate(dense, evaluate: false, cores: 2).peakBytes
+            == layerDiff + 3 * (64 * 64 + 64 * 64) * 4)
   }
 
   /// The time model against runs measured on a 2-core Zen 4 (BENCHMARKS.md): QoQ g128 on Qwen2.5-Coder-1.5B with
