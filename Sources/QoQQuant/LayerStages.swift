@@ -29,7 +29,7 @@ extension QuantizationPipeline {
     let c = store.config
     // The layer's MLPs (the dense one, or every expert) with their down_proj input absmax and Hessian keys.
     let mlps = MLPNames.of(c, layer: l), moe = c.numLocalExperts != nil
-    let mlpKeys = mlps.indices.map { moe ? (input: "e\($0).in", down: "e\($0).down") : (input: "mlp", down: "down") }
+    let mlpKeys = mlpHessianKeys(c)
     var downs = [AbsMaxAccumulator](repeating: AbsMaxAccumulator(width: c.intermediateSize), count: mlps.count)
     var q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
     let centering = plan.centersKeys(c), scaling = plan.scalesKeys(c)
@@ -38,13 +38,7 @@ extension QuantizationPipeline {
     let searchSeqs = min(samples.count, plan.sequences(plan.smoothAttnSamples))
     var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
     var quantized: [String: QuantizedWeight] = [:]
-    func newHessians() -> [String: HessianAccumulator] {
-      guard fused else { return [:] }
-      var h = ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim)]
-      for key in mlpKeys { h[key.input] = HessianAccumulator(size: c.hiddenSize); h[key.down] = HessianAccumulator(size: c.intermediateSize) }
-      return h
-    }
-    let hs = newHessians()
+    let hs = fused ? gptqHessians(c) : [:]
     let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
     let smoothKeys = plan.smoothProj == nil ? [] : plan.smoothProjKeys
     var attnIn = AbsMaxAccumulator(width: c.hiddenSize), mlpIn = AbsMaxAccumulator(width: c.hiddenSize)
@@ -207,13 +201,7 @@ extension QuantizationPipeline {
     let qkSeqs = min(s.count, plan.sequences(plan.clipSamples))
     var sub: [String: [Float]] = [:], qkInput: [Float] = []
     var rowBase = 0
-    var hs: [String: HessianAccumulator] = plan.gptq == nil ? [:]
-      : ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim)]
-    if plan.gptq != nil {
-      // An MoE layer: one Hessian per expert input, from the tokens routed to it (w1/w3 share one, w2 has its own).
-      let mlp = c.numLocalExperts.map { e in (0..<e).flatMap { ["e\($0).in", "e\($0).down"] } } ?? ["mlp", "down"]
-      for k in mlp { hs[k] = HessianAccumulator(size: k.hasSuffix("down") ? c.intermediateSize : c.hiddenSize) }
-    }
+    let hs = plan.gptq == nil ? [:] : gptqHessians(c)
     let points: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
     try pass.run(model: model, layer: l, points: [.attnInput, .oProjInput, .mlpInput, .downInput]) { cap in
       accumulateExperts(cap, hs)
@@ -253,6 +241,20 @@ extension QuantizationPipeline {
     }
     return try quantizeLayer(store, layer: l, format: format, hessians: plan.gptq == nil ? nil : hs, sequences: s.count,
                              searched: searched)
+  }
+
+  /// The Hessian keys of a layer's MLP inputs: (mlp, down) for the dense MLP, (e{x}.in, e{x}.down) per expert of an
+  /// MoE layer (w1/w3 share one input, w2 has its own).
+  func mlpHessianKeys(_ c: LlamaConfiguration) -> [(input: String, down: String)] {
+    guard let e = c.numLocalExperts else { return [(input: "mlp", down: "down")] }
+    return (0..<e).map { (input: "e\($0).in", down: "e\($0).down") }
+  }
+
+  /// Empty GPTQ Hessian accumulators for every linear input of a layer: attn (q/k/v), o, and each MLP's two inputs.
+  func gptqHessians(_ c: LlamaConfiguration) -> [String: HessianAccumulator] {
+    var h = ["attn": HessianAccumulator(size: c.hiddenSize), "o": HessianAccumulator(size: c.qDim)]
+    for key in mlpHessianKeys(c) { h[key.input] = HessianAccumulator(size: c.hiddenSize); h[key.down] = HessianAccumulator(size: c.intermediateSize) }
+    return h
   }
 
   /// An MoE layer's captures into its per-expert Hessians (e{x}.in: the w1/w3 input, e{x}.down: the w2 input).
