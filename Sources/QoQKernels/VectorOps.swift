@@ -223,3 +223,27 @@ public func walshHadamard(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
   let s = 1 / Float(n).squareRoot()
   for i in 0..<n { x[i] *= s }
 }
+
+/// out (cols, rows) = xᵀ for x (rows, cols): out[j·ldOut + r] = x[r·ld + j]. Tiles of 32 × 32 so that both sides
+/// move along whole cache lines (a row-by-row copy writes one line per element); column tiles are split over the
+/// pool when the matrix is large. Pure data movement: the same bits as `transposeReference`.
+public func transpose(_ x: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, into out: UnsafeMutablePointer<Float>, ldOut: Int) {
+  let tile = 32, tiles = (cols + tile - 1) / tile
+  func columns(_ t: Range<Int>) {
+    for j0 in stride(from: t.lowerBound * tile, to: min(cols, t.upperBound * tile), by: tile) {
+      let j1 = min(cols, j0 + tile)
+      for r0 in stride(from: 0, to: rows, by: tile) {
+        let r1 = min(rows, r0 + tile)
+        for j in j0..<j1 { for r in r0..<r1 { out[j * ldOut + r] = x[r * ld + j] } }
+      }
+    }
+  }
+  if rows * cols >= 1 << 18 && ThreadPool.shared.threads > 1 { ThreadPool.shared.parts(tiles) { columns($0) } } else { columns(0..<tiles) }
+}
+
+/// Scalar twin of `transpose`.
+public func transposeReference(_ x: [Float], rows: Int, cols: Int) -> [Float] {
+  var out = [Float](repeating: 0, count: rows * cols)
+  for r in 0..<rows { for j in 0..<cols { out[j * rows + r] = x[r * cols + j] } }
+  return out
+}

@@ -309,11 +309,16 @@ public final class LlamaModel: @unchecked Sendable {
     let len = past + t
     let group = c.numAttentionHeads / c.numKeyValueHeads
     let block = 128
-    let scores = UnsafeMutablePointer<Float>.allocate(capacity: min(t, block) * len); defer { scores.deallocate() }
-    for kvh in 0..<c.numKeyValueHeads {
-      let kp = PackedMatrix(nk: keys + kvh * hd, n: len, k: hd, ldw: KV)
-      let vp = PackedMatrix(kn: values + kvh * hd, k: len, n: hd, ldb: KV)
-      for head in (kvh * group)..<((kvh + 1) * group) {
+    // Heads are split over the pool (each head's GEMMs then run on one thread; the arithmetic is the same), so the
+    // small early blocks and the softmax run in parallel too.
+    let heads = c.numAttentionHeads
+    let big = Double(t) * Double(len) * Double(hd) * Double(heads) >= 4e6
+    ThreadPool.shared.parts(big ? heads : min(heads, 1)) { hs in
+      let scores = UnsafeMutablePointer<Float>.allocate(capacity: min(t, block) * len); defer { scores.deallocate() }
+      for head in big ? hs : 0..<heads {
+        let kvh = head / group
+        let kp = PackedMatrix(nk: keys + kvh * hd, n: len, k: hd, ldw: KV)
+        let vp = PackedMatrix(kn: values + kvh * hd, k: len, n: hd, ldb: KV)
         var i0 = 0
         while i0 < t {
           let rows = min(block, t - i0), width = past + i0 + rows  // keys visible to the block's last row

@@ -20,23 +20,23 @@ public final class HessianAccumulator: @unchecked Sendable {
   /// Frees the accumulated matrix once its Hessian has been taken (an 8B model's down_proj input holds 0.8 GB).
   public func release() { h = [] }
 
-  /// Adds rows x (rows, size). Only the lower triangle is accumulated (column blocks of 128, rows from the block
-  /// down), half the work of a full XᵀX; `hessian` mirrors it.
+  /// Adds rows x (rows, size). Only the lower triangle is accumulated (row blocks of 128, each against the columns up
+  /// to the block's end), about half the work of a full XᵀX; `hessian` mirrors it. Per chunk of 512 tokens the rows are
+  /// transposed once (tiles) for A and packed once from x for B, and each row block is one threaded GEMM over its columns.
   public func add(_ x: UnsafePointer<Float>, rows: Int) {
     let chunk = 512, block = 128
     var r0 = 0
-    let xt = UnsafeMutablePointer<Float>.allocate(capacity: size * chunk); defer { xt.deallocate() }
+    let xt = UnsafeMutablePointer<Float>.allocate(capacity: size * min(chunk, max(1, rows))); defer { xt.deallocate() }
     while r0 < rows {
       let n = min(chunk, rows - r0)
-      for r in 0..<n { for i in 0..<size { xt[i * n + r] = x[(r0 + r) * size + i] } }  // (size, n)
-      var j0 = 0
-      while j0 < size {
-        let w = min(block, size - j0)
-        let packed = PackedMatrix(nk: xt + j0 * n, n: w, k: n)
-        h.withUnsafeMutableBufferPointer {
-          sgemm(m: size - j0, a: xt + j0 * n, lda: n, b: packed, c: $0.baseAddress! + j0 * size + j0, ldc: size, accumulate: true)
+      transpose(x + r0 * size, rows: n, cols: size, ld: size, into: xt, ldOut: n)  // (size, n)
+      let packed = PackedMatrix(kn: x + r0 * size, k: n, n: size, ldb: size)  // Xᵀ's rows as output columns
+      h.withUnsafeMutableBufferPointer { hb in
+        for i0 in stride(from: 0, to: size, by: block) {
+          let m = min(block, size - i0)
+          sgemm(m: m, a: xt + i0 * n, lda: n, b: packed, c: hb.baseAddress! + i0 * size, ldc: size, accumulate: true,
+                columns: i0 + m)
         }
-        j0 += w
       }
       r0 += n
     }
@@ -206,28 +206,34 @@ public func gptq(weight w0: [Float], inverse inv: GPTQInverse, quantizer qz: Wei
   var codes = [UInt8](repeating: 0, count: out * n)
   let bs = max(1, options.blockSize)
   var err = [Double](repeating: 0, count: out * bs)
+  // Rows are independent given U: each part runs every column block over its own rows (row o touches only row o of
+  // W, E and the codes), so the result is the same bits whatever the split.
   inv.u.withUnsafeBufferPointer { ub in
     wp.withUnsafeMutableBufferPointer { wb in
       err.withUnsafeMutableBufferPointer { eb in
-        let U = ub.baseAddress!, W = wb.baseAddress!, E = eb.baseAddress!
-        var i1 = 0
-        while i1 < n {
-          let i2 = min(i1 + bs, n), cnt = i2 - i1
-          for o in 0..<out {
-            let row = W + o * n
-            for i in 0..<cnt {
-              let col = i1 + i, orig = perm[col]
-              let x = row[col]
-              let (code, value) = qz.quantize(Float(x), row: o, column: orig)
-              codes[o * n + orig] = code
-              let e = (x - Double(value)) / U[col * n + col]
-              E[o * bs + i] = e
-              if col + 1 < i2 { axpyD(-e, U + col * n + col + 1, row + col + 1, i2 - col - 1) }
+        codes.withUnsafeMutableBufferPointer { cb in
+          let U = ub.baseAddress!, W = wb.baseAddress!, E = eb.baseAddress!, C = cb.baseAddress!
+          ThreadPool.shared.parts(out) { rows in
+            var i1 = 0
+            while i1 < n {
+              let i2 = min(i1 + bs, n), cnt = i2 - i1
+              for o in rows {
+                let row = W + o * n
+                for i in 0..<cnt {
+                  let col = i1 + i, orig = perm[col]
+                  let x = row[col]
+                  let (code, value) = qz.quantize(Float(x), row: o, column: orig)
+                  C[o * n + orig] = code
+                  let e = (x - Double(value)) / U[col * n + col]
+                  E[o * bs + i] = e
+                  if col + 1 < i2 { axpyD(-e, U + col * n + col + 1, row + col + 1, i2 - col - 1) }
+                }
+                // Lazy update of the columns right of the block: W[o, i2:] −= Σ_i E[o, i]·U[i1+i, i2:].
+                if i2 < n { for i in 0..<cnt where E[o * bs + i] != 0 { axpyD(-E[o * bs + i], U + (i1 + i) * n + i2, row + i2, n - i2) } }
+              }
+              i1 = i2
             }
-            // Lazy update of the columns right of the block: W[o, i2:] −= Σ_i E[o, i]·U[i1+i, i2:].
-            if i2 < n { for i in 0..<cnt where E[o * bs + i] != 0 { axpyD(-E[o * bs + i], U + (i1 + i) * n + i2, row + i2, n - i2) } }
           }
-          i1 = i2
         }
       }
     }

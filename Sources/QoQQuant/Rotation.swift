@@ -3,6 +3,7 @@
 // head. Computed in Double on fp32 weights; exact up to rounding, so FP logits are unchanged.
 import QoQFormat
 import QoQIO
+import QoQKernels
 import QoQModels
 
 public struct RotationOptions: Sendable, Equatable {
@@ -14,25 +15,37 @@ public struct RotationOptions: Sendable, Equatable {
   public init() {}
 }
 
-/// Column j of a row-major (rows, cols) matrix is transformed by f (for Rᵀ·W on the output side).
+/// Column j of a row-major (rows, cols) matrix is transformed by f (for Rᵀ·W on the output side). Columns are split
+/// over the pool (each column's arithmetic is the same on any thread); f must only touch the vector it is given.
 func transformColumns(_ w: inout [Float], rows: Int, cols: Int, range: Range<Int>? = nil, _ f: (UnsafeMutablePointer<Double>) -> Void) {
   let r = range ?? 0..<rows
-  let buf = UnsafeMutablePointer<Double>.allocate(capacity: r.count); defer { buf.deallocate() }
-  for j in 0..<cols {
-    for (t, i) in r.enumerated() { buf[t] = Double(w[i * cols + j]) }
-    f(buf)
-    for (t, i) in r.enumerated() { w[i * cols + j] = Float(buf[t]) }
+  w.withUnsafeMutableBufferPointer { wb in
+    let p = wb.baseAddress!
+    ThreadPool.shared.parts(cols) { js in
+      let buf = UnsafeMutablePointer<Double>.allocate(capacity: max(1, r.count)); defer { buf.deallocate() }
+      for j in js {
+        for (t, i) in r.enumerated() { buf[t] = Double(p[i * cols + j]) }
+        f(buf)
+        for (t, i) in r.enumerated() { p[i * cols + j] = Float(buf[t]) }
+      }
+    }
   }
 }
 
-/// Each row's segment [c0, c0+len) is transformed by f (for W·R on the input side).
+/// Each row's segment [c0, c0+len) is transformed by f (for W·R on the input side). Rows are split over the pool, as
+/// in transformColumns.
 func transformRows(_ w: inout [Float], rows: Int, cols: Int, c0: Int = 0, len: Int? = nil, _ f: (UnsafeMutablePointer<Double>) -> Void) {
   let l = len ?? cols
-  let buf = UnsafeMutablePointer<Double>.allocate(capacity: l); defer { buf.deallocate() }
-  for i in 0..<rows {
-    for t in 0..<l { buf[t] = Double(w[i * cols + c0 + t]) }
-    f(buf)
-    for t in 0..<l { w[i * cols + c0 + t] = Float(buf[t]) }
+  w.withUnsafeMutableBufferPointer { wb in
+    let p = wb.baseAddress!
+    ThreadPool.shared.parts(rows) { rs in
+      let buf = UnsafeMutablePointer<Double>.allocate(capacity: max(1, l)); defer { buf.deallocate() }
+      for i in rs {
+        for t in 0..<l { buf[t] = Double(p[i * cols + c0 + t]) }
+        f(buf)
+        for t in 0..<l { p[i * cols + c0 + t] = Float(buf[t]) }
+      }
+    }
   }
 }
 

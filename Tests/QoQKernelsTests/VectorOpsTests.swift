@@ -19,6 +19,26 @@ import QoQTestSupport
     }
   }
 
+  /// The tiled (and, when large, threaded) transpose moves every element exactly where its scalar twin does, with
+  /// leading dimensions wider than the matrix on both sides.
+  @Test(arguments: [(1, 1), (3, 17), (17, 3), (129, 33), (600, 513)])
+  func transposeMatchesReference(_ rows: Int, _ cols: Int) {
+    let x = randomFloats(rows * cols, seed: UInt64(rows * 7 + cols))
+    let ref = transposeReference(x, rows: rows, cols: cols)
+    var out = [Float](repeating: 0, count: cols * rows)
+    transpose(x, rows: rows, cols: cols, ld: cols, into: &out, ldOut: rows)
+    #expect(out == ref)
+    // Strided: x inside a (rows, cols + 5) array, out inside a (cols, rows + 2) one; the padding stays untouched.
+    var wide = [Float](repeating: -7, count: rows * (cols + 5))
+    for r in 0..<rows { for j in 0..<cols { wide[r * (cols + 5) + j] = x[r * cols + j] } }
+    var padded = [Float](repeating: 99, count: cols * (rows + 2))
+    transpose(wide, rows: rows, cols: cols, ld: cols + 5, into: &padded, ldOut: rows + 2)
+    for j in 0..<cols {
+      #expect(Array(padded[(j * (rows + 2))..<(j * (rows + 2) + rows)]) == Array(ref[(j * rows)..<(j * rows + rows)]))
+      #expect(padded[j * (rows + 2) + rows] == 99 && padded[j * (rows + 2) + rows + 1] == 99)
+    }
+  }
+
   /// The fast Walsh–Hadamard transform against the explicit Sylvester matrix H_n[i][j] = (−1)^popcount(i & j) / √n,
   /// and H·H = I (it is its own inverse).
   @Test(arguments: [1, 2, 8, 32, 128])

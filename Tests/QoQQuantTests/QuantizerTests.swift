@@ -110,6 +110,30 @@ import QoQTestSupport
     #expect(r.weight.codes == qz.rtn(w).codes)
   }
 
+  /// The accumulated Hessian is 2/N Σ x xᵀ, every element (mirrored from the lower triangle), on sizes that leave
+  /// partial 128-row blocks and 32-column panels, and over more than one 512-token chunk, against Double sums.
+  @Test(arguments: [(1, 5), (3, 17), (17, 513), (129, 1100), (300, 77)])
+  func hessianMatchesDirectSum(_ size: Int, _ tokens: Int) {
+    let x = randomFloats(tokens * size, seed: UInt64(size * 31 + tokens))
+    let acc = HessianAccumulator(size: size)
+    // Two calls, so the sum also runs across calls.
+    let split = tokens / 3
+    x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: split); acc.add($0.baseAddress! + split * size, rows: tokens - split) }
+    #expect(acc.rows == tokens)
+    let h = acc.hessian(sequences: 3)
+    // Σ x_i x_j in Double; the error is measured against sqrt(H_ii·H_jj), the scale of an fp32 sum of these terms.
+    var d = [Double](repeating: 0, count: size * size)
+    for t in 0..<tokens { for i in 0..<size { for j in 0..<size { d[i * size + j] += Double(x[t * size + i]) * Double(x[t * size + j]) } } }
+    var worst = 0.0
+    for i in 0..<size {
+      for j in 0..<size {
+        let scale = (d[i * size + i] * d[j * size + j]).squareRoot() * 2 / 3
+        worst = max(worst, abs(h[i * size + j] - d[i * size + j] * 2 / 3) / max(1e-12, scale))
+      }
+    }
+    #expect(worst < 1e-5, "worst difference \(worst) of sqrt(H_ii·H_jj)")
+  }
+
   /// On correlated inputs GPTQ's output error ‖X(W − Ŵ)ᵀ‖ is below RTN's.
   @Test func reducesOutputErrorOnCorrelatedInputs() throws {
     let out = 16, n = 48, tokens = 400
