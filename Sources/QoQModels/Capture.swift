@@ -40,5 +40,11 @@ public final class LayerCapture: @unchecked Sendable {
   }
 
   public subscript(_ p: Point) -> [Float] { data[p] ?? [] }
-  public func clear() { data.removeAll(keepingCapacity: true); expertInputs.removeAll(); expertDownInputs.removeAll() }
+  /// Empties the capture for the next chunk, keeping each point's storage (a calibration pass records the same sizes
+  /// chunk after chunk, so nothing is allocated or first-touched again); an array an observer still holds is copied
+  /// on write as usual. Expert entries are dropped, since an expert no token chose has none.
+  public func clear() {
+    for p in Array(data.keys) { data[p]!.removeAll(keepingCapacity: true) }
+    expertInputs.removeAll(); expertDownInputs.removeAll()
+  }
 }

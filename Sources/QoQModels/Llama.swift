@@ -91,6 +91,8 @@ public final class LlamaModel: @unchecked Sendable {
   public var kvQuantizer: KVTransform?
   /// Per-layer (K, V) quantizers (static KV8 ranges, centered keys); overrides kvQuantizer.
   public var kvLayerQuantizers: [(k: KVTransform, v: KVTransform)]?
+  /// runLayer's activation buffers, kept between calls and freed with the model.
+  let scratch = ScratchBuffers()
 
   public init(config: LlamaConfiguration, embedTokens: [Float], layers: [DecoderLayer], norm: [Float],
               lmHead: LinearLayer) throws {
@@ -182,13 +184,11 @@ public final class LlamaModel: @unchecked Sendable {
     let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, hd = c.headDim, I = c.intermediateSize
     let n = lengths.reduce(0, +)
     if n == 0 { return }
-    let h = UnsafeMutablePointer<Float>.allocate(capacity: n * max(H, Q)); defer { h.deallocate() }
-    let q = UnsafeMutablePointer<Float>.allocate(capacity: n * Q); defer { q.deallocate() }
-    let k = UnsafeMutablePointer<Float>.allocate(capacity: n * KV); defer { k.deallocate() }
-    let v = UnsafeMutablePointer<Float>.allocate(capacity: n * KV); defer { v.deallocate() }
-    let attn = UnsafeMutablePointer<Float>.allocate(capacity: n * Q); defer { attn.deallocate() }
-    let g = UnsafeMutablePointer<Float>.allocate(capacity: n * I); defer { g.deallocate() }
-    let u = UnsafeMutablePointer<Float>.allocate(capacity: n * I); defer { u.deallocate() }
+    // Scratch from the model's own buffers: calibration runs this chunk after chunk with the same sizes.
+    let bufs = [n * max(H, Q), n * Q, n * KV, n * KV, n * Q, n * I, n * I].map { scratch.take($0) }
+    defer { bufs.forEach(scratch.give) }
+    let h = bufs[0].pointer, q = bufs[1].pointer, k = bufs[2].pointer, v = bufs[3].pointer, attn = bufs[4].pointer
+    let g = bufs[5].pointer, u = bufs[6].pointer
     let maxLen = zip(lengths, caches).map { $0 + $1.length }.max() ?? 0
     rope.ensure(maxLen)
     for (s, t) in lengths.enumerated() { caches[s].reserve(caches[s].length + t) }

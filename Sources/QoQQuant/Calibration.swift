@@ -162,18 +162,29 @@ public final class LayerwisePass {
     // One set of caches for the whole run: runLayer writes layer l's K/V at position 0 (cache lengths stay 0), so
     // reusing them avoids allocating a cache per chunk and layer; only layer l's rows are ever touched.
     if pool.isEmpty { pool = (0..<chunk).map { _ in KVCache(config: c, capacity: lengths.max() ?? 1) } }
+    // The chunk's rows and its capture are reused from chunk to chunk (same sizes), and the outputs are written back
+    // into each sample's rows in place: a pass allocates its buffers once instead of once per chunk.
     var i = 0
+    var x: [Float] = []
+    let cap = LayerCapture(points)
     while i < samples.count {
       let j = min(samples.count, i + chunk)
-      var x = bf16 ? (i..<j).flatMap { b16[$0].map(bf16ToF32) } : Array(f32[i..<j].joined())
-      let cap = LayerCapture(points)
+      x.removeAll(keepingCapacity: true)
+      for s in i..<j { if bf16 { x.append(contentsOf: b16[s].lazy.map(bf16ToF32)) } else { x.append(contentsOf: f32[s]) } }
+      cap.clear()
       try model.runLayer(l, x: &x, lengths: Array(lengths[i..<j]), caches: Array(pool.prefix(j - i)), capture: cap)
       try observe(cap)
       if advance {
         var off = 0
         for s in i..<j {
           let n = lengths[s] * c.hiddenSize
-          if bf16 { b16[s] = x[off..<(off + n)].map(f32ToBF16) } else { f32[s] = Array(x[off..<(off + n)]) }
+          if n > 0 { x.withUnsafeBufferPointer { xb in
+            if bf16 {
+              b16[s].withUnsafeMutableBufferPointer { for t in 0..<n { $0[t] = f32ToBF16(xb[off + t]) } }
+            } else {
+              f32[s].withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: xb.baseAddress! + off, count: n) }
+            }
+          } }
           off += n
         }
       }

@@ -71,3 +71,30 @@ final class Slots: @unchecked Sendable {
     #expect(total.v.load(ordering: .relaxed) == 8 * 50 * 7)
   }
 }
+/// Scratch buffers are lent again to requests they can hold (the smallest that fits), a larger request gets its own,
+/// and lending from many threads at once never hands one buffer to two borrowers.
+@Suite struct ScratchBuffersTests {
+  @Test func reusesAndNeverSharesABuffer() {
+    let s = ScratchBuffers()
+    let a = s.take(100), b = s.take(1000)
+    #expect(a.capacity >= 100 && b.capacity >= 1000)
+    s.give(a); s.give(b)
+    let c = s.take(50)
+    #expect(c.pointer == a.pointer, "the smallest buffer that fits is lent")
+    let d = s.take(500)
+    #expect(d.pointer == b.pointer)
+    let e = s.take(2000)
+    #expect(e.pointer != a.pointer && e.pointer != b.pointer && e.capacity >= 2000)
+    s.give(c); s.give(d); s.give(e)
+    // Concurrent borrowers each write their own marker and find it intact.
+    let failures = Mutex(0)
+    DispatchQueue.concurrentPerform(iterations: 64) { t in
+      let buf = s.take(64 + t % 5)
+      for i in 0..<64 { buf.pointer[i] = Float(t) }
+      usleep(100)
+      if (0..<64).contains(where: { buf.pointer[$0] != Float(t) }) { failures.withLock { $0 += 1 } }
+      s.give(buf)
+    }
+    #expect(failures.withLock { $0 } == 0)
+  }
+}

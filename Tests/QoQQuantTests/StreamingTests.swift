@@ -8,6 +8,36 @@ import QoQTestSupport
 
 /// The streaming quantizer (issue #12) against whole-model, in-memory references computed here.
 @Suite(.serialized) struct StreamingTests {
+  /// A layerwise pass reuses its chunk rows, its capture and the model's scratch from chunk to chunk and writes the
+  /// outputs back in place. Against each sample run alone through the layer (fresh caches, capture and rows): the
+  /// advanced rows and every captured point are the same bits, for chunks of 1, 2 and 3 over samples of unequal
+  /// lengths (so chunks differ in size), fp32 and bf16 rows.
+  @Test(arguments: [1, 2, 3])
+  func chunkedPassEqualsSamplesAlone(_ chunk: Int) throws {
+    let model = try TinyFamily.qwen2Tied.model()
+    let c = model.config, H = c.hiddenSize
+    let samples: [[Int32]] = [3, 7, 1, 5, 4].enumerated().map { i, n in (0..<n).map { Int32((i * 13 + $0 * 5) % c.vocabSize) } }
+    let points: Set<LayerCapture.Point> = [.attnInput, .kRope, .downInput]
+    for bf16 in [false, true] {
+      let table = model.embedTokens
+      let pass = try LayerwisePass.embedded(samples: samples, table: table, hiddenSize: H, bf16: bf16)
+      pass.chunk = chunk
+      var seen: [LayerCapture.Point: [Float]] = [:]
+      try pass.run(model: model, layer: 0, points: points) { cap in for p in points { seen[p, default: []] += cap[p] } }
+      var want: [LayerCapture.Point: [Float]] = [:]
+      for (i, s) in samples.enumerated() {
+        var x = try LayerwisePass.embed(samples: [s], table: table, hiddenSize: H)[0]
+        if bf16 { x = x.map { bf16ToF32(f32ToBF16($0)) } }
+        let cap = LayerCapture(points)
+        try model.runLayer(0, x: &x, lengths: [s.count], caches: [KVCache(config: c, capacity: s.count)], capture: cap)
+        for p in points { want[p, default: []] += cap[p] }
+        let expected = bf16 ? x.map { bf16ToF32(f32ToBF16($0)) } : x
+        #expect(pass.hidden(i) == expected, "sample \(i), chunk \(chunk), bf16 \(bf16)")
+      }
+      for p in points { #expect(seen[p] == want[p], "\(p), chunk \(chunk), bf16 \(bf16)") }
+    }
+  }
+
   /// Rotation + RTN, streamed a layer at a time into a sharded checkpoint, equals bit for bit the whole model held in
   /// memory, rotated by RotationStage.apply and quantized weight by weight: every tensor, on every family.
   @Test func streamedRTNEqualsWholeModel() throws {
