@@ -10,13 +10,14 @@ public final class PackedMatrix: @unchecked Sendable {
   public let panels: Int
   public let data: UnsafeMutablePointer<Float>
 
-  private init(n: Int, k: Int) {
+  /// `zeroed: false` leaves the storage uninitialized for an initializer that writes every element itself.
+  private init(n: Int, k: Int, zeroed: Bool = true) {
     precondition(n >= 0 && k >= 0)
     self.n = n; self.k = k
     panels = (n + 31) / 32
     let cap = max(1, panels * k * 32)
     data = .allocate(capacity: cap)
-    data.initialize(repeating: 0, count: cap)
+    if zeroed || panels * k == 0 { data.initialize(repeating: 0, count: cap) }
   }
 
   /// Packs W given row-major as [n][ldw] (row j is output column j).
@@ -37,17 +38,20 @@ public final class PackedMatrix: @unchecked Sendable {
   }
 
   /// Packs B given row-major as [k][ldb] (so C = A·B); used for P·V in attention.
+  /// Each panel row is one copy of up to 32 contiguous floats; only the last panel's padding is zeroed. Panels are
+  /// split over the pool when the matrix is large (a Hessian chunk packs 512 tokens × the input width).
   public convenience init(kn b: UnsafePointer<Float>, k: Int, n: Int, ldb: Int? = nil) {
-    self.init(n: n, k: k)
-    let ld = ldb ?? n
-    for p in 0..<panels {
-      let cols = min(32, n - p * 32)
-      let dst = data + p * k * 32
-      for kk in 0..<k {
-        let src = b + kk * ld + p * 32
-        for j in 0..<cols { dst[kk * 32 + j] = src[j] }
+    self.init(n: n, k: k, zeroed: false)
+    let ld = ldb ?? n, d = data, pc = panels
+    func pack(_ ps: Range<Int>) {
+      for p in ps {
+        let cols = min(32, n - p * 32)
+        let dst = d + p * k * 32
+        if cols < 32 { dst.initialize(repeating: 0, count: k * 32) }
+        for kk in 0..<k { (dst + kk * 32).update(from: b + kk * ld + p * 32, count: cols) }
       }
     }
+    if pc * k * 32 >= 1 << 18 && ThreadPool.shared.threads > 1 { ThreadPool.shared.parts(pc) { pack($0) } } else { pack(0..<pc) }
   }
 
   public convenience init(nk w: [Float], n: Int, k: Int) {

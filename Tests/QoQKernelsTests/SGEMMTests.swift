@@ -88,11 +88,20 @@ func maxRelError(_ x: [Float], _ y: [Float]) -> Float {
     }
   }
 
-  @Test func packFromKNLayout() {
-    let k = 37, n = 70
-    let b = randomFloats(k * n, seed: 8)
-    let p = PackedMatrix(kn: b, k: k, n: n)
-    for j in [0, 31, 32, 69] { for kk in [0, 36] { #expect(p.element(j, kk) == b[kk * n + j]) } }
+  /// The kn packing (row copies, zeroed padding, threaded when large) equals the nk packing of the transposed matrix
+  /// in every stored float, padding included; rows read with a leading dimension wider than n.
+  @Test(arguments: [(37, 70), (1, 1), (3, 17), (129, 33), (600, 450)])
+  func packFromKNLayout(_ k: Int, _ n: Int) {
+    let ld = n + 3
+    let b = randomFloats(k * ld, seed: 8)
+    let p = b.withUnsafeBufferPointer { PackedMatrix(kn: $0.baseAddress!, k: k, n: n, ldb: ld) }
+    var t = [Float](repeating: 0, count: n * k)
+    for kk in 0..<k { for j in 0..<n { t[j * k + kk] = b[kk * ld + j] } }
+    let q = PackedMatrix(nk: t, n: n, k: k)
+    #expect(p.panels == q.panels)
+    let count = p.panels * k * 32
+    #expect(Array(UnsafeBufferPointer(start: p.data, count: count)) == Array(UnsafeBufferPointer(start: q.data, count: count)))
+    for j in [0, n / 2, n - 1] { for kk in [0, k - 1] { #expect(p.element(j, kk) == b[kk * ld + j]) } }
   }
 }
 
