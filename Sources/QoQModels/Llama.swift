@@ -194,11 +194,16 @@ public final class LlamaModel: @unchecked Sendable {
     for (s, t) in lengths.enumerated() { caches[s].reserve(caches[s].length + t) }
     let eps = Float(c.rmsNormEps)
     let scale = 1 / Float(hd).squareRoot()
+    // Row-wise work (norms, RoPE, SiLU·up, residual adds) split over the pool by rows for calibration-sized chunks;
+    // each row's arithmetic is the same on any thread.
+    func byRows(_ count: Int, _ body: (Range<Int>) -> Void) {
+      if count >= 64 && ThreadPool.shared.threads > 1 { ThreadPool.shared.parts(count, body) } else { body(0..<count) }
+    }
     try x.withUnsafeMutableBufferPointer { xb in
       let xp = xb.baseAddress!
       // Attention block.
       layer.inputLayernorm.withUnsafeBufferPointer { w in
-        for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
+        byRows(n) { rs in for r in rs { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) } }
       }
       capture?.record(.attnInput, h, n * H)
       layer.qProj.forward(h, rows: n, q)
@@ -207,9 +212,11 @@ public final class LlamaModel: @unchecked Sendable {
       var r0 = 0
       for (s, t) in lengths.enumerated() {
         let cache = caches[s], past = cache.length
-        for i in 0..<t {
-          rope.apply(q + (r0 + i) * Q, heads: c.numAttentionHeads, pos: past + i)
-          rope.apply(k + (r0 + i) * KV, heads: c.numKeyValueHeads, pos: past + i)
+        byRows(t) { rs in
+          for i in rs {
+            rope.apply(q + (r0 + i) * Q, heads: c.numAttentionHeads, pos: past + i)
+            rope.apply(k + (r0 + i) * KV, heads: c.numKeyValueHeads, pos: past + i)
+          }
         }
         r0 += t
       }
@@ -230,10 +237,10 @@ public final class LlamaModel: @unchecked Sendable {
       capture?.record(.oProjInput, attn, n * Q)
       layer.oProj.forward(attn, rows: n, h)
       capture?.record(.attnOutput, h, n * H)
-      addInPlace(xp, h, n * H)
+      byRows(n) { rs in addInPlace(xp + rs.lowerBound * H, h + rs.lowerBound * H, rs.count * H) }
       // MLP block.
       layer.postAttentionLayernorm.withUnsafeBufferPointer { w in
-        for r in 0..<n { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) }
+        byRows(n) { rs in for r in rs { rmsNorm(xp + r * H, w.baseAddress!, eps: eps, n: H, h + r * H) } }
       }
       capture?.record(.mlpInput, h, n * H)
       if let moe = layer.moe {
@@ -247,10 +254,10 @@ public final class LlamaModel: @unchecked Sendable {
       }
       layer.gateProj.forward(h, rows: n, g)
       layer.upProj.forward(h, rows: n, u)
-      for r in 0..<n { siluMul(g + r * I, u + r * I, g + r * I, I) }  // per row: SIMD/tail split independent of the batch
+      byRows(n) { rs in for r in rs { siluMul(g + r * I, u + r * I, g + r * I, I) } }  // per row: SIMD/tail split independent of the batch
       capture?.record(.downInput, g, n * I)
       layer.downProj.forward(g, rows: n, h)
-      addInPlace(xp, h, n * H)
+      byRows(n) { rs in addInPlace(xp + rs.lowerBound * H, h + rs.lowerBound * H, rs.count * H) }
     }
   }
 

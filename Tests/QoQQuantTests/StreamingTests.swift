@@ -8,6 +8,19 @@ import QoQTestSupport
 
 /// The streaming quantizer (issue #12) against whole-model, in-memory references computed here.
 @Suite(.serialized) struct StreamingTests {
+  /// The activations after a layer are saved under a cache root (a killed run resumes from them) and not in a
+  /// temporary work folder, which no run can resume from.
+  @Test func activationsSavedOnlyWhereResumable() throws {
+    let pass = LayerwisePass(samples: [[1, 2, 3]], hidden: [randomFloats(3 * 4, seed: 3)])
+    let root = tempDir("work-root")
+    for r in [root, nil] as [String?] {
+      let w = try WorkFolder(root: r, key: "k")
+      try w.saveActivations(after: 0, ["fp": pass], hiddenSize: 4)
+      #expect((w.unit("activations") != nil) == (r != nil), "root \(r ?? "none")")
+      if r != nil { #expect(try w.loadActivations(streams: ["fp"], samples: pass.samples, bf16: false)?.1["fp"]?.hidden(0) == pass.hidden(0)) }
+    }
+  }
+
   /// A layerwise pass reuses its chunk rows, its capture and the model's scratch from chunk to chunk and writes the
   /// outputs back in place. Against each sample run alone through the layer (fresh caches, capture and rows): the
   /// advanced rows and every captured point are the same bits, for chunks of 1, 2 and 3 over samples of unequal
