@@ -51,7 +51,7 @@ public final class PackedMatrix: @unchecked Sendable {
         for kk in 0..<k { (dst + kk * 32).update(from: b + kk * ld + p * 32, count: cols) }
       }
     }
-    if pc * k * 32 >= 1 << 18 && ThreadPool.shared.threads > 1 { ThreadPool.shared.parts(pc) { pack($0) } } else { pack(0..<pc) }
+    ThreadPool.shared.parts(pc, parallel: pc * k * 32 >= 1 << 18) { pack($0) }
   }
 
   public convenience init(nk w: [Float], n: Int, k: Int) {

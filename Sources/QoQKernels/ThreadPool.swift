@@ -172,6 +172,11 @@ extension ThreadPool {
       if lo < hi { body(lo..<hi) }
     }
   }
+
+  /// `parts` when `parallel` (work large enough to pay for the hand-off), else body(0..<count) on the caller.
+  public func parts(_ count: Int, parallel: Bool, _ body: (Range<Int>) -> Void) {
+    if parallel { parts(count, body) } else if count > 0 { body(0..<count) }
+  }
 }
 
 /// The GEMMs' traversal of a thread's row blocks: runs of blocks holding ~128 KB of weights (`blockBytes` each) stay in

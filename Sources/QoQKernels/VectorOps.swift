@@ -238,7 +238,7 @@ public func transpose(_ x: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, 
       }
     }
   }
-  if rows * cols >= 1 << 18 && ThreadPool.shared.threads > 1 { ThreadPool.shared.parts(tiles) { columns($0) } } else { columns(0..<tiles) }
+  ThreadPool.shared.parts(tiles, parallel: rows * cols >= 1 << 18) { columns($0) }
 }
 
 /// Scalar twin of `transpose`.

@@ -196,9 +196,7 @@ public final class LlamaModel: @unchecked Sendable {
     let scale = 1 / Float(hd).squareRoot()
     // Row-wise work (norms, RoPE, SiLU·up, residual adds) split over the pool by rows for calibration-sized chunks;
     // each row's arithmetic is the same on any thread.
-    func byRows(_ count: Int, _ body: (Range<Int>) -> Void) {
-      if count >= 64 && ThreadPool.shared.threads > 1 { ThreadPool.shared.parts(count, body) } else { body(0..<count) }
-    }
+    func byRows(_ count: Int, _ body: (Range<Int>) -> Void) { ThreadPool.shared.parts(count, parallel: count >= 64, body) }
     try x.withUnsafeMutableBufferPointer { xb in
       let xp = xb.baseAddress!
       // Attention block.
@@ -320,9 +318,9 @@ public final class LlamaModel: @unchecked Sendable {
     // small early blocks and the softmax run in parallel too.
     let heads = c.numAttentionHeads
     let big = Double(t) * Double(len) * Double(hd) * Double(heads) >= 4e6
-    ThreadPool.shared.parts(big ? heads : min(heads, 1)) { hs in
+    ThreadPool.shared.parts(heads, parallel: big) { hs in
       let scores = UnsafeMutablePointer<Float>.allocate(capacity: min(t, block) * len); defer { scores.deallocate() }
-      for head in big ? hs : 0..<heads {
+      for head in hs {
         let kvh = head / group
         let kp = PackedMatrix(nk: keys + kvh * hd, n: len, k: hd, ldw: KV)
         let vp = PackedMatrix(kn: values + kvh * hd, k: len, n: hd, ldb: KV)

@@ -71,6 +71,25 @@ final class Slots: @unchecked Sendable {
     #expect(total.v.load(ordering: .relaxed) == 8 * 50 * 7)
   }
 }
+/// `parts(_:parallel:)`: without `parallel` one call covers 0..<count on the caller; with it, the ranges cover each
+/// index exactly once; an empty count calls nothing.
+@Suite struct ThreadPoolPartsTests {
+  @Test func serialOrSplitCoversEveryIndexOnce() {
+    let pool = ThreadPool(threads: 2)
+    for count in [0, 1, 17, 129] {
+      for parallel in [false, true] {
+        let seen = Mutex([Int](repeating: 0, count: count)), calls = Mutex(0)
+        pool.parts(count, parallel: parallel) { r in
+          calls.withLock { $0 += 1 }
+          seen.withLock { for i in r { $0[i] += 1 } }
+        }
+        #expect(seen.withLock { $0 } == [Int](repeating: 1, count: count), "count \(count), parallel \(parallel)")
+        if !parallel { #expect(calls.withLock { $0 } == (count > 0 ? 1 : 0)) }
+      }
+    }
+  }
+}
+
 /// Scratch buffers are lent again to requests they can hold (the smallest that fits), a larger request gets its own,
 /// and lending from many threads at once never hands one buffer to two borrowers.
 @Suite struct ScratchBuffersTests {
