@@ -93,6 +93,12 @@ quant:
     # the channels that matter to the scores get more of the KV4 range; centered keys are then centered on their
     # mean. auto = on where keys are rotated; always; never (deepcompressor's behaviour).
     scale_keys: never
+    # not in deepcompressor (issue #19): the exponent p of the key scales s_j = (E[q_j²] / E[(k_j − c_j)²])^p.
+    # Manual: p = 1/4 in every layer; GridSearch: per layer the p among 0, 1/8, 3/16, 1/4, 5/16, 3/8, 1/2 whose
+    # keys give the smallest attention-output error with K quantized, over the first scale_keys_sample_size
+    # calibration sequences (-1 = all).
+    scale_keys_strategy: Manual
+    scale_keys_sample_size: 8
   enable_rotation: false
   rotation:
     random: false

@@ -53,6 +53,8 @@ extension QuantPlan {
     // The searches hold their sequences' attention inputs and FP outputs (fp32, hidden wide; AWQ: every module input).
     var searchSeqs = 0
     if smoothAttn?.strategy == .gridSearch { searchSeqs = max(searchSeqs, sequences(smoothAttnSamples)) }
+    let keyGrid = scaleKeysSearch && scalesKeys(c)
+    if keyGrid { searchSeqs = max(searchSeqs, sequences(scaleKeysSamples)) }
     if weightFormat != nil, clipStrategy == .gridSearch, !clipProducts { searchSeqs = max(searchSeqs, sequences(clipSamples)) }
     if tokens > 0 { layerPhase += searchSeqs * calib.seqLength * h * 4 * 2 }
     if smoothProjAlphas != nil, tokens > 0 { layerPhase += sequences(smoothProjSamples) * calib.seqLength * (3 * h + f) * 4 }
@@ -74,6 +76,9 @@ extension QuantPlan {
     if let sa = smoothAttn, sa.strategy == .gridSearch, tokens > 0 {
       let cands = Double(SmoothStage.alphaBetaCandidates(alpha: sa.alpha, beta: sa.beta, grids: sa.grids).count)
       flops += Double(L) * cands * Double(sequences(smoothAttnSamples)) * seqLen * attnPerToken
+    }
+    if keyGrid, tokens > 0 {
+      flops += Double(L) * Double(Self.keyScaleExponents.count + 1) * Double(sequences(scaleKeysSamples)) * seqLen * attnPerToken
     }
     if weightFormat != nil, clipStrategy == .gridSearch, !clipProducts, tokens > 0 {
       flops += Double(L) * 2 * Double(clipNumGrids + 1) * Double(sequences(clipSamples)) * seqLen * attnPerToken
@@ -137,7 +142,10 @@ extension QuantPlan {
     if let w = weightFormat { s.append((gptq != nil ? "GPTQ " : "RTN ") + "weights \(w)") }
     s.append("activations " + (actBits.map { "int\($0) per token" } ?? "fp"))
     var kv = kvBits.map { "KV\($0)\(kvGroup.map { " g\($0)" } ?? "")\(kvStatic ? " static" : "")" } ?? "KV fp"
-    if kvBits != nil { kv += ", keys centered: \(centerKeys.rawValue), scaled: \(scaleKeys.rawValue), rotated: \(rotateKeys.rawValue)" }
+    if kvBits != nil {
+      let search = scaleKeysSearch ? " (exponent GridSearch)" : ""
+      kv += ", keys centered: \(centerKeys.rawValue), scaled: \(scaleKeys.rawValue)\(search), rotated: \(rotateKeys.rawValue)"
+    }
     s.append(kv)
     return "plan: " + s.joined(separator: " → ")
   }

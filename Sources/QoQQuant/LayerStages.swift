@@ -34,9 +34,11 @@ extension QuantizationPipeline {
     var q = AbsMaxAccumulator(width: c.qDim), k = MinMaxAccumulator(width: c.kvDim)
     let centering = plan.centersKeys(c), scaling = plan.scalesKeys(c)
     var qMoments = MomentAccumulator(width: scaling ? c.qDim : 0), kMoments = MomentAccumulator(width: scaling ? c.kvDim : 0)
-    let grid = plan.smoothAttn?.strategy == .gridSearch
+    let grid = plan.smoothAttn?.strategy == .gridSearch, keyGrid = scaling && plan.scaleKeysSearch
     let searchSeqs = min(samples.count, plan.sequences(plan.smoothAttnSamples))
-    var searchInput: [Float] = []  // attention inputs (normed) of the first `searchSeqs` sequences
+    let keySeqs = min(samples.count, plan.sequences(plan.scaleKeysSamples))
+    let inputSeqs = max(grid ? searchSeqs : 0, keyGrid ? keySeqs : 0)
+    var searchInput: [Float] = []  // attention inputs (normed) of the first `inputSeqs` sequences
     var quantized: [String: QuantizedWeight] = [:]
     let hs = fused ? gptqHessians(c) : [:]
     let hessianPoints: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
@@ -57,7 +59,7 @@ extension QuantizationPipeline {
          .mlpInput: RMSAccumulator(width: c.hiddenSize), .downInput: RMSAccumulator(width: c.intermediateSize)]
     var seen = 0
     if awq || rms { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
-    if grid || fused { points.insert(.attnInput) }
+    if grid || keyGrid || fused { points.insert(.attnInput) }
     if fused { points.formUnion([.oProjInput, .mlpInput]) }
     try pass.run(model: calibration!, layer: l, points: points, advance: advance) { cap in
       q.add(cap[.qRope]); k.add(cap[.kRope])
@@ -89,8 +91,8 @@ extension QuantizationPipeline {
         let x = cap[p]
         x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / acc.size) }
       }
-      if grid && searchInput.count < searchSeqs * samples[0].count * c.hiddenSize {
-        let need = searchSeqs * samples[0].count * c.hiddenSize - searchInput.count
+      if searchInput.count < inputSeqs * samples[0].count * c.hiddenSize {
+        let need = inputSeqs * samples[0].count * c.hiddenSize - searchInput.count
         searchInput += cap[.attnInput].prefix(need)
       }
     }
@@ -113,15 +115,24 @@ extension QuantizationPipeline {
     let meanCenter: [Float]? = centering && scaling ? kMoments.mean.map { Float($0) } : nil
     let center: [Float]? = centering ? meanCenter ?? k.center : nil
     let kSpan: [Float] = centering ? meanCenter.map { k.span(about: $0) } ?? k.centeredSpan : k.absMax
-    // Key scales of the unsmoothed keys; SmoothAttention's λ then multiplies them (the cache holds the same k·s).
-    let baseScale = scaling ? SmoothStage.keyScales(c, q: qMoments, k: kMoments, center: center,
+    // Key scales of the unsmoothed keys; SmoothAttention's λ then multiplies them (the cache holds the same k·s, so
+    // the exponent's search needs no λ).
+    var exponent = 0.25
+    if keyGrid {
+      let tokens = samples.prefix(keySeqs).reduce(0) { $0 + $1.count } * c.hiddenSize
+      exponent = try searchKeyScaleExponent(c, model: calibration!, layer: l, q: qMoments, k: kMoments, center: center,
+                                            h: Array(searchInput.prefix(tokens)), lengths: Array(samples.prefix(keySeqs).map(\.count)))
+      log("layer \(l): key scale exponent \(exponent)")
+    }
+    let baseScale = scaling ? SmoothStage.keyScales(c, q: qMoments, k: kMoments, center: center, exponent: exponent,
                                                     lamKV: [Float](repeating: 1, count: c.kvDim)) : nil
     var lamKV = [Float](repeating: 1, count: c.kvDim)
     if let sa = plan.smoothAttn {
       var (alpha, beta) = (sa.alpha, sa.beta)
       if sa.strategy == .gridSearch {
+        let tokens = samples.prefix(searchSeqs).reduce(0) { $0 + $1.count } * c.hiddenSize
         (alpha, beta) = try searchSmoothAttention(store, model: calibration!, layer: l, qAbsMax: q.values, kAbsMax: kSpan,
-                                                  keyCenter: center, keyScale: baseScale, h: searchInput,
+                                                  keyCenter: center, keyScale: baseScale, h: Array(searchInput.prefix(tokens)),
                                                   lengths: Array(samples.prefix(searchSeqs).map(\.count)))
         log("layer \(l): SmoothAttention α = \(alpha), β = \(beta)")
       }
@@ -183,6 +194,28 @@ extension QuantizationPipeline {
         try model.attentionOutput(layer, h: $0, lengths: $1, kvTransform: kt, keysOnly: true)
       }
       if e < bestErr { bestErr = e; best = (a, b) }
+    }
+    return best
+  }
+
+  /// The key scales' exponent (quant.opts.scale_keys_strategy GridSearch): the candidate whose scales give the smallest
+  /// attention-output error with K fake-quantized (centered, scaled, rotated as the cache will hold it) on h.
+  func searchKeyScaleExponent(_ c: LlamaConfiguration, model: LlamaModel, layer l: Int, q: MomentAccumulator,
+                              k: MomentAccumulator, center: [Float]?, h: [Float], lengths: [Int]) throws -> Double {
+    guard let kb = plan.kvBits else { return 0.25 }
+    let base = model.layers[l], ones = [Float](repeating: 1, count: c.kvDim)
+    let kq = KVFakeQuant(bits: kb, group: plan.kvGroup ?? c.kvDim, asymmetric: plan.kvAsymmetric)
+    let reference = try RangeSearch.chunkedOutputs(h: h, lengths: lengths, width: c.hiddenSize) {
+      try model.attentionOutput(base, h: $0, lengths: $1)
+    }
+    var best = 0.25, bestErr = Double.infinity
+    for p in QuantPlan.keyScaleExponents {
+      let s = SmoothStage.keyScales(c, q: q, k: k, center: center, exponent: p, lamKV: ones)
+      let kt = keyTransform(kq, headDim: c.headDim, rotate: plan.rotatesKeys(c), scale: s, center: center)
+      let e = try RangeSearch.outputError(h: h, lengths: lengths, width: c.hiddenSize, reference: reference) {
+        try model.attentionOutput(base, h: $0, lengths: $1, kvTransform: kt, keysOnly: true)
+      }
+      if e < bestErr { bestErr = e; best = p }
     }
     return best
   }

@@ -80,15 +80,19 @@ public final class QuantizationPipeline {
   }
 
   /// The quant section as the key sees it. rotate_keys acts on the KV cache only (the engine and the fake-quantized
-  /// model), so the layer units do not depend on it, except where SmoothAttention's GridSearch judges α with the keys
-  /// quantized: there it stays in the key. calib.activations_dtype enters the key as "|acts:bf16" (so adding the field
-  /// left the keys of earlier fp32 runs unchanged).
+  /// model), so the layer units do not depend on it, except where SmoothAttention's GridSearch judges α (or the key
+  /// scales' GridSearch their exponent) with the keys quantized: there it stays in the key. calib.activations_dtype
+  /// enters the key as "|acts:bf16" (so adding the field left the keys of earlier fp32 runs unchanged).
   var quantKeySection: String {
     guard var q = recipe.tree["quant"]?.object else { return section("quant") }
     if var cal = q["calib"]?.object { cal["activations_dtype"] = nil; q["calib"] = .object(cal) }
-    if plan.smoothAttn?.strategy != .gridSearch, var o = q["opts"]?.object { o["rotate_keys"] = nil; q["opts"] = .object(o) }
+    if plan.smoothAttn?.strategy != .gridSearch, !plan.scaleKeysSearch, var o = q["opts"]?.object { o["rotate_keys"] = nil; q["opts"] = .object(o) }
     // scale_keys entered the recipe later: at never it leaves the key as it was (k_scale tensors are in the layer units).
     if var o = q["opts"]?.object, o["scale_keys"]?.string == "never" { o["scale_keys"] = nil; q["opts"] = .object(o) }
+    // So did its strategy: at Manual (the exponent ¼) neither it nor its sample size changes a layer.
+    if var o = q["opts"]?.object, o["scale_keys_strategy"]?.string ?? "Manual" == "Manual" {
+      o["scale_keys_strategy"] = nil; o["scale_keys_sample_size"] = nil; q["opts"] = .object(o)
+    }
     return JSON.serialize(.object(q))
   }
 

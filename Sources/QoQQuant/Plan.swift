@@ -38,6 +38,12 @@ public struct QuantPlan: Sendable {
   public var rotateKeys = KeyCentering.never
   /// quant.opts.scale_keys (issue #19): a calibrated per-channel scale of post-RoPE K (Q divided by it) before the cache.
   public var scaleKeys = KeyCentering.never
+  /// quant.opts.scale_keys_strategy (issue #19): Manual keeps the key scales' exponent at ¼ (their error model's
+  /// optimum); GridSearch picks it per layer from `keyScaleExponents`, judged on the attention output with K quantized
+  /// over the first `scaleKeysSamples` calibration sequences (0: all).
+  public var scaleKeysSearch = false
+  public var scaleKeysSamples = 8
+  public static let keyScaleExponents: [Double] = [0, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.5]
   public var rotation: RotationOptions?
   public var reorder = false
   public var smoothAttn: (strategy: Strategy, alpha: Double, beta: Double, grids: Int)?
@@ -214,6 +220,12 @@ public struct QuantPlan: Sendable {
       guard let ks = KeyCentering(rawValue: sk) else { throw bad("quant.opts.scale_keys must be auto, always or never (got \(sk))") }
       scaleKeys = ks
       if ks == .always && kvStatic { throw bad("quant.opts.scale_keys: always needs dynamic KV (not static)") }
+      switch try r.string("quant.opts.scale_keys_strategy") ?? "Manual" {
+      case "Manual": scaleKeysSearch = false
+      case "GridSearch": scaleKeysSearch = true
+      case let st: throw bad("quant.opts.scale_keys_strategy must be Manual or GridSearch (got \(st))")
+      }
+      scaleKeysSamples = try sampleSize(r.int("quant.opts.scale_keys_sample_size"), "quant.opts.scale_keys_sample_size")
       if !signed {
         guard try r.string("quant.opts.zero_point") == "PostScale" else { throw bad("quant.opts.zero_point must be PostScale for unsigned KV") }
       }

@@ -91,8 +91,9 @@ public enum SmoothStage {
   /// error ∝ (Σ_j E[q_j²]/s_j²)(Σ_j s_j² E[(k_j − c_j)²]), smallest (Cauchy–Schwarz) at s_j² ∝ sqrt(E[q_j²]/E[(k_j − c_j)²]).
   /// Each head's scales are normalised to geometric mean 1 and kept within [2⁻⁸, 2⁸] of it; a channel with no energy on
   /// either side gets 1. `lamKV`: SmoothAttention's λ (keys were divided by it), so the cache holds k·s either way.
+  /// `exponent`: ¼ by this model; the exponent GridSearch (quant.opts.scale_keys_strategy) tries others.
   public static func keyScales(_ c: LlamaConfiguration, q: MomentAccumulator, k: MomentAccumulator, center: [Float]?,
-                               lamKV: [Float]) -> [Float] {
+                               exponent: Double = 0.25, lamKV: [Float]) -> [Float] {
     let hd = c.headDim, group = c.numAttentionHeads / c.numKeyValueHeads
     let q2 = q.meanSquare, km = k.mean, k2 = k.meanSquare
     var s = [Float](repeating: 1, count: c.kvDim)
@@ -104,7 +105,7 @@ public enum SmoothStage {
         for h in (kvh * group)..<((kvh + 1) * group) { eq += q2[h * hd + d] }
         eq /= Double(group)
         let ek = k2[j] - 2 * cj * km[j] + cj * cj
-        logs.append(eq > 0 && ek > 0 && eq.isFinite && ek.isFinite ? 0.25 * log(eq / ek) : .nan)
+        logs.append(eq > 0 && ek > 0 && eq.isFinite && ek.isFinite ? exponent * log(eq / ek) : .nan)
       }
       let valid = logs.filter { !$0.isNaN }
       let mid = valid.isEmpty ? 0 : valid.reduce(0, +) / Double(valid.count)

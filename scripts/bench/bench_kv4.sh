@@ -12,6 +12,7 @@
 #                   smooth+rotk, center+rotk, smooth+center+rotk, grid+center+rotk
 #   V+scale+rotk    the same with key scaling (quant.opts.scale_keys always: s_j = (E[q_j²]/E[(k_j − c_j)²])^¼ per
 #                   post-RoPE key channel, the query divided by it), e.g. center+scale+rotk, smooth+center+scale+rotk
+#   V+scalegrid+rotk  key scaling with its exponent chosen per layer (quant.opts.scale_keys_strategy GridSearch)
 # Prints one JSON line per variant (results.json of `qoq quantize`). Not part of CI: on Qwen2.5-Coder-1.5B each variant
 # takes ~8 min on 2 cores (2 windows, 8 × 1024 calibration tokens).
 #   MODEL (default: the Qwen2.5-Coder-1.5B GGUF of scripts/setup_qwen.sh), WINDOWS (2), SAMPLES (8), SEQ (1024),
@@ -29,9 +30,12 @@ KV=(--opts-dtype uint4 --opts-zero-point PostScale --opts-group-shapes "1,$HEAD_
 QOQ_KV=(--enable-rotation --rotation-transforms out_proj --enable-smooth --smooth-enable-attn)
 OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
 for v in $VARIANTS; do
-  rot=never scale=never base="$v"
+  rot=never scale=never kgrid=Manual base="$v"
   case "$base" in *+rotk) rot=always; base="${base%+rotk}" ;; esac
-  case "$base" in *+scale) scale=always; base="${base%+scale}" ;; esac
+  case "$base" in
+    *+scale) scale=always; base="${base%+scale}" ;;
+    *+scalegrid) scale=always; kgrid=GridSearch; base="${base%+scalegrid}" ;;
+  esac
   case "$base" in
     rtn) flags=(--opts-center-keys never) ;;
     smooth) flags=("${QOQ_KV[@]}" --opts-center-keys never) ;;
@@ -42,7 +46,8 @@ for v in $VARIANTS; do
     *) echo "bench_kv4: unknown variant $v" >&2; exit 2 ;;
   esac
   start=$(date +%s)
-  "$QOQ" quantize --model-path "$MODEL" "${KV[@]}" "${flags[@]}" --opts-rotate-keys "$rot" --opts-scale-keys "$scale" --eval-max-windows "$WINDOWS" --cache-root none \
+  "$QOQ" quantize --model-path "$MODEL" "${KV[@]}" "${flags[@]}" --opts-rotate-keys "$rot" --opts-scale-keys "$scale" \
+    --opts-scale-keys-strategy "$kgrid" --eval-max-windows "$WINDOWS" --cache-root none \
     --results-json "$OUT/$v.json" >&2
   python3 - "$OUT/$v.json" "$v" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
