@@ -64,6 +64,8 @@ extension QuantPlan {
     let peak = max(peakQuantize, peakEval) + (256 << 20)
     // FLOPs: the calibration passes (two forwards when GPTQ runs), GPTQ's updates (2·out·in² per linear), evaluation.
     var flops = Double(tokens) * 2 * Double(L * perLayer) * (gptq != nil ? 2 : 1)
+    // An MoE layer's weight range search first counts each expert's routed rows in a pass of its own.
+    if c.numLocalExperts != nil, weightFormat != nil, clipStrategy == .gridSearch { flops += Double(tokens) * 2 * Double(L * perLayer) }
     if gptq != nil {
       let linears = Double(h) * Double(h) * Double(c.qDim + 2 * c.kvDim) + Double(c.qDim) * Double(c.qDim) * Double(h)
         + 2 * Double(h) * Double(h) * Double(f) + Double(f) * Double(f) * Double(h)

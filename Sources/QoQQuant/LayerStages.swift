@@ -229,27 +229,45 @@ extension QuantizationPipeline {
     let model = try calibrationModel(store, layer: l)
     // Grid search inputs: the 512-token subsample of each module input, and whole attention inputs of the first
     // sequences for the q/k attention-output objective.
-    let totalRows = s.reduce(0) { $0 + $1.count }
-    let wanted = Set(RangeSearch.subsampleRows(total: totalRows, batch: plan.clipElementBatch, size: plan.clipElementSize))
+    let wanted = Set(RangeSearch.subsampleRows(lengths: s.map(\.count), batch: plan.clipElementBatch, size: plan.clipElementSize))
     let qkSeqs = min(s.count, plan.sequences(plan.clipSamples))
     var sub: [String: [Float]] = [:], qkInput: [Float] = []
     var rowBase = 0
     let hs = plan.gptq == nil ? [:] : gptqHessians(c)
     let points: [(String, LayerCapture.Point)] = [("attn", .attnInput), ("o", .oProjInput), ("mlp", .mlpInput), ("down", .downInput)]
+    // MoE: deepcompressor caches each expert's routed rows as that expert's input and subsamples them like any module
+    // input, so the subsample follows the expert's routed-row count: a routing pass counts them first (the layer and
+    // its inputs do not change between the passes, so the routing is the same).
+    let experts = grid ? c.numLocalExperts ?? 0 : 0
+    var expertWanted: [Set<Int>] = [], expertSeen = [Int](repeating: 0, count: experts)
+    if experts > 0 {
+      var counts = [Int](repeating: 0, count: experts)
+      try pass.run(model: model, layer: l, points: [.downInput], advance: false) { cap in
+        for (e, x) in cap.expertInputs { counts[e] += x.count / c.hiddenSize }
+      }
+      expertWanted = counts.map { Set(RangeSearch.subsampleRows(lengths: [$0], batch: plan.clipElementBatch, size: plan.clipElementSize)) }
+    }
     try pass.run(model: model, layer: l, points: [.attnInput, .oProjInput, .mlpInput, .downInput]) { cap in
       accumulateExperts(cap, hs)
-      var rows = 0
+      let rows = cap[.attnInput].count / c.hiddenSize
       for (k, p) in points {
         let x = cap[p]
         let width = k == "o" ? c.qDim : k == "down" ? c.intermediateSize : c.hiddenSize
-        rows = x.count / width
-        if let acc = hs[k] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: rows) } }
+        if let acc = hs[k] { x.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: x.count / width) } }
         if grid {
-          for r in 0..<rows where wanted.contains(rowBase + r) { sub[k, default: []] += x[(r * width)..<((r + 1) * width)] }
+          for r in 0..<(x.count / width) where wanted.contains(rowBase + r) { sub[k, default: []] += x[(r * width)..<((r + 1) * width)] }
           if k == "attn" && qkInput.count < qkSeqs * s[0].count * width {
             qkInput += x.prefix(qkSeqs * s[0].count * width - qkInput.count)
           }
         }
+      }
+      for (e, x) in cap.expertInputs where experts > 0 {
+        let (H, I) = (c.hiddenSize, c.intermediateSize), m = x.count / H, down = cap.expertDownInputs[e] ?? []
+        for r in 0..<m where expertWanted[e].contains(expertSeen[e] + r) {
+          sub["e\(e).in", default: []] += x[(r * H)..<((r + 1) * H)]
+          sub["e\(e).down", default: []] += down[(r * I)..<((r + 1) * I)]
+        }
+        expertSeen[e] += m
       }
       rowBase += rows
     }
@@ -265,10 +283,12 @@ extension QuantizationPipeline {
         if (m.hasSuffix("q_proj") || m.hasSuffix("k_proj")) && !plan.clipProducts {
           searched[m] = [try RangeSearch.attentionOutputs(model: model, layer: l, store: store, module: m, format: format,
                                                           h: qkInput, lengths: lengths, reference: reference, candidates: cands)]
-        } else {
-          let k = m.hasSuffix("o_proj") ? "o" : m.hasSuffix("down_proj") ? "down" : key(m) == "qkv_proj" ? "attn" : "mlp"
+        } else if let k = hessianKey(m), let x = sub[k] {
           searched[m] = RangeSearch.productsError(weight: store[m + ".weight"], out: o, inp: i, format: format,
-                                                  inputs: sub[k] ?? [], candidates: cands)
+                                                  inputs: x, candidates: cands)
+        } else {
+          // An expert no calibration token was routed to has nothing to judge a range by: its full range (ratio 1).
+          log("\(m): no calibration token was routed to this expert; weight range not searched")
         }
       }
     }

@@ -367,15 +367,14 @@ public struct QuantPlan: Sendable {
   public func check(_ c: LlamaConfiguration) throws {
     if let e = c.numLocalExperts {
       // Per expert from its routed tokens: GPTQ Hessians, the down_proj reorder and SmoothLinear (QoQ); SmoothLinear on
-      // up_proj shares one λ between the router and every expert's w1/w3 (SmoothQuant). Not yet: AWQ's searches,
-      // RootMeanSquare spans and the weight range search.
+      // up_proj shares one λ between the router and every expert's w1/w3 (SmoothQuant); the weight range search
+      // judges each expert on its routed rows. Not yet: AWQ's searches and RootMeanSquare spans.
       var missing: [String] = []
       if smoothProjAlphas != nil { missing.append("AWQ's smoothing search") }
       if smoothProjRMS && (smoothProj != nil || smoothProjAlphas != nil) { missing.append("RootMeanSquare smoothing spans") }
-      if clipStrategy == .gridSearch { missing.append("the weight range search (quant.wgts.enable_calib_range)") }
       if !missing.isEmpty {
         throw QoQError("qoq quantize on mixture-of-experts models (\(c.modelType), \(e) experts) does not support "
-                       + missing.joined(separator: ", ") + " yet (issue #14); RTN, GPTQ, SmoothQuant and QoQ's g64/g128 recipes run")
+                       + missing.joined(separator: ", ") + " yet (issue #14); RTN, GPTQ, SmoothQuant and QoQ's recipes run")
       }
     }
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width

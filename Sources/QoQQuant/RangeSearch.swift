@@ -16,16 +16,29 @@ public enum RangeSearch {
     [1] + (1...numGrids).map { Float(1 - Double($0) / Double(numGrids) * (1 - maxShrink)) }
   }
 
-  /// Rows of the token subsample (element_size, default 512): batches of `batch` (element_batch_size, 64) contiguous
-  /// rows; if there are more rows than `size`, every k-th batch is kept. With 64-row batches of sequences longer than 64
-  /// tokens the kept rows are the first 64 tokens of a few sequences; batch 1 spreads them evenly over every token.
-  public static func subsampleRows(total: Int, batch: Int = 64, size: Int = 512) -> [Int] {
-    let nb = total / batch
-    guard nb * batch > size else { return Array(0..<total) }
-    let k = nb / (size / batch)
-    var rows: [Int] = []
-    for b in 0..<(size / batch) { rows += ((b * k * batch)..<(b * k * batch + batch)) }
-    return rows
+  /// Rows of the token subsample, as deepcompressor's `TensorCache.repartition` takes it (element_batch_size `batch`,
+  /// element_size `size`): each cached tensor (a calibration sequence of a dense module's input; an expert's routed rows,
+  /// all in one) is cut into chunks of `batch` rows, dropping its last partial chunk (a tensor of at most `batch` rows
+  /// stays one chunk); if the chunks hold more than `size` rows, every k-th is kept, k = chunks / (size / chunk rows),
+  /// starting with the first. With 64-row chunks of 1024-token sequences the kept rows are the first 64 tokens of a few
+  /// sequences; batch 1 spreads them over every token. `lengths`: the tensors' rows, in order; returns row indices into
+  /// their concatenation.
+  public static func subsampleRows(lengths: [Int], batch: Int = 64, size: Int = 512) -> [Int] {
+    var chunks: [Range<Int>] = [], at = 0
+    for n in lengths where n > 0 {
+      if batch > 0 && n > batch {
+        for i in 0..<(n / batch) { chunks.append((at + i * batch)..<(at + (i + 1) * batch)) }
+      } else {
+        chunks.append(at..<(at + n))
+      }
+      at += n
+    }
+    guard let first = chunks.first else { return [] }
+    if size > 0 && first.count * chunks.count > size {
+      let k = max(1, chunks.count / max(1, size / first.count))
+      chunks = stride(from: 0, to: chunks.count, by: k).map { chunks[$0] }
+    }
+    return chunks.flatMap { Array($0) }
   }
 
   /// ProductsError search. w (out, in); x (t, in) the sampled FP inputs. Returns ratios (out × groups).

@@ -82,8 +82,9 @@ import QoQTestSupport
   /// expert 0's, and ties go to the lower index): experts 0–2 equal GPTQ with the Hessian of the calibration tokens
   /// the router sends them, recomputed here from the FP layer's MLP input and MoEBlock.route (layer 0); expert 3, with no
   /// token, is round-to-nearest of its weights, and the log says so.
-  @Test func gptqPerExpertFromRoutedTokens() throws {
-    let dir = tempDir("moe-gptq")
+  /// A tiny Mixtral (4 experts, top 1, vocabulary 300) in dir/model whose expert 3 is never chosen: its router row
+  /// equals expert 0's, and ties go to the lower index. Also writes dir/calib.txt.
+  static func deadExpertModel(_ dir: String) throws -> (LlamaConfiguration, SafeTensorsFile) {
     let c = try TinyMixtral.config(experts: 4, topK: 1, hidden: 64, intermediate: 64, vocab: 300)
     try writeTinyCheckpoint(c, to: dir + "/model")
     let st = try SafeTensorsFile(path: dir + "/model/model.safetensors")
@@ -95,6 +96,27 @@ import QoQTestSupport
     }
     try SafeTensorsWriter.write(blobs, to: dir + "/model/model.safetensors")
     try writeTinyText(to: dir + "/calib.txt")
+    return (c, try SafeTensorsFile(path: dir + "/model/model.safetensors"))
+  }
+
+  /// Layer 0's MLP input (rows, H) for the pipeline's calibration samples (one chunk of 4), and per expert the rows
+  /// the model's own router sends it, in token order.
+  static func routedRows(_ dir: String, plan: QuantPlan, _ c: LlamaConfiguration) throws -> (h: [Float], rows: [[Int]], samples: Int) {
+    let loaded = try ModelLoader.load(path: dir + "/model")
+    let model = loaded.model
+    let samples = try CalibrationData.samples(plan.calib, tokenizer: loaded.tokenizer)
+    var x = try model.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
+    let cap = LayerCapture([.mlpInput])
+    try model.runLayer(0, x: &x, lengths: samples.map(\.count), caches: samples.map { _ in KVCache(config: c, capacity: 32) }, capture: cap)
+    let h = cap[.mlpInput], moe = try #require(model.layers[0].moe)
+    let routes = h.withUnsafeBufferPointer { moe.route($0.baseAddress!, rows: h.count / c.hiddenSize) }
+    let rows = (0..<c.numLocalExperts!).map { e in routes.enumerated().filter { $0.element.expert == Int32(e) }.map(\.offset) }
+    return (h, rows, samples.count)
+  }
+
+  @Test func gptqPerExpertFromRoutedTokens() throws {
+    let dir = tempDir("moe-gptq")
+    let (c, st) = try Self.deadExpertModel(dir)
     let flags = ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32", "--calib-min-seq-length", "0"]
     let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/gptq-g64.yaml"], flags: flags),
                                      cacheRoot: nil)
@@ -102,24 +124,18 @@ import QoQTestSupport
     p.log = { lines.append($0) }
     let q = try p.run().quantizedWeights()
     #expect(q.count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
-    // The reference: layer 0's MLP input for the same samples (one chunk of 4), routed by the model's own router.
-    let loaded = try ModelLoader.load(path: dir + "/model")
-    let model = loaded.model, format = try #require(p.plan.weightFormat), gopts = try #require(p.plan.gptq)
-    let samples = try CalibrationData.samples(p.plan.calib, tokenizer: loaded.tokenizer)
-    var x = try model.embed(samples, caches: samples.map { _ in KVCache(config: c, capacity: 1) })
-    let cap = LayerCapture([.mlpInput])
-    try model.runLayer(0, x: &x, lengths: samples.map(\.count), caches: samples.map { _ in KVCache(config: c, capacity: 32) }, capture: cap)
-    let h = cap[.mlpInput], H = c.hiddenSize, moe = try #require(model.layers[0].moe)
-    let routes = h.withUnsafeBufferPointer { moe.route($0.baseAddress!, rows: h.count / H) }
-    #expect(!routes.contains { $0.expert == 3 })
+    // The reference: layer 0's MLP input for the same samples, routed by the model's own router.
+    let format = try #require(p.plan.weightFormat), gopts = try #require(p.plan.gptq), H = c.hiddenSize
+    let (h, routed, sequences) = try Self.routedRows(dir, plan: p.plan, c)
+    #expect(routed[3].isEmpty)
     for e in 0..<3 {
-      let rows = routes.enumerated().filter { $0.element.expert == Int32(e) }.map(\.offset)
+      let rows = routed[e]
       #expect(!rows.isEmpty, "expert \(e) got no token")
       var xe: [Float] = []
       for r in rows { xe += h[(r * H)..<((r + 1) * H)] }
       let acc = HessianAccumulator(size: H)
       xe.withUnsafeBufferPointer { acc.add($0.baseAddress!, rows: rows.count) }
-      let inv = try GPTQInverse(hessian: acc.hessian(sequences: samples.count), size: H, options: gopts)
+      let inv = try GPTQInverse(hessian: acc.hessian(sequences: sequences), size: H, options: gopts)
       for w in ["w1", "w3"] {
         let m = MoEBlock.prefix(layer: 0) + "experts.\(e).\(w)", s = tensorShape(m + ".weight", c), orig = try st.floats(m + ".weight")
         let want = try gptq(weight: orig, inverse: inv, quantizer: WeightQuantizer(weight: orig, out: s[0], inp: s[1], format: format),
@@ -201,11 +217,11 @@ import QoQTestSupport
     #expect(relL2(a, fp) > 1e-4 && relL2(a, fp) < 0.5, "QoQ vs FP: \(relL2(a, fp))")
   }
 
-  /// RTN W4A8KV4 (dynamic KV, no calibration) runs on experts too; AWQ and the per-channel recipe (range search) are
-  /// refused before any work, naming the issue.
-  @Test func w4a8kv4RunsAndCalibratedRecipesAreRefused() throws {
+  /// RTN W4A8KV4 (dynamic KV, no calibration) and QoQ's per-channel recipe (SmoothAttention and weight range
+  /// GridSearch, GPTQ) run on experts too; AWQ is refused before any work, naming the issue.
+  @Test func w4a8kv4AndGchnRunAWQIsRefused() throws {
     let dir = tempDir("moe-kv4")
-    let c = try TinyMixtral.config(hidden: 64, intermediate: 64)
+    let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
     try writeTinyCheckpoint(c, to: dir + "/model")
     try writeTinyText(to: dir + "/calib.txt")
     let rtn = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/rtn-w4a8kv4-g64.yaml"],
@@ -213,11 +229,78 @@ import QoQTestSupport
                                        cacheRoot: nil).run()
     #expect(rtn.quantization.kvBits == 4 && rtn.quantization.actBits == 8)
     #expect(try lastLogits(try rtn.fakeQuantModel(), Self.tokens).allSatisfy(\.isFinite))
-    for (file, what) in [("awq-g64.yaml", "AWQ"), ("qoq-gchn.yaml", "range search")] {
+    let gchn = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/qoq-gchn.yaml"], flags: [
+      "--opts-group-shapes", "1,32", "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32",
+      "--wgts-calib-range-num-grids", "8", "--smooth-attn-num-grids", "4"]), cacheRoot: nil).run()
+    #expect(try gchn.quantizedWeights().count == c.numHiddenLayers * (4 + 3 * c.numLocalExperts!))
+    let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, Self.tokens)
+    let d = relL2(try lastLogits(try gchn.fakeQuantModel(), Self.tokens), fp)
+    #expect(d > 1e-4 && d < 0.5, "qoq-gchn vs FP: \(d)")
+    for (file, what) in [("awq-g64.yaml", "AWQ")] {
       let r = try Recipe.load(files: [recipesDir + "/" + file], flags: ["--calib-path", dir + "/calib.txt"])
       #expect { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run() } throws: {
         "\($0)".contains("mixture-of-experts") && "\($0)".contains("#14") && "\($0)".contains(what)
       }
+    }
+  }
+
+  /// The weight range search on experts (issue #14), as deepcompressor runs it: each expert's w1/w3 and w2 are judged
+  /// (ProductsError per group) on a subsample of the rows routed to it, cut into element_batch_size chunks and thinned
+  /// to element_size like any module input. Reference: layer 0's routed rows recomputed with the model's own router,
+  /// w2's input computed by hand (SiLU(w1·x)·(w3·x)), deepcompressor's subsample, the search and RTN with its ratios;
+  /// expert 3, which no token reaches, keeps its full range and the log says so.
+  @Test func rangeSearchPerExpertFromRoutedTokens() throws {
+    let dir = tempDir("moe-range")
+    let (c, st) = try Self.deadExpertModel(dir)
+    let flags = ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32", "--calib-min-seq-length", "0",
+                 "--wgts-enable-calib-range", "--wgts-calib-range-strategy", "GridSearch", "--wgts-calib-range-objective", "ProductsError",
+                 "--wgts-calib-range-granularity", "Group", "--wgts-calib-range-num-grids", "10", "--wgts-calib-range-max-shrink", "0.5",
+                 "--wgts-calib-range-element-batch-size", "8", "--wgts-calib-range-element-size", "16"]
+    let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/rtn-w4a16-g64.yaml"], flags: flags),
+                                     cacheRoot: nil)
+    var lines: [String] = []
+    p.log = { lines.append($0) }
+    let q = try p.run().quantizedWeights()
+    let format = try #require(p.plan.weightFormat), (H, I) = (c.hiddenSize, c.intermediateSize)
+    let cands = RangeSearch.ratios(maxShrink: 0.5, numGrids: 10)
+    let (h, routed, _) = try Self.routedRows(dir, plan: p.plan, c)
+    var clipped = 0
+    for e in 0..<3 {
+      let keep = RangeSearch.subsampleRows(lengths: [routed[e].count], batch: 8, size: 16)
+      #expect(keep.count >= 16 && keep.count < routed[e].count, "expert \(e): \(keep.count) of \(routed[e].count) rows")  // thinned
+      let pre = MoEBlock.prefix(layer: 0) + "experts.\(e)."
+      let w1 = try st.floats(pre + "w1.weight"), w3 = try st.floats(pre + "w3.weight")
+      var xin: [Float] = [], xdown: [Float] = []
+      for r in keep.map({ routed[e][$0] }) {
+        let x = Array(h[(r * H)..<((r + 1) * H)])
+        xin += x
+        for o in 0..<I {
+          var g = 0.0, u = 0.0
+          for j in 0..<H { g += Double(w1[o * H + j]) * Double(x[j]); u += Double(w3[o * H + j]) * Double(x[j]) }
+          xdown.append(Float(g / (1 + exp(-g)) * u))
+        }
+      }
+      for (w, x, inp) in [("w1", xin, H), ("w3", xin, H), ("w2", xdown, I)] {
+        let m = pre + w, orig = try st.floats(m + ".weight"), out = orig.count / inp
+        let ratios = RangeSearch.productsError(weight: orig, out: out, inp: inp, format: format, inputs: x, candidates: cands)
+        let want = WeightQuantizer(weight: orig, out: out, inp: inp, format: format, ratios: ratios).rtn(orig).dequantized()
+        let got = try #require(q[m]).dequantized()
+        if w == "w2" {
+          // w2's input is recomputed in Double here: a ratio may flip where two candidates' errors tie within rounding.
+          let same = zip(got, want).filter { $0 == $1 }.count
+          #expect(same >= orig.count * 95 / 100, "\(m): \(same) of \(orig.count) weights equal the reference")
+        } else {
+          let equal = got == want
+          #expect(equal, "\(m): differs from the reference")
+        }
+        clipped += ratios.filter { $0 < 1 }.count
+      }
+    }
+    #expect(clipped > 0, "the search must clip some groups for this test to mean something")
+    for w in ["w1", "w2", "w3"] {
+      let m = MoEBlock.prefix(layer: 0) + "experts.3.\(w)", orig = try st.floats(m + ".weight"), s = tensorShape(m + ".weight", c)
+      #expect(try #require(q[m]).dequantized() == WeightQuantizer(weight: orig, out: s[0], inp: s[1], format: format).rtn(orig).dequantized())
+      #expect(lines.contains { $0.contains("experts.3.\(w): no calibration token") && $0.contains("range") }, "\(lines)")
     }
   }
 }

@@ -10,11 +10,20 @@ import QoQTestSupport
     let r = RangeSearch.ratios(maxShrink: 0.2, numGrids: 80)
     #expect(r.count == 81 && r[0] == 1 && abs(r[1] - 0.99) < 1e-6 && abs(r[80] - 0.2) < 1e-6)
     // 128 sequences × 1024 tokens = 2048 batches of 64 → every 256th batch: 8 batches, 512 rows, evenly spaced.
-    let rows = RangeSearch.subsampleRows(total: 128 * 1024)
+    let rows = RangeSearch.subsampleRows(lengths: [Int](repeating: 1024, count: 128))
     #expect(rows.count == 512 && rows[0] == 0 && rows[64] == 256 * 64 && rows[511] == 7 * 256 * 64 + 63)
-    #expect(RangeSearch.subsampleRows(total: 300) == Array(0..<300))
+    // deepcompressor's repartition by hand: a tensor's last partial chunk is dropped (300 rows → 4 chunks of 64), per
+    // tensor ([100, 100] → rows 0–63 and 100–163); a tensor of ≤ 64 rows is one chunk; 15 chunks (960 rows) are over 512
+    // but 15 / 8 = 1 keeps all of them; 17 chunks keep every 2nd: 9 chunks, the last at rows 1024–1087.
+    #expect(RangeSearch.subsampleRows(lengths: [300]) == Array(0..<256))
+    #expect(RangeSearch.subsampleRows(lengths: [100, 100]) == Array(0..<64) + Array(100..<164))
+    #expect(RangeSearch.subsampleRows(lengths: [40]) == Array(0..<40))
+    #expect(RangeSearch.subsampleRows(lengths: [1000]) == Array(0..<960))
+    let odd = RangeSearch.subsampleRows(lengths: [17 * 64])
+    #expect(odd.count == 9 * 64 && odd[64] == 128 && odd.last == 17 * 64 - 1)
+    #expect(RangeSearch.subsampleRows(lengths: [0, 0]).isEmpty)
     // element_batch_size 1: 512 single rows, every 32nd of 32 × 512 (element_batch_size / element_size from the recipe).
-    #expect(RangeSearch.subsampleRows(total: 32 * 512, batch: 1, size: 512) == (0..<512).map { $0 * 32 })
+    #expect(RangeSearch.subsampleRows(lengths: [Int](repeating: 512, count: 32), batch: 1, size: 512) == (0..<512).map { $0 * 32 })
     let awq = [BaselineTests.recipesDir + "/awq.yaml"]
     let plan = try QuantPlan(try Recipe.load(files: awq, flags: ["--wgts-calib-range-element-batch-size", "1"]))
     #expect(plan.clipElementBatch == 1 && plan.clipElementSize == 512)
