@@ -5,6 +5,10 @@
 // sqrt(mean x²) with `spans: [[RootMeanSquare, AbsMax]]`), fake-quantize the
 // scaled weights W·diag(λ) with the weight quantizer (round to nearest), undo the scale, and keep the α whose
 // module output has the smallest squared error against the FP output. The chosen λ is then folded exactly.
+// MoE layers (issue #14), as deepcompressor's smooth_llm_layer runs them: post_attention_layernorm → the router and every
+// expert's w1/w3 share one λ, judged on the whole sparse block's output (the experts' w1/w3 quantized, the router and w2
+// at full precision, so the routing does not move; the router's columns then take λ exactly); each expert's w3 → w2
+// has its own λ, judged on its w2's output over the rows routed to it (an expert no search token reaches keeps λ = 1).
 import Foundation
 import QoQFormat
 import QoQIO
@@ -69,20 +73,43 @@ extension QuantizationPipeline {
   /// spans over all calibration tokens. Folds the chosen λ into the store; returns the chosen α per group.
   func awqLayer(_ store: WeightStore, model: LlamaModel, layer l: Int, format: WeightFormat, keys: Set<String>,
                 attnIn: [Float], oIn: [Float], mlpIn: [Float], downIn: [Float], lengths: [Int],
-                spans: (attn: [Float], o: [Float], mlp: [Float], down: [Float]), candidates: [Double]) throws -> [String: Double] {
+                spans: (attn: [Float], o: [Float], mlp: [Float], down: [[Float]]), candidates: [Double]) throws -> [String: Double] {
     let c = store.config, H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, D = c.headDim
     let g = c.numAttentionHeads / c.numKeyValueHeads
     let p = "model.layers.\(l)."
     var chosen: [String: Double] = [:]
+    // The layer's MLPs by names relative to p: the dense one, or every expert (w1 = gate, w3 = up, w2 = down).
+    let mlps = MLPNames.of(c, layer: l).map { m in [m.gate, m.up, m.down].map { String($0.dropFirst(p.count)) } }
     func dense(_ n: String, _ w: [Float]) -> DenseLinear {
       let (o, i) = store.linearShape(p + n)
       return DenseLinear(weight: w, outFeatures: o, inFeatures: i, bias: store.tensors[p + n + ".bias"])
     }
     func layerWith(_ repl: [String: [Float]]) -> DecoderLayer {
       func lin(_ n: String) -> LinearLayer { dense(n, repl[n] ?? store[p + n + ".weight"]) }
-      return DecoderLayer(inputLayernorm: store[p + "input_layernorm.weight"], postAttentionLayernorm: store[p + "post_attention_layernorm.weight"],
+      let (n1, n2) = (store[p + "input_layernorm.weight"], store[p + "post_attention_layernorm.weight"])
+      if c.numLocalExperts != nil {
+        let router = String(MoEBlock.prefix(layer: l).dropFirst(p.count)) + "gate"
+        let block = MoEBlock(gate: lin(router), experts: mlps.map { Expert(w1: lin($0[0]), w2: lin($0[2]), w3: lin($0[1])) },
+                             topK: c.numExpertsPerTok)
+        return DecoderLayer(inputLayernorm: n1, postAttentionLayernorm: n2, qProj: lin("self_attn.q_proj"), kProj: lin("self_attn.k_proj"),
+                            vProj: lin("self_attn.v_proj"), oProj: lin("self_attn.o_proj"), moe: block)
+      }
+      return DecoderLayer(inputLayernorm: n1, postAttentionLayernorm: n2,
                           qProj: lin("self_attn.q_proj"), kProj: lin("self_attn.k_proj"), vProj: lin("self_attn.v_proj"),
                           oProj: lin("self_attn.o_proj"), gateProj: lin("mlp.gate_proj"), upProj: lin("mlp.up_proj"), downProj: lin("mlp.down_proj"))
+    }
+    // Each MLP's w2/down_proj input on the search rows: the captured one of a dense layer; per expert, the rows the
+    // router sends it, taken from the FP layer before any fold (the folds are exact, so they would not change them).
+    var downInputs: [[Float]] = [downIn]
+    if let e = c.numLocalExperts {
+      downInputs = [[Float]](repeating: [], count: e)
+      let rows = mlpIn.count / H
+      var y = [Float](repeating: 0, count: rows * H)
+      mlpIn.withUnsafeBufferPointer { xb in y.withUnsafeMutableBufferPointer { yb in
+        layerWith([:]).moe!.forward(xb.baseAddress!, rows: rows, hidden: H, intermediate: I, yb.baseAddress!) { x, _, down, m in
+          downInputs[x] += UnsafeBufferPointer(start: down, count: m * I)
+        }
+      } }
     }
     // 1. input_layernorm → q/k/v, judged on the attention block's output.
     if keys.contains("qkv_proj") {
@@ -124,13 +151,13 @@ extension QuantizationPipeline {
         if let b = store.tensors[p + "self_attn.v_proj.bias"] { store[p + "self_attn.v_proj.bias"] = (0..<KV).map { b[$0] / best.lambda[$0] } }
       }
     }
-    // 3. post_attention_layernorm → gate/up, judged on the MLP's output.
+    // 3. post_attention_layernorm → gate/up (every expert's w1/w3, and the router), judged on the MLP's output.
     if keys.contains("up_proj") {
       let base = layerWith([:])
       let ref = mlpOutput(base, mlpIn, H: H, I: I)
       let best = AWQSearch.search(xspan: spans.mlp, candidates: candidates) { lam in
         var repl: [String: [Float]] = [:]
-        for n in ["mlp.gate_proj", "mlp.up_proj"] {
+        for n in mlps.flatMap({ $0.prefix(2) }) {
           repl[n] = AWQSearch.quantizedScaled(store[p + n + ".weight"], out: I, inp: H, lambda: lam, format: format)
         }
         return AWQSearch.sse(mlpOutput(layerWith(repl), mlpIn, H: H, I: I), ref)
@@ -138,19 +165,30 @@ extension QuantizationPipeline {
       chosen["up_proj"] = best.alpha
       if best.alpha != 0 { SmoothStage.applyNormLinear(store, layer: l, key: "up_proj", lambda: best.lambda) }
     }
-    // 4. up_proj → down_proj, judged on down_proj's output.
+    // 4. up_proj → down_proj (each expert's w3 → w2), judged on down_proj's output.
     if keys.contains("down_proj") {
-      let best = AWQSearch.linearGroup(weight: store[p + "mlp.down_proj.weight"], out: H, inp: I, inputs: downIn, xspan: spans.down,
-                                       format: format, candidates: candidates)
-      chosen["down_proj"] = best.alpha
-      if best.alpha != 0 { SmoothStage.applyDown(store, layer: l, lambda: best.lambda) }
+      for (i, mlp) in MLPNames.of(c, layer: l).enumerated() {
+        let name = c.numLocalExperts == nil ? "down_proj" : "e\(i).down_proj"
+        guard !downInputs[i].isEmpty else { chosen[name] = 0; continue }  // no search row routed here: λ = 1
+        let best = AWQSearch.linearGroup(weight: store[mlp.down + ".weight"], out: H, inp: I, inputs: downInputs[i], xspan: spans.down[i],
+                                         format: format, candidates: candidates)
+        chosen[name] = best.alpha
+        if best.alpha != 0 { SmoothStage.applyDown(store, mlp: mlp, lambda: best.lambda) }
+      }
     }
     return chosen
   }
 
-  /// down(silu(gate(x))·up(x)) for normalized MLP inputs x (rows, H).
+  /// down(silu(gate(x))·up(x)) for normalized MLP inputs x (rows, H); an MoE layer's sparse block output.
   func mlpOutput(_ layer: DecoderLayer, _ x: [Float], H: Int, I: Int) -> [Float] {
     let rows = x.count / H
+    if let moe = layer.moe {
+      var y = [Float](repeating: 0, count: rows * H)
+      x.withUnsafeBufferPointer { xb in
+        y.withUnsafeMutableBufferPointer { moe.forward(xb.baseAddress!, rows: rows, hidden: H, intermediate: I, $0.baseAddress!) }
+      }
+      return y
+    }
     var gt = [Float](repeating: 0, count: rows * I), up = gt, y = [Float](repeating: 0, count: rows * H)
     x.withUnsafeBufferPointer { xb in
       gt.withUnsafeMutableBufferPointer { layer.gateProj.forward(xb.baseAddress!, rows: rows, $0.baseAddress!) }

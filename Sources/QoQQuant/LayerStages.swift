@@ -146,7 +146,7 @@ extension QuantizationPipeline {
       let chosen = try awqLayer(store, model: calibration!, layer: l, format: format, keys: smoothKeys,
                                 attnIn: awqIn[.attnInput] ?? [], oIn: awqIn[.oProjInput] ?? [], mlpIn: awqIn[.mlpInput] ?? [],
                                 downIn: awqIn[.downInput] ?? [], lengths: Array(samples.prefix(awqSeqs).map(\.count)),
-                                spans: (attnSpan, rms ? rmsIn[.oProjInput]!.values : oSpan.values, mlpSpan, dspan), candidates: alphas)
+                                spans: (attnSpan, rms ? rmsIn[.oProjInput]!.values : oSpan.values, mlpSpan, dspans), candidates: alphas)
       log("layer \(l): AWQ α " + chosen.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
     } else if let sp = plan.smoothProj {
       if smoothKeys.contains("down_proj") {

@@ -368,13 +368,13 @@ public struct QuantPlan: Sendable {
     if let e = c.numLocalExperts {
       // Per expert from its routed tokens: GPTQ Hessians, the down_proj reorder and SmoothLinear (QoQ); SmoothLinear on
       // up_proj shares one λ between the router and every expert's w1/w3 (SmoothQuant); the weight range search
-      // judges each expert on its routed rows. Not yet: AWQ's searches and RootMeanSquare spans.
+      // judges each expert on its routed rows; AWQ shares one w1/w3 λ (judged on the block) and gives each w2 its own.
+      // Not yet: RootMeanSquare spans.
       var missing: [String] = []
-      if smoothProjAlphas != nil { missing.append("AWQ's smoothing search") }
       if smoothProjRMS && (smoothProj != nil || smoothProjAlphas != nil) { missing.append("RootMeanSquare smoothing spans") }
       if !missing.isEmpty {
         throw QoQError("qoq quantize on mixture-of-experts models (\(c.modelType), \(e) experts) does not support "
-                       + missing.joined(separator: ", ") + " yet (issue #14); RTN, GPTQ, SmoothQuant and QoQ's recipes run")
+                       + missing.joined(separator: ", ") + " yet (issue #14); RTN, GPTQ, AWQ, SmoothQuant and QoQ's recipes run")
       }
     }
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width

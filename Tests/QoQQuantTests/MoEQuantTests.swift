@@ -218,8 +218,8 @@ import QoQTestSupport
   }
 
   /// RTN W4A8KV4 (dynamic KV, no calibration) and QoQ's per-channel recipe (SmoothAttention and weight range
-  /// GridSearch, GPTQ) run on experts too; AWQ is refused before any work, naming the issue.
-  @Test func w4a8kv4AndGchnRunAWQIsRefused() throws {
+  /// GridSearch, GPTQ) run on experts too; RootMeanSquare smoothing spans are refused before any work, naming the issue.
+  @Test func w4a8kv4AndGchnRunRMSSpansAreRefused() throws {
     let dir = tempDir("moe-kv4")
     let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
     try writeTinyCheckpoint(c, to: dir + "/model")
@@ -236,8 +236,9 @@ import QoQTestSupport
     let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, Self.tokens)
     let d = relL2(try lastLogits(try gchn.fakeQuantModel(), Self.tokens), fp)
     #expect(d > 1e-4 && d < 0.5, "qoq-gchn vs FP: \(d)")
-    for (file, what) in [("awq-g64.yaml", "AWQ")] {
-      let r = try Recipe.load(files: [recipesDir + "/" + file], flags: ["--calib-path", dir + "/calib.txt"])
+    for (file, what) in [("awq-g64.yaml", "RootMeanSquare")] {
+      let r = try Recipe.load(files: [recipesDir + "/" + file], flags: ["--calib-path", dir + "/calib.txt",
+                                                                         "--smooth-proj-spans", "RootMeanSquare,AbsMax"])
       #expect { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run() } throws: {
         "\($0)".contains("mixture-of-experts") && "\($0)".contains("#14") && "\($0)".contains(what)
       }
@@ -302,5 +303,85 @@ import QoQTestSupport
       #expect(try #require(q[m]).dequantized() == WeightQuantizer(weight: orig, out: s[0], inp: s[1], format: format).rtn(orig).dequantized())
       #expect(lines.contains { $0.contains("experts.3.\(w): no calibration token") && $0.contains("range") }, "\(lines)")
     }
+  }
+
+  /// AWQ on a Mixtral layer (issue #14), as deepcompressor's smooth_llm_layer runs it: one λ for the router and every
+  /// expert's w1/w3, its α the argmin over the candidates of the sparse block's output error with the experts' w1/w3
+  /// quantized (router and w2 FP); each expert's w2 its own α, the argmin of its output error over the rows routed to
+  /// it. Reference: layer 0's MLP input from the FP model, the errors summed here in Double over every candidate
+  /// (the block's forward is checked against transformers in MixtralTests); the pipeline's logged α must be the
+  /// argmin, and the folds leave the FP model's logits unchanged.
+  @Test func awqSearchesExperts() throws {
+    let dir = tempDir("moe-awq")
+    let (c, st) = try Self.deadExpertModel(dir)
+    let flags = ["--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32", "--smooth-proj-num-grids", "8",
+                 "--no-wgts-enable-calib-range"]
+    let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipesDir + "/awq-g64.yaml"], flags: flags),
+                                     cacheRoot: nil)
+    var lines: [String] = []
+    p.log = { lines.append($0) }
+    let out = try p.run()
+    let line = try #require(lines.first { $0.hasPrefix("layer 0: AWQ α") }, "\(lines)")
+    var logged: [String: Double] = [:]
+    for part in line.dropFirst("layer 0: AWQ α ".count).split(separator: ",") {
+      let kv = part.split(separator: " ")
+      logged[String(kv[0])] = Double(kv[1])
+    }
+    let format = try #require(p.plan.weightFormat), alphas = try #require(p.plan.smoothProjAlphas), (H, I) = (c.hiddenSize, c.intermediateSize)
+    let (h, routed, _) = try Self.routedRows(dir, plan: p.plan, c)
+    let loaded = try ModelLoader.load(path: dir + "/model").model, block = try #require(loaded.layers[0].moe)
+    func weight(_ e: Int, _ w: String) throws -> [Float] { try st.floats(MoEBlock.prefix(layer: 0) + "experts.\(e).\(w).weight") }
+    func run(_ b: MoEBlock) -> [Float] {
+      var y = [Float](repeating: 0, count: h.count)
+      h.withUnsafeBufferPointer { xb in y.withUnsafeMutableBufferPointer { b.forward(xb.baseAddress!, rows: h.count / H, hidden: H, intermediate: I, $0.baseAddress!) } }
+      return y
+    }
+    func sse(_ a: [Float], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) } }
+    // w1/w3: the span is max|x| over every calibration token (the 4 sequences, which are also the search rows).
+    var span = [Float](repeating: 0, count: H)
+    for r in 0..<(h.count / H) { for j in 0..<H { span[j] = max(span[j], abs(h[r * H + j])) } }
+    let ref = run(block)
+    let upErrors = try alphas.map { a -> Double in
+      let lam = AWQSearch.lambda(span, alpha: a)
+      let experts = try (0..<4).map { e in
+        Expert(w1: DenseLinear(weight: AWQSearch.quantizedScaled(try weight(e, "w1"), out: I, inp: H, lambda: lam, format: format), outFeatures: I, inFeatures: H),
+               w2: block.experts[e].w2,
+               w3: DenseLinear(weight: AWQSearch.quantizedScaled(try weight(e, "w3"), out: I, inp: H, lambda: lam, format: format), outFeatures: I, inFeatures: H))
+      }
+      return sse(run(MoEBlock(gate: block.gate, experts: experts, topK: c.numExpertsPerTok)), ref)
+    }
+    let upBest = upErrors.min()!
+    let upChosen = try #require(logged["up_proj"]).self
+    #expect(upErrors[try #require(alphas.firstIndex(of: upChosen))] <= upBest * (1 + 1e-9), "up_proj α \(upChosen): \(upErrors)")
+    #expect(upErrors.max()! > upBest * 1.001, "the candidates must differ: \(upErrors)")
+    // w2 per expert, on the rows routed to it: SiLU(w1·x)·(w3·x) in Double, spans over the same rows.
+    for e in 0..<3 {
+      let w1 = try weight(e, "w1"), w3 = try weight(e, "w3"), w2 = try weight(e, "w2")
+      var xd: [Float] = [], dspan = [Float](repeating: 0, count: I)
+      for r in routed[e] {
+        for o in 0..<I {
+          var g = 0.0, u = 0.0
+          for j in 0..<H { g += Double(w1[o * H + j]) * Double(h[r * H + j]); u += Double(w3[o * H + j]) * Double(h[r * H + j]) }
+          let v = Float(g / (1 + exp(-g)) * u)
+          xd.append(v); dspan[o] = max(dspan[o], abs(v))
+        }
+      }
+      func out(_ w: [Float]) -> [Double] {
+        (0..<(xd.count / I)).flatMap { r in (0..<H).map { o in (0..<I).reduce(0.0) { $0 + Double(w[o * I + $1]) * Double(xd[r * I + $1]) } } }
+      }
+      let exact = out(w2)
+      let errors = alphas.map { a in
+        zip(out(AWQSearch.quantizedScaled(w2, out: H, inp: I, lambda: AWQSearch.lambda(dspan, alpha: a), format: format)), exact)
+          .reduce(0.0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }
+      }
+      let chosen = try #require(logged["e\(e).down_proj"], "\(line)")
+      let best = errors.min()!
+      // The pipeline's w2 input is Float (ours Double here): allow the argmin to differ within rounding.
+      #expect(errors[try #require(alphas.firstIndex(of: chosen))] <= best * 1.0001, "expert \(e) w2 α \(chosen): \(errors)")
+    }
+    #expect(logged["e3.down_proj"] == 0, "expert 3 gets no row: λ = 1")
+    // The folds are exact: the smoothed FP weights (before quantization) give the model's logits.
+    let fp = try lastLogits(loaded, Self.tokens)
+    #expect(relL2(try lastLogits(try out.fakeQuantModel(), Self.tokens), fp) < 0.5)
   }
 }
