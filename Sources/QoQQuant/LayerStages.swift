@@ -57,6 +57,8 @@ extension QuantizationPipeline {
     var rmsIn: [LayerCapture.Point: RMSAccumulator] = !rms ? [:]
       : [.attnInput: RMSAccumulator(width: c.hiddenSize), .oProjInput: RMSAccumulator(width: c.qDim),
          .mlpInput: RMSAccumulator(width: c.hiddenSize), .downInput: RMSAccumulator(width: c.intermediateSize)]
+    // An MoE layer's w2 spans come from each expert's routed rows.
+    var expertRMS = [RMSAccumulator](repeating: RMSAccumulator(width: c.intermediateSize), count: rms && moe ? mlps.count : 0)
     var seen = 0
     if awq || rms { points.formUnion([.attnInput, .oProjInput, .mlpInput]) }
     if grid || keyGrid || fused { points.insert(.attnInput) }
@@ -65,7 +67,7 @@ extension QuantizationPipeline {
       q.add(cap[.qRope]); k.add(cap[.kRope])
       if moe {
         // Each expert's statistics and Hessians from the tokens routed to it.
-        for (e, x) in cap.expertDownInputs { downs[e].add(x) }
+        for (e, x) in cap.expertDownInputs { downs[e].add(x); if rms { expertRMS[e].add(x) } }
         accumulateExperts(cap, hs)
       } else {
         downs[0].add(cap[.downInput])
@@ -96,9 +98,9 @@ extension QuantizationPipeline {
         searchInput += cap[.attnInput].prefix(need)
       }
     }
-    // The activation spans smoothing uses per MLP: AbsMax, or RootMeanSquare where the recipe asks (dense layers only),
-    // in reordered order.
-    var dspans: [[Float]] = mlps.indices.map { rms ? rmsIn[.downInput]!.values : downs[$0].values }
+    // The activation spans smoothing uses per MLP (the dense one, or each expert over its routed rows): AbsMax, or
+    // RootMeanSquare where the recipe asks, in reordered order.
+    var dspans: [[Float]] = mlps.indices.map { !rms ? downs[$0].values : moe ? expertRMS[$0].values : rmsIn[.downInput]!.values }
     if plan.reorder {
       for (i, mlp) in mlps.enumerated() {
         let perm = ReorderStage.apply(store, mlp: mlp, downInputAbsMax: downs[i].values)

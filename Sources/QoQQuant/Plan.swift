@@ -365,18 +365,9 @@ public struct QuantPlan: Sendable {
 
   /// Checks the plan against a model's shapes (group sizes must divide the widths, rotation must exist).
   public func check(_ c: LlamaConfiguration) throws {
-    if let e = c.numLocalExperts {
-      // Per expert from its routed tokens: GPTQ Hessians, the down_proj reorder and SmoothLinear (QoQ); SmoothLinear on
-      // up_proj shares one λ between the router and every expert's w1/w3 (SmoothQuant); the weight range search
-      // judges each expert on its routed rows; AWQ shares one w1/w3 λ (judged on the block) and gives each w2 its own.
-      // Not yet: RootMeanSquare spans.
-      var missing: [String] = []
-      if smoothProjRMS && (smoothProj != nil || smoothProjAlphas != nil) { missing.append("RootMeanSquare smoothing spans") }
-      if !missing.isEmpty {
-        throw QoQError("qoq quantize on mixture-of-experts models (\(c.modelType), \(e) experts) does not support "
-                       + missing.joined(separator: ", ") + " yet (issue #14); RTN, GPTQ, AWQ, SmoothQuant and QoQ's recipes run")
-      }
-    }
+    // MoE layers (issue #14) take every recipe: per expert from its routed tokens GPTQ Hessians, the down_proj reorder,
+    // SmoothLinear (AbsMax or RootMeanSquare spans), AWQ's w2 search and the weight range search; one λ shared by the
+    // router and every expert's w1/w3 (SmoothQuant, AWQ judged on the sparse block).
     if let f = weightFormat, f.groupSize(1 << 30) != 1 << 30 {  // formats with a fixed group width
       let g = f.groupSize(c.hiddenSize)
       for (name, width) in [("hidden_size", c.hiddenSize), ("intermediate_size", c.intermediateSize), ("heads·head_dim", c.qDim)]

@@ -218,8 +218,8 @@ import QoQTestSupport
   }
 
   /// RTN W4A8KV4 (dynamic KV, no calibration) and QoQ's per-channel recipe (SmoothAttention and weight range
-  /// GridSearch, GPTQ) run on experts too; RootMeanSquare smoothing spans are refused before any work, naming the issue.
-  @Test func w4a8kv4AndGchnRunRMSSpansAreRefused() throws {
+  /// GridSearch, GPTQ) run on experts too.
+  @Test func w4a8kv4AndGchnRun() throws {
     let dir = tempDir("moe-kv4")
     let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
     try writeTinyCheckpoint(c, to: dir + "/model")
@@ -236,13 +236,46 @@ import QoQTestSupport
     let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, Self.tokens)
     let d = relL2(try lastLogits(try gchn.fakeQuantModel(), Self.tokens), fp)
     #expect(d > 1e-4 && d < 0.5, "qoq-gchn vs FP: \(d)")
-    for (file, what) in [("awq-g64.yaml", "RootMeanSquare")] {
-      let r = try Recipe.load(files: [recipesDir + "/" + file], flags: ["--calib-path", dir + "/calib.txt",
-                                                                         "--smooth-proj-spans", "RootMeanSquare,AbsMax"])
-      #expect { _ = try QuantizationPipeline(modelPath: dir + "/model", recipe: r, cacheRoot: nil).run() } throws: {
-        "\($0)".contains("mixture-of-experts") && "\($0)".contains("#14") && "\($0)".contains(what)
+  }
+
+  /// SmoothLinear on down_proj with RootMeanSquare spans on a Mixtral layer (issue #14): each expert's span is
+  /// sqrt(mean x²) of its w2 input over the rows routed to it, computed here in Double from layer 0's MLP input and the
+  /// model's own router; each w2 takes λ = span^α / max|w2 column|^β on its columns (w3's rows ÷ λ), the FP logits do
+  /// not move, and expert 3, which no token reaches (span 0), keeps λ = 1.
+  @Test func rmsSpansPerExpert() throws {
+    let dir = tempDir("moe-rms")
+    let (c, st) = try Self.deadExpertModel(dir)
+    let p = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [], flags: [
+      "--enable-smooth", "--smooth-enable-proj", "--smooth-proj-strategy", "Manual", "--smooth-proj-alpha", "0.3", "--smooth-proj-beta", "0.7",
+      "--smooth-proj-skips", "qkv_proj", "up_proj", "out_proj", "--smooth-proj-spans", "RootMeanSquare,AbsMax",
+      "--calib-path", dir + "/calib.txt", "--calib-num-samples", "4", "--calib-seq-length", "32"]), cacheRoot: nil)
+    let store = try p.run().store()
+    let (h, routed, _) = try Self.routedRows(dir, plan: p.plan, c)
+    let (H, I) = (c.hiddenSize, c.intermediateSize)
+    for e in 0..<4 {
+      let pre = MoEBlock.prefix(layer: 0) + "experts.\(e)."
+      let w1 = try st.floats(pre + "w1.weight"), w3 = try st.floats(pre + "w3.weight"), w2 = try st.floats(pre + "w2.weight")
+      var sq = [Double](repeating: 0, count: I)
+      for r in routed[e] {
+        for o in 0..<I {
+          var g = 0.0, u = 0.0
+          for j in 0..<H { g += Double(w1[o * H + j]) * Double(h[r * H + j]); u += Double(w3[o * H + j]) * Double(h[r * H + j]) }
+          sq[o] += (g / (1 + exp(-g)) * u) * (g / (1 + exp(-g)) * u)
+        }
       }
+      var lam = [Double](repeating: 1, count: I)
+      for j in 0..<I where !routed[e].isEmpty {
+        let span = (sq[j] / Double(routed[e].count)).squareRoot(), ws = (0..<H).map { abs(Double(w2[$0 * I + j])) }.max()!
+        lam[j] = pow(span, 0.3) / pow(ws, 0.7)
+      }
+      let got = store[pre + "w2.weight"]
+      var worst = 0.0
+      for r in 0..<H { for j in 0..<I { worst = max(worst, abs(Double(got[r * I + j]) - Double(w2[r * I + j]) * lam[j]) / (abs(Double(w2[r * I + j]) * lam[j]) + 1e-6)) } }
+      #expect(worst < 1e-4, "expert \(e): w2 differs from w2·diag(λ) by \(worst)")
+      #expect(e == 3 ? got == w2 : got != w2, "expert \(e)")
     }
+    let fp = try lastLogits(try ModelLoader.load(path: dir + "/model").model, Self.tokens)
+    #expect(relL2(try lastLogits(try store.model(), Self.tokens), fp) < 1e-5)
   }
 
   /// The weight range search on experts (issue #14), as deepcompressor runs it: each expert's w1/w3 and w2 are judged
