@@ -130,15 +130,16 @@ public enum Interop {
     return blobs
   }
 
-  static func open(_ src: String) throws -> (LlamaConfiguration, QuantizationConfig, CheckpointWeights) {
+  /// `moe`: the target writes mixture-of-experts layers (GGUF's merged expert tensors); the others refuse them.
+  static func open(_ src: String, moe: Bool = false) throws -> (LlamaConfiguration, QuantizationConfig, CheckpointWeights) {
     let cfg = src + "/config.json"
     let root = try JSON.parseFile(cfg)
     guard let qj = root["quantization_config"], !qj.isNull else { throw QoQError("\(src) is not a quantized checkpoint (no quantization_config)") }
     let c = try LlamaConfiguration.load(path: cfg)
-    if let e = c.numLocalExperts {
+    if let e = c.numLocalExperts, !moe {
       // QServe's mixtral_w4a8 is NotImplemented upstream; the other targets' MoE layouts are not written yet (issue #14).
-      throw QoQError("\(src): exporting a quantized mixture-of-experts checkpoint (\(c.modelType), \(e) experts) is not supported yet; "
-                     + "it runs here with `qoq eval`, and its FP source converts to GGUF or a Hugging Face folder")
+      throw QoQError("\(src): exporting a quantized mixture-of-experts checkpoint (\(c.modelType), \(e) experts) is not supported yet "
+                     + "for this target; `--to gguf` writes it (llama.cpp's merged expert tensors), and it runs here with `qoq eval`")
     }
     return (c, try QuantizationConfig(json: qj, what: cfg), try CheckpointWeights(folder: src))
   }

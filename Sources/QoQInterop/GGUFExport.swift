@@ -33,7 +33,7 @@ extension Interop {
   public static func exportGGUF(from src: String, to dst: String, dtype: ConvertDType, embeddings: GGUFTableType? = nil,
                                 output: GGUFTableType? = nil, overwrite: Bool) throws -> [String] {
     try OutputFolder.check(dst, force: overwrite, inputs: [src])
-    let (c, q, st) = try open(src)
+    let (c, q, st) = try open(src, moe: true)
     guard let wf = q.weight else { throw QoQError("\(src): no quantized weights to export") }
     let family = try ModelRegistry.family(c.modelType)
     let arch = family.ggufArchitecture
@@ -56,6 +56,10 @@ extension Interop {
     var notes: [String] = []
     if let a = q.actBits { notes.append("llama.cpp runs its own activation quantization: the \(a)-bit activations do not carry over") }
     if let kb = q.kvBits { notes.append("the \(kb)-bit KV cache does not carry over (llama.cpp picks its KV type with -ctk/-ctv)") }
+    if let w = c.slidingWindow, w < c.maxPositionEmbeddings, c.numLocalExperts != nil {
+      notes.append("llama.cpp runs Mixtral as its llama architecture, which attends over the whole context: the sliding window of \(w) "
+                   + "tokens does not carry over (outputs agree up to \(w) tokens)")
+    }
     if q.kvKeyCenter || q.kvKeyRotation || q.kvKeyScale {
       notes.append("key centering/scaling/rotation act on the KV cache only and are dropped (exact in FP)")
     }
@@ -72,6 +76,9 @@ extension Interop {
                                             configIds: GGUFSpecialIds(bos: c.bosTokenId, eos: c.eosTokenIds.first), chatTemplate: template,
                                             what: tokPath)
     var meta = modelMetadata(c, arch: arch, name: URL(fileURLWithPath: src).lastPathComponent, type: type)
+    if let e = c.numLocalExperts {
+      meta += [("\(arch).expert_count", .u32(UInt32(e))), ("\(arch).expert_used_count", .u32(UInt32(c.numExpertsPerTok)))]
+    }
     meta += tokMeta
     meta.append(("qoq.source_quantization", .string(q.method + " " + wf.description)))
 
@@ -79,8 +86,12 @@ extension Interop {
     var rounding = FP16Rounding()
     // Linears left unquantized (quant.wgts.skips) keep an FP weight: exported like the embeddings, in --dtype.
     let names = Set(st.names)
+    let experts = expertModules(c)
+    if let fp = experts.first(where: { !names.contains($0 + ".qweight") }) {
+      throw QoQError("\(src): expert \(fp) is not quantized; GGUF's merged expert tensors hold one type for every expert of a layer")
+    }
     let quantizedModules = modules(c).filter { names.contains($0 + ".qweight") }
-    let quantized = Set(quantizedModules)
+    let quantized = Set(quantizedModules + experts)
     if output != nil && !names.contains("lm_head.weight") {
       notes.append("the LM head is tied to the embeddings (llama.cpp reads token_embd.weight for it): --output-tensor-type has no tensor")
     }
@@ -127,6 +138,21 @@ extension Interop {
         let w = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
         return type == .Q4_1 ? q4_1Blocks(w, rowOrder: rows, rounding: &rounding) : q8_0Blocks(w, rowOrder: rows, rounding: &rounding)
       })
+    }
+    // Experts: llama.cpp's merged blk.{i}.ffn_{gate,up,down}_exps (dims in, out, experts), each expert's rows in turn.
+    for l in 0..<(c.numLocalExperts == nil ? 0 : c.numHiddenLayers) {
+      for (g, w) in [("ffn_gate_exps", "w1"), ("ffn_up_exps", "w3"), ("ffn_down_exps", "w2")] {
+        let ms = (0..<c.numLocalExperts!).map { MoEBlock.prefix(layer: l) + "experts.\($0).\(w)" }
+        let out = try st.info(ms[0] + ".qweight").shape[0], inp = tensorShape(ms[0] + ".weight", c)[1]
+        tensors.append(GGUFTensorSpec(name: "blk.\(l).\(g).weight", dims: [inp, out, ms.count], type: type) {
+          var data = Data()
+          for m in ms {
+            let qw = try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: out, inp: inp)
+            data += type == .Q4_1 ? q4_1Blocks(qw, rowOrder: nil, rounding: &rounding) : q8_0Blocks(qw, rowOrder: nil, rounding: &rounding)
+          }
+          return data
+        })
+      }
     }
     // llama.cpp's loaders expect the global tensors first, then each block's (gguf-py writes them in this order).
     tensors.sort { tensorRank($0.name) < tensorRank($1.name) }
@@ -195,6 +221,14 @@ extension Interop {
   }
 
   static func floats(_ w: [Float]) -> Data { w.withUnsafeBytes { Data($0) } }
+
+  /// Every expert linear of an MoE model (none for a dense one), by HF name.
+  static func expertModules(_ c: LlamaConfiguration) -> [String] {
+    guard let e = c.numLocalExperts else { return [] }
+    return (0..<c.numHiddenLayers).flatMap { l in
+      (0..<e).flatMap { x in ["w1", "w3", "w2"].map { MoEBlock.prefix(layer: l) + "experts.\(x).\($0)" } }
+    }
+  }
 
   /// 0 for global tensors, then block index + 1 (stable within a rank).
   static func tensorRank(_ name: String) -> Int {
