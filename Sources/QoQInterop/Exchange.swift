@@ -13,8 +13,10 @@ public enum Interop {
   static let linearModules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
+  /// Every dense linear by HF name; an MoE model's are its attention linears (its experts: `expertModules`).
   static func modules(_ c: LlamaConfiguration) -> [String] {
-    (0..<c.numHiddenLayers).flatMap { l in linearModules.map { "model.layers.\(l)." + $0 } }
+    let names = c.numLocalExperts == nil ? linearModules : linearModules.filter { !$0.hasPrefix("mlp.") }
+    return (0..<c.numHiddenLayers).flatMap { l in names.map { "model.layers.\(l)." + $0 } }
   }
 
   static func f16(_ x: [Float]) -> Data { x.map { f32ToF16($0).littleEndian }.withUnsafeBytes { Data($0) } }
@@ -119,7 +121,7 @@ public enum Interop {
 
   /// Every tensor that is not part of a quantized linear (embeddings, norms, lm_head, biases), bytes unchanged.
   static func passThrough(_ st: CheckpointWeights, _ c: LlamaConfiguration) throws -> [TensorBlob] {
-    let quantized = Set(modules(c))
+    let quantized = Set(modules(c) + expertModules(c))
     var blobs: [TensorBlob] = []
     for n in st.names {
       let m = n.components(separatedBy: ".").dropLast().joined(separator: ".")
@@ -130,7 +132,8 @@ public enum Interop {
     return blobs
   }
 
-  /// `moe`: the target writes mixture-of-experts layers (GGUF's merged expert tensors); the others refuse them.
+  /// `moe`: the target writes mixture-of-experts layers (GGUF's merged expert tensors, MLX's stacked switch_mlp); the
+  /// others refuse them.
   static func open(_ src: String, moe: Bool = false) throws -> (LlamaConfiguration, QuantizationConfig, CheckpointWeights) {
     let cfg = src + "/config.json"
     let root = try JSON.parseFile(cfg)
@@ -139,7 +142,7 @@ public enum Interop {
     if let e = c.numLocalExperts, !moe {
       // QServe's mixtral_w4a8 is NotImplemented upstream; the other targets' MoE layouts are not written yet (issue #14).
       throw QoQError("\(src): exporting a quantized mixture-of-experts checkpoint (\(c.modelType), \(e) experts) is not supported yet "
-                     + "for this target; `--to gguf` writes it (llama.cpp's merged expert tensors), and it runs here with `qoq eval`")
+                     + "for this target; `--to gguf` and `--to mlx` write it, and it runs here with `qoq eval`")
     }
     return (c, try QuantizationConfig(json: qj, what: cfg), try CheckpointWeights(folder: src))
   }

@@ -6,6 +6,9 @@
 // Our formats map exactly: PostScale asym ŵ = q·s − z → scales s, biases −z (both fp16 values: stored F16);
 // PreScale asym ŵ = (q − zp)·s → biases −zp·s; progressive ŵ = s1·(q·s2 − z) → scales s1·s2, biases −s1·z (exact in
 // fp32, not in fp16: stored F32). Activation and KV quantization do not carry over (MLX runs W4A16).
+// Mixtral (issue #14): mlx-lm's SwitchGLU holds a layer's experts stacked, `block_sparse_moe.switch_mlp.{gate,up,down}_proj`
+// with weight (E, out, in/8), scales and biases (E, out, in/g) (w1 → gate_proj, w3 → up_proj, w2 → down_proj); the
+// router `block_sparse_moe.gate` stays FP (mlx-lm quantizes a Linear only where its `.scales` are in the weights).
 import Foundation
 import QoQFormat
 import QoQIO
@@ -14,7 +17,7 @@ import QoQModels
 extension Interop {
   public static func exportMLX(from src: String, to dst: String, overwrite: Bool) throws -> [String] {
     try OutputFolder.check(dst, force: overwrite, inputs: [src])
-    let (c, q, st) = try open(src)
+    let (c, q, st) = try open(src, moe: true)
     guard let wf = q.weight else { throw QoQError("\(src): no quantized weights to export") }
     let group: Int, f16Params: Bool
     switch wf {
@@ -31,26 +34,42 @@ extension Interop {
     if !f16Params { warnings.append("scales and biases are stored in float32: \(wf)'s exact values are not all fp16") }
     try OutputFolder.write(dst, force: overwrite, inputs: [src], command: "convert --to mlx") { tmp in
       var blobs = try passThrough(st, c)
-      try forEachLinear(st, c, wf) { m, w in
-        let (out, inp, ng) = (w.outFeatures, w.inFeatures, w.groups)
-        var scales = [Float](repeating: 0, count: out * ng), biases = scales
-        for o in 0..<out {
-          for j in 0..<ng {
-            let k = o * ng + j
-            switch wf {
-            case .progressive: scales[k] = w.rowScale[o] * w.scale[k]; biases[k] = -(w.rowScale[o] * w.zero[k])
-            default: scales[k] = w.scale[k]; biases[k] = -w.zero[k]
+      // One linear (or a layer's experts stacked in order) as mlx-lm's weight, scales and biases; `lead`: (E) or ().
+      func append(_ m: String, _ ws: [QuantizedWeight], lead: [Int]) {
+        var words: [Int32] = [], scales: [Float] = [], biases: [Float] = []
+        for w in ws {
+          let (out, ng) = (w.outFeatures, w.groups)
+          for o in 0..<out {
+            for j in 0..<ng {
+              let k = o * ng + j
+              switch wf {
+              case .progressive: scales.append(w.rowScale[o] * w.scale[k]); biases.append(-(w.rowScale[o] * w.zero[k]))
+              default: scales.append(w.scale[k]); biases.append(-w.zero[k])
+              }
             }
           }
+          words += packInt32Rows(w.codes, rows: out, cols: w.inFeatures)
         }
-        let words = packInt32Rows(w.codes, rows: out, cols: inp)
-        blobs.append(TensorBlob(name: m + ".weight", dtype: .U32, shape: [out, inp / 8], data: words.withUnsafeBytes { Data($0) }))
+        let (out, inp, ng) = (ws[0].outFeatures, ws[0].inFeatures, ws[0].groups)
+        blobs.append(TensorBlob(name: m + ".weight", dtype: .U32, shape: lead + [out, inp / 8], data: words.withUnsafeBytes { Data($0) }))
         if f16Params {
-          blobs.append(TensorBlob(name: m + ".scales", dtype: .F16, shape: [out, ng], data: f16(scales)))
-          blobs.append(TensorBlob(name: m + ".biases", dtype: .F16, shape: [out, ng], data: f16(biases)))
+          blobs.append(TensorBlob(name: m + ".scales", dtype: .F16, shape: lead + [out, ng], data: f16(scales)))
+          blobs.append(TensorBlob(name: m + ".biases", dtype: .F16, shape: lead + [out, ng], data: f16(biases)))
         } else {
-          blobs.append(TensorBlob(name: m + ".scales", shape: [out, ng], floats: scales))
-          blobs.append(TensorBlob(name: m + ".biases", shape: [out, ng], floats: biases))
+          blobs.append(TensorBlob(name: m + ".scales", shape: lead + [out, ng], floats: scales))
+          blobs.append(TensorBlob(name: m + ".biases", shape: lead + [out, ng], floats: biases))
+        }
+      }
+      try forEachLinear(st, c, wf) { m, w in append(m, [w], lead: []) }
+      for l in 0..<(c.numLocalExperts == nil ? 0 : c.numHiddenLayers) {
+        for (w, proj) in [("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")] {
+          let ws = try (0..<c.numLocalExperts!).map { e -> QuantizedWeight in
+            let m = MoEBlock.prefix(layer: l) + "experts.\(e).\(w)"
+            guard st.names.contains(m + ".qweight") else { throw QoQError("\(src): expert \(m) is not quantized; MLX stacks one type per layer") }
+            return try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: try st.info(m + ".qweight").shape[0],
+                                                      inp: tensorShape(m + ".weight", c)[1])
+          }
+          append(MoEBlock.prefix(layer: l) + "switch_mlp.\(proj)", ws, lead: [ws.count])
         }
       }
       try SafeTensorsWriter.write(blobs, metadata: ["format": "mlx", "qoq_exported_to": "mlx"], to: tmp + "/model.safetensors")
