@@ -27,14 +27,18 @@ public final class EngineScorer: WindowScorer {
     var start = 0
     while start < last {
       let end = min(window.count, start + chunk)
-      let logits = try model.step([SequenceChunk(start: start, tokens: Array(window[start..<end]), blockTable: table, logits: .all)],
+      // Positions this chunk scores; a chunk wholly before `first` (llama.cpp's protocol scores the second half of a
+      // window) only fills the cache and asks for no logits.
+      let lo = max(start, first), hi = min(end, last)
+      let logits = try model.step([SequenceChunk(start: start, tokens: Array(window[start..<end]), blockTable: table,
+                                                 logits: lo < hi ? .all : .none)],
                                   pool: pool!, workspace: ws, integerScores: integerScores)
-      logits.withUnsafeBufferPointer { lb in
-        for j in max(start, first)..<min(end, last) {
+      if lo < hi { logits.withUnsafeBufferPointer { lb in
+        for j in lo..<hi {
           let row = lb.baseAddress! + (j - start) * V
           total += logSumExp(row, V) - Double(row[Int(window[j + 1])])
         }
-      }
+      } }
       start = end
     }
     return total

@@ -269,6 +269,35 @@ final class EngineHarness {
     }
   }
 
+  /// Perplexity through the engine scores exactly the positions asked, in chunks of any size: llama.cpp's protocol
+  /// (the second half of a window, so whole chunks score nothing; `qoq eval --engine --protocol llamacpp` crashed on
+  /// them) and the GPTQ protocol, each equal to the reference forward's sum (fp16 K/V) on the same window.
+  @Test func engineScorerScoresAnyRange() throws {
+    final class F16Round: KVTransform, @unchecked Sendable {
+      func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) { for i in 0..<(rows * width) { x[i] = Float(Float16(x[i])) } }
+    }
+    let (name, c) = try engineConfigs()[0]
+    let dir = engineTempDir(name + "-scorer")
+    try writeTinyCheckpoint(c, to: dir)
+    let ref = try ModelLoader.load(path: dir).model
+    ref.kvQuantizer = F16Round()
+    let window: [Int32] = (0..<17).map { Int32(($0 * 37 + 5) % c.vocabSize) }
+    let hidden = try ref.forward([window], caches: [KVCache(config: c)])
+    let logits = hidden.withUnsafeBufferPointer { ref.logits($0.baseAddress!, rows: window.count) }
+    for chunk in [1, 3, 4, 16] {
+      let scorer = EngineScorer(model: try EngineModel(fp: ref), chunk: chunk)
+      for (first, last) in [(8, 16), (0, 16), (13, 15), (16, 16)] {
+        var want = 0.0
+        for j in first..<last {
+          let row = Array(logits[(j * c.vocabSize)..<((j + 1) * c.vocabSize)]), m = Double(row.max()!)
+          want += m + log(row.reduce(0.0) { $0 + exp(Double($1) - m) }) - Double(row[Int(window[j + 1])])
+        }
+        let got = try scorer.windowNLL(window, from: first, to: last)
+        #expect(abs(got - want) <= 1e-4 * max(1, abs(want)), "chunk \(chunk), positions \(first)..<\(last): \(got) vs \(want)")
+      }
+    }
+  }
+
   /// Mixtral (FP): every position's logits of the engine's MoE layers equal the reference model's (fp16 KV), and a
   /// sequence decoded token by token beside another that prefills gives the same bits as its prefill.
   @Test func fpMixtralEngineMatchesReference() throws {

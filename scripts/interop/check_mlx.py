@@ -33,6 +33,8 @@ ppl = math.exp(nll / count)
 eval_s = time.time() - t0
 text = generate(model, tokenizer, prompt="The capital of France is", max_tokens=24, verbose=False)
 layer = model.model.layers[0].self_attn.q_proj
+moe = getattr(model.model.layers[0], "block_sparse_moe", None)  # Mixtral (issue #14): the stacked experts' class
+experts = type(moe.switch_mlp.gate_proj).__name__ if moe is not None else None
 print(json.dumps({"mlx": mx.__version__, "mlx_lm": __import__("mlx_lm").__version__, "mlx_ppl": ppl, "our_fake_quant_ppl": our_ppl,
                   "relative_difference": ppl / our_ppl - 1, "windows": windows, "seq_len": seq, "load_seconds": load_s, "eval_seconds": eval_s,
-                  "q_proj_class": type(layer).__name__, "generation": text}, indent=1))
+                  "q_proj_class": type(layer).__name__, "expert_class": experts, "generation": text}, indent=1))
