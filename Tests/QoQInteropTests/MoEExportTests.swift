@@ -31,6 +31,18 @@ import QoQTestSupport
     }
   }
 
+  /// A tiny Mixtral (4 experts, top 2, vocabulary 300) in dir/model, quantized RTN W4A16 g32; the output keeps its
+  /// temporary checkpoint alive.
+  static func quantizedTinyMixtral(_ dir: String) throws -> (LlamaConfiguration, QuantizationPipeline.Output) {
+    let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
+    try writeTinyCheckpoint(c, to: dir + "/model")
+    let recipes = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("recipes").path
+    let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipes + "/rtn-w4a16-g64.yaml"],
+                                                                                          flags: ["--wgts-group-shapes", "1,32"]), cacheRoot: nil).run()
+    return (c, out)
+  }
+
   /// GGUF of a quantized tiny Mixtral (RTN W4A16 g32, 4 experts, top 2): blk.{i}.ffn_{gate,up,down}_exps hold every
   /// expert's Q4_1 rows in expert order (dims in, out, experts), ffn_gate_inp the FP router, and expert_count /
   /// expert_used_count the routing. Read back through our GGUF loader (its merged-expert slicing is checked against a
@@ -38,12 +50,7 @@ import QoQTestSupport
   /// equal the fake-quantized checkpoint's.
   @Test func ggufWritesMergedExperts() throws {
     let dir = tmp("moe-gguf")
-    let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
-    try writeTinyCheckpoint(c, to: dir + "/model")
-    let recipes = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-      .appendingPathComponent("recipes").path
-    let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipes + "/rtn-w4a16-g64.yaml"],
-                                                                                          flags: ["--wgts-group-shapes", "1,32"]), cacheRoot: nil).run()
+    let (c, out) = try Self.quantizedTinyMixtral(dir)
     let src = try out.checkpoint()
     let notes = try Interop.exportGGUF(from: src, to: dir + "/gguf", dtype: .f32, overwrite: false)
     let g = try GGUFFile(path: dir + "/gguf/model.gguf")
@@ -79,12 +86,7 @@ import QoQTestSupport
   /// equals its w1/w3/w2 dequantized from the checkpoint; the router stays FP with no scales (mlx-lm leaves it a Linear).
   @Test func mlxStacksExperts() throws {
     let dir = tmp("moe-mlx")
-    let c = try TinyMixtral.config(hidden: 64, intermediate: 64, vocab: 300)
-    try writeTinyCheckpoint(c, to: dir + "/model")
-    let recipes = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-      .appendingPathComponent("recipes").path
-    let out = try QuantizationPipeline(modelPath: dir + "/model", recipe: try Recipe.load(files: [recipes + "/rtn-w4a16-g64.yaml"],
-                                                                                          flags: ["--wgts-group-shapes", "1,32"]), cacheRoot: nil).run()
+    let (c, out) = try Self.quantizedTinyMixtral(dir)
     let src = try out.checkpoint()
     _ = try Interop.exportMLX(from: src, to: dir + "/mlx", overwrite: false)
     let st = try SafeTensorsFile(path: dir + "/mlx/model.safetensors"), ours = try CheckpointWeights(folder: src)
