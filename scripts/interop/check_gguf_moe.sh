@@ -14,6 +14,9 @@ OUT=${OUT:-/tmp/qoq-gguf-moe} CHUNKS=${CHUNKS:-4} EXPERTS=${EXPERTS:-4} TOPK=${T
 source scripts/interop/gguf_common.sh
 mkdir -p "$OUT"
 [ -f "$OUT/fp/model.safetensors" ] || python3 scripts/interop/upcycle_mixtral.py "$MODEL" "$OUT/fp" --experts "$EXPERTS" --top-k "$TOPK" >&2
+# A model left in OUT by an earlier run must have the experts and top-k asked for.
+python3 -c "import json,sys; c=json.load(open(sys.argv[1])); sys.exit(0 if (c['num_local_experts'], c['num_experts_per_tok']) == \
+(int(sys.argv[2]), int(sys.argv[3])) else f'{sys.argv[1]}: another expert count or top-k; use another OUT')" "$OUT/fp/config.json" "$EXPERTS" "$TOPK"
 "$Q" quantize recipes/rtn-w4a16-g64.yaml --wgts-group-shapes 1,32 --model-path "$OUT/fp" --skip-eval --save-model "$OUT/ckpt" --force >&2
 "$Q" convert "$OUT/ckpt" --to gguf -o "$OUT/gguf" --force
 "$BIN/llama-quantize" --allow-requantize "$OUT/gguf/model.gguf" "$OUT/f32.gguf" F32 > "$OUT/quantize.log" 2>&1
