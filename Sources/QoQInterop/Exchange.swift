@@ -19,6 +19,17 @@ public enum Interop {
     return (0..<c.numHiddenLayers).flatMap { l in names.map { "model.layers.\(l)." + $0 } }
   }
 
+  /// Every expert linear of an MoE model (none for a dense one), by HF name.
+  static func expertModules(_ c: LlamaConfiguration) -> [String] {
+    guard c.numLocalExperts != nil else { return [] }
+    return (0..<c.numHiddenLayers).flatMap { l in ["w1", "w3", "w2"].flatMap { layerExperts(c, layer: l, $0) } }
+  }
+
+  /// Layer l's experts' `w` (w1, w2 or w3) by HF name, in expert order (how merged and stacked exports lay them out).
+  static func layerExperts(_ c: LlamaConfiguration, layer l: Int, _ w: String) -> [String] {
+    (0..<(c.numLocalExperts ?? 0)).map { MoEBlock.prefix(layer: l) + "experts.\($0).\(w)" }
+  }
+
   static func f16(_ x: [Float]) -> Data { x.map { f32ToF16($0).littleEndian }.withUnsafeBytes { Data($0) } }
   static func i8(_ x: [Int8]) -> Data { x.withUnsafeBytes { Data($0) } }
 
@@ -144,7 +155,13 @@ public enum Interop {
       throw QoQError("\(src): exporting a quantized mixture-of-experts checkpoint (\(c.modelType), \(e) experts) is not supported yet "
                      + "for this target; `--to gguf` and `--to mlx` write it, and it runs here with `qoq eval`")
     }
-    return (c, try QuantizationConfig(json: qj, what: cfg), try CheckpointWeights(folder: src))
+    let st = try CheckpointWeights(folder: src)
+    // Merged (GGUF) and stacked (MLX) expert tensors hold one type for every expert of a layer.
+    let names = Set(st.names)
+    if let fp = expertModules(c).first(where: { !names.contains($0 + ".qweight") }) {
+      throw QoQError("\(src): expert \(fp) is not quantized; the exported expert tensors hold one type for every expert of a layer")
+    }
+    return (c, try QuantizationConfig(json: qj, what: cfg), st)
   }
 
   /// config.json (with the quantization block, marking the target format, plus `extra` keys) and tokenizer files.

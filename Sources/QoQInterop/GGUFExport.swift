@@ -87,9 +87,6 @@ extension Interop {
     // Linears left unquantized (quant.wgts.skips) keep an FP weight: exported like the embeddings, in --dtype.
     let names = Set(st.names)
     let experts = expertModules(c)
-    if let fp = experts.first(where: { !names.contains($0 + ".qweight") }) {
-      throw QoQError("\(src): expert \(fp) is not quantized; GGUF's merged expert tensors hold one type for every expert of a layer")
-    }
     let quantizedModules = modules(c).filter { names.contains($0 + ".qweight") }
     let quantized = Set(quantizedModules + experts)
     if output != nil && !names.contains("lm_head.weight") {
@@ -142,7 +139,7 @@ extension Interop {
     // Experts: llama.cpp's merged blk.{i}.ffn_{gate,up,down}_exps (dims in, out, experts), each expert's rows in turn.
     for l in 0..<(c.numLocalExperts == nil ? 0 : c.numHiddenLayers) {
       for (g, w) in [("ffn_gate_exps", "w1"), ("ffn_up_exps", "w3"), ("ffn_down_exps", "w2")] {
-        let ms = (0..<c.numLocalExperts!).map { MoEBlock.prefix(layer: l) + "experts.\($0).\(w)" }
+        let ms = layerExperts(c, layer: l, w)
         let out = try st.info(ms[0] + ".qweight").shape[0], inp = tensorShape(ms[0] + ".weight", c)[1]
         tensors.append(GGUFTensorSpec(name: "blk.\(l).\(g).weight", dims: [inp, out, ms.count], type: type) {
           var data = Data()
@@ -222,13 +219,6 @@ extension Interop {
 
   static func floats(_ w: [Float]) -> Data { w.withUnsafeBytes { Data($0) } }
 
-  /// Every expert linear of an MoE model (none for a dense one), by HF name.
-  static func expertModules(_ c: LlamaConfiguration) -> [String] {
-    guard let e = c.numLocalExperts else { return [] }
-    return (0..<c.numHiddenLayers).flatMap { l in
-      (0..<e).flatMap { x in ["w1", "w3", "w2"].map { MoEBlock.prefix(layer: l) + "experts.\(x).\($0)" } }
-    }
-  }
 
   /// 0 for global tensors, then block index + 1 (stable within a rank).
   static func tensorRank(_ name: String) -> Int {

@@ -63,11 +63,9 @@ extension Interop {
       try forEachLinear(st, c, wf) { m, w in append(m, [w], lead: []) }
       for l in 0..<(c.numLocalExperts == nil ? 0 : c.numHiddenLayers) {
         for (w, proj) in [("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")] {
-          let ws = try (0..<c.numLocalExperts!).map { e -> QuantizedWeight in
-            let m = MoEBlock.prefix(layer: l) + "experts.\(e).\(w)"
-            guard st.names.contains(m + ".qweight") else { throw QoQError("\(src): expert \(m) is not quantized; MLX stacks one type per layer") }
-            return try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: try st.info(m + ".qweight").shape[0],
-                                                      inp: tensorShape(m + ".weight", c)[1])
+          let ws = try layerExperts(c, layer: l, w).map { m in
+            try QuantizedCheckpoint.readWeight(st, module: m, format: wf, out: try st.info(m + ".qweight").shape[0],
+                                               inp: tensorShape(m + ".weight", c)[1])
           }
           append(MoEBlock.prefix(layer: l) + "switch_mlp.\(proj)", ws, lead: [ws.count])
         }
