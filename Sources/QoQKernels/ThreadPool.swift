@@ -22,11 +22,15 @@ public final class ThreadPool: @unchecked Sendable {
   private var workers = 0
   private var mutex = pthread_mutex_t()
   private var cond = pthread_cond_t()
+  /// Signalled (under `mutex`) when the last part of a job whose caller parked at the join is done.
+  private var doneCond = pthread_cond_t()
   private let spinLimit = 200_000
   /// When set, the time the caller spends waiting for workers after its own parts is added to `waitNanos` (the
   /// engine's step profile reports it as synchronisation).
   public var measureWait = false
   public private(set) var waitNanos: UInt64 = 0
+  /// Joins at which the caller parked (its workers' parts outlasted the spin): written by the caller only.
+  public private(set) var parkedJoins = 0
   public func resetWait() { waitNanos = 0 }
 
   /// One parallel-for: parts are claimed from `next` by whichever thread is free (the caller included), so a worker
@@ -40,16 +44,28 @@ public final class ThreadPool: @unchecked Sendable {
     let count: Int
     let next = Atomic<Int>(0)
     let done = Atomic<Int>(0)
-    init(_ body: UnsafeRawPointer, count: Int) { self.body = body; self.count = count }
+    /// Set by the caller (under the pool's mutex) before it parks at the join; the thread finishing the last part
+    /// then wakes it. Both sides use sequentially consistent order: the caller stores this and loads `done`, a worker
+    /// adds to `done` and loads this, so at least one of them sees the other's write and no wake-up is lost.
+    let callerParked = Atomic<Bool>(false)
+    unowned(unsafe) let pool: ThreadPool
+    init(_ body: UnsafeRawPointer, count: Int, pool: ThreadPool) { self.body = body; self.count = count; self.pool = pool }
     func drain() {
       let f = body.assumingMemoryBound(to: ((Int) -> Void).self)
       while true {
         let p = next.add(1, ordering: .relaxed).oldValue
         if p >= count { return }
         f.pointee(p)
-        done.add(1, ordering: .releasing)
+        let finished = done.add(1, ordering: .sequentiallyConsistent).newValue
+        if finished == count && callerParked.load(ordering: .sequentiallyConsistent) { pool.wakeCaller() }
       }
     }
+  }
+
+  fileprivate func wakeCaller() {
+    pthread_mutex_lock(&mutex)
+    pthread_cond_broadcast(&doneCond)
+    pthread_mutex_unlock(&mutex)
   }
 
   public static let shared: ThreadPool = {
@@ -61,6 +77,7 @@ public final class ThreadPool: @unchecked Sendable {
     self.threads = max(1, min(1024, threads))
     pthread_mutex_init(&mutex, nil)
     pthread_cond_init(&cond, nil)
+    pthread_cond_init(&doneCond, nil)
   }
 
   /// Changes the thread count for later calls (1…1024).
@@ -138,7 +155,7 @@ public final class ThreadPool: @unchecked Sendable {
     while workers < min(n, threads) - 1 { workers += 1; startWorker() }
     withoutActuallyEscaping(body) { b in
       let fn = b
-      withUnsafePointer(to: fn) { runJob(Job(UnsafeRawPointer($0), count: n)) }
+      withUnsafePointer(to: fn) { runJob(Job(UnsafeRawPointer($0), count: n, pool: self)) }
     }
   }
 
@@ -149,11 +166,19 @@ public final class ThreadPool: @unchecked Sendable {
     pthread_cond_broadcast(&cond)
     pthread_mutex_unlock(&mutex)
     job.drain()
-    // Parts claimed by workers: spin briefly, then yield the CPU (a worker may be waiting for it).
+    // Parts claimed by workers: spin briefly, then park until the last one is done. Parking, not sched_yield: a worker
+    // that a busy neighbour has pushed off its core waits in the other core's run queue, and only a core that goes
+    // idle pulls it over (issue #18 item 5). A yielding caller keeps its core busy, so the worker waited for the
+    // neighbour's time slice to end while the caller spun.
     let t0 = measureWait ? monotonicNanos() : 0
     var spins = 0
     while job.done.load(ordering: .acquiring) != job.count {
-      if spins < 4096 { shim_pause(); spins += 1 } else { sched_yield() }
+      if spins < 4096 { shim_pause(); spins += 1; continue }
+      parkedJoins += 1
+      pthread_mutex_lock(&mutex)
+      job.callerParked.store(true, ordering: .sequentiallyConsistent)
+      while job.done.load(ordering: .sequentiallyConsistent) != job.count { pthread_cond_wait(&doneCond, &mutex) }
+      pthread_mutex_unlock(&mutex)
     }
     if measureWait { waitNanos &+= monotonicNanos() &- t0 }
     pthread_mutex_lock(&mutex)

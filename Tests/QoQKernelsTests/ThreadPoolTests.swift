@@ -59,6 +59,24 @@ final class Slots: @unchecked Sendable {
     #expect(done.load(ordering: .relaxed) == n)
   }
 
+  /// The caller parks at the join when a worker's part outlasts its spin, and the worker finishing the last part
+  /// wakes it: parts of 0–400 µs race the park against the finish; a lost wake-up would hang this test (time limit).
+  @Test(.timeLimit(.minutes(1))) func theCallerParksAndIsWoken() {
+    let pool = ThreadPool(threads: 3)
+    var rng = SystemRandomNumberGenerator()
+    for round in 0..<300 {
+      let n = 2 + round % 5
+      let sleeps = (0..<n).map { _ in UInt32.random(in: 0...400, using: &rng) }
+      let counts = Slots(n)
+      pool.run(parts: n) { t in
+        if sleeps[t] > 0 { usleep(sleeps[t]) }
+        counts.p[t] += 1
+      }
+      #expect(counts.all == [Int](repeating: 1, count: n), "round \(round)")
+    }
+    #expect(pool.parkedJoins > 0, "parts of up to 400 µs outlast the caller's spin at least once")
+  }
+
   /// Callers on several threads at once: one gets the workers, the others run their parts inline; all complete.
   @Test func concurrentCallers() async {
     final class Counter: Sendable { let v = Atomic<Int>(0) }
