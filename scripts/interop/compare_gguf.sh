@@ -5,7 +5,9 @@
 # Not part of CI. Env: OUT (/tmp/qoq-gguf-cmp), CHUNKS (8), SAMPLES (calibration sequences for AWQ and GPTQ: 32),
 # ROWS ("rtn awq gptq"), QOQ_LLAMACPP_NO_AMX (see setup_llamacpp_native.sh). Each row is exported twice: embeddings (and
 # LM head, when untied) in f32, and as Q8_0 (`--token-embedding-type q8_0 --output-tensor-type q8_0`), the size llama.cpp's
-# own files have.
+# own files have; llama.cpp's rows are also made with Q8_0 tables, so that the linears are what differs.
+# FP=FILE.gguf MODEL=FILE.gguf compares on another FP model, e.g. SmolLM2 in a rotated basis whose weights lie on no
+# 4-bit grid (scripts/interop/rotate_gguf.py; BENCHMARKS "on a model that is not already 4-bit").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/qoq-gguf-cmp} CHUNKS=${CHUNKS:-8} SAMPLES=${SAMPLES:-32} ROWS=${ROWS:-"rtn awq gptq"}
@@ -14,11 +16,14 @@ mkdir -p "$OUT"
 mb() { python3 -c "import os,sys; print(f'{os.path.getsize(sys.argv[1]) / 1e6:.1f}')" "$1"; }
 echo "| model file | MB | llama-perplexity ($CHUNKS × 2048) |"
 echo "|---|---|---|"
-echo "| FP (the source GGUF, Q4_1) | $(mb "$FP") | $(ppl "$FP") |"
+echo "| FP ($(basename "$FP")) | $(mb "$FP") | $(ppl "$FP") |"
 for t in Q4_0 Q4_1 Q4_K_M; do
-  f="$OUT/llamacpp-$t.gguf"
+  f="$OUT/llamacpp-$t.gguf" f8="$OUT/llamacpp-$t-q8tables.gguf"
   [ -f "$f" ] || "$BIN/llama-quantize" --allow-requantize "$FP" "$f" "$t" > "$OUT/quantize-$t.log" 2>&1
+  [ -f "$f8" ] || "$BIN/llama-quantize" --allow-requantize --token-embedding-type q8_0 --output-tensor-type q8_0 \
+    "$FP" "$f8" "$t" > "$OUT/quantize-$t-q8.log" 2>&1
   echo "| llama.cpp's own $t of FP (\`llama-quantize --allow-requantize\`) | $(mb "$f") | $(ppl "$f") |"
+  echo "| llama.cpp's own $t, \`--token-embedding-type q8_0 --output-tensor-type q8_0\` | $(mb "$f8") | $(ppl "$f8") |"
 done
 for row in $ROWS; do
   case $row in
