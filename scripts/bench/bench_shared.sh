@@ -5,7 +5,8 @@
 # SAMPLES rounds alternate the configurations (and the binaries, when several are given); prints median (min–max)
 # wall seconds per binary and configuration.
 # Env: QOQ (binary, default the release build) or BINS="name=path name=path" to compare builds side by side in the
-# same rounds; MODEL, WINDOWS (4), SAMPLES (3). Run on an otherwise quiet machine.
+# same rounds; MODEL, WINDOWS (4), SAMPLES (3); JOB=quantize times `qoq quantize recipes/qoq-g64.yaml` on CALIB (8)
+# sequences of 1024 tokens instead (no evaluation, nothing saved). Run on an otherwise quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BINS=${BINS:-}
@@ -16,12 +17,18 @@ if [ -z "$BINS" ]; then
 fi
 for b in $BINS; do [ -x "${b#*=}" ] || { echo "bench_shared: ${b#*=} is not an executable" >&2; exit 2; }; done
 MODEL=${MODEL:-${QOQ_CACHE:-$HOME/.cache/qoq}/smollm2/hf} WINDOWS=${WINDOWS:-4} SAMPLES=${SAMPLES:-3}
+JOB=${JOB:-eval} CALIB=${CALIB:-8}
+case $JOB in
+  eval) args=(eval -m "$MODEL" --max-windows "$WINDOWS") ;;
+  quantize) args=(quantize recipes/qoq-g64.yaml --model-path "$MODEL" --calib-num-samples "$CALIB" --skip-eval --cache-root none) ;;
+  *) echo "bench_shared: JOB is eval or quantize, not $JOB" >&2; exit 2 ;;
+esac
 OUT=$(mktemp -d); trap 'rm -rf "$OUT"; kill "$HOG" 2>/dev/null || true' EXIT
 HOG=""
 job() {  # binary threads -> wall seconds; a failing run stops the script with its output
   local t0 t1; t0=$(date +%s.%N)
-  if ! QOQ_THREADS=$2 "$1" eval -m "$MODEL" --max-windows "$WINDOWS" > "$OUT/log" 2>&1; then
-    echo "bench_shared: $1 eval failed:" >&2; tail -5 "$OUT/log" >&2; exit 1
+  if ! QOQ_THREADS=$2 "$1" "${args[@]}" > "$OUT/log" 2>&1; then
+    echo "bench_shared: $1 $JOB failed:" >&2; tail -5 "$OUT/log" >&2; exit 1
   fi
   t1=$(date +%s.%N); echo "$t1 - $t0" | bc
 }
