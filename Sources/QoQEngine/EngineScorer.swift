@@ -33,12 +33,14 @@ public final class EngineScorer: WindowScorer {
       let logits = try model.step([SequenceChunk(start: start, tokens: Array(window[start..<end]), blockTable: table,
                                                  logits: lo < hi ? .all : .none)],
                                   pool: pool!, workspace: ws, integerScores: integerScores)
-      if lo < hi { logits.withUnsafeBufferPointer { lb in
-        for j in lo..<hi {
-          let row = lb.baseAddress! + (j - start) * V
-          total += logSumExp(row, V) - Double(row[Int(window[j + 1])])
+      if lo < hi {
+        logits.withUnsafeBufferPointer { lb in
+          for j in lo..<hi {
+            let row = lb.baseAddress! + (j - start) * V
+            total += logSumExp(row, V) - Double(row[Int(window[j + 1])])
+          }
         }
-      } }
+      }
       start = end
     }
     return total

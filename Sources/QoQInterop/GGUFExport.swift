@@ -219,7 +219,6 @@ extension Interop {
 
   static func floats(_ w: [Float]) -> Data { w.withUnsafeBytes { Data($0) } }
 
-
   /// 0 for global tensors, then block index + 1 (stable within a rank).
   static func tensorRank(_ name: String) -> Int {
     let p = name.split(separator: ".")

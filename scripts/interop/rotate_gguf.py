@@ -61,8 +61,10 @@ def main():
     head = w.get("output.weight", w["token_embd.weight"])
     out["output.weight"] = (head * w["output_norm.weight"][None, :]) @ q
     out["output_norm.weight"] = np.ones(h)
+    if "rope_freqs.weight" in w:  # per-dimension RoPE factors: not in the residual basis
+        out["rope_freqs.weight"] = w["rope_freqs.weight"]
     for n in order:
-        if n not in out and n != "rope_freqs.weight":
+        if n not in out:
             sys.exit(f"rotate_gguf: no rotation rule for {n}")
     wr = gguf.GGUFWriter(a.dst, arch=arch)
     for k, f in r.fields.items():
@@ -73,10 +75,7 @@ def main():
             continue
         sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
         wr.add_key_value(k, f.contents(), f.types[0], sub_type=sub)
-    names = [n for n in order if n in out] + (["output.weight"] if "output.weight" not in order else [])
-    if "rope_freqs.weight" in w:
-        names.append("rope_freqs.weight")
-        out["rope_freqs.weight"] = w["rope_freqs.weight"]
+    names = order + (["output.weight"] if "output.weight" not in order else [])
     for n in names:
         wr.add_tensor(n, np.ascontiguousarray(out[n], dtype=np.float32))
     wr.write_header_to_file()
